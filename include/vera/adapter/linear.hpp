@@ -1,0 +1,127 @@
+// SPDX-License-Identifier: Apache-2.0
+// A ready-to-use adapted linear layer: owns W0, bias, adapter, context and workspace.
+#pragma once
+
+#include <optional>
+#include <utility>
+
+#include <Eigen/Core>
+
+#include "vera/adapter/adapter.hpp"
+#include "vera/adapter/context.hpp"
+#include "vera/adapter/gradients.hpp"
+#include "vera/adapter/workspace.hpp"
+#include "vera/expr/backward.hpp"
+#include "vera/expr/forward.hpp"
+#include "vera/expr/merge.hpp"
+
+namespace vera {
+
+/// \brief Frozen linear layer W0 (out x in, or in x out with fan_in_fan_out) plus a VeRA adapter.
+///
+/// Keeps the per-layer state a training loop needs (context, workspace, merged flag) so that a
+/// steady-state step allocates nothing. While merged, forward runs the base path only and
+/// training calls throw state_error.
+template <class T>
+class linear {
+ public:
+  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+
+  /// \brief Takes W0 and (optionally) a bias of out elements; checks them against the adapter.
+  linear(matrix w0, std::optional<vector<T>> bias, adapter<T> ad, std::uint64_t dropout_seed = 0)
+      : w0_(std::move(w0)), bias_(std::move(bias)), adapter_(std::move(ad)), context_(dropout_seed) {
+    detail::check_base_weight("W0", w0_, adapter_);
+    if (bias_) check_size("bias", adapter_.out_features(), bias_->size());
+  }
+
+  const matrix& weight() const noexcept { return w0_; }
+  const std::optional<vector<T>>& bias() const noexcept { return bias_; }
+  adapter<T>& vera_adapter() noexcept { return adapter_; }
+  const adapter<T>& vera_adapter() const noexcept { return adapter_; }
+  const forward_context<T>& context() const noexcept { return context_; }
+  bool merged() const noexcept { return merged_; }
+
+  /// \brief Inference forward: Y (n x out) from X (n x in). Base path only while merged.
+  template <class XD, class YD>
+  void forward(const Eigen::MatrixBase<XD>& x, Eigen::MatrixBase<YD>& y) {
+    check_cols("X", adapter_.in_features(), x.cols(), "the layer's in_features");
+    if (merged_) {
+      if (adapter_.options().fan_in_fan_out) {
+        y.derived().noalias() = x * w0_;
+      } else {
+        y.derived().noalias() = x * w0_.transpose();
+      }
+      if (bias_) y.derived().rowwise() += bias_->transpose();
+      return;
+    }
+    with_bias([&](const auto& b) { y.derived() = vera::forward(x, w0_, b, adapter_).using_workspace(ws_); });
+  }
+
+  /// \brief Training forward: like forward, with dropout, saving what backward needs.
+  template <class XD, class YD>
+  void forward_train(const Eigen::MatrixBase<XD>& x, Eigen::MatrixBase<YD>& y) {
+    require_unmerged("forward_train");
+    with_bias([&](const auto& b) {
+      y.derived() = vera::forward(x, w0_, b, adapter_).train(context_).using_workspace(ws_);
+    });
+  }
+
+  /// \brief Gradients of lambda_b/lambda_d into `grads` (overwrite or accumulate).
+  template <class GD>
+  void backward(const Eigen::MatrixBase<GD>& g, gradients<T>& grads,
+                assign_mode mode = assign_mode::overwrite) {
+    require_unmerged("backward");
+    parameter_gradients(g, adapter_, context_).using_workspace(ws_).eval_to(grads, mode);
+  }
+
+  /// \brief Gradients of lambda_b/lambda_d, and dL/dX (n x in) into `dx`.
+  template <class GD, class DXD>
+  void backward(const Eigen::MatrixBase<GD>& g, gradients<T>& grads, Eigen::MatrixBase<DXD>& dx,
+                assign_mode mode = assign_mode::overwrite) {
+    backward(g, grads, mode);
+    const auto expr = input_gradient(g, w0_, adapter_, context_).using_workspace(ws_);
+    if (mode == assign_mode::overwrite) {
+      dx.derived() = expr;
+    } else {
+      expr.add_to(dx);
+    }
+  }
+
+  /// \brief Merges the adapter into W0 with safe-merge semantics; throws if already merged.
+  void merge() {
+    require_unmerged("merge");
+    safe_merge(w0_, adapter_, &ws_);
+    merged_ = true;
+  }
+  /// \brief Undoes merge(); throws if not merged.
+  void unmerge() {
+    if (!merged_) throw state_error("vera::linear::unmerge: the adapter is not merged");
+    vera::unmerge(w0_, adapter_);
+    merged_ = false;
+  }
+
+ private:
+  template <class F>
+  void with_bias(F&& f) {
+    if (bias_) {
+      f(*bias_);
+    } else {
+      f(no_bias);
+    }
+  }
+  void require_unmerged(const char* what) const {
+    if (merged_) {
+      throw state_error(std::string("vera::linear::") + what +
+                        ": the adapter is merged into W0; unmerge() first");
+    }
+  }
+
+  matrix w0_;
+  std::optional<vector<T>> bias_;
+  adapter<T> adapter_;
+  forward_context<T> context_;
+  workspace<T> ws_;
+  bool merged_ = false;
+};
+
+}  // namespace vera

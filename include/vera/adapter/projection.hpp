@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: Apache-2.0
+// The shared frozen pair A, B: generated once from a spec, immutable, cheap to copy and share.
+#pragma once
+
+#include <memory>
+#include <type_traits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "vera/core/error.hpp"
+#include "vera/core/projection_spec.hpp"
+#include "vera/core/shape.hpp"
+
+namespace vera {
+
+/// \brief Row-major dense matrix, the layout PEFT stores A and B in.
+template <class T>
+using row_matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// \brief Column vector used for lambda_b, lambda_d and their gradients.
+template <class T>
+using vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+
+/// \brief Shared random projection A (rank x max_in) and B (max_out x rank), row-major.
+///
+/// Copies share one immutable buffer (a shared_ptr), so every adapted layer of a model and every
+/// adapter of an adapter set can hold the same projection. Values are generated in float32, as
+/// PEFT does, and widened exactly when T is double.
+template <class T>
+class projection {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "vera::projection<T>: T must be float or double");
+
+ public:
+  using scalar = T;
+  using a_block = Eigen::Block<const row_matrix<T>>;
+  using b_block = Eigen::Block<const row_matrix<T>>;
+
+  /// \brief Generates A and B from `spec`; throws value_error for non-positive extents.
+  explicit projection(const projection_spec& spec) {
+    validate(spec);
+    std::vector<float> a(static_cast<std::size_t>(spec.rank * spec.max_in));
+    std::vector<float> b(static_cast<std::size_t>(spec.max_out * spec.rank));
+    generate_projection(spec, a.data(), b.data());
+    auto built = std::make_shared<state>();
+    built->spec = spec;
+    built->a = Eigen::Map<const row_matrix<float>>(a.data(), spec.rank, spec.max_in).template cast<T>();
+    built->b = Eigen::Map<const row_matrix<float>>(b.data(), spec.max_out, spec.rank).template cast<T>();
+    state_ = std::move(built);
+  }
+
+  /// \brief Wraps matrices that came from elsewhere (e.g. saved with an adapter).
+  ///
+  /// `spec` records where they came from; its rank and extents must match the matrices' shapes
+  /// (A: rank x max_in, B: max_out x rank). The values are taken as given.
+  projection(const projection_spec& spec, row_matrix<T> a, row_matrix<T> b) {
+    validate(spec);
+    check_shape("projection A", spec.rank, spec.max_in, a.rows(), a.cols());
+    check_shape("projection B", spec.max_out, spec.rank, b.rows(), b.cols());
+    auto built = std::make_shared<state>();
+    built->spec = spec;
+    built->a = std::move(a);
+    built->b = std::move(b);
+    state_ = std::move(built);
+  }
+
+  const projection_spec& spec() const noexcept { return state_->spec; }
+  index rank() const noexcept { return state_->spec.rank; }
+  index max_in() const noexcept { return state_->spec.max_in; }
+  index max_out() const noexcept { return state_->spec.max_out; }
+
+  /// \brief The full A, rank x max_in.
+  const row_matrix<T>& a() const noexcept { return state_->a; }
+  /// \brief The full B, max_out x rank.
+  const row_matrix<T>& b() const noexcept { return state_->b; }
+
+  /// \brief A[:rank, :in] for a layer with `in` input features and rank `rank` (<= this rank).
+  a_block a(index in, index rank) const {
+    check_slice(in, max_in(), "in_features", rank);
+    return state_->a.topLeftCorner(rank, in);
+  }
+  /// \brief B[:out, :rank] for a layer with `out` output features and rank `rank`.
+  b_block b(index out, index rank) const {
+    check_slice(out, max_out(), "out_features", rank);
+    return state_->b.topLeftCorner(out, rank);
+  }
+
+  /// \brief True when both handles share one buffer (cheap identity test).
+  bool shares_storage_with(const projection& other) const noexcept {
+    return state_ == other.state_;
+  }
+
+ private:
+  struct state {
+    projection_spec spec;
+    row_matrix<T> a;
+    row_matrix<T> b;
+  };
+
+  void check_slice(index extent, index available, const char* name, index rank) const {
+    check_positive(name, extent);
+    check_fits(name, extent, available);
+    check_positive("rank", rank);
+    if (rank > this->rank()) {
+      throw rank_error("rank: layer needs " + std::to_string(rank) +
+                       " but the projection provides " + std::to_string(this->rank()));
+    }
+  }
+
+  std::shared_ptr<const state> state_;
+};
+
+}  // namespace vera

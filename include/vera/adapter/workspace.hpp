@@ -1,0 +1,32 @@
+// SPDX-License-Identifier: Apache-2.0
+// Reusable scratch buffers so that a steady-state step allocates nothing.
+#pragma once
+
+#include <Eigen/Core>
+
+#include "vera/core/shape.hpp"
+
+namespace vera {
+
+/// \brief Scratch memory an evaluator may use instead of allocating.
+///
+/// Buffers grow to the largest size requested and are kept; first touch of fresh pages is
+/// expensive, so pass the same workspace to every call of a training loop. Not thread-safe:
+/// one workspace per thread.
+template <class T>
+class workspace {
+ public:
+  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+
+  /// \brief A rows x cols scratch matrix in slot `slot` (0..3); contents are unspecified.
+  Eigen::Map<matrix> get(int slot, index rows, index cols) {
+    matrix& buffer = buffers_[slot];
+    if (buffer.size() < rows * cols) buffer.resize(rows * cols, 1);
+    return {buffer.data(), rows, cols};
+  }
+
+ private:
+  matrix buffers_[4];
+};
+
+}  // namespace vera

@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: Apache-2.0
+// Building blocks shared by the CPU evaluators: folded scales, weight layout, dropout tiles.
+#pragma once
+
+#include <algorithm>
+#include <optional>
+
+#include <Eigen/Core>
+
+#include "vera/adapter/adapter.hpp"
+#include "vera/adapter/workspace.hpp"
+#include "vera/core/dropout.hpp"
+
+namespace vera::cpu {
+
+/// Rows per tile when dropout forces the adapter input through a masked copy.
+inline constexpr index dropout_tile_rows = 128;
+
+/// Workspace slots; each evaluator uses each slot for one purpose at a time.
+enum slot : int { slot_weight = 0, slot_scaled_b = 1, slot_thin = 2, slot_tile = 3 };
+
+/// Uses the caller's workspace, or a local one for a single call.
+template <class T>
+class scratch {
+ public:
+  explicit scratch(workspace<T>* provided) : ws_(provided != nullptr ? provided : &local_.emplace()) {}
+  workspace<T>& get() noexcept { return *ws_; }
+  bool reused() const noexcept { return !local_.has_value(); }
+
+ private:
+  std::optional<workspace<T>> local_;
+  workspace<T>* ws_;
+};
+
+/// Λb B Λd (out x rank): both scales folded into one small matrix, so no n-sized pass is spent
+/// on them and the low-rank GEMMs read the scales for free.
+template <class T>
+Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>> scaled_b(const adapter<T>& ad,
+                                                                      workspace<T>& ws) {
+  auto out = ws.get(slot_scaled_b, ad.out_features(), ad.rank());
+  out.noalias() = ad.lambda_b().asDiagonal() * ad.b() * ad.lambda_d().asDiagonal();
+  return out;
+}
+
+/// Calls f with the base weight seen as out x in, whatever its storage layout.
+template <class T, class W, class F>
+decltype(auto) with_weight(const adapter<T>& ad, const W& w0, F&& f) {
+  if (ad.options().fan_in_fan_out) return f(w0.transpose());
+  return f(w0);
+}
+
+/// tile = drop(source) for rows [first_row, first_row + tile.rows()) of the adapter input.
+template <class Src, class Tile>
+void masked_rows(const Src& source, index first_row, const dropout_key& key, Tile& tile) {
+  using T = typename Tile::Scalar;
+  const T keep_scale = static_cast<T>(1.0 / (1.0 - key.probability));
+  for (index i = 0; i < tile.rows(); ++i) {
+    for (index j = 0; j < tile.cols(); ++j) {
+      tile(i, j) = dropout_keeps(key, first_row + i, j) ? source(first_row + i, j) * keep_scale : T(0);
+    }
+  }
+}
+
+/// Applies the same mask (and scale) to rows of a gradient tile in place.
+template <class Tile>
+void mask_tile(index first_row, const dropout_key& key, Tile& tile) {
+  using T = typename Tile::Scalar;
+  const T keep_scale = static_cast<T>(1.0 / (1.0 - key.probability));
+  for (index i = 0; i < tile.rows(); ++i) {
+    for (index j = 0; j < tile.cols(); ++j) {
+      tile(i, j) = dropout_keeps(key, first_row + i, j) ? tile(i, j) * keep_scale : T(0);
+    }
+  }
+}
+
+}  // namespace vera::cpu

@@ -1,0 +1,93 @@
+// SPDX-License-Identifier: Apache-2.0
+// CPU evaluator of the forward expression: the only place a forward is computed on the host.
+#pragma once
+
+#include <Eigen/Core>
+
+#include "vera/backend/cpu/common.hpp"
+#include "vera/expr/forward.hpp"
+
+namespace vera {
+
+namespace cpu {
+
+template <class Y, class Bias>
+void initialise_output(Y& y, const Bias& bias, assign_mode mode) {
+  if constexpr (std::is_same_v<Bias, no_bias_t>) {
+    if (mode == assign_mode::overwrite) y.setZero();
+  } else if (mode == assign_mode::overwrite) {
+    y.rowwise() = bias.transpose();
+  } else {
+    y.rowwise() += bias.transpose();
+  }
+}
+
+// P = drop(X) A^T, tile by tile so the masked input never exists as a whole n x in matrix.
+template <class X, class A, class P, class T>
+void project_input(const X& x, const A& a, const dropout_key* key, P& p, workspace<T>& ws) {
+  if (key == nullptr || key->probability == 0.0) {
+    p.noalias() = x * a.transpose();
+    return;
+  }
+  for (index first = 0; first < x.rows(); first += dropout_tile_rows) {
+    const index rows = std::min(dropout_tile_rows, x.rows() - first);
+    auto tile = ws.get(slot_tile, rows, x.cols());
+    masked_rows(x, first, *key, tile);
+    p.middleRows(first, rows).noalias() = tile * a.transpose();
+  }
+}
+
+}  // namespace cpu
+
+/// \brief Evaluates a forward expression into `y` on the CPU.
+template <class Exec, class XD, class WD, class Bias, class T, class Dst,
+          class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
+void evaluate(Exec, const forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign_mode mode) {
+  check_no_alias("vera::forward", y, "X", e.x());
+  check_no_alias("vera::forward", y, "W0", e.w0());
+  if constexpr (!std::is_same_v<Bias, no_bias_t>) check_no_alias("vera::forward", y, "bias", e.bias());
+
+  const adapter<T>& ad = e.layer();
+  // Evaluate an expression-valued X once: it feeds two products.
+  const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.x())>, 4>::type x(e.x());
+  cpu::scratch<T> scratch(e.scratch());
+  workspace<T>& ws = scratch.get();
+
+  forward_context<T>* ctx = e.context();
+  const double dropout = ctx != nullptr ? ad.options().dropout : 0.0;
+  const product_extents extents{x.rows(), ad.in_features(), ad.out_features(), ad.rank()};
+  const order chosen =
+      choose_order(e.requested_order(), forward_costs(extents, ctx != nullptr, scratch.reused()),
+                   dropout == 0.0);
+
+  // P is needed for backward (training) and by the low-rank order.
+  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  Eigen::Map<matrix> p(nullptr, 0, 0);
+  if (ctx != nullptr) {
+    matrix& saved = ctx->begin_step(x.rows(), ad.rank(), dropout);
+    new (&p) Eigen::Map<matrix>(saved.data(), saved.rows(), saved.cols());
+  } else if (chosen == order::low_rank) {
+    new (&p) Eigen::Map<matrix>(ws.get(cpu::slot_thin, x.rows(), ad.rank()));
+  }
+  if (p.data() != nullptr) {
+    const dropout_key* key = ctx != nullptr ? &ctx->mask_key() : nullptr;
+    cpu::project_input(x, ad.a(), key, p, ws);
+  }
+
+  const auto bbd = cpu::scaled_b(ad, ws);
+  cpu::initialise_output(y, e.bias(), mode);
+  cpu::with_weight(ad, e.w0(), [&](const auto& w) {
+    if (chosen == order::merged) {
+      auto merged = ws.get(cpu::slot_weight, ad.out_features(), ad.in_features());
+      merged = w;
+      merged.noalias() += bbd * ad.a();
+      y.noalias() += x * merged.transpose();
+    } else {
+      y.noalias() += x * w.transpose();
+      y.noalias() += p * bbd.transpose();
+    }
+  });
+  if (ctx != nullptr) ctx->finish_step();
+}
+
+}  // namespace vera

@@ -1,0 +1,24 @@
+// SPDX-License-Identifier: Apache-2.0
+// Execution policies: empty tags that pick a backend at compile time.
+#pragma once
+
+#include <type_traits>
+
+namespace vera::exec {
+
+/// \brief Host backend: Eigen's vectorised GEMM plus fused loops for the elementwise parts.
+struct cpu {};
+
+/// \brief GPU backend. Its evaluators work on device memory and live in <vera/cuda.hpp>;
+///        the Eigen front-end's host expressions cannot be evaluated with it.
+struct cuda {};
+
+/// \brief The policy used when a call names none.
+using default_policy = cpu;
+
+/// \brief True for cpu and any tag derived from it (e.g. an ISA-specific refinement), which then
+///        falls back to the generic CPU evaluators where it has no specialisation of its own.
+template <class Exec>
+inline constexpr bool is_cpu_policy = std::is_base_of_v<cpu, Exec>;
+
+}  // namespace vera::exec

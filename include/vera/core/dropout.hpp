@@ -1,0 +1,33 @@
+// SPDX-License-Identifier: Apache-2.0
+// Counter-based dropout mask: regenerated in backward from (seed, step, row, col), never stored.
+#pragma once
+
+#include <cstdint>
+
+#include "vera/core/philox.hpp"
+#include "vera/core/shape.hpp"
+
+namespace vera {
+
+/// \brief Identifies one dropout mask: a training step of one adapted layer.
+struct dropout_key {
+  std::uint64_t seed = 0;
+  std::uint64_t step = 0;
+  double probability = 0.0;  ///< probability of dropping an element, in [0, 1)
+};
+
+/// \brief True when element (row, col) of the adapter input is kept under `key`.
+///
+/// Four consecutive columns share one Philox call; the result is a pure function of the indices.
+inline bool dropout_keeps(const dropout_key& key, index row, index col) {
+  const philox4x32::key_type k{static_cast<std::uint32_t>(key.seed),
+                               static_cast<std::uint32_t>(key.seed >> 32)};
+  const philox4x32::counter_type counter{
+      static_cast<std::uint32_t>(col / 4), static_cast<std::uint32_t>(row),
+      static_cast<std::uint32_t>(key.step), static_cast<std::uint32_t>(key.step >> 32)};
+  const auto words = philox4x32::generate(counter, k);
+  return static_cast<double>(unit_interval_float(words[static_cast<std::size_t>(col % 4)])) >=
+         key.probability;
+}
+
+}  // namespace vera

@@ -1,0 +1,99 @@
+// SPDX-License-Identifier: Apache-2.0
+// What identifies a shared random projection (seed, rank, extents, generator) and how to fill it.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <string>
+
+#include "vera/core/peft_uniform.hpp"
+#include "vera/core/philox.hpp"
+#include "vera/core/shape.hpp"
+
+namespace vera {
+
+/// \brief Which generator turns the seed into A and B.
+enum class generator {
+  peft,    ///< torch mt19937 stream, bit-exact with PEFT's `projection_prng_key`
+  philox,  ///< counter-based: element (i, j) depends only on (seed, matrix, i, j)
+};
+
+/// \brief Identifies the projection pair A (rank x max_in) and B (max_out x rank).
+///
+/// Two specs that compare equal produce bit-identical matrices on every backend.
+struct projection_spec {
+  std::uint64_t seed = 0;
+  index rank = 0;
+  index max_in = 0;
+  index max_out = 0;
+  generator kind = generator::peft;
+  peft_rounding rounding = peft_rounding::fused;  ///< only used by generator::peft
+
+  friend bool operator==(const projection_spec& a, const projection_spec& b) {
+    return a.seed == b.seed && a.rank == b.rank && a.max_in == b.max_in && a.max_out == b.max_out &&
+           a.kind == b.kind && (a.kind != generator::peft || a.rounding == b.rounding);
+  }
+  friend bool operator!=(const projection_spec& a, const projection_spec& b) { return !(a == b); }
+};
+
+/// \brief Throws value_error unless rank, max_in and max_out are positive and small enough to
+///        address in memory.
+inline void validate(const projection_spec& spec) {
+  check_positive("projection rank", spec.rank);
+  check_positive("projection max_in", spec.max_in);
+  check_positive("projection max_out", spec.max_out);
+  constexpr index limit = index{1} << 40;  // elements; far beyond any real model, avoids overflow
+  if (spec.rank > limit / spec.max_in || spec.rank > limit / spec.max_out) {
+    throw value_error("projection: rank x max_in or max_out x rank is too large to allocate (rank " +
+                      std::to_string(spec.rank) + ", max_in " + std::to_string(spec.max_in) +
+                      ", max_out " + std::to_string(spec.max_out) + ")");
+  }
+}
+
+namespace detail {
+
+// Element (row, col) of matrix `which` (0 = A, 1 = B): four consecutive columns share one
+// Philox call, which keeps the value a pure function of the indices.
+inline float philox_element(std::uint64_t seed, std::uint32_t which, index row, index col,
+                            float bound) {
+  const philox4x32::key_type key{static_cast<std::uint32_t>(seed),
+                                 static_cast<std::uint32_t>(seed >> 32)};
+  const philox4x32::counter_type counter{static_cast<std::uint32_t>(col / 4),
+                                         static_cast<std::uint32_t>(row), which, 0u};
+  const auto words = philox4x32::generate(counter, key);
+  return symmetric_unit_to_float(words[static_cast<std::size_t>(col % 4)], bound);
+}
+
+inline void philox_fill(std::uint64_t seed, std::uint32_t which, index rows, index cols,
+                        float bound, float* out) {
+  for (index i = 0; i < rows; ++i) {
+    for (index j = 0; j < cols; ++j) {
+      out[i * cols + j] = philox_element(seed, which, i, j, bound);
+    }
+  }
+}
+
+}  // namespace detail
+
+/// \brief Fills A (rank x max_in) and B (max_out x rank), both row-major float32, as the spec says.
+///
+/// Kaiming-uniform bounds as in PEFT: sqrt(6 / max_in) for A and sqrt(6 / rank) for B.
+inline void generate_projection(const projection_spec& spec, float* a_row_major,
+                                float* b_row_major) {
+  validate(spec);
+  const float bound_a = kaiming_uniform_bound(spec.max_in);
+  const float bound_b = kaiming_uniform_bound(spec.rank);
+  const auto count_a = static_cast<std::size_t>(spec.rank * spec.max_in);
+  const auto count_b = static_cast<std::size_t>(spec.max_out * spec.rank);
+  if (spec.kind == generator::peft) {
+    // torch.Generator.manual_seed keeps the low 32 bits for mt19937; A then B from one stream.
+    std::mt19937 engine(static_cast<std::uint32_t>(spec.seed));
+    peft_uniform_fill(engine, -bound_a, bound_a, spec.rounding, a_row_major, count_a);
+    peft_uniform_fill(engine, -bound_b, bound_b, spec.rounding, b_row_major, count_b);
+  } else {
+    detail::philox_fill(spec.seed, 0u, spec.rank, spec.max_in, bound_a, a_row_major);
+    detail::philox_fill(spec.seed, 1u, spec.max_out, spec.rank, bound_b, b_row_major);
+  }
+}
+
+}  // namespace vera

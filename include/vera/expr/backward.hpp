@@ -1,0 +1,206 @@
+// SPDX-License-Identifier: Apache-2.0
+// Lazy backward expressions: gradients of lambda_b and lambda_d, and of the layer input X.
+#pragma once
+
+#include <string>
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "vera/adapter/adapter.hpp"
+#include "vera/adapter/context.hpp"
+#include "vera/adapter/gradients.hpp"
+#include "vera/adapter/workspace.hpp"
+#include "vera/backend/exec.hpp"
+#include "vera/expr/cost.hpp"
+#include "vera/expr/forward.hpp"
+#include "vera/expr/operand.hpp"
+
+namespace vera {
+
+template <class Exec, class GD, class T>
+class parameter_gradient_expr;
+template <class Exec, class GD, class WD, class T>
+class input_gradient_expr;
+
+}  // namespace vera
+
+namespace Eigen::internal {
+template <class Exec, class GD, class WD, class T>
+struct traits<vera::input_gradient_expr<Exec, GD, WD, T>> {
+  using ReturnType = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+};
+}  // namespace Eigen::internal
+
+namespace vera {
+
+namespace detail {
+
+template <class GD, class T>
+void check_upstream(const GD& g, const adapter<T>& ad, const forward_context<T>& ctx) {
+  if (!ctx.ready()) {
+    throw state_error("vera backward: the forward context holds no training forward; evaluate "
+                      "vera::forward(...).train(ctx) first");
+  }
+  check_cols("G", ad.out_features(), g.cols(), "the layer's out_features");
+  check_rows("G", ctx.rows(), g.rows(), "rows of the training forward");
+  if (ctx.projected().cols() != ad.rank()) {
+    throw rank_error("forward context: holds rank " + std::to_string(ctx.projected().cols()) +
+                     ", the adapter has rank " + std::to_string(ad.rank()));
+  }
+}
+
+}  // namespace detail
+
+/// \brief dL/d lambda_b and dL/d lambda_d from G = dL/dY and the saved context, lazily.
+///
+/// `grads = expr;` overwrites, `grads += expr;` accumulates (gradients<T> has both). A frozen
+/// vector (train_b / train_d false) gets zero on overwrite and is left as is on accumulate.
+template <class Exec, class GD, class T>
+class parameter_gradient_expr {
+  static_assert(scalar_matches<GD, T>, "vera::parameter_gradients: G must have the adapter's scalar type");
+
+ public:
+  parameter_gradient_expr(const GD& g, const adapter<T>& ad, const forward_context<T>& ctx)
+      : g_(g), adapter_(&ad), context_(&ctx) {
+    detail::check_upstream(g, ad, ctx);
+  }
+
+  parameter_gradient_expr using_workspace(workspace<T>& ws) const {
+    parameter_gradient_expr copy(*this);
+    copy.workspace_ = &ws;
+    return copy;
+  }
+
+  /// \brief Writes (or adds) the gradients into `out`, which is resized only on overwrite.
+  void eval_to(gradients<T>& out, assign_mode mode = assign_mode::overwrite) const {
+    if (mode == assign_mode::overwrite) {
+      out.lambda_b.resize(adapter_->out_features());
+      out.lambda_d.resize(adapter_->rank());
+    } else {
+      check_size("gradients.lambda_b", adapter_->out_features(), out.lambda_b.size());
+      check_size("gradients.lambda_d", adapter_->rank(), out.lambda_d.size());
+    }
+    evaluate(Exec{}, *this, out, mode);
+  }
+
+  /// \brief Evaluates into a fresh gradients<T>.
+  gradients<T> eval() const {
+    gradients<T> out;
+    eval_to(out);
+    return out;
+  }
+  operator gradients<T>() const { return eval(); }  // NOLINT: evaluation on conversion is the point
+
+  const detail::closure_t<GD>& upstream() const noexcept { return g_; }
+  const adapter<T>& layer() const noexcept { return *adapter_; }
+  const forward_context<T>& context() const noexcept { return *context_; }
+  workspace<T>* scratch() const noexcept { return workspace_; }
+
+ private:
+  detail::closure_t<GD> g_;
+  const adapter<T>* adapter_;
+  const forward_context<T>* context_;
+  workspace<T>* workspace_ = nullptr;
+};
+
+template <class Exec, class GD, class T>
+gradients<T>& operator+=(gradients<T>& out, const parameter_gradient_expr<Exec, GD, T>& e) {
+  e.eval_to(out, assign_mode::accumulate);
+  return out;
+}
+
+/// \brief dL/dX (n x in) = G (W0 + ΔW), with the dropout mask on the adapter term, lazily.
+///
+/// `dX = expr;` overwrites; `expr.add_to(dX)` accumulates without a temporary. The destination
+/// must not share memory with G or W0.
+template <class Exec, class GD, class WD, class T>
+class input_gradient_expr : public Eigen::ReturnByValue<input_gradient_expr<Exec, GD, WD, T>> {
+  static_assert(scalar_matches<GD, T>, "vera::input_gradient: G must have the adapter's scalar type");
+  static_assert(scalar_matches<WD, T>, "vera::input_gradient: W0 must have the adapter's scalar type");
+
+ public:
+  input_gradient_expr(const GD& g, const WD& w0, const adapter<T>& ad, const forward_context<T>& ctx)
+      : g_(g), w0_(w0), adapter_(&ad), context_(&ctx) {
+    detail::check_upstream(g, ad, ctx);
+    detail::check_base_weight("W0", w0, ad);
+  }
+
+  Eigen::Index rows() const { return g_.rows(); }
+  Eigen::Index cols() const { return adapter_->in_features(); }
+
+  input_gradient_expr using_workspace(workspace<T>& ws) const {
+    input_gradient_expr copy(*this);
+    copy.workspace_ = &ws;
+    return copy;
+  }
+  input_gradient_expr with_order(order requested) const {
+    input_gradient_expr copy(*this);
+    copy.order_ = requested;
+    return copy;
+  }
+
+  template <class Dst>
+  void evalTo(Dst& dst) const {
+    evaluate(Exec{}, *this, dst, assign_mode::overwrite);
+  }
+  template <class Dst>
+  void add_to(Eigen::MatrixBase<Dst>& dst) const {
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
+  }
+
+  const detail::closure_t<GD>& upstream() const noexcept { return g_; }
+  const detail::closure_t<WD>& w0() const noexcept { return w0_; }
+  const adapter<T>& layer() const noexcept { return *adapter_; }
+  const forward_context<T>& context() const noexcept { return *context_; }
+  workspace<T>* scratch() const noexcept { return workspace_; }
+  order requested_order() const noexcept { return order_; }
+
+ private:
+  detail::closure_t<GD> g_;
+  detail::closure_t<WD> w0_;
+  const adapter<T>* adapter_;
+  const forward_context<T>* context_;
+  workspace<T>* workspace_ = nullptr;
+  order order_ = order::automatic;
+};
+
+/// \brief Lazy gradients of lambda_b and lambda_d. Shapes: G n x out, ctx from the training
+///        forward of the same n rows. Throws state_error if ctx holds no training forward.
+template <class Exec, class GD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
+parameter_gradient_expr<Exec, GD, T> parameter_gradients(Exec, const Eigen::MatrixBase<GD>& g,
+                                                        const adapter<T>& ad,
+                                                        const forward_context<T>& ctx) {
+  return {g.derived(), ad, ctx};
+}
+template <class GD, class T>
+parameter_gradient_expr<exec::default_policy, GD, T> parameter_gradients(
+    const Eigen::MatrixBase<GD>& g, const adapter<T>& ad, const forward_context<T>& ctx) {
+  return {g.derived(), ad, ctx};
+}
+template <class GD, class T>
+void parameter_gradients(const Eigen::MatrixBase<GD>&, adapter<T>&&, const forward_context<T>&) = delete;
+
+/// \brief Lazy gradient of the layer input. Shapes: G n x out, W0 as in vera::forward.
+template <class Exec, class GD, class WD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
+input_gradient_expr<Exec, GD, WD, T> input_gradient(Exec, const Eigen::MatrixBase<GD>& g,
+                                                    const Eigen::MatrixBase<WD>& w0,
+                                                    const adapter<T>& ad,
+                                                    const forward_context<T>& ctx) {
+  return {g.derived(), w0.derived(), ad, ctx};
+}
+template <class GD, class WD, class T>
+input_gradient_expr<exec::default_policy, GD, WD, T> input_gradient(const Eigen::MatrixBase<GD>& g,
+                                                                    const Eigen::MatrixBase<WD>& w0,
+                                                                    const adapter<T>& ad,
+                                                                    const forward_context<T>& ctx) {
+  return {g.derived(), w0.derived(), ad, ctx};
+}
+template <class GD, class WD, class T>
+void input_gradient(const Eigen::MatrixBase<GD>&, const Eigen::MatrixBase<WD>&, adapter<T>&&,
+                    const forward_context<T>&) = delete;
+
+}  // namespace vera
+
+#include "vera/backend/cpu/backward.hpp"

@@ -1,0 +1,173 @@
+// SPDX-License-Identifier: Apache-2.0
+// Lazy forward expression Y = X W0^T + bias + (X A^T Λd B^T) Λb, evaluated on assignment.
+#pragma once
+
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "vera/adapter/adapter.hpp"
+#include "vera/adapter/context.hpp"
+#include "vera/adapter/workspace.hpp"
+#include "vera/backend/exec.hpp"
+#include "vera/expr/cost.hpp"
+#include "vera/expr/operand.hpp"
+
+namespace vera {
+
+template <class Exec, class XD, class WD, class Bias, class T>
+class forward_expr;
+
+}  // namespace vera
+
+namespace Eigen::internal {
+template <class Exec, class XD, class WD, class Bias, class T>
+struct traits<vera::forward_expr<Exec, XD, WD, Bias, T>> {
+  using ReturnType = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+};
+}  // namespace Eigen::internal
+
+namespace vera {
+
+namespace detail {
+
+template <class Bias>
+struct bias_closure {
+  using type = closure_t<Bias>;
+};
+template <>
+struct bias_closure<no_bias_t> {
+  using type = no_bias_t;
+};
+template <class Bias>
+using bias_closure_t = typename bias_closure<Bias>::type;
+
+template <class Bias>
+index bias_size(const Bias& bias) {
+  if constexpr (std::is_same_v<Bias, no_bias_t>) {
+    return -1;
+  } else {
+    return bias.size();
+  }
+}
+
+// W0 is out x in, or in x out when the layer stores it transposed (fan_in_fan_out).
+template <class WD, class T>
+void check_base_weight(const char* operand, const WD& w0, const adapter<T>& ad) {
+  const index out = ad.out_features();
+  const index in = ad.in_features();
+  if (ad.options().fan_in_fan_out) {
+    check_shape(operand, in, out, w0.rows(), w0.cols());
+  } else {
+    check_shape(operand, out, in, w0.rows(), w0.cols());
+  }
+}
+
+}  // namespace detail
+
+/// \brief Y (n x out) = X W0^T + bias + ((X A^T) Λd) (Λb B)^T, lazily.
+///
+/// Assigning it to an Eigen matrix (`Y = expr;`) evaluates it straight into Y, which must not
+/// share memory with X, W0 or bias (see check_no_alias). `.train(ctx)` makes it a training forward:
+/// dropout applies to the adapter input and P is saved in ctx for backward. The order of the
+/// products follows the cost model unless `.with_order()` forces one.
+template <class Exec, class XD, class WD, class Bias, class T>
+class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias, T>> {
+  static_assert(scalar_matches<XD, T>, "vera::forward: X must have the adapter's scalar type");
+  static_assert(scalar_matches<WD, T>, "vera::forward: W0 must have the adapter's scalar type");
+
+ public:
+  forward_expr(const XD& x, const WD& w0, const Bias& bias, const adapter<T>& ad)
+      : x_(x), w0_(w0), bias_(bias), adapter_(&ad) {
+    check_cols("X", ad.in_features(), x.cols(), "the layer's in_features");
+    detail::check_base_weight("W0", w0, ad);
+    if constexpr (!std::is_same_v<Bias, no_bias_t>) {
+      static_assert(scalar_matches<Bias, T>, "vera::forward: bias must have the adapter's scalar type");
+      check_size("bias", ad.out_features(), bias.size());
+    }
+  }
+
+  Eigen::Index rows() const { return x_.rows(); }
+  Eigen::Index cols() const { return adapter_->out_features(); }
+
+  /// \brief Training forward: dropout on, P saved in `ctx` (one context per layer, reused).
+  forward_expr train(forward_context<T>& ctx) const {
+    forward_expr copy(*this);
+    copy.context_ = &ctx;
+    return copy;
+  }
+  /// \brief Use `ws` for scratch memory instead of allocating.
+  forward_expr using_workspace(workspace<T>& ws) const {
+    forward_expr copy(*this);
+    copy.workspace_ = &ws;
+    return copy;
+  }
+  /// \brief Force an association order instead of the cost model's choice.
+  forward_expr with_order(order requested) const {
+    forward_expr copy(*this);
+    copy.order_ = requested;
+    return copy;
+  }
+
+  /// \brief Eigen's hook for `Y = expr`: overwrites Y.
+  template <class Dst>
+  void evalTo(Dst& dst) const {
+    evaluate(Exec{}, *this, dst, assign_mode::overwrite);
+  }
+  /// \brief Y += expr without a temporary; Y must already be n x out.
+  template <class Dst>
+  void add_to(Eigen::MatrixBase<Dst>& dst) const {
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
+  }
+
+  const detail::closure_t<XD>& x() const noexcept { return x_; }
+  const detail::closure_t<WD>& w0() const noexcept { return w0_; }
+  const detail::bias_closure_t<Bias>& bias() const noexcept { return bias_; }
+  const adapter<T>& layer() const noexcept { return *adapter_; }
+  forward_context<T>* context() const noexcept { return context_; }
+  workspace<T>* scratch() const noexcept { return workspace_; }
+  order requested_order() const noexcept { return order_; }
+
+ private:
+  detail::closure_t<XD> x_;
+  detail::closure_t<WD> w0_;
+  detail::bias_closure_t<Bias> bias_;
+  const adapter<T>* adapter_;
+  forward_context<T>* context_ = nullptr;
+  workspace<T>* workspace_ = nullptr;
+  order order_ = order::automatic;
+};
+
+/// \brief Lazy forward of an adapted linear layer on policy `Exec`.
+///
+/// Shapes: X n x in, W0 out x in (in x out with fan_in_fan_out), bias out (or vera::no_bias).
+/// Throws shape_error naming the operand when a shape is wrong.
+template <class Exec, class XD, class WD, class Bias, class T,
+          class = std::enable_if_t<std::is_empty_v<Exec>>>
+forward_expr<Exec, XD, WD, Bias, T> forward(Exec, const Eigen::MatrixBase<XD>& x,
+                                           const Eigen::MatrixBase<WD>& w0, const Bias& bias,
+                                           const adapter<T>& ad) {
+  if constexpr (std::is_same_v<Bias, no_bias_t>) {
+    return {x.derived(), w0.derived(), bias, ad};
+  } else {
+    return {x.derived(), w0.derived(), bias.derived(), ad};
+  }
+}
+
+/// \brief Lazy forward on the default (CPU) policy.
+template <class XD, class WD, class Bias, class T>
+forward_expr<exec::default_policy, XD, WD, Bias, T> forward(const Eigen::MatrixBase<XD>& x,
+                                                           const Eigen::MatrixBase<WD>& w0,
+                                                           const Bias& bias, const adapter<T>& ad) {
+  return forward(exec::default_policy{}, x, w0, bias, ad);
+}
+
+// An expression must not outlive its adapter: binding a temporary adapter is refused.
+template <class XD, class WD, class Bias, class T>
+void forward(const Eigen::MatrixBase<XD>&, const Eigen::MatrixBase<WD>&, const Bias&,
+             adapter<T>&&) = delete;
+
+}  // namespace vera
+
+#include "vera/backend/cpu/forward.hpp"

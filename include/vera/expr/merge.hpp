@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: Apache-2.0
+// Lazy delta weight ΔW = Λb B Λd A and merged weight W0 + ΔW; in-place merge, unmerge, safe merge.
+#pragma once
+
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "vera/adapter/adapter.hpp"
+#include "vera/adapter/workspace.hpp"
+#include "vera/backend/exec.hpp"
+#include "vera/expr/forward.hpp"
+#include "vera/expr/operand.hpp"
+
+namespace vera {
+
+template <class Exec, class T>
+class delta_weight_expr;
+template <class Exec, class WD, class T>
+class merged_weight_expr;
+
+}  // namespace vera
+
+namespace Eigen::internal {
+template <class Exec, class T>
+struct traits<vera::delta_weight_expr<Exec, T>> {
+  using ReturnType = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+};
+template <class Exec, class WD, class T>
+struct traits<vera::merged_weight_expr<Exec, WD, T>> {
+  using ReturnType = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+};
+}  // namespace Eigen::internal
+
+namespace vera {
+
+/// \brief ΔW = Λb B Λd A (out x in; in x out with fan_in_fan_out), lazily.
+///
+/// `dW = expr;` overwrites; `expr.add_to(W)` is a merge and `expr.subtract_from(W)` an unmerge,
+/// both one GEMM into W with no temporary of W's size.
+template <class Exec, class T>
+class delta_weight_expr : public Eigen::ReturnByValue<delta_weight_expr<Exec, T>> {
+ public:
+  explicit delta_weight_expr(const adapter<T>& ad) : adapter_(&ad) {}
+
+  Eigen::Index rows() const {
+    return adapter_->options().fan_in_fan_out ? adapter_->in_features() : adapter_->out_features();
+  }
+  Eigen::Index cols() const {
+    return adapter_->options().fan_in_fan_out ? adapter_->out_features() : adapter_->in_features();
+  }
+
+  template <class Dst>
+  void evalTo(Dst& dst) const {
+    evaluate(Exec{}, *this, dst, T(0), T(1));
+  }
+  template <class Dst>
+  void add_to(Eigen::MatrixBase<Dst>& dst) const {
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    evaluate(Exec{}, *this, dst.derived(), T(1), T(1));
+  }
+  template <class Dst>
+  void subtract_from(Eigen::MatrixBase<Dst>& dst) const {
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    evaluate(Exec{}, *this, dst.derived(), T(1), T(-1));
+  }
+
+  const adapter<T>& layer() const noexcept { return *adapter_; }
+
+ private:
+  const adapter<T>* adapter_;
+};
+
+/// \brief W0 + ΔW, lazily; W0 has the layout the adapter's options say.
+template <class Exec, class WD, class T>
+class merged_weight_expr : public Eigen::ReturnByValue<merged_weight_expr<Exec, WD, T>> {
+  static_assert(scalar_matches<WD, T>, "vera::merged_weight: W0 must have the adapter's scalar type");
+
+ public:
+  merged_weight_expr(const WD& w0, const adapter<T>& ad) : w0_(w0), delta_(ad) {
+    detail::check_base_weight("W0", w0, ad);
+  }
+  Eigen::Index rows() const { return w0_.rows(); }
+  Eigen::Index cols() const { return w0_.cols(); }
+
+  template <class Dst>
+  void evalTo(Dst& dst) const {
+    check_no_alias("vera::merged_weight", dst, "W0", w0_);
+    dst = w0_;
+    delta_.add_to(dst);
+  }
+
+ private:
+  detail::closure_t<WD> w0_;
+  delta_weight_expr<Exec, T> delta_;
+};
+
+/// \brief Lazy ΔW of `ad` on policy Exec (default: CPU).
+template <class Exec = exec::default_policy, class T>
+delta_weight_expr<Exec, T> delta_weight(const adapter<T>& ad) {
+  return delta_weight_expr<Exec, T>(ad);
+}
+template <class Exec = exec::default_policy, class T>
+void delta_weight(adapter<T>&&) = delete;
+
+/// \brief Lazy W0 + ΔW.
+template <class Exec = exec::default_policy, class WD, class T>
+merged_weight_expr<Exec, WD, T> merged_weight(const Eigen::MatrixBase<WD>& w0, const adapter<T>& ad) {
+  return {w0.derived(), ad};
+}
+
+/// \brief W0 += ΔW in place. Shapes as in vera::forward.
+template <class WD, class T>
+void merge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad) {
+  detail::check_base_weight("W0", w0, ad);
+  delta_weight(ad).add_to(w0);
+}
+
+/// \brief W0 -= ΔW in place; undoes merge up to rounding (one rounding per element each way).
+template <class WD, class T>
+void unmerge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad) {
+  detail::check_base_weight("W0", w0, ad);
+  delta_weight(ad).subtract_from(w0);
+}
+
+/// \brief W0 += ΔW only if every merged element is finite; otherwise throws value_error naming
+///        the first bad element and leaves W0 untouched. Uses `ws` (or a local buffer) for the
+///        candidate weight.
+template <class WD, class T>
+void safe_merge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
+  detail::check_base_weight("W0", w0, ad);
+  workspace<T> local;
+  workspace<T>& scratch = ws != nullptr ? *ws : local;
+  auto candidate = scratch.get(0, w0.rows(), w0.cols());
+  candidate = w0;
+  delta_weight(ad).add_to(candidate);
+  for (index j = 0; j < candidate.cols(); ++j) {
+    for (index i = 0; i < candidate.rows(); ++i) {
+      if (!std::isfinite(static_cast<double>(candidate(i, j)))) {
+        throw value_error("vera::safe_merge: merged weight is not finite at (" + std::to_string(i) +
+                          ", " + std::to_string(j) + "); W0 left unchanged");
+      }
+    }
+  }
+  w0 = candidate;
+}
+
+}  // namespace vera
+
+#include "vera/backend/cpu/merge.hpp"

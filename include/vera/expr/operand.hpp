@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: Apache-2.0
+// How expressions hold their Eigen operands, and the one aliasing rule, checked at evaluation.
+#pragma once
+
+#include <string>
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "vera/core/error.hpp"
+#include "vera/core/shape.hpp"
+
+namespace vera {
+
+/// \brief Stands for "no bias" in a forward expression.
+struct no_bias_t {};
+inline constexpr no_bias_t no_bias{};
+
+/// \brief Whether an evaluation replaces the destination or adds to it.
+enum class assign_mode { overwrite, accumulate };
+
+namespace detail {
+
+// Plain matrices are held by reference, expression objects (blocks, maps, products) by value:
+// the same rule Eigen applies to its own nested operands, so `auto e = vera::forward(...)` holds
+// nothing that dies at the end of the full-expression as long as the matrices it names live.
+template <class D>
+using closure_t = typename Eigen::internal::ref_selector<D>::type;
+
+template <class D>
+inline constexpr bool has_direct_access =
+    (Eigen::internal::traits<D>::Flags & Eigen::DirectAccessBit) != 0;
+
+// Byte range [first, last) covered by an operand with direct access.
+template <class D>
+std::pair<const char*, const char*> memory_range(const Eigen::DenseBase<D>& m) {
+  const D& d = m.derived();
+  if (d.size() == 0) return {nullptr, nullptr};
+  const auto* first = reinterpret_cast<const char*>(d.data());
+  const index last_offset = (d.outerSize() - 1) * d.outerStride() + (d.innerSize() - 1) * d.innerStride();
+  return {first, first + (last_offset + 1) * static_cast<index>(sizeof(typename D::Scalar))};
+}
+
+template <class Dst, class Operand>
+bool overlaps(const Dst& dst, const Operand& operand) {
+  if constexpr (has_direct_access<Dst> && has_direct_access<Operand>) {
+    const auto a = memory_range(dst);
+    const auto b = memory_range(operand);
+    return a.first != nullptr && b.first != nullptr && a.first < b.second && b.first < a.second;
+  } else {
+    return false;
+  }
+}
+
+}  // namespace detail
+
+/// \brief The aliasing rule: a vera expression is evaluated directly into its destination, as
+///        Eigen's noalias() would, so the destination must not share memory with any operand.
+///        Violations are detected for operands with direct access and reported, never computed.
+template <class Dst, class Operand>
+void check_no_alias(const char* operation, const Dst& dst, const char* operand_name,
+                    const Operand& operand) {
+  if (detail::overlaps(dst, operand)) {
+    throw aliasing_error(std::string(operation) + ": the destination overlaps operand " +
+                         operand_name + "; evaluate into a separate matrix");
+  }
+}
+
+/// \brief Static check that an operand holds the adapter's scalar type.
+template <class Operand, class T>
+inline constexpr bool scalar_matches = std::is_same_v<typename Operand::Scalar, T>;
+
+}  // namespace vera

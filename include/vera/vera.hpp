@@ -1,0 +1,26 @@
+// SPDX-License-Identifier: Apache-2.0
+// Umbrella header: the core library and its Eigen front-end. Includes only.
+#pragma once
+
+#include "vera/config.hpp"
+
+#include "vera/core/dropout.hpp"
+#include "vera/core/error.hpp"
+#include "vera/core/peft_uniform.hpp"
+#include "vera/core/philox.hpp"
+#include "vera/core/projection_spec.hpp"
+#include "vera/core/shape.hpp"
+
+#include "vera/adapter/adapter.hpp"
+#include "vera/adapter/context.hpp"
+#include "vera/adapter/gradients.hpp"
+#include "vera/adapter/linear.hpp"
+#include "vera/adapter/options.hpp"
+#include "vera/adapter/projection.hpp"
+#include "vera/adapter/workspace.hpp"
+
+#include "vera/backend/exec.hpp"
+#include "vera/expr/backward.hpp"
+#include "vera/expr/cost.hpp"
+#include "vera/expr/forward.hpp"
+#include "vera/expr/merge.hpp"
