@@ -22,3 +22,22 @@ template <class Exec>
 inline constexpr bool is_cpu_policy = std::is_base_of_v<cpu, Exec>;
 
 }  // namespace vera::exec
+
+namespace vera {
+
+namespace detail {
+template <class>
+inline constexpr bool dependent_false = false;
+}  // namespace detail
+
+/// \brief Chosen for a policy that has no evaluator for an expression: a readable compile error
+///        instead of an overload-resolution failure deep in a kernel.
+template <class Exec, class Expr, class... Rest,
+          std::enable_if_t<!exec::is_cpu_policy<Exec>, int> = 0>
+void evaluate(Exec, const Expr&, Rest&&...) {
+  static_assert(detail::dependent_false<Exec>,
+                "vera: this execution policy has no evaluator for Eigen host operands; "
+                "exec::cuda works on device views from <vera/cuda.hpp>");
+}
+
+}  // namespace vera

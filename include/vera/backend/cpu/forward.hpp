@@ -62,14 +62,15 @@ void evaluate(Exec, const forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign
 
   // P is needed for backward (training) and by the low-rank order.
   using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
-  Eigen::Map<matrix> p(nullptr, 0, 0);
+  T* p_data = nullptr;
   if (ctx != nullptr) {
-    matrix& saved = ctx->begin_step(x.rows(), ad.rank(), dropout);
-    new (&p) Eigen::Map<matrix>(saved.data(), saved.rows(), saved.cols());
+    p_data = ctx->begin_step(x.rows(), ad.rank(), dropout).data();
   } else if (chosen == order::low_rank) {
-    new (&p) Eigen::Map<matrix>(ws.get(cpu::slot_thin, x.rows(), ad.rank()));
+    p_data = ws.get(cpu::slot_thin, x.rows(), ad.rank()).data();
   }
-  if (p.data() != nullptr) {
+  const bool has_p = ctx != nullptr || chosen == order::low_rank;
+  Eigen::Map<matrix> p(p_data, has_p ? x.rows() : 0, has_p ? ad.rank() : 0);
+  if (has_p) {
     const dropout_key* key = ctx != nullptr ? &ctx->mask_key() : nullptr;
     cpu::project_input(x, ad.a(), key, p, ws);
   }
