@@ -96,7 +96,7 @@ class linear {
   /// \brief Undoes merge(); throws if not merged.
   void unmerge() {
     if (!merged_) throw state_error("vera::linear::unmerge: the adapter is not merged");
-    vera::unmerge(w0_, adapter_);
+    vera::unmerge(w0_, adapter_, &ws_);
     merged_ = false;
   }
 

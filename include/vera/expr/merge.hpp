@@ -65,10 +65,19 @@ class delta_weight_expr : public Eigen::ReturnByValue<delta_weight_expr<Exec, T>
     evaluate(Exec{}, *this, dst.derived(), T(1), T(-1));
   }
 
+  /// \brief Use `ws` for the small Λb B Λd buffer instead of allocating it.
+  delta_weight_expr using_workspace(workspace<T>& ws) const {
+    delta_weight_expr copy(*this);
+    copy.workspace_ = &ws;
+    return copy;
+  }
+
   const adapter<T>& layer() const noexcept { return *adapter_; }
+  workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
   const adapter<T>* adapter_;
+  workspace<T>* workspace_ = nullptr;
 };
 
 /// \brief W0 + ΔW, lazily; W0 has the layout the adapter's options say.
@@ -109,18 +118,20 @@ merged_weight_expr<Exec, WD, T> merged_weight(const Eigen::MatrixBase<WD>& w0, c
   return {w0.derived(), ad};
 }
 
-/// \brief W0 += ΔW in place. Shapes as in vera::forward.
+/// \brief W0 += ΔW in place. Shapes as in vera::forward. `ws` (optional) avoids allocating.
 template <class WD, class T>
-void merge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad) {
+void merge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
   detail::check_base_weight("W0", w0, ad);
-  delta_weight(ad).add_to(w0);
+  workspace<T> local;
+  delta_weight(ad).using_workspace(ws != nullptr ? *ws : local).add_to(w0);
 }
 
 /// \brief W0 -= ΔW in place; undoes merge up to rounding (one rounding per element each way).
 template <class WD, class T>
-void unmerge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad) {
+void unmerge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
   detail::check_base_weight("W0", w0, ad);
-  delta_weight(ad).subtract_from(w0);
+  workspace<T> local;
+  delta_weight(ad).using_workspace(ws != nullptr ? *ws : local).subtract_from(w0);
 }
 
 /// \brief W0 += ΔW only if every merged element is finite; otherwise throws value_error naming
@@ -133,12 +144,14 @@ void safe_merge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* w
   workspace<T>& scratch = ws != nullptr ? *ws : local;
   auto candidate = scratch.get(0, w0.rows(), w0.cols());
   candidate = w0;
-  delta_weight(ad).add_to(candidate);
-  for (index j = 0; j < candidate.cols(); ++j) {
-    for (index i = 0; i < candidate.rows(); ++i) {
-      if (!std::isfinite(static_cast<double>(candidate(i, j)))) {
-        throw value_error("vera::safe_merge: merged weight is not finite at (" + std::to_string(i) +
-                          ", " + std::to_string(j) + "); W0 left unchanged");
+  delta_weight(ad).using_workspace(scratch).add_to(candidate);
+  if (!candidate.allFinite()) {  // vectorised; the scan below runs only to name the element
+    for (index j = 0; j < candidate.cols(); ++j) {
+      for (index i = 0; i < candidate.rows(); ++i) {
+        if (!std::isfinite(static_cast<double>(candidate(i, j)))) {
+          throw value_error("vera::safe_merge: merged weight is not finite at (" +
+                            std::to_string(i) + ", " + std::to_string(j) + "); W0 left unchanged");
+        }
       }
     }
   }

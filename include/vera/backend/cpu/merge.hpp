@@ -13,8 +13,8 @@ namespace vera {
 template <class Exec, class T, class Dst, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
 void evaluate(Exec, const delta_weight_expr<Exec, T>& e, Dst& dst, T keep, T sign) {
   const adapter<T>& ad = e.layer();
-  workspace<T> local;
-  auto bbd = cpu::scaled_b(ad, local);
+  cpu::scratch<T> scratch(e.scratch());
+  auto bbd = cpu::scaled_b(ad, scratch.get());
   if (sign != T(1)) bbd *= sign;
   if (keep == T(0)) dst.setZero();
   if (ad.options().fan_in_fan_out) {

@@ -1,0 +1,208 @@
+// SPDX-License-Identifier: Apache-2.0
+// CPU evaluators of the mixed-adapter backward: shared GEMMs, per-adapter segment sums.
+#pragma once
+
+#include <algorithm>
+
+#include <Eigen/Core>
+
+#include "vera/backend/cpu/mixed_common.hpp"
+#include "vera/expr/cost.hpp"
+#include "vera/multi/backward.hpp"
+
+namespace vera {
+
+namespace cpu::mixed {
+
+// One adapter on every row: the core's algorithm. grad_b and grad_d come from one GEMM,
+// M = G^T P (out x rank): grad_b[j] = s Σk B[j,k] d[k] M[j,k], grad_d[k] = s Σj b[j] B[j,k] M[j,k];
+// dX takes the order the cost model picks.
+template <class T, class G, class W, class DX>
+void backward_one_adapter(const adapter_set<T>& set, const mixed_context<T>& ctx, index column,
+                          const G& g, const W* w0, mixed_workspace<T>& ws, bool workspace_reused,
+                          mixed_gradients<T>* grads, DX* dx, assign_mode mode) {
+  const adapter_options& options = set.column_options(column);
+  const index out = set.out_features();
+  const index rank = set.rank();
+  const T scale = set.column_scale(column);
+  if (grads != nullptr) {
+    zero_unassigned(grads->lambda_b, mode, [&](index c) { return c == column && options.train_b; });
+    zero_unassigned(grads->lambda_d, mode, [&](index c) { return c == column && options.train_d; });
+  }
+  if (grads != nullptr && (options.train_b || options.train_d)) {
+    auto m_buffer = ws.get(slot_sums, out, rank);
+    // Row-major view of the same memory, so each row of M pairs with a contiguous row of B.
+    Eigen::Map<row_matrix<T>> m(m_buffer.data(), out, rank);
+    m.noalias() = g.transpose() * ctx.projected();
+    const auto b_full = set.b();
+    const auto lambda_b = set.lambda_b_matrix().col(column);
+    const auto lambda_d = set.lambda_d_matrix().col(column);
+    auto grad_b = grads->lambda_b.col(column);
+    auto grad_d = grads->lambda_d.col(column);
+    if (mode == assign_mode::overwrite) {
+      grad_b.setZero();
+      grad_d.setZero();
+    }
+    for (index j = 0; j < out; ++j) {
+      const auto weighted = m.row(j).cwiseProduct(b_full.row(j));
+      if (options.train_b) grad_b(j) += scale * weighted.dot(lambda_d.transpose());
+      if (options.train_d) grad_d.noalias() += (scale * lambda_b(j)) * weighted.transpose();
+    }
+  }
+  if (dx == nullptr) return;
+
+  const bool dropout = options.dropout > 0.0;
+  const product_extents extents{g.rows(), set.in_features(), out, rank};
+  const order chosen = choose_order(order::automatic, input_gradient_costs(extents, workspace_reused),
+                                    !dropout);
+  const auto bbd = folded_b(set, column, ws);
+  with_weight(set, *w0, [&](const auto& w) {
+    if (chosen == order::merged) {
+      auto merged = ws.get(slot_wide, out, set.in_features());
+      merged = w;
+      merged.noalias() += bbd * set.a();
+      if (mode == assign_mode::overwrite) {
+        dx->noalias() = g * merged;
+      } else {
+        dx->noalias() += g * merged;
+      }
+      return;
+    }
+    if (mode == assign_mode::overwrite) {
+      dx->noalias() = g * w;
+    } else {
+      dx->noalias() += g * w;
+    }
+    auto t = ws.get(slot_thin, g.rows(), rank);
+    t.noalias() = g * bbd;  // T Λd s, with T = (G Λb) B
+    add_times_a(t, set, ctx.row_columns().data(), ctx.mask_key(), dropout, ws, *dx);
+  });
+}
+
+/// Everything a mixed backward computes, sharing T = (G ⊙ b_a(i)) B between grad_d and dX:
+///   grad_d[a] += s_a Σ_{i in a} T_i ⊙ P_i                         (pass over n x rank)
+///   grad_b[a] += Σ_{i in a} G_i ⊙ Q_i,  Q = (P ⊙ s d_a(i)) B^T    (GEMM + pass over n x out)
+///   dX (+)= G W0 + drop((T ⊙ s d_a(i)) A)                           (two GEMMs)
+/// `grads` and `dx` may be null; gradients must be sized by the caller. On overwrite every
+/// gradient column is written (zero where nothing flows).
+template <class T, class GD, class W, class DX>
+void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const GD& g_expr,
+                   const W* w0, mixed_workspace<T>& ws, bool workspace_reused,
+                   mixed_gradients<T>* grads, DX* dx, assign_mode mode) {
+  // Evaluate an expression-valued G once: it feeds up to four products and passes.
+  const typename Eigen::internal::nested_eval<GD, 4>::type g(g_expr);
+  const index n = g.rows();
+  const index out = set.out_features();
+  const index rank = set.rank();
+  const index* columns = ctx.row_columns().data();
+  const auto& p = ctx.projected();
+
+  index adapter_rows = 0;
+  index single_column = -1;
+  bool several = false;
+  bool want_b = false;
+  bool want_d = false;
+  bool dropout = false;
+  for (index i = 0; i < n; ++i) {
+    const index c = columns[i];
+    if (c < 0) continue;
+    const adapter_options& options = set.column_options(c);
+    if (adapter_rows++ == 0) single_column = c;
+    several = several || c != single_column;
+    want_b = want_b || options.train_b;
+    want_d = want_d || options.train_d;
+    dropout = dropout || options.dropout > 0.0;
+  }
+  if (adapter_rows == n && n > 0 && !several) {
+    backward_one_adapter(set, ctx, single_column, g, w0, ws, workspace_reused, grads, dx, mode);
+    return;
+  }
+  want_b = want_b && grads != nullptr;
+  want_d = want_d && grads != nullptr;
+  const row_plan<T> plan(set, columns, n, ws);
+  if (grads != nullptr) {
+    const auto assigned = [&](bool want, auto trains) {
+      return [&plan, want, trains](index c) { return want && plan.column_dense(c) >= 0 && trains(c); };
+    };
+    zero_unassigned(grads->lambda_b, mode,
+                    assigned(want_b, [&set](index c) { return set.column_options(c).train_b; }));
+    zero_unassigned(grads->lambda_d, mode,
+                    assigned(want_d, [&set](index c) { return set.column_options(c).train_d; }));
+  }
+
+  if (dx != nullptr) {
+    with_weight(set, *w0, [&](const auto& w) {
+      if (mode == assign_mode::overwrite) {
+        dx->noalias() = g * w;
+      } else {
+        dx->noalias() += g * w;
+      }
+    });
+  }
+  if (adapter_rows == 0 || (!want_b && !want_d && dx == nullptr)) return;
+
+  const bool need_t = want_d || dx != nullptr;
+  auto t = ws.get(slot_thin, need_t ? n : 0, rank);
+  if (need_t) {
+    auto gb = ws.get(slot_wide, n, out);
+    scale_by_b(g, plan, gb);
+    t.noalias() = gb * set.b();
+  }
+  auto s = ws.get(slot_projected, want_b ? n : 0, rank);
+  auto d_sums = ws.get(slot_sums, want_d ? plan.present() + 1 : 0, rank);
+  d_sums.setZero();
+  using thin = decltype(t);
+  rank_pass(p, plan, need_t ? &t : static_cast<thin*>(nullptr), dx != nullptr,
+            want_d ? &d_sums : static_cast<thin*>(nullptr), want_b ? &s : static_cast<thin*>(nullptr));
+  if (want_d) {
+    add_segment_sums(d_sums, plan, true, [&](index c) { return set.column_options(c).train_d; }, mode,
+                     grads->lambda_d);
+  }
+  if (want_b) {
+    auto q = ws.get(slot_wide, n, out);
+    q.noalias() = s * set.b().transpose();
+    auto b_sums = ws.get(slot_sums, plan.present() + 1, out);
+    b_sums.setZero();
+    segment_sums(g, q, plan, b_sums);
+    add_segment_sums(b_sums, plan, false, [&](index c) { return set.column_options(c).train_b; },
+                     mode, grads->lambda_b);
+  }
+  if (dx != nullptr) add_times_a(t, set, columns, ctx.mask_key(), dropout, ws, *dx);
+}
+
+}  // namespace cpu::mixed
+
+/// \brief Parameter gradients of every adapter in the batch, on the CPU.
+template <class Exec, class GD, class T, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
+void evaluate(Exec, const mixed_parameter_gradient_expr<Exec, GD, T>& e, mixed_gradients<T>& out,
+              assign_mode mode) {
+  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  cpu::mixed::scratch<T> scratch(e.scratch());
+  cpu::mixed::backward_pass(e.set(), e.context(), e.upstream(), static_cast<const matrix*>(nullptr),
+                            scratch.get(), scratch.reused(), &out, static_cast<matrix*>(nullptr), mode);
+}
+
+/// \brief dL/dX of a mixed batch, on the CPU.
+template <class Exec, class GD, class WD, class T, class Dst,
+          class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
+void evaluate(Exec, const mixed_input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx, assign_mode mode) {
+  check_no_alias("vera::mixed_input_gradient", dx, "G", e.upstream());
+  check_no_alias("vera::mixed_input_gradient", dx, "W0", e.w0());
+  cpu::mixed::scratch<T> scratch(e.scratch());
+  cpu::mixed::backward_pass(e.set(), e.context(), e.upstream(), &e.w0(), scratch.get(),
+                            scratch.reused(), static_cast<mixed_gradients<T>*>(nullptr), &dx, mode);
+}
+
+/// \brief Parameter gradients and dL/dX of a mixed batch in one pass, on the CPU.
+template <class Exec, class GD, class WD, class T, class Dst,
+          class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
+void evaluate(Exec, const mixed_backward_expr<Exec, GD, WD, T>& e, mixed_gradients<T>& out, Dst& dx,
+              assign_mode mode) {
+  check_no_alias("vera::mixed_backward", dx, "G", e.upstream());
+  check_no_alias("vera::mixed_backward", dx, "W0", e.w0());
+  cpu::mixed::scratch<T> scratch(e.scratch());
+  cpu::mixed::backward_pass(e.set(), e.context(), e.upstream(), &e.w0(), scratch.get(),
+                            scratch.reused(), &out, &dx, mode);
+}
+
+}  // namespace vera

@@ -1,0 +1,366 @@
+// SPDX-License-Identifier: Apache-2.0
+// Building blocks of the mixed-batch CPU evaluators: row plans, gathers, segment sums, dropout.
+#pragma once
+
+#include <algorithm>
+#include <optional>
+
+#include <Eigen/Core>
+
+#include "vera/backend/cpu/common.hpp"
+#include "vera/core/dropout.hpp"
+#include "vera/multi/adapter_set.hpp"
+#include "vera/multi/workspace.hpp"
+
+namespace vera::cpu::mixed {
+
+/// Matrix slots of mixed_workspace; each evaluator uses each slot for one purpose at a time.
+enum slot : int {
+  slot_wide = 0,       // n x out: Z = S B^T, G ⊙ b, Q; or a merged weight (out x in)
+  slot_thin = 1,       // n x rank: S (forward); T, then U = T ⊙ s d (backward)
+  slot_projected = 2,  // n x rank: P when no context holds it; S (backward)
+  slot_tile = 3,       // dropout tile, rows x in
+  slot_small = 4,      // out x rank: one adapter's folded s Λb B Λd
+  slot_rows = 5,       // a zero vector and per-row scales
+  slot_sums = 6,       // (adapters + 1) x width segment sums; M = G^T P for one adapter
+};
+
+/// Index and pointer slots of mixed_workspace.
+enum index_slot : int { indices_columns = 0, indices_dense = 1, indices_runs = 2 };
+enum pointer_slot : int { pointers_b = 0, pointers_d = 1 };
+
+/// Mean rows per run from which passes go run by run, vectorised along the rows of each run,
+/// instead of row by row through one gathered pointer per row. Batches that keep each request's
+/// tokens together (the usual serving layout) have long runs; shuffled rows have runs of ~1.
+inline constexpr index min_mean_run = 8;
+
+/// Uses the caller's workspace, or a local one for a single call.
+template <class T>
+class scratch {
+ public:
+  explicit scratch(mixed_workspace<T>* provided)
+      : ws_(provided != nullptr ? provided : &local_.emplace()) {}
+  mixed_workspace<T>& get() noexcept { return *ws_; }
+  bool reused() const noexcept { return !local_.has_value(); }
+
+ private:
+  std::optional<mixed_workspace<T>> local_;
+  mixed_workspace<T>* ws_;
+};
+
+/// How a batch's rows map onto the set, arranged for the passes: runs of consecutive rows with
+/// the same column, each adapter's dense index among those present (the row of its segment
+/// sums; base-model rows use the extra last row, which is discarded), and per-row pointers when
+/// the passes go row by row. Base-model rows see zero vectors and scale 0, so no pass branches.
+template <class T>
+class row_plan {
+ public:
+  row_plan(const adapter_set<T>& set, const index* columns, index rows, mixed_workspace<T>& ws)
+      : set_(&set), columns_(columns), rows_(rows) {
+    const index out = set.out_features();
+    const index rank = set.rank();
+    const index width = std::max(out, rank);
+    auto per_row = ws.get(slot_rows, width + rows, 1);
+    zeros_ = per_row.data();
+    std::fill(per_row.data(), per_row.data() + width, T(0));
+    b_data_ = set.lambda_b_matrix().data();
+    d_data_ = set.lambda_d_matrix().data();
+
+    // Dense indices: one pass with a column -> index table kept in the index buffer's tail.
+    index* dense = ws.indices(indices_dense, 2 * rows + set.columns());
+    index* present = dense + rows;
+    index* table = present + rows;
+    std::fill(table, table + set.columns(), index{-1});
+    for (index i = 0; i < rows; ++i) {
+      const index c = columns[i];
+      if (c < 0) continue;
+      if (table[c] < 0) {
+        table[c] = present_count_;
+        present[present_count_++] = c;
+      }
+    }
+    for (index i = 0; i < rows; ++i) dense[i] = columns[i] >= 0 ? table[columns[i]] : present_count_;
+    dense_ = dense;
+    present_ = present;
+    column_dense_ = table;
+
+    index* runs = ws.indices(indices_runs, 2 * rows);
+    for (index i = 0; i < rows;) {
+      index last = i + 1;
+      while (last < rows && columns[last] == columns[i]) ++last;
+      runs[2 * run_count_] = i;
+      runs[2 * run_count_ + 1] = last;
+      ++run_count_;
+      i = last;
+    }
+    runs_ = runs;
+    by_runs_ = run_count_ * min_mean_run <= rows;
+
+    // Per-row pointers also serve the run-by-run mode's row-major fallbacks; they cost O(n).
+    const T** row_b = ws.pointers(pointers_b, rows);
+    const T** row_d = ws.pointers(pointers_d, rows);
+    T* row_scale = per_row.data() + width;
+    for (index i = 0; i < rows; ++i) {
+      row_b[i] = b(columns[i]);
+      row_d[i] = d(columns[i]);
+      row_scale[i] = scale(columns[i]);
+    }
+    row_b_ = row_b;
+    row_d_ = row_d;
+    row_scale_ = row_scale;
+  }
+
+  index rows() const noexcept { return rows_; }
+  /// Adapters with rows in the batch (m); base-model rows use segment-sum row m.
+  index present() const noexcept { return present_count_; }
+  index present_column(index u) const noexcept { return present_[u]; }
+  index dense(index row) const noexcept { return dense_[row]; }
+  /// The dense index of the adapter in `column`, or -1 when it has no rows in the batch.
+  index column_dense(index column) const noexcept { return column_dense_[column]; }
+
+  bool by_runs() const noexcept { return by_runs_; }
+  index runs() const noexcept { return run_count_; }
+  index run_first(index r) const noexcept { return runs_[2 * r]; }
+  index run_length(index r) const noexcept { return runs_[2 * r + 1] - runs_[2 * r]; }
+  index run_column(index r) const noexcept { return columns_[runs_[2 * r]]; }
+  index run_dense(index r) const noexcept { return dense_[runs_[2 * r]]; }
+
+  const T* b(index column) const noexcept { return column >= 0 ? b_data_ + column * set_->out_features() : zeros_; }
+  const T* d(index column) const noexcept { return column >= 0 ? d_data_ + column * set_->rank() : zeros_; }
+  T scale(index column) const noexcept { return column >= 0 ? set_->column_scale(column) : T(0); }
+
+  // Row by row.
+  const T* row_b(index row) const noexcept { return row_b_[row]; }
+  const T* row_d(index row) const noexcept { return row_d_[row]; }
+  T row_scale(index row) const noexcept { return row_scale_[row]; }
+
+ private:
+  const adapter_set<T>* set_;
+  const index* columns_;
+  index rows_;
+  const T* zeros_ = nullptr;
+  const T* b_data_ = nullptr;
+  const T* d_data_ = nullptr;
+  const index* dense_ = nullptr;
+  const index* present_ = nullptr;
+  const index* column_dense_ = nullptr;
+  index present_count_ = 0;
+  const index* runs_ = nullptr;
+  index run_count_ = 0;
+  bool by_runs_ = false;
+  const T* const* row_b_ = nullptr;
+  const T* const* row_d_ = nullptr;
+  const T* row_scale_ = nullptr;
+};
+
+template <class M>
+inline constexpr bool row_major = (Eigen::internal::traits<M>::Flags & Eigen::RowMajorBit) != 0;
+
+/// Visits every (i, j) of a rows x cols matrix in the order its storage runs.
+template <bool RowMajor, class F>
+void for_each_coeff(index rows, index cols, F&& f) {
+  if constexpr (RowMajor) {
+    for (index i = 0; i < rows; ++i) {
+      for (index j = 0; j < cols; ++j) f(i, j);
+    }
+  } else {
+    for (index j = 0; j < cols; ++j) {
+      for (index i = 0; i < rows; ++i) f(i, j);
+    }
+  }
+}
+
+/// Calls f(j, r) for every column j and run r: the loop order of the run-by-run passes, which
+/// walk each column of column-major operands in storage order.
+template <class T, class F>
+void for_each_run(const row_plan<T>& plan, index cols, F&& f) {
+  for (index j = 0; j < cols; ++j) {
+    for (index r = 0; r < plan.runs(); ++r) f(j, r);
+  }
+}
+
+/// dst(i, j) = src(i, j) b_a(i)[j]: scales row i by its adapter's lambda_b (0 for base rows).
+template <class Src, class Dst, class T>
+void scale_by_b(const Src& src, const row_plan<T>& plan, Dst& dst) {
+  if (plan.by_runs() && !row_major<Dst>) {
+    for_each_run(plan, src.cols(), [&](index j, index r) {
+      const T factor = plan.b(plan.run_column(r))[j];
+      dst.col(j).segment(plan.run_first(r), plan.run_length(r)) =
+          factor * src.col(j).segment(plan.run_first(r), plan.run_length(r));
+    });
+    return;
+  }
+  for_each_coeff<row_major<Dst>>(src.rows(), src.cols(), [&](index i, index j) {
+    dst(i, j) = src(i, j) * plan.row_b(i)[j];
+  });
+}
+
+/// dst(i, j) += src(i, j) b_a(i)[j]; base-model rows are left alone.
+template <class Src, class Dst, class T>
+void add_scaled_by_b(const Src& src, const row_plan<T>& plan, Dst& dst) {
+  if (plan.by_runs() && !row_major<Dst>) {
+    for_each_run(plan, src.cols(), [&](index j, index r) {
+      const index column = plan.run_column(r);
+      if (column < 0) return;
+      dst.col(j).segment(plan.run_first(r), plan.run_length(r)) +=
+          plan.b(column)[j] * src.col(j).segment(plan.run_first(r), plan.run_length(r));
+    });
+    return;
+  }
+  for_each_coeff<row_major<Dst>>(src.rows(), src.cols(), [&](index i, index j) {
+    dst(i, j) += src(i, j) * plan.row_b(i)[j];
+  });
+}
+
+/// One pass over n x rank that does what the rank side of a mixed step needs:
+///   sums(u, k) += Σ_{i in u} t(i, k) p(i, k)   (when `sums`; grad_d before the adapter's scale)
+///   s(i, k)     = p(i, k) s_a d_a[k]           (when `s`; S, whose product with B^T is Q)
+///   t(i, k)    *= s_a d_a[k]                   (when `t` and `scale_t`; U, for dX)
+/// With `s` only, t may be null. Base-model rows give zeros and sum into the discarded row.
+template <class P, class T, class Thin, class Sums>
+void rank_pass(const P& p, const row_plan<T>& plan, Thin* t, bool scale_t, Sums* sums, Thin* s) {
+  if (plan.by_runs()) {
+    for_each_run(plan, p.cols(), [&](index k, index r) {
+      const index column = plan.run_column(r);
+      const index first = plan.run_first(r);
+      const index length = plan.run_length(r);
+      const T factor = plan.scale(column) * plan.d(column)[k];
+      if (sums != nullptr && column >= 0) {
+        (*sums)(plan.run_dense(r), k) += t->col(k).segment(first, length).dot(p.col(k).segment(first, length));
+      }
+      if (s != nullptr) s->col(k).segment(first, length) = factor * p.col(k).segment(first, length);
+      if (scale_t) t->col(k).segment(first, length) *= factor;
+    });
+    return;
+  }
+  for_each_coeff<false>(p.rows(), p.cols(), [&](index i, index k) {
+    const T factor = plan.row_scale(i) * plan.row_d(i)[k];
+    const T pv = p(i, k);
+    if (sums != nullptr) (*sums)(plan.dense(i), k) += (*t)(i, k) * pv;
+    if (s != nullptr) (*s)(i, k) = pv * factor;
+    if (scale_t) (*t)(i, k) *= factor;
+  });
+}
+
+/// sums(u, j) += Σ_{i in adapter u} x(i, j) y(i, j): per-adapter segment sums of a product.
+template <class X, class Y, class Sums, class T>
+void segment_sums(const X& x, const Y& y, const row_plan<T>& plan, Sums& sums) {
+  if (plan.by_runs() && !row_major<X>) {
+    for_each_run(plan, x.cols(), [&](index j, index r) {
+      if (plan.run_column(r) < 0) return;
+      const index first = plan.run_first(r);
+      const index length = plan.run_length(r);
+      sums(plan.run_dense(r), j) += x.col(j).segment(first, length).dot(y.col(j).segment(first, length));
+    });
+    return;
+  }
+  for_each_coeff<row_major<X>>(x.rows(), x.cols(), [&](index i, index j) {
+    sums(plan.dense(i), j) += x(i, j) * y(i, j);
+  });
+}
+
+/// grad.col(c) (+)= f_c sums.row(u)^T for every adapter present whose vector trains, with
+/// f_c = the adapter's scale when `apply_scale`, else 1; assigned on overwrite.
+template <class Sums, class T, class Trains, class Grad>
+void add_segment_sums(const Sums& sums, const row_plan<T>& plan, bool apply_scale, Trains&& trains,
+                      assign_mode mode, Grad& grad) {
+  for (index u = 0; u < plan.present(); ++u) {
+    const index column = plan.present_column(u);
+    if (!trains(column)) continue;
+    const T factor = apply_scale ? plan.scale(column) : T(1);
+    if (mode == assign_mode::overwrite) {
+      grad.col(column) = factor * sums.row(u).transpose();
+    } else {
+      grad.col(column) += factor * sums.row(u).transpose();
+    }
+  }
+}
+
+/// On overwrite, zeroes the gradient columns that no pass will assign: those of adapters without
+/// rows in the batch, of frozen vectors and of free columns. `assigned(c)` says which will be.
+template <class Grad, class Assigned>
+void zero_unassigned(Grad& grad, assign_mode mode, Assigned&& assigned) {
+  if (mode != assign_mode::overwrite) return;
+  for (index c = 0; c < grad.cols(); ++c) {
+    if (!assigned(c)) grad.col(c).setZero();
+  }
+}
+
+/// Row i's dropout probability: its adapter's (0 for base-model rows).
+template <class T>
+double row_dropout(const adapter_set<T>& set, const index* columns, index row) {
+  const index c = columns[row];
+  return c >= 0 ? set.column_options(c).dropout : 0.0;
+}
+
+/// tile = rows [first, first + tile.rows()) of the adapter input, each row under its adapter's
+/// dropout mask and 1 / (1 - p) scale.
+template <class Src, class Tile, class T>
+void masked_rows(const Src& source, index first, const dropout_key& key, const adapter_set<T>& set,
+                 const index* columns, Tile& tile) {
+  for (index i = 0; i < tile.rows(); ++i) {
+    dropout_key row_key = key;
+    row_key.probability = row_dropout(set, columns, first + i);
+    if (row_key.probability == 0.0) {
+      tile.row(i) = source.row(first + i);
+      continue;
+    }
+    const T keep_scale = static_cast<T>(1.0 / (1.0 - row_key.probability));
+    for (index j = 0; j < tile.cols(); ++j) {
+      tile(i, j) = dropout_keeps(row_key, first + i, j) ? source(first + i, j) * keep_scale : T(0);
+    }
+  }
+}
+
+/// Applies the same per-row masks (and scales) to a gradient tile in place.
+template <class Tile, class T>
+void mask_tile(index first, const dropout_key& key, const adapter_set<T>& set, const index* columns,
+               Tile& tile) {
+  for (index i = 0; i < tile.rows(); ++i) {
+    dropout_key row_key = key;
+    row_key.probability = row_dropout(set, columns, first + i);
+    if (row_key.probability == 0.0) continue;
+    const T keep_scale = static_cast<T>(1.0 / (1.0 - row_key.probability));
+    for (index j = 0; j < tile.cols(); ++j) {
+      tile(i, j) = dropout_keeps(row_key, first + i, j) ? tile(i, j) * keep_scale : T(0);
+    }
+  }
+}
+
+/// dst (+)= src A, with each row's dropout mask on the product when `dropout`.
+template <class Src, class T, class Dst>
+void add_times_a(const Src& src, const adapter_set<T>& set, const index* columns,
+                 const dropout_key& key, bool dropout, mixed_workspace<T>& ws, Dst& dst) {
+  if (!dropout) {
+    dst.noalias() += src * set.a();
+    return;
+  }
+  for (index first = 0; first < src.rows(); first += dropout_tile_rows) {
+    const index rows = std::min(dropout_tile_rows, src.rows() - first);
+    auto tile = ws.get(slot_tile, rows, set.in_features());
+    tile.noalias() = src.middleRows(first, rows) * set.a();
+    mask_tile(first, key, set, columns, tile);
+    dst.middleRows(first, rows) += tile;
+  }
+}
+
+/// Calls f with the base weight seen as out x in, whatever its storage layout.
+template <class T, class W, class F>
+decltype(auto) with_weight(const adapter_set<T>& set, const W& w0, F&& f) {
+  if (set.fan_in_fan_out()) return f(w0.transpose());
+  return f(w0);
+}
+
+/// s Λb B Λd (out x rank) of the adapter in `column`: the folded form a one-adapter batch uses.
+template <class T>
+Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>> folded_b(const adapter_set<T>& set,
+                                                                      index column,
+                                                                      mixed_workspace<T>& ws) {
+  auto out = ws.get(slot_small, set.out_features(), set.rank());
+  const auto lambda_b = set.lambda_b_matrix().col(column);
+  const auto lambda_d = set.lambda_d_matrix().col(column);
+  out.noalias() = (set.column_scale(column) * lambda_b).asDiagonal() * set.b() * lambda_d.asDiagonal();
+  return out;
+}
+
+}  // namespace vera::cpu::mixed

@@ -1,0 +1,135 @@
+// SPDX-License-Identifier: Apache-2.0
+// CPU evaluator of the mixed-adapter forward: two shared GEMMs plus per-row gathers.
+#pragma once
+
+#include <algorithm>
+
+#include <Eigen/Core>
+
+#include "vera/backend/cpu/forward.hpp"
+#include "vera/backend/cpu/mixed_common.hpp"
+#include "vera/expr/cost.hpp"
+#include "vera/multi/forward.hpp"
+
+namespace vera {
+
+namespace cpu::mixed {
+
+// P = drop(X) A^T, each row under its own adapter's dropout, tile by tile so the masked input
+// never exists as a whole n x in matrix.
+template <class X, class A, class P, class T>
+void project_input(const X& x, const A& a, const adapter_set<T>& set, const index* columns,
+                   const dropout_key* key, P& p, mixed_workspace<T>& ws) {
+  if (key == nullptr) {
+    p.noalias() = x * a.transpose();
+    return;
+  }
+  for (index first = 0; first < x.rows(); first += dropout_tile_rows) {
+    const index rows = std::min(dropout_tile_rows, x.rows() - first);
+    auto tile = ws.get(slot_tile, rows, x.cols());
+    masked_rows(x, first, *key, set, columns, tile);
+    p.middleRows(first, rows).noalias() = tile * a.transpose();
+  }
+}
+
+}  // namespace cpu::mixed
+
+/// \brief Evaluates a mixed forward into `y` on the CPU.
+///
+/// Y = bias + X W0^T, then the adapter term in one of three ways:
+/// - one adapter on every row, no dropout: exactly the core's single-adapter forward, in the order
+///   its cost model picks (the merged order needs one weight for all rows);
+/// - one adapter on some rows: S = P with base-model rows zeroed, Y += S (s Λb B Λd)^T;
+/// - several adapters: S = P ⊙ (s d)[a(i)] (a pass over n x rank), Z = S B^T (the shared GEMM),
+///   Y += Z ⊙ b[a(i)] (a pass over n x out). No per-adapter GEMM.
+template <class Exec, class XD, class WD, class Bias, class T, class Dst,
+          class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
+void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign_mode mode) {
+  check_no_alias("vera::mixed_forward", y, "X", e.x());
+  check_no_alias("vera::mixed_forward", y, "W0", e.w0());
+  if constexpr (!std::is_same_v<Bias, no_bias_t>) check_no_alias("vera::mixed_forward", y, "bias", e.bias());
+
+  const adapter_set<T>& set = e.set();
+  // The set may have changed since the expression was built: check again before writing.
+  detail::require_nothing_merged("vera::mixed_forward", set);
+  // Evaluate an expression-valued X once: it feeds two products.
+  const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.x())>, 4>::type x(e.x());
+  const index n = x.rows();
+  cpu::mixed::scratch<T> scratch(e.scratch());
+  mixed_workspace<T>& ws = scratch.get();
+  index* columns = ws.indices(cpu::mixed::indices_columns, n);
+  const resolved_rows rows = resolve_rows(set, e.assignment(), n, columns, "vera::mixed_forward");
+
+  mixed_context<T>* ctx = e.context();
+  const bool dropout = ctx != nullptr && rows.dropout;
+  const bool one_adapter = rows.single_column >= 0;
+  bool merged_order = false;
+  if (one_adapter && rows.adapter_rows == n && !dropout) {
+    const product_extents extents{n, set.in_features(), set.out_features(), set.rank()};
+    merged_order = choose_order(order::automatic,
+                                forward_costs(extents, ctx != nullptr, scratch.reused()),
+                                true) == order::merged;
+  }
+
+  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  const bool has_p = ctx != nullptr || (rows.adapter_rows > 0 && !merged_order);
+  T* p_data = nullptr;
+  if (ctx != nullptr) {
+    p_data = ctx->begin_step(n, set.rank()).data();
+    std::copy(columns, columns + n, ctx->columns_buffer());
+  } else if (has_p) {
+    p_data = ws.get(cpu::mixed::slot_projected, n, set.rank()).data();
+  }
+  Eigen::Map<matrix> p(p_data, has_p ? n : 0, has_p ? set.rank() : 0);
+  if (has_p) {
+    const dropout_key* key = dropout ? &ctx->mask_key() : nullptr;
+    cpu::mixed::project_input(x, set.a(), set, columns, key, p, ws);
+  }
+
+  cpu::initialise_output(y, e.bias(), mode);
+  cpu::mixed::with_weight(set, e.w0(), [&](const auto& w) {
+    if (merged_order) {
+      const auto bbd = cpu::mixed::folded_b(set, rows.single_column, ws);
+      auto merged = ws.get(cpu::mixed::slot_wide, set.out_features(), set.in_features());
+      merged = w;
+      merged.noalias() += bbd * set.a();
+      y.noalias() += x * merged.transpose();
+      return;
+    }
+    y.noalias() += x * w.transpose();
+  });
+
+  if (rows.adapter_rows > 0 && !merged_order) {
+    if (one_adapter) {
+      const auto bbd = cpu::mixed::folded_b(set, rows.single_column, ws);
+      if (rows.adapter_rows == n) {
+        y.noalias() += p * bbd.transpose();
+      } else {
+        auto s = ws.get(cpu::mixed::slot_thin, n, set.rank());
+        cpu::mixed::for_each_coeff<false>(n, set.rank(), [&](index i, index k) {
+          s(i, k) = columns[i] >= 0 ? p(i, k) : T(0);
+        });
+        y.noalias() += s * bbd.transpose();
+      }
+    } else {
+      const cpu::mixed::row_plan<T> plan(set, columns, n, ws);
+      auto s = ws.get(cpu::mixed::slot_thin, n, set.rank());
+      using thin = decltype(s);
+      cpu::mixed::rank_pass(p, plan, static_cast<thin*>(nullptr), false,
+                            static_cast<thin*>(nullptr), &s);
+      // Z in the destination's layout, so the gather pass runs along both in storage order.
+      if constexpr (cpu::mixed::row_major<Dst>) {
+        auto z = ws.get(cpu::mixed::slot_wide, set.out_features(), n).transpose();
+        z.noalias() = s * set.b().transpose();
+        cpu::mixed::add_scaled_by_b(z, plan, y);
+      } else {
+        auto z = ws.get(cpu::mixed::slot_wide, n, set.out_features());
+        z.noalias() = s * set.b().transpose();
+        cpu::mixed::add_scaled_by_b(z, plan, y);
+      }
+    }
+  }
+  if (ctx != nullptr) ctx->finish_step(&set, set.version());
+}
+
+}  // namespace vera
