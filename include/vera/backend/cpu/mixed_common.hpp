@@ -23,15 +23,20 @@ enum slot : int {
   slot_small = 4,      // out x rank: one adapter's folded s Λb B Λd
   slot_rows = 5,       // a zero vector and per-row scales
   slot_sums = 6,       // (adapters + 1) x width segment sums; M = G^T P for one adapter
+  slot_gather = 7,     // rows x gather_width: gathered vector elements, row by row
 };
+
+/// Columns gathered per block in the row-by-row passes: each row's 16 consecutive elements are
+/// one vector load, and the block is then applied with vectorised column operations.
+inline constexpr index gather_width = 16;
 
 /// Index and pointer slots of mixed_workspace.
 enum index_slot : int { indices_columns = 0, indices_dense = 1, indices_runs = 2 };
 enum pointer_slot : int { pointers_b = 0, pointers_d = 1 };
 
 /// Mean rows per run from which passes go run by run, vectorised along the rows of each run,
-/// instead of row by row through one gathered pointer per row. Batches that keep each request's
-/// tokens together (the usual serving layout) have long runs; shuffled rows have runs of ~1.
+/// instead of gathering each row's vector elements. Batches that keep each request's tokens
+/// together (the usual serving layout) have long runs; shuffled rows have runs of ~1.
 inline constexpr index min_mean_run = 8;
 
 /// Uses the caller's workspace, or a local one for a single call.
@@ -50,8 +55,9 @@ class scratch {
 
 /// How a batch's rows map onto the set, arranged for the passes: runs of consecutive rows with
 /// the same column, each adapter's dense index among those present (the row of its segment
-/// sums; base-model rows use the extra last row, which is discarded), and per-row pointers when
-/// the passes go row by row. Base-model rows see zero vectors and scale 0, so no pass branches.
+/// sums; base-model rows use the extra last row, which is discarded), and per-row pointers for
+/// the passes that go row by row. Base-model rows see zero vectors and scale 0, so no pass
+/// branches on them.
 template <class T>
 class row_plan {
  public:
@@ -108,6 +114,12 @@ class row_plan {
     row_b_ = row_b;
     row_d_ = row_d;
     row_scale_ = row_scale;
+
+    // An odd number of 16-element groups per column keeps the block's columns in different
+    // cache sets; a multiple of 4 KiB (n = 1024 floats) would make them all collide.
+    gather_stride_ = (rows + 15) / 16 * 16;
+    if ((gather_stride_ / 16) % 2 == 0) gather_stride_ += 16;
+    gather_ = ws.get(slot_gather, gather_stride_ * gather_width, 1).data();
   }
 
   index rows() const noexcept { return rows_; }
@@ -134,6 +146,24 @@ class row_plan {
   const T* row_d(index row) const noexcept { return row_d_[row]; }
   T row_scale(index row) const noexcept { return row_scale_[row]; }
 
+  /// Calls f(first, block) for blocks of up to gather_width columns of a rows x cols matrix
+  /// whose row i is vector(i), with block(i, q) = vector(i)[first + q] (times row_scale(i)
+  /// when `scaled`). One gathered block is live at a time.
+  template <class Vector, class F>
+  void gathered_blocks(index cols, Vector&& vector, bool scaled, F&& f) const {
+    using strided = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>, 0, Eigen::OuterStride<>>;
+    for (index first = 0; first < cols; first += gather_width) {
+      const index width = std::min(gather_width, cols - first);
+      strided block(gather_, rows_, width, Eigen::OuterStride<>(gather_stride_));
+      for (index i = 0; i < rows_; ++i) {
+        const T* source = vector(i) + first;
+        const T factor = scaled ? row_scale_[i] : T(1);
+        for (index q = 0; q < width; ++q) block(i, q) = source[q] * factor;
+      }
+      f(first, block);
+    }
+  }
+
  private:
   const adapter_set<T>* set_;
   const index* columns_;
@@ -151,6 +181,8 @@ class row_plan {
   const T* const* row_b_ = nullptr;
   const T* const* row_d_ = nullptr;
   const T* row_scale_ = nullptr;
+  T* gather_ = nullptr;
+  index gather_stride_ = 0;
 };
 
 template <class M>
@@ -190,7 +222,15 @@ void scale_by_b(const Src& src, const row_plan<T>& plan, Dst& dst) {
     });
     return;
   }
-  for_each_coeff<row_major<Dst>>(src.rows(), src.cols(), [&](index i, index j) {
+  if constexpr (!row_major<Dst>) {
+    plan.gathered_blocks(src.cols(), [&](index i) { return plan.row_b(i); }, false,
+                         [&](index first, const auto& block) {
+                           dst.middleCols(first, block.cols()) =
+                               src.middleCols(first, block.cols()).cwiseProduct(block);
+                         });
+    return;
+  }
+  for_each_coeff<true>(src.rows(), src.cols(), [&](index i, index j) {
     dst(i, j) = src(i, j) * plan.row_b(i)[j];
   });
 }
@@ -207,7 +247,15 @@ void add_scaled_by_b(const Src& src, const row_plan<T>& plan, Dst& dst) {
     });
     return;
   }
-  for_each_coeff<row_major<Dst>>(src.rows(), src.cols(), [&](index i, index j) {
+  if constexpr (!row_major<Dst>) {
+    plan.gathered_blocks(src.cols(), [&](index i) { return plan.row_b(i); }, false,
+                         [&](index first, const auto& block) {
+                           dst.middleCols(first, block.cols()) +=
+                               src.middleCols(first, block.cols()).cwiseProduct(block);
+                         });
+    return;
+  }
+  for_each_coeff<true>(src.rows(), src.cols(), [&](index i, index j) {
     dst(i, j) += src(i, j) * plan.row_b(i)[j];
   });
 }
@@ -233,12 +281,16 @@ void rank_pass(const P& p, const row_plan<T>& plan, Thin* t, bool scale_t, Sums*
     });
     return;
   }
-  for_each_coeff<false>(p.rows(), p.cols(), [&](index i, index k) {
-    const T factor = plan.row_scale(i) * plan.row_d(i)[k];
-    const T pv = p(i, k);
-    if (sums != nullptr) (*sums)(plan.dense(i), k) += (*t)(i, k) * pv;
-    if (s != nullptr) (*s)(i, k) = pv * factor;
-    if (scale_t) (*t)(i, k) *= factor;
+  plan.gathered_blocks(p.cols(), [&](index i) { return plan.row_d(i); }, true,
+                       [&](index first, const auto& factors) {
+    const index width = factors.cols();
+    if (sums != nullptr) {
+      for (index q = 0; q < width; ++q) {
+        for (index i = 0; i < p.rows(); ++i) (*sums)(plan.dense(i), first + q) += (*t)(i, first + q) * p(i, first + q);
+      }
+    }
+    if (s != nullptr) s->middleCols(first, width) = p.middleCols(first, width).cwiseProduct(factors);
+    if (scale_t) t->middleCols(first, width).array() *= factors.array();
   });
 }
 

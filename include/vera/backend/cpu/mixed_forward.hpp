@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// CPU evaluator of the mixed-adapter forward: two shared GEMMs plus per-row gathers.
+// CPU evaluator of the mixed-adapter forward: the shared GEMMs plus per-row gathers.
 #pragma once
 
 #include <algorithm>
@@ -37,8 +37,8 @@ void project_input(const X& x, const A& a, const adapter_set<T>& set, const inde
 /// \brief Evaluates a mixed forward into `y` on the CPU.
 ///
 /// Y = bias + X W0^T, then the adapter term in one of three ways:
-/// - one adapter on every row, no dropout: exactly the core's single-adapter forward, in the order
-///   its cost model picks (the merged order needs one weight for all rows);
+/// - one adapter on every row, no dropout: the core's single-adapter algorithm, in the order its
+///   cost model picks (only here is the merged order possible: it needs one weight for all rows);
 /// - one adapter on some rows: S = P with base-model rows zeroed, Y += S (s Λb B Λd)^T;
 /// - several adapters: S = P ⊙ (s d)[a(i)] (a pass over n x rank), Z = S B^T (the shared GEMM),
 ///   Y += Z ⊙ b[a(i)] (a pass over n x out). No per-adapter GEMM.

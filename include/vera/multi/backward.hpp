@@ -1,0 +1,287 @@
+// SPDX-License-Identifier: Apache-2.0
+// Lazy mixed-adapter backward: gradients of every adapter in a batch, and of X, in shared GEMMs.
+#pragma once
+
+#include <string>
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "vera/backend/exec.hpp"
+#include "vera/expr/operand.hpp"
+#include "vera/multi/adapter_set.hpp"
+#include "vera/multi/context.hpp"
+#include "vera/multi/forward.hpp"
+#include "vera/multi/gradients.hpp"
+#include "vera/multi/workspace.hpp"
+
+namespace vera {
+
+template <class Exec, class GD, class T>
+class mixed_parameter_gradient_expr;
+template <class Exec, class GD, class WD, class T>
+class mixed_input_gradient_expr;
+template <class Exec, class GD, class WD, class T>
+class mixed_backward_expr;
+
+}  // namespace vera
+
+namespace Eigen::internal {
+template <class Exec, class GD, class WD, class T>
+struct traits<vera::mixed_input_gradient_expr<Exec, GD, WD, T>> {
+  using ReturnType = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+};
+}  // namespace Eigen::internal
+
+namespace vera {
+
+namespace detail {
+
+template <class GD, class T>
+void check_mixed_upstream(const char* operation, const GD& g, const adapter_set<T>& set,
+                          const mixed_context<T>& ctx) {
+  if (!ctx.ready()) {
+    throw state_error(std::string(operation) + ": the context holds no mixed training forward; "
+                      "evaluate vera::mixed_forward(...).train(ctx) first");
+  }
+  if (ctx.owner() != &set) {
+    throw state_error(std::string(operation) + ": the context was filled by a different adapter set");
+  }
+  if (ctx.owner_version() != set.version()) {
+    throw state_error(std::string(operation) + ": adapters were added, removed, enabled or disabled "
+                      "since the training forward; run the forward again");
+  }
+  require_nothing_merged(operation, set);
+  check_cols("G", set.out_features(), g.cols(), "the layer's out_features");
+  check_rows("G", ctx.rows(), g.rows(), "rows of the training forward");
+}
+
+template <class T>
+void prepare_gradients(mixed_gradients<T>& out, const adapter_set<T>& set, assign_mode mode) {
+  if (mode == assign_mode::overwrite) {
+    out.lambda_b.resize(set.out_features(), set.columns());
+    out.lambda_d.resize(set.rank(), set.columns());
+  } else {
+    check_shape("gradients.lambda_b", set.out_features(), set.columns(), out.lambda_b.rows(),
+                out.lambda_b.cols());
+    check_shape("gradients.lambda_d", set.rank(), set.columns(), out.lambda_d.rows(),
+                out.lambda_d.cols());
+  }
+}
+
+}  // namespace detail
+
+/// \brief dL/d lambda_b (out x k) and dL/d lambda_d (rank x k) of every adapter of the set from
+///        G = dL/dY and a mixed context, lazily:
+///        grad_b[a] = Σ_{i in a} (G ⊙ Q)_i,  grad_d[a] = Σ_{i in a} s_a (T ⊙ P)_i, T = (G ⊙ b_a(i)) B.
+///
+/// `grads = expr;` overwrites every column (adapters without rows, frozen vectors and free
+/// columns get zero); `grads += expr;` adds to the adapters present and leaves the rest alone.
+template <class Exec, class GD, class T>
+class mixed_parameter_gradient_expr {
+  static_assert(scalar_matches<GD, T>, "vera::mixed_parameter_gradients: G must have the set's scalar type");
+
+ public:
+  mixed_parameter_gradient_expr(const GD& g, const adapter_set<T>& set, const mixed_context<T>& ctx)
+      : g_(g), set_(&set), context_(&ctx) {
+    detail::check_mixed_upstream("vera::mixed_parameter_gradients", g, set, ctx);
+  }
+
+  mixed_parameter_gradient_expr using_workspace(mixed_workspace<T>& ws) const {
+    mixed_parameter_gradient_expr copy(*this);
+    copy.workspace_ = &ws;
+    return copy;
+  }
+
+  /// \brief Writes (or adds) the gradients into `out`, which is resized only on overwrite.
+  void eval_to(mixed_gradients<T>& out, assign_mode mode = assign_mode::overwrite) const {
+    detail::check_mixed_upstream("vera::mixed_parameter_gradients", g_, *set_, *context_);
+    detail::prepare_gradients(out, *set_, mode);
+    evaluate(Exec{}, *this, out, mode);
+  }
+  mixed_gradients<T> eval() const {
+    mixed_gradients<T> out;
+    eval_to(out);
+    return out;
+  }
+  operator mixed_gradients<T>() const { return eval(); }  // NOLINT: evaluation on conversion is the point
+
+  const detail::closure_t<GD>& upstream() const noexcept { return g_; }
+  const adapter_set<T>& set() const noexcept { return *set_; }
+  const mixed_context<T>& context() const noexcept { return *context_; }
+  mixed_workspace<T>* scratch() const noexcept { return workspace_; }
+
+ private:
+  detail::closure_t<GD> g_;
+  const adapter_set<T>* set_;
+  const mixed_context<T>* context_;
+  mixed_workspace<T>* workspace_ = nullptr;
+};
+
+template <class Exec, class GD, class T>
+mixed_gradients<T>& operator+=(mixed_gradients<T>& out, const mixed_parameter_gradient_expr<Exec, GD, T>& e) {
+  e.eval_to(out, assign_mode::accumulate);
+  return out;
+}
+
+/// \brief dL/dX (n x in) = G W0 + (s_a(i) T ⊙ d_a(i)) A row by row, with each row's dropout mask
+///        on the adapter term, lazily. `dX = expr;` overwrites, `expr.add_to(dX)` accumulates;
+///        dX must not share memory with G or W0.
+template <class Exec, class GD, class WD, class T>
+class mixed_input_gradient_expr
+    : public Eigen::ReturnByValue<mixed_input_gradient_expr<Exec, GD, WD, T>> {
+  static_assert(scalar_matches<GD, T>, "vera::mixed_input_gradient: G must have the set's scalar type");
+  static_assert(scalar_matches<WD, T>, "vera::mixed_input_gradient: W0 must have the set's scalar type");
+
+ public:
+  mixed_input_gradient_expr(const GD& g, const WD& w0, const adapter_set<T>& set,
+                            const mixed_context<T>& ctx)
+      : g_(g), w0_(w0), set_(&set), context_(&ctx) {
+    detail::check_mixed_upstream("vera::mixed_input_gradient", g, set, ctx);
+    detail::check_set_weight("W0", w0, set);
+  }
+
+  Eigen::Index rows() const { return g_.rows(); }
+  Eigen::Index cols() const { return set_->in_features(); }
+
+  mixed_input_gradient_expr using_workspace(mixed_workspace<T>& ws) const {
+    mixed_input_gradient_expr copy(*this);
+    copy.workspace_ = &ws;
+    return copy;
+  }
+
+  template <class Dst>
+  void evalTo(Dst& dst) const {
+    detail::check_mixed_upstream("vera::mixed_input_gradient", g_, *set_, *context_);
+    evaluate(Exec{}, *this, dst, assign_mode::overwrite);
+  }
+  template <class Dst>
+  void add_to(Eigen::MatrixBase<Dst>& dst) const {
+    detail::check_mixed_upstream("vera::mixed_input_gradient", g_, *set_, *context_);
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
+  }
+
+  const detail::closure_t<GD>& upstream() const noexcept { return g_; }
+  const detail::closure_t<WD>& w0() const noexcept { return w0_; }
+  const adapter_set<T>& set() const noexcept { return *set_; }
+  const mixed_context<T>& context() const noexcept { return *context_; }
+  mixed_workspace<T>* scratch() const noexcept { return workspace_; }
+
+ private:
+  detail::closure_t<GD> g_;
+  detail::closure_t<WD> w0_;
+  const adapter_set<T>* set_;
+  const mixed_context<T>* context_;
+  mixed_workspace<T>* workspace_ = nullptr;
+};
+
+/// \brief Parameter gradients and dL/dX together, sharing T = (G ⊙ b_a(i)) B: four GEMMs in
+///        all (T, Q = S B^T, G W0, U A), as the core's two backward calls need for one adapter.
+///
+/// `expr.eval_to(grads, dX)` overwrites both; with assign_mode::accumulate it adds to both.
+template <class Exec, class GD, class WD, class T>
+class mixed_backward_expr {
+  static_assert(scalar_matches<GD, T>, "vera::mixed_backward: G must have the set's scalar type");
+  static_assert(scalar_matches<WD, T>, "vera::mixed_backward: W0 must have the set's scalar type");
+
+ public:
+  mixed_backward_expr(const GD& g, const WD& w0, const adapter_set<T>& set, const mixed_context<T>& ctx)
+      : g_(g), w0_(w0), set_(&set), context_(&ctx) {
+    detail::check_mixed_upstream("vera::mixed_backward", g, set, ctx);
+    detail::check_set_weight("W0", w0, set);
+  }
+
+  mixed_backward_expr using_workspace(mixed_workspace<T>& ws) const {
+    mixed_backward_expr copy(*this);
+    copy.workspace_ = &ws;
+    return copy;
+  }
+
+  /// \brief Writes (or adds) the gradients into `grads` and dL/dX (n x in) into `dx`; dx must
+  ///        not share memory with G or W0. A plain matrix dx is resized on overwrite.
+  template <class DX>
+  void eval_to(mixed_gradients<T>& grads, Eigen::MatrixBase<DX>& dx,
+               assign_mode mode = assign_mode::overwrite) const {
+    detail::check_mixed_upstream("vera::mixed_backward", g_, *set_, *context_);
+    const index rows = g_.rows();
+    const index cols = set_->in_features();
+    if constexpr (std::is_base_of_v<Eigen::PlainObjectBase<DX>, DX>) {
+      if (mode == assign_mode::overwrite) dx.derived().resize(rows, cols);
+    }
+    check_shape("dX", rows, cols, dx.rows(), dx.cols());
+    detail::prepare_gradients(grads, *set_, mode);
+    evaluate(Exec{}, *this, grads, dx.derived(), mode);
+  }
+
+  const detail::closure_t<GD>& upstream() const noexcept { return g_; }
+  const detail::closure_t<WD>& w0() const noexcept { return w0_; }
+  const adapter_set<T>& set() const noexcept { return *set_; }
+  const mixed_context<T>& context() const noexcept { return *context_; }
+  mixed_workspace<T>* scratch() const noexcept { return workspace_; }
+
+ private:
+  detail::closure_t<GD> g_;
+  detail::closure_t<WD> w0_;
+  const adapter_set<T>* set_;
+  const mixed_context<T>* context_;
+  mixed_workspace<T>* workspace_ = nullptr;
+};
+
+/// \brief Lazy gradients of every adapter's lambda_b and lambda_d. Shapes: G n x out, ctx from
+///        the mixed training forward of the same n rows over the same, unchanged set.
+///        Throws state_error if ctx holds no such forward.
+template <class Exec, class GD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
+mixed_parameter_gradient_expr<Exec, GD, T> mixed_parameter_gradients(
+    Exec, const Eigen::MatrixBase<GD>& g, const adapter_set<T>& set, const mixed_context<T>& ctx) {
+  return {g.derived(), set, ctx};
+}
+template <class GD, class T>
+mixed_parameter_gradient_expr<exec::default_policy, GD, T> mixed_parameter_gradients(
+    const Eigen::MatrixBase<GD>& g, const adapter_set<T>& set, const mixed_context<T>& ctx) {
+  return {g.derived(), set, ctx};
+}
+template <class GD, class T>
+void mixed_parameter_gradients(const Eigen::MatrixBase<GD>&, adapter_set<T>&&,
+                               const mixed_context<T>&) = delete;
+
+/// \brief Lazy dL/dX. Shapes: G n x out, W0 as in vera::mixed_forward.
+template <class Exec, class GD, class WD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
+mixed_input_gradient_expr<Exec, GD, WD, T> mixed_input_gradient(Exec, const Eigen::MatrixBase<GD>& g,
+                                                                const Eigen::MatrixBase<WD>& w0,
+                                                                const adapter_set<T>& set,
+                                                                const mixed_context<T>& ctx) {
+  return {g.derived(), w0.derived(), set, ctx};
+}
+template <class GD, class WD, class T>
+mixed_input_gradient_expr<exec::default_policy, GD, WD, T> mixed_input_gradient(
+    const Eigen::MatrixBase<GD>& g, const Eigen::MatrixBase<WD>& w0, const adapter_set<T>& set,
+    const mixed_context<T>& ctx) {
+  return {g.derived(), w0.derived(), set, ctx};
+}
+template <class GD, class WD, class T>
+void mixed_input_gradient(const Eigen::MatrixBase<GD>&, const Eigen::MatrixBase<WD>&, adapter_set<T>&&,
+                          const mixed_context<T>&) = delete;
+
+/// \brief Lazy parameter and input gradients in one pass. Shapes as in the two calls above.
+template <class Exec, class GD, class WD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
+mixed_backward_expr<Exec, GD, WD, T> mixed_backward(Exec, const Eigen::MatrixBase<GD>& g,
+                                                    const Eigen::MatrixBase<WD>& w0,
+                                                    const adapter_set<T>& set,
+                                                    const mixed_context<T>& ctx) {
+  return {g.derived(), w0.derived(), set, ctx};
+}
+template <class GD, class WD, class T>
+mixed_backward_expr<exec::default_policy, GD, WD, T> mixed_backward(const Eigen::MatrixBase<GD>& g,
+                                                                    const Eigen::MatrixBase<WD>& w0,
+                                                                    const adapter_set<T>& set,
+                                                                    const mixed_context<T>& ctx) {
+  return {g.derived(), w0.derived(), set, ctx};
+}
+template <class GD, class WD, class T>
+void mixed_backward(const Eigen::MatrixBase<GD>&, const Eigen::MatrixBase<WD>&, adapter_set<T>&&,
+                    const mixed_context<T>&) = delete;
+
+}  // namespace vera
+
+#include "vera/backend/cpu/mixed_backward.hpp"

@@ -1,0 +1,175 @@
+// SPDX-License-Identifier: Apache-2.0
+// Lazy mixed-adapter forward: each row of X goes through its own adapter of a set, in shared GEMMs.
+#pragma once
+
+#include <string>
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "vera/backend/exec.hpp"
+#include "vera/expr/forward.hpp"
+#include "vera/expr/operand.hpp"
+#include "vera/multi/adapter_set.hpp"
+#include "vera/multi/context.hpp"
+#include "vera/multi/resolve.hpp"
+#include "vera/multi/row_assignment.hpp"
+#include "vera/multi/workspace.hpp"
+
+namespace vera {
+
+template <class Exec, class XD, class WD, class Bias, class T>
+class mixed_forward_expr;
+
+}  // namespace vera
+
+namespace Eigen::internal {
+template <class Exec, class XD, class WD, class Bias, class T>
+struct traits<vera::mixed_forward_expr<Exec, XD, WD, Bias, T>> {
+  using ReturnType = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+};
+}  // namespace Eigen::internal
+
+namespace vera {
+
+namespace detail {
+
+// W0 is out x in, or in x out when the set stores it transposed (fan_in_fan_out).
+template <class WD, class T>
+void check_set_weight(const char* operand, const WD& w0, const adapter_set<T>& set) {
+  if (set.fan_in_fan_out()) {
+    check_shape(operand, set.in_features(), set.out_features(), w0.rows(), w0.cols());
+  } else {
+    check_shape(operand, set.out_features(), set.in_features(), w0.rows(), w0.cols());
+  }
+}
+
+template <class T>
+void require_nothing_merged(const char* operation, const adapter_set<T>& set) {
+  if (set.merged() != no_adapter) {
+    throw state_error(std::string(operation) + ": adapter " + std::to_string(set.merged()) +
+                      " is merged into W0, which would add it to every row; unmerge it first");
+  }
+}
+
+}  // namespace detail
+
+/// \brief Y (n x out) = X W0^T + bias + s_a(i) ((P ⊙ d_a(i)) B^T) ⊙ b_a(i) row by row, with
+///        P = X A^T and a(i) the adapter of row i, lazily.
+///
+/// Rows whose id is no_adapter, or whose adapter is disabled, get the base model only. Every
+/// row shares the two GEMMs X W0^T and P B^T; the per-adapter vectors are gathered row by row.
+/// `Y = expr;` overwrites Y, `expr.add_to(Y)` accumulates; Y must not share memory with X, W0 or
+/// bias. `.train(ctx)` applies each adapter's dropout to its rows and saves what backward needs.
+template <class Exec, class XD, class WD, class Bias, class T>
+class mixed_forward_expr : public Eigen::ReturnByValue<mixed_forward_expr<Exec, XD, WD, Bias, T>> {
+  static_assert(scalar_matches<XD, T>, "vera::mixed_forward: X must have the set's scalar type");
+  static_assert(scalar_matches<WD, T>, "vera::mixed_forward: W0 must have the set's scalar type");
+
+ public:
+  mixed_forward_expr(const XD& x, const WD& w0, const Bias& bias, const adapter_set<T>& set,
+                     const row_assignment& ids)
+      : x_(x), w0_(w0), bias_(bias), set_(&set), ids_(ids) {
+    check_cols("X", set.in_features(), x.cols(), "the layer's in_features");
+    detail::check_set_weight("W0", w0, set);
+    if constexpr (!std::is_same_v<Bias, no_bias_t>) {
+      static_assert(scalar_matches<Bias, T>, "vera::mixed_forward: bias must have the set's scalar type");
+      check_size("bias", set.out_features(), bias.size());
+    }
+    detail::require_nothing_merged("vera::mixed_forward", set);
+    (void)resolve_rows(set, ids, x.rows(), nullptr, "vera::mixed_forward");
+  }
+
+  Eigen::Index rows() const { return x_.rows(); }
+  Eigen::Index cols() const { return set_->out_features(); }
+
+  /// \brief Training forward: per-adapter dropout on, P and the row columns saved in `ctx`.
+  mixed_forward_expr train(mixed_context<T>& ctx) const {
+    mixed_forward_expr copy(*this);
+    copy.context_ = &ctx;
+    return copy;
+  }
+  /// \brief Use `ws` for scratch memory instead of allocating.
+  mixed_forward_expr using_workspace(mixed_workspace<T>& ws) const {
+    mixed_forward_expr copy(*this);
+    copy.workspace_ = &ws;
+    return copy;
+  }
+
+  /// \brief Eigen's hook for `Y = expr`: overwrites Y.
+  template <class Dst>
+  void evalTo(Dst& dst) const {
+    evaluate(Exec{}, *this, dst, assign_mode::overwrite);
+  }
+  /// \brief Y += expr without a temporary; Y must already be n x out.
+  template <class Dst>
+  void add_to(Eigen::MatrixBase<Dst>& dst) const {
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
+  }
+
+  const detail::closure_t<XD>& x() const noexcept { return x_; }
+  const detail::closure_t<WD>& w0() const noexcept { return w0_; }
+  const detail::bias_closure_t<Bias>& bias() const noexcept { return bias_; }
+  const adapter_set<T>& set() const noexcept { return *set_; }
+  const row_assignment& assignment() const noexcept { return ids_; }
+  mixed_context<T>* context() const noexcept { return context_; }
+  mixed_workspace<T>* scratch() const noexcept { return workspace_; }
+
+ private:
+  detail::closure_t<XD> x_;
+  detail::closure_t<WD> w0_;
+  detail::bias_closure_t<Bias> bias_;
+  const adapter_set<T>* set_;
+  row_assignment ids_;
+  mixed_context<T>* context_ = nullptr;
+  mixed_workspace<T>* workspace_ = nullptr;
+};
+
+/// \brief Lazy mixed forward on policy `Exec`.
+///
+/// Shapes: X n x in, W0 out x in (in x out with fan_in_fan_out), bias out (or vera::no_bias),
+/// ids n adapter ids (std::vector<int>, a contiguous Eigen int vector or a row_assignment).
+/// Throws shape_error naming the operand for a wrong shape, value_error naming the row for an id
+/// that is not in the set, state_error while an adapter of the set is merged.
+template <class Exec, class XD, class WD, class Bias, class T,
+          class = std::enable_if_t<std::is_empty_v<Exec>>>
+mixed_forward_expr<Exec, XD, WD, Bias, T> mixed_forward(Exec, const Eigen::MatrixBase<XD>& x,
+                                                       const Eigen::MatrixBase<WD>& w0,
+                                                       const Bias& bias, const adapter_set<T>& set,
+                                                       const row_assignment& ids) {
+  if constexpr (std::is_same_v<Bias, no_bias_t>) {
+    return {x.derived(), w0.derived(), bias, set, ids};
+  } else {
+    return {x.derived(), w0.derived(), bias.derived(), set, ids};
+  }
+}
+
+/// \brief Lazy mixed forward on the default (CPU) policy.
+template <class XD, class WD, class Bias, class T>
+mixed_forward_expr<exec::default_policy, XD, WD, Bias, T> mixed_forward(
+    const Eigen::MatrixBase<XD>& x, const Eigen::MatrixBase<WD>& w0, const Bias& bias,
+    const adapter_set<T>& set, const row_assignment& ids) {
+  return mixed_forward(exec::default_policy{}, x, w0, bias, set, ids);
+}
+
+/// \brief Single-adapter call: every row uses the set's active adapter (see adapter_set::select).
+template <class XD, class WD, class Bias, class T>
+mixed_forward_expr<exec::default_policy, XD, WD, Bias, T> mixed_forward(
+    const Eigen::MatrixBase<XD>& x, const Eigen::MatrixBase<WD>& w0, const Bias& bias,
+    const adapter_set<T>& set) {
+  return mixed_forward(exec::default_policy{}, x, w0, bias, set,
+                       row_assignment::uniform(set.active(), x.rows()));
+}
+
+// An expression must not outlive its set: binding a temporary set is refused.
+template <class XD, class WD, class Bias, class T>
+void mixed_forward(const Eigen::MatrixBase<XD>&, const Eigen::MatrixBase<WD>&, const Bias&,
+                   adapter_set<T>&&, const row_assignment&) = delete;
+template <class XD, class WD, class Bias, class T>
+void mixed_forward(const Eigen::MatrixBase<XD>&, const Eigen::MatrixBase<WD>&, const Bias&,
+                   adapter_set<T>&&) = delete;
+
+}  // namespace vera
+
+#include "vera/backend/cpu/mixed_forward.hpp"

@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: Apache-2.0
+// Gradient buffers of every adapter of a set: one column per adapter, as the set stores them.
+#pragma once
+
+#include <utility>
+
+#include <Eigen/Core>
+
+#include "vera/multi/adapter_set.hpp"
+
+namespace vera {
+
+/// \brief dL/d lambda_b (out x k) and dL/d lambda_d (rank x k) of every adapter of a set.
+///
+/// Column c belongs to set.id_at(c), as in adapter_set::lambda_b_matrix(), so one optimizer
+/// step can update every adapter at once. Adapters without rows in the batch, frozen vectors,
+/// disabled adapters and free columns get zero on overwrite and are left as is on accumulate.
+template <class T>
+struct mixed_gradients {
+  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+
+  matrix lambda_b;
+  matrix lambda_d;
+
+  mixed_gradients() = default;
+  /// \brief Zero gradients sized for `set` (out x k and rank x k).
+  explicit mixed_gradients(const adapter_set<T>& set)
+      : lambda_b(matrix::Zero(set.out_features(), set.columns())),
+        lambda_d(matrix::Zero(set.rank(), set.columns())) {}
+
+  /// \brief `grads = vera::mixed_parameter_gradients(...)`: evaluates in place, reusing buffers.
+  template <class Expr, class = decltype(std::declval<const Expr&>().eval_to(
+                            std::declval<mixed_gradients&>()))>
+  mixed_gradients& operator=(const Expr& e) {
+    e.eval_to(*this);
+    return *this;
+  }
+  mixed_gradients& operator=(const mixed_gradients&) = default;
+  mixed_gradients& operator=(mixed_gradients&&) noexcept = default;
+  mixed_gradients(const mixed_gradients&) = default;
+  mixed_gradients(mixed_gradients&&) noexcept = default;
+
+  void set_zero() {
+    lambda_b.setZero();
+    lambda_d.setZero();
+  }
+};
+
+}  // namespace vera

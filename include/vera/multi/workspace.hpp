@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: Apache-2.0
+// Reusable scratch buffers of mixed-batch evaluators, so a steady-state step allocates nothing.
+#pragma once
+
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "vera/core/shape.hpp"
+
+namespace vera {
+
+/// \brief Scratch memory for mixed forward and backward evaluations.
+///
+/// Buffers grow to the largest size requested and are kept. Not thread-safe: one per thread.
+template <class T>
+class mixed_workspace {
+ public:
+  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  static constexpr int matrix_slots = 8;
+  static constexpr int row_slots = 3;  ///< of each per-row buffer kind
+
+  /// \brief A rows x cols scratch matrix in slot `slot` (0..7); contents are unspecified.
+  Eigen::Map<matrix> get(int slot, index rows, index cols) {
+    matrix& buffer = matrices_[slot];
+    if (buffer.size() < rows * cols) buffer.resize(rows * cols, 1);
+    return {buffer.data(), rows, cols};
+  }
+  /// \brief `count` indices in slot `slot` (0..2); contents are unspecified.
+  index* indices(int slot, index count) { return grow(indices_[slot], count); }
+  /// \brief `count` read pointers in slot `slot` (0..2); contents are unspecified.
+  const T** pointers(int slot, index count) { return grow(pointers_[slot], count); }
+
+ private:
+  template <class P>
+  static P* grow(std::vector<P>& buffer, index rows) {
+    if (buffer.size() < static_cast<std::size_t>(rows)) buffer.resize(static_cast<std::size_t>(rows));
+    return buffer.data();
+  }
+
+  matrix matrices_[matrix_slots];
+  std::vector<index> indices_[row_slots];
+  std::vector<const T*> pointers_[row_slots];
+};
+
+}  // namespace vera
