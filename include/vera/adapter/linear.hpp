@@ -36,7 +36,12 @@ class linear {
 
   const matrix& weight() const noexcept { return w0_; }
   const std::optional<vector<T>>& bias() const noexcept { return bias_; }
-  adapter<T>& vera_adapter() noexcept { return adapter_; }
+  /// \brief Writable adapter; refused while merged, since W0 then holds the current ΔW and
+  ///        changing b or d would make unmerge() subtract something else.
+  adapter<T>& vera_adapter() {
+    require_unmerged("vera_adapter");
+    return adapter_;
+  }
   const adapter<T>& vera_adapter() const noexcept { return adapter_; }
   const forward_context<T>& context() const noexcept { return context_; }
   bool merged() const noexcept { return merged_; }

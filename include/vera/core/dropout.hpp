@@ -22,9 +22,12 @@ struct dropout_key {
 inline bool dropout_keeps(const dropout_key& key, index row, index col) {
   const philox4x32::key_type k{static_cast<std::uint32_t>(key.seed),
                                static_cast<std::uint32_t>(key.seed >> 32)};
+  // The top bit of the last counter word marks the dropout stream: projections and random init
+  // use 0 there, so a mask never repeats projection or init bits under the same seed.
   const philox4x32::counter_type counter{
       static_cast<std::uint32_t>(col / 4), static_cast<std::uint32_t>(row),
-      static_cast<std::uint32_t>(key.step), static_cast<std::uint32_t>(key.step >> 32)};
+      static_cast<std::uint32_t>(key.step),
+      static_cast<std::uint32_t>(key.step >> 32) | 0x80000000u};
   const auto words = philox4x32::generate(counter, k);
   return static_cast<double>(unit_interval_float(words[static_cast<std::size_t>(col % 4)])) >=
          key.probability;

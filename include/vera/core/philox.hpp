@@ -9,6 +9,8 @@ namespace vera {
 
 /// \brief Philox4x32 with 10 rounds (Salmon et al., SC'11), usable on host and device.
 ///
+/// Streams under one seed are kept apart by the counter: projection A is (col/4, row, 0, 0),
+/// B is (col/4, row, 1, 0), random init of d is (k, 0, 2, 0), dropout sets the top bit of word 3.
 /// The same (key, counter) gives the same four words on every backend and in any order, so a
 /// kernel can regenerate any tile of a projection or a dropout mask instead of reading it.
 struct philox4x32 {

@@ -142,6 +142,8 @@ class input_gradient_expr : public Eigen::ReturnByValue<input_gradient_expr<Exec
 
   template <class Dst>
   void evalTo(Dst& dst) const {
+    // A resizable destination already has this shape; a block or map may not.
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst, assign_mode::overwrite);
   }
   template <class Dst>

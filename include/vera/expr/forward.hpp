@@ -83,6 +83,8 @@ class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias
     detail::check_base_weight("W0", w0, ad);
     if constexpr (!std::is_same_v<Bias, no_bias_t>) {
       static_assert(scalar_matches<Bias, T>, "vera::forward: bias must have the adapter's scalar type");
+      static_assert(Bias::RowsAtCompileTime == 1 || Bias::ColsAtCompileTime == 1,
+                    "vera::forward: bias must be a vector (out elements)");
       check_size("bias", ad.out_features(), bias.size());
     }
   }
@@ -112,6 +114,8 @@ class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias
   /// \brief Eigen's hook for `Y = expr`: overwrites Y.
   template <class Dst>
   void evalTo(Dst& dst) const {
+    // A resizable destination already has this shape; a block or map may not.
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst, assign_mode::overwrite);
   }
   /// \brief Y += expr without a temporary; Y must already be n x out.

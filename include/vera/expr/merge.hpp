@@ -52,6 +52,7 @@ class delta_weight_expr : public Eigen::ReturnByValue<delta_weight_expr<Exec, T>
 
   template <class Dst>
   void evalTo(Dst& dst) const {
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst, T(0), T(1));
   }
   template <class Dst>
@@ -94,6 +95,7 @@ class merged_weight_expr : public Eigen::ReturnByValue<merged_weight_expr<Exec, 
 
   template <class Dst>
   void evalTo(Dst& dst) const {
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     check_no_alias("vera::merged_weight", dst, "W0", w0_);
     dst = w0_;
     delta_.add_to(dst);

@@ -15,10 +15,20 @@ template <class Y, class Bias>
 void initialise_output(Y& y, const Bias& bias, assign_mode mode) {
   if constexpr (std::is_same_v<Bias, no_bias_t>) {
     if (mode == assign_mode::overwrite) y.setZero();
-  } else if (mode == assign_mode::overwrite) {
-    y.rowwise() = bias.transpose();
   } else {
-    y.rowwise() += bias.transpose();
+    // A bias may be stored as a column or a row vector; broadcasting needs it as a row.
+    const auto broadcast = [&](const auto& row) {
+      if (mode == assign_mode::overwrite) {
+        y.rowwise() = row;
+      } else {
+        y.rowwise() += row;
+      }
+    };
+    if constexpr (std::decay_t<Bias>::ColsAtCompileTime == 1) {
+      broadcast(bias.transpose());
+    } else {
+      broadcast(bias);
+    }
   }
 }
 

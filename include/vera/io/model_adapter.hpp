@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: Apache-2.0
+// A model-level VeRA adapter: named layers (PEFT module paths) sharing one projection.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+
+#include "vera/adapter/adapter.hpp"
+#include "vera/adapter/options.hpp"
+#include "vera/adapter/projection.hpp"
+#include "vera/core/error.hpp"
+#include "vera/core/projection_spec.hpp"
+#include "vera/core/shape.hpp"
+
+namespace vera::io {
+
+/// \brief Input and output features of one base layer (nn.Linear(in, out) or Conv1D(out, in)).
+struct layer_shape {
+  index in = 0;
+  index out = 0;
+
+  friend bool operator==(const layer_shape& a, const layer_shape& b) {
+    return a.in == b.in && a.out == b.out;
+  }
+  friend bool operator!=(const layer_shape& a, const layer_shape& b) { return !(a == b); }
+};
+
+/// \brief Base layer shapes by module path, e.g. "model.layers.0.self_attn.q_proj".
+using layer_shapes = std::map<std::string, layer_shape>;
+
+/// \brief The element-wise maximum of in and out over `layers` ({0, 0} when empty): the extents
+///        PEFT gives the shared projection.
+inline layer_shape max_extents(const layer_shapes& layers) {
+  layer_shape largest;
+  for (const auto& [path, shape] : layers) {
+    largest.in = std::max(largest.in, shape.in);
+    largest.out = std::max(largest.out, shape.out);
+  }
+  return largest;
+}
+
+/// \brief The VeRA adapters of a whole model: one adapter<T> per adapted layer, keyed by module
+///        path, all sharing one projection<T>, with one set of options.
+///
+/// Layers are kept in path order, so iteration and saved files are deterministic.
+template <class T>
+class model_adapter {
+ public:
+  using layer_map = std::map<std::string, adapter<T>>;
+
+  /// \brief Creates an adapter per layer on `shared`, initialised as `options` says.
+  ///
+  /// Throws value_error for an empty path, and what adapter<T> throws for a layer that does not
+  /// fit the projection (shape_error, rank_error) or bad options (value_error), with the path
+  /// in the message.
+  model_adapter(projection<T> shared, const layer_shapes& layers,
+                const adapter_options& options = {})
+      : projection_(std::move(shared)), options_(options) {
+    for (const auto& [path, shape] : layers) {
+      if (path.empty()) throw value_error("model_adapter: a layer has an empty module path");
+      try {
+        layers_.try_emplace(path, projection_, shape.in, shape.out, options_);
+      } catch (const rank_error& e) {
+        throw rank_error("layer '" + path + "': " + e.what());
+      } catch (const shape_error& e) {
+        throw shape_error("layer '" + path + "': " + e.what());
+      } catch (const value_error& e) {
+        throw value_error("layer '" + path + "': " + e.what());
+      }
+    }
+  }
+
+  /// \brief Generates the projection PEFT would for these layers: rank x max in, max out x rank
+  ///        (element-wise maxima over `layers`) from `seed`.
+  static model_adapter generate(std::uint64_t seed, index rank, const layer_shapes& layers,
+                                const adapter_options& options = {},
+                                generator kind = generator::peft,
+                                peft_rounding rounding = peft_rounding::fused) {
+    const layer_shape largest = max_extents(layers);
+    return model_adapter(
+        projection<T>(projection_spec{seed, rank, largest.in, largest.out, kind, rounding}), layers,
+        options);
+  }
+
+  const projection<T>& shared_projection() const noexcept { return projection_; }
+  const adapter_options& options() const noexcept { return options_; }
+  std::size_t size() const noexcept { return layers_.size(); }
+  bool empty() const noexcept { return layers_.empty(); }
+  bool contains(const std::string& path) const { return layers_.count(path) != 0; }
+
+  /// \brief The adapter of layer `path`; throws value_error naming the path when absent.
+  adapter<T>& at(const std::string& path) { return find_or_throw(layers_, path); }
+  const adapter<T>& at(const std::string& path) const { return find_or_throw(layers_, path); }
+
+  typename layer_map::iterator begin() noexcept { return layers_.begin(); }
+  typename layer_map::iterator end() noexcept { return layers_.end(); }
+  typename layer_map::const_iterator begin() const noexcept { return layers_.begin(); }
+  typename layer_map::const_iterator end() const noexcept { return layers_.end(); }
+
+  /// \brief The (in, out) of every layer.
+  layer_shapes shapes() const {
+    layer_shapes out;
+    for (const auto& [path, layer] : layers_)
+      out[path] = {layer.in_features(), layer.out_features()};
+    return out;
+  }
+
+  /// \brief Trained scalars over all layers.
+  index trainable_parameters() const {
+    index total = 0;
+    for (const auto& [path, layer] : layers_) total += layer.trainable_parameters();
+    return total;
+  }
+
+ private:
+  template <class Map>
+  static auto& find_or_throw(Map& layers, const std::string& path) {
+    const auto it = layers.find(path);
+    if (it == layers.end()) throw value_error("model_adapter: no adapted layer '" + path + "'");
+    return it->second;
+  }
+
+  projection<T> projection_;
+  adapter_options options_;
+  layer_map layers_;
+};
+
+}  // namespace vera::io

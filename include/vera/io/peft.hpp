@@ -1,0 +1,675 @@
+// SPDX-License-Identifier: Apache-2.0
+// PEFT adapter directories: load and save VeRA adapters, and export them as exact LoRA adapters.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "vera/adapter/adapter.hpp"
+#include "vera/adapter/options.hpp"
+#include "vera/adapter/projection.hpp"
+#include "vera/adapter/workspace.hpp"
+#include "vera/backend/cpu/common.hpp"
+#include "vera/core/error.hpp"
+#include "vera/core/projection_spec.hpp"
+#include "vera/expr/merge.hpp"
+#include "vera/io/config.hpp"
+#include "vera/io/error.hpp"
+#include "vera/io/file.hpp"
+#include "vera/io/model_adapter.hpp"
+#include "vera/io/safetensors.hpp"
+
+namespace vera::io {
+
+/// \brief File names inside a PEFT adapter directory.
+inline constexpr const char* adapter_config_file = "adapter_config.json";
+inline constexpr const char* adapter_weights_file = "adapter_model.safetensors";
+
+/// \brief Key of the saved projection A (rank x max_in) in a PEFT VeRA file.
+inline constexpr const char* peft_vera_a_key = "base_model.vera_A";
+/// \brief Key of the saved projection B (max_out x rank).
+inline constexpr const char* peft_vera_b_key = "base_model.vera_B";
+
+/// \brief PEFT's key of layer `path`'s lambda_b (out elements).
+inline std::string peft_lambda_b_key(const std::string& path) {
+  return "base_model.model." + path + ".vera_lambda_b";
+}
+/// \brief PEFT's key of layer `path`'s lambda_d (rank elements).
+inline std::string peft_lambda_d_key(const std::string& path) {
+  return "base_model.model." + path + ".vera_lambda_d";
+}
+/// \brief PEFT LoRA keys of layer `path`: lora_A (r x in) and lora_B (out x r).
+inline std::string peft_lora_a_key(const std::string& path) {
+  return "base_model.model." + path + ".lora_A.weight";
+}
+inline std::string peft_lora_b_key(const std::string& path) {
+  return "base_model.model." + path + ".lora_B.weight";
+}
+
+/// \brief Which projection a load uses when the file holds A and B.
+enum class projection_source {
+  saved,        ///< the file's matrices, as current PEFT does
+  regenerated,  ///< regenerate from projection_prng_key and only report the difference
+};
+
+/// \brief How load_peft_adapter treats a directory.
+struct load_options {
+  projection_source source = projection_source::saved;
+  /// Which torch kernel to reproduce when regenerating (fused: every AVX2/AVX-512 machine).
+  peft_rounding rounding = peft_rounding::fused;
+  /// Ignore, and list in the report, tensors that are not VeRA's (modules_to_save copies,
+  /// trained biases) instead of failing: vera has nowhere to put them.
+  bool allow_extra_tensors = false;
+};
+
+/// \brief Element-wise comparison of a saved matrix with the regenerated one.
+struct matrix_difference {
+  index elements = 0;
+  index differing = 0;   ///< elements whose values are not identical
+  double max_abs = 0.0;  ///< largest |saved - regenerated|
+};
+
+/// \brief What load_peft_adapter found besides the adapter itself.
+struct load_report {
+  bool projection_in_file = false;     ///< the file holds base_model.vera_A and vera_B
+  bool used_saved_projection = false;  ///< the loaded adapter uses them (else: regenerated)
+  matrix_difference a_difference;      ///< saved A vs regenerated A (when in the file)
+  matrix_difference b_difference;      ///< saved B vs regenerated B (when in the file)
+  std::vector<std::string> ignored_tensors;
+  std::vector<std::string> warnings;
+
+  /// \brief True when there was nothing to compare or the saved pair equals the regenerated one.
+  bool projection_matches_seed() const noexcept {
+    return a_difference.differing == 0 && b_difference.differing == 0;
+  }
+};
+
+/// \brief A loaded PEFT VeRA adapter: its config, the model-level adapter, and the load report.
+template <class T>
+struct peft_adapter {
+  vera_config config;
+  model_adapter<T> model;
+  load_report report;
+};
+
+/// \brief How save_peft_adapter writes.
+struct save_options {
+  /// false (default): seed only, PEFT regenerates A and B from projection_prng_key; the file is
+  /// about 10x smaller. true: also write base_model.vera_A / vera_B.
+  bool save_projection = false;
+  dtype stored = dtype::f32;  ///< dtype of every written tensor (F16, BF16, F32 or F64)
+};
+
+namespace detail {
+
+inline bool starts_with(const std::string& text, const std::string& prefix) {
+  return text.size() >= prefix.size() && text.compare(0, prefix.size(), prefix) == 0;
+}
+inline bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The module path inside "base_model.model.<path><suffix>", or empty.
+inline std::string layer_path(const std::string& key, const std::string& suffix) {
+  const std::string prefix = "base_model.model.";
+  if (key.size() <= prefix.size() + suffix.size() || !starts_with(key, prefix) ||
+      !ends_with(key, suffix))
+    return {};
+  return key.substr(prefix.size(), key.size() - prefix.size() - suffix.size());
+}
+
+struct layer_tensors {
+  const tensor_info* lambda_b = nullptr;
+  const tensor_info* lambda_d = nullptr;
+};
+
+struct adapter_tensors {
+  std::map<std::string, layer_tensors> layers;
+  const tensor_info* a = nullptr;
+  const tensor_info* b = nullptr;
+  std::vector<std::string> extra;
+};
+
+inline adapter_tensors classify(const safetensors_view& file) {
+  adapter_tensors out;
+  for (const auto& t : file.tensors()) {
+    if (t.name == peft_vera_a_key) {
+      out.a = &t;
+    } else if (t.name == peft_vera_b_key) {
+      out.b = &t;
+    } else if (const auto path = layer_path(t.name, ".vera_lambda_b"); !path.empty()) {
+      out.layers[path].lambda_b = &t;
+    } else if (const auto path_d = layer_path(t.name, ".vera_lambda_d"); !path_d.empty()) {
+      out.layers[path_d].lambda_d = &t;
+    } else {
+      out.extra.push_back(t.name);
+    }
+  }
+  return out;
+}
+
+[[noreturn]] inline void mismatch(const safetensors_view& file, const std::string& message) {
+  throw format_error(file.source() + ": " + message);
+}
+
+inline void expect_shape(const safetensors_view& file, const tensor_info& t,
+                         std::vector<std::uint64_t> expected, const std::string& why) {
+  if (!is_convertible(t.type)) {
+    mismatch(file, "tensor '" + t.name + "' has dtype " + dtype_name(t.type) +
+                       ", expected F16, BF16, F32 or F64");
+  }
+  if (t.shape != expected) {
+    mismatch(file, "tensor '" + t.name + "' has shape " + shape_string(t.shape) + ", expected " +
+                       shape_string(expected) + " (" + why + ")");
+  }
+}
+
+template <class T>
+std::vector<T> finite_values(const safetensors_view& file, const tensor_info& t) {
+  auto values = file.values<T>(t);
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (!std::isfinite(static_cast<double>(values[i]))) {
+      mismatch(file, "tensor '" + t.name + "' element " + std::to_string(i) + " is " +
+                         (std::isnan(static_cast<double>(values[i])) ? "NaN" : "infinite"));
+    }
+  }
+  return values;
+}
+
+template <class Saved, class Regenerated>
+matrix_difference compare(const Saved& saved, const Regenerated& regenerated) {
+  matrix_difference diff;
+  diff.elements = saved.size();
+  for (index i = 0; i < saved.rows(); ++i) {
+    for (index j = 0; j < saved.cols(); ++j) {
+      const double delta =
+          std::fabs(static_cast<double>(saved(i, j)) - static_cast<double>(regenerated(i, j)));
+      if (static_cast<double>(saved(i, j)) != static_cast<double>(regenerated(i, j)))
+        ++diff.differing;
+      diff.max_abs = std::max(diff.max_abs, delta);
+    }
+  }
+  return diff;
+}
+
+inline std::string extra_tensor_message(const safetensors_view& file, const vera_config& config,
+                                        const std::vector<std::string>& extra) {
+  std::string message =
+      file.source() + ": tensor '" + extra.front() + "' is not part of a VeRA adapter";
+  if (extra.size() > 1) message += " (and " + std::to_string(extra.size() - 1) + " more)";
+  if (config.modules_to_save && !config.modules_to_save->empty()) {
+    message += "; the config lists modules_to_save, whose weights vera cannot apply";
+  } else if (config.bias != bias_mode::none) {
+    message += "; the config trains biases (bias != \"none\"), which vera cannot apply";
+  }
+  return message + "; load_options::allow_extra_tensors ignores such tensors";
+}
+
+}  // namespace detail
+
+/// \brief Module paths of the layers that have VeRA vectors in an adapter file, sorted.
+inline std::vector<std::string> peft_layer_paths(const safetensors_view& file) {
+  std::vector<std::string> paths;
+  for (const auto& [path, tensors] : detail::classify(file).layers) paths.push_back(path);
+  return paths;
+}
+
+/// \brief (in, out) of each layer in `paths` from a base model's `<path>.weight` tensors.
+///
+/// The weight is out x in (nn.Linear) or in x out when `fan_in_fan_out` (GPT-2 Conv1D). Throws
+/// format_error when a weight is missing or not 2-D.
+inline layer_shapes layer_shapes_from_weights(const safetensors_view& base,
+                                              const std::vector<std::string>& paths,
+                                              bool fan_in_fan_out) {
+  layer_shapes shapes;
+  for (const auto& path : paths) {
+    const std::string key = path + ".weight";
+    const tensor_info* weight = base.find(key);
+    if (weight == nullptr) {
+      throw format_error(base.source() + ": no tensor '" + key + "' for adapted layer '" + path +
+                         "'");
+    }
+    if (weight->shape.size() != 2) {
+      throw format_error(base.source() + ": tensor '" + key + "' has shape " +
+                         shape_string(weight->shape) + ", expected a 2-D weight");
+    }
+    const auto rows = static_cast<index>(weight->shape[0]);
+    const auto cols = static_cast<index>(weight->shape[1]);
+    shapes[path] = fan_in_fan_out ? layer_shape{rows, cols} : layer_shape{cols, rows};
+  }
+  return shapes;
+}
+
+/// \brief Builds the adapter described by `config` and the tensors of `file`.
+///
+/// `base` gives (in, out) of the base model's layers; it may list more layers than the adapter
+/// adapts. The projection is sized from the element-wise maximum over the adapted layers, as
+/// PEFT sizes it. A seed-only file regenerates A and B from projection_prng_key; a file with A
+/// and B is compared with the regenerated pair (see load_report) and, by default, its pair is
+/// used. Every mismatch (missing or extra tensors, rank, shapes, dtypes, non-finite values,
+/// save_projection disagreeing with the file) throws format_error naming the tensor.
+template <class T>
+peft_adapter<T> load_peft_adapter(const vera_config& config, const safetensors_view& file,
+                                  const layer_shapes& base, const load_options& options = {}) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "load_peft_adapter<T>: T is float or double");
+  const auto found = detail::classify(file);
+  load_report report;
+  if (!found.extra.empty()) {
+    if (!options.allow_extra_tensors)
+      throw format_error(detail::extra_tensor_message(file, config, found.extra));
+    report.ignored_tensors = found.extra;
+  }
+  if (found.layers.empty()) {
+    detail::mismatch(file,
+                     "holds no VeRA layer (no tensor named base_model.model.<path>.vera_lambda_b)");
+  }
+
+  const auto rank = static_cast<std::uint64_t>(config.r);
+  layer_shapes adapted;
+  for (const auto& [path, tensors] : found.layers) {
+    if (tensors.lambda_b == nullptr)
+      detail::mismatch(file, "layer '" + path + "' has no '" + peft_lambda_b_key(path) + "'");
+    if (tensors.lambda_d == nullptr)
+      detail::mismatch(file, "layer '" + path + "' has no '" + peft_lambda_d_key(path) + "'");
+    const auto shape = base.find(path);
+    if (shape == base.end()) {
+      detail::mismatch(file, "layer '" + path +
+                                 "' is adapted here but the base layer shapes have no such layer");
+    }
+    detail::expect_shape(file, *tensors.lambda_b, {static_cast<std::uint64_t>(shape->second.out)},
+                         "out_features of layer '" + path + "'");
+    detail::expect_shape(file, *tensors.lambda_d, {rank},
+                         "r = " + std::to_string(config.r) + " in adapter_config.json");
+    adapted[path] = shape->second;
+  }
+
+  const layer_shape largest = max_extents(adapted);
+  const projection_spec spec{config.projection_prng_key,
+                             config.r,
+                             largest.in,
+                             largest.out,
+                             generator::peft,
+                             options.rounding};
+  const projection<T> regenerated(spec);
+  projection<T> shared = regenerated;
+
+  if ((found.a == nullptr) != (found.b == nullptr)) {
+    detail::mismatch(
+        file, std::string("holds '") + (found.a != nullptr ? peft_vera_a_key : peft_vera_b_key) +
+                  "' but not '" + (found.a != nullptr ? peft_vera_b_key : peft_vera_a_key) + "'");
+  }
+  report.projection_in_file = found.a != nullptr;
+  if (config.save_projection && !report.projection_in_file) {
+    detail::mismatch(file,
+                     "adapter_config.json says save_projection = true but the file holds no '" +
+                         std::string(peft_vera_a_key) + "' / '" + peft_vera_b_key + "'");
+  }
+  if (report.projection_in_file) {
+    detail::expect_shape(file, *found.a, {rank, static_cast<std::uint64_t>(largest.in)},
+                         "r x the largest in_features of the adapted layers, as PEFT sizes it");
+    detail::expect_shape(file, *found.b, {static_cast<std::uint64_t>(largest.out), rank},
+                         "the largest out_features of the adapted layers x r");
+    auto a_values = detail::finite_values<T>(file, *found.a);
+    auto b_values = detail::finite_values<T>(file, *found.b);
+    row_matrix<T> a = Eigen::Map<const row_matrix<T>>(a_values.data(), spec.rank, spec.max_in);
+    row_matrix<T> b = Eigen::Map<const row_matrix<T>>(b_values.data(), spec.max_out, spec.rank);
+    report.a_difference = detail::compare(a, regenerated.a());
+    report.b_difference = detail::compare(b, regenerated.b());
+    if (!config.save_projection) {
+      report.warnings.push_back(
+          "the file holds vera_A/vera_B but save_projection is false: PEFT ignores them "
+          "and regenerates the projection from projection_prng_key, and so does vera");
+    } else if (options.source == projection_source::saved) {
+      shared = projection<T>(spec, std::move(a), std::move(b));
+      report.used_saved_projection = true;
+    }
+    if (!report.projection_matches_seed()) {
+      report.warnings.push_back(
+          "the saved projection differs from the one regenerated from projection_prng_key " +
+          std::to_string(config.projection_prng_key) + " in " +
+          std::to_string(report.a_difference.differing + report.b_difference.differing) + " of " +
+          std::to_string(report.a_difference.elements + report.b_difference.elements) +
+          " elements (max |diff| " +
+          std::to_string(std::max(report.a_difference.max_abs, report.b_difference.max_abs)) + ")");
+    }
+  }
+
+  adapter_options layer_options;
+  layer_options.rank = config.r;
+  layer_options.d_initial = config.d_initial;
+  layer_options.dropout = config.vera_dropout;
+  layer_options.fan_in_fan_out = config.fan_in_fan_out;
+  model_adapter<T> model(std::move(shared), adapted, layer_options);
+  for (const auto& [path, tensors] : found.layers) {
+    const auto b = detail::finite_values<T>(file, *tensors.lambda_b);
+    const auto d = detail::finite_values<T>(file, *tensors.lambda_d);
+    model.at(path).set_lambdas(Eigen::Map<const vector<T>>(b.data(), static_cast<index>(b.size())),
+                               Eigen::Map<const vector<T>>(d.data(), static_cast<index>(d.size())));
+  }
+  return peft_adapter<T>{config, std::move(model), std::move(report)};
+}
+
+/// \brief Loads the PEFT VeRA adapter in directory `dir` (adapter_config.json and
+///        adapter_model.safetensors); see the overload above for what is checked.
+template <class T>
+peft_adapter<T> load_peft_adapter(const std::filesystem::path& dir, const layer_shapes& base,
+                                  const load_options& options = {}) {
+  const auto config = vera_config::read(dir / adapter_config_file);
+  const auto weights = dir / adapter_weights_file;
+  if (!std::filesystem::exists(weights) && std::filesystem::exists(dir / "adapter_model.bin")) {
+    throw format_error(detail::quoted(dir) +
+                       " holds adapter_model.bin (a pickle); only safetensors adapters "
+                       "are read: re-save it with PEFT's safe_serialization=True");
+  }
+  const safetensors_file file(weights);
+  return load_peft_adapter<T>(config, file, base, options);
+}
+
+namespace detail {
+
+// Creates the directory when missing and removes it again unless the write completes.
+class directory_transaction {
+ public:
+  explicit directory_transaction(const std::filesystem::path& dir) : dir_(dir) {
+    std::error_code ec;
+    if (std::filesystem::exists(dir_, ec)) {
+      if (!std::filesystem::is_directory(dir_, ec))
+        throw io_error(quoted(dir_) + " exists and is not a directory");
+      return;
+    }
+    if (!std::filesystem::create_directories(dir_, ec) || ec) {
+      throw io_error("cannot create directory " + quoted(dir_) + ": " + ec.message());
+    }
+    created_ = true;
+  }
+  directory_transaction(const directory_transaction&) = delete;
+  directory_transaction& operator=(const directory_transaction&) = delete;
+  ~directory_transaction() {
+    std::error_code ignored;
+    if (created_ && !done_) std::filesystem::remove(dir_, ignored);  // only removes it if empty
+  }
+  void done() noexcept { done_ = true; }
+
+ private:
+  std::filesystem::path dir_;
+  bool created_ = false;
+  bool done_ = false;
+};
+
+// Writes adapter_model.safetensors and adapter_config.json; both become visible only once both
+// are complete, and a failure leaves neither temporary file nor a newly created directory.
+inline void write_adapter_directory(const std::filesystem::path& dir,
+                                    const safetensors_writer& weights,
+                                    const nlohmann::json& config) {
+  directory_transaction transaction(dir);
+  atomic_file weights_file(dir / adapter_weights_file);
+  weights.write_to(weights_file);
+  atomic_file config_file(dir / adapter_config_file);
+  std::string text;
+  try {
+    text = config.dump(2) + "\n";
+  } catch (const nlohmann::json::type_error& error) {
+    throw value_error(std::string("adapter config: a string is not valid UTF-8: ") + error.what());
+  }
+  config_file.write(text.data(), text.size());
+  weights_file.commit();
+  config_file.commit();
+  transaction.done();
+}
+
+template <class T>
+void check_savable(const model_adapter<T>& model) {
+  if (model.empty()) throw value_error("save: the model adapter has no layers");
+  const auto& spec = model.shared_projection().spec();
+  for (const auto& [path, layer] : model) {
+    if (layer.rank() != spec.rank) {
+      throw rank_error("save: layer '" + path + "' has rank " + std::to_string(layer.rank()) +
+                       " but PEFT gives every layer the projection's rank " +
+                       std::to_string(spec.rank));
+    }
+  }
+  const layer_shape largest = max_extents(model.shapes());
+  if (largest.in != spec.max_in || largest.out != spec.max_out) {
+    throw shape_error("save: the projection is sized for max_in " + std::to_string(spec.max_in) +
+                      ", max_out " + std::to_string(spec.max_out) + " but the layers need " +
+                      std::to_string(largest.in) + ", " + std::to_string(largest.out) +
+                      "; PEFT sizes it from the layers, so it would not match");
+  }
+}
+
+// A seed-only file is only faithful if PEFT, regenerating from the seed on an AVX2/AVX-512
+// machine, gets these exact matrices back.
+template <class T>
+void check_regenerable(const projection<T>& shared) {
+  projection_spec spec = shared.spec();
+  const bool from_peft_generator = spec.kind == generator::peft;
+  spec.kind = generator::peft;
+  spec.rounding = peft_rounding::fused;
+  const projection<float> expected(spec);
+  const bool same = from_peft_generator && shared.a().template cast<float>() == expected.a() &&
+                    shared.b().template cast<float>() == expected.b();
+  if (!same) {
+    throw value_error(
+        "save: the projection is not what PEFT regenerates from projection_prng_key " +
+        std::to_string(spec.seed) +
+        " (another generator, torch's non-FMA rounding, or matrices loaded from a file); set "
+        "save_options::save_projection = true to store it");
+  }
+}
+
+}  // namespace detail
+
+/// \brief The adapter_config.json save_peft_adapter writes: `base` (its unknown fields kept)
+///        with r, projection_prng_key, save_projection, d_initial, vera_dropout and
+///        fan_in_fan_out taken from the model, and target_modules set to the layer paths when
+///        `base` names none.
+template <class T>
+vera_config peft_config_for(const model_adapter<T>& model, vera_config base, bool save_projection) {
+  const auto& spec = model.shared_projection().spec();
+  base.r = spec.rank;
+  base.projection_prng_key = spec.seed;
+  base.save_projection = save_projection;
+  base.d_initial = model.options().d_initial;
+  base.vera_dropout = model.options().dropout;
+  base.fan_in_fan_out = model.options().fan_in_fan_out;
+  if (base.target_modules.names.empty() && !base.target_modules.pattern) {
+    for (const auto& [path, layer] : model) base.target_modules.names.push_back(path);
+  }
+  return base;
+}
+
+/// \brief Writes `model` as a PEFT VeRA adapter directory (created if missing; existing files
+///        replaced atomically).
+///
+/// Seed-only by default: throws value_error unless PEFT regenerates exactly this projection
+/// from its seed (generator::peft, FMA rounding). Throws rank_error/shape_error when the layers
+/// do not use the projection the way PEFT would (same rank everywhere, projection sized by the
+/// largest layer). `config` supplies the remaining fields (base model name, task type, ...).
+template <class T>
+void save_peft_adapter(const model_adapter<T>& model, const std::filesystem::path& dir,
+                       const save_options& options = {}, const vera_config& config = {}) {
+  detail::check_savable(model);
+  if (!options.save_projection) detail::check_regenerable(model.shared_projection());
+  const auto& shared = model.shared_projection();
+  safetensors_writer weights;
+  weights.set_metadata("format", "pt");
+  for (const auto& [path, layer] : model) {
+    weights.add(peft_lambda_b_key(path), options.stored,
+                {static_cast<std::uint64_t>(layer.out_features())}, layer.lambda_b().data());
+    weights.add(peft_lambda_d_key(path), options.stored, {static_cast<std::uint64_t>(layer.rank())},
+                layer.lambda_d().data());
+  }
+  if (options.save_projection) {
+    weights.add(
+        peft_vera_a_key, options.stored,
+        {static_cast<std::uint64_t>(shared.rank()), static_cast<std::uint64_t>(shared.max_in())},
+        shared.a().data());
+    weights.add(
+        peft_vera_b_key, options.stored,
+        {static_cast<std::uint64_t>(shared.max_out()), static_cast<std::uint64_t>(shared.rank())},
+        shared.b().data());
+  }
+  const vera_config written = peft_config_for(model, config, options.save_projection);
+  detail::write_adapter_directory(dir, weights, written.to_json());
+}
+
+/// \brief A copy of `model` whose shared projection A, B is rounded to `type` (F16 or BF16;
+///        other dtypes leave it unchanged); lambda_b and lambda_d are kept as they are.
+///
+/// This is the adapter PEFT computes with on a float16/bfloat16 base model: attaching the
+/// adapter casts the A/B buffers to the layer's dtype, and the default autocast_adapter_dtype
+/// then widens them to float32 again, rounded; the vectors are float32 parameters that a
+/// loaded file fills at its own precision (checked with PEFT 0.21.2).
+template <class T>
+model_adapter<T> round_projection(const model_adapter<T>& model, dtype type) {
+  if (type != dtype::f16 && type != dtype::bf16) return model;
+  const auto round = [type](T value) {
+    unsigned char bytes[8];
+    detail::encode(type, &value, 1, bytes);
+    T out;
+    detail::decode(type, bytes, 1, &out);
+    return out;
+  };
+  const auto& shared = model.shared_projection();
+  model_adapter<T> out(
+      projection<T>(shared.spec(), shared.a().unaryExpr(round), shared.b().unaryExpr(round)),
+      model.shapes(), model.options());
+  for (const auto& [path, layer] : model) {
+    out.at(path).set_lambdas(layer.lambda_b(), layer.lambda_d());
+  }
+  return out;
+}
+
+/// \brief How add_merged_model computes.
+struct merge_options {
+  /// Into a float16/bfloat16 weight, merge with the projection rounded to that dtype
+  /// (round_projection), as PEFT applies the adapter to such a layer; false merges the
+  /// full-precision projection.
+  bool match_peft_precision = true;
+};
+
+/// \brief Adds every tensor of the base model `base` to `writer`, with each adapted layer's
+///        `<path>.weight` replaced by its merged weight W0 + ΔW.
+///
+/// Weights are decoded to T, merged with safe-merge semantics (a non-finite result throws
+/// value_error naming the tensor, so nothing is written), and stored in their own dtype with a
+/// single rounding (PEFT rounds ΔW to the weight's dtype before adding, so a float16/bfloat16
+/// result can differ from PEFT's in the last bit). Merging happens while the file is written, one
+/// weight at a time, and other tensors are copied from `base`'s bytes: `base` and `model` must
+/// outlive writer.write(). The metadata of `base` is copied. Throws format_error when an adapted
+/// layer has no 2-D floating-point `<path>.weight` of the layer's shape.
+template <class T>
+void add_merged_model(safetensors_writer& writer, const safetensors_view& base,
+                      const model_adapter<T>& model, const merge_options& options = {}) {
+  for (const auto& [path, layer] : model) {
+    const tensor_info& weight = base.at(path + ".weight");
+    const auto in = static_cast<std::uint64_t>(layer.in_features());
+    const auto out = static_cast<std::uint64_t>(layer.out_features());
+    const std::vector<std::uint64_t> expected = layer.options().fan_in_fan_out
+                                                    ? std::vector<std::uint64_t>{in, out}
+                                                    : std::vector<std::uint64_t>{out, in};
+    if (!is_convertible(weight.type)) {
+      throw format_error(base.source() + ": cannot merge into '" + weight.name + "' of dtype " +
+                         dtype_name(weight.type) + " (quantized weights are not supported)");
+    }
+    detail::expect_shape(base, weight, expected, "the adapted layer's weight");
+  }
+  // One rounded copy per half-precision dtype, owned by the generators that use it.
+  std::map<dtype, std::shared_ptr<const model_adapter<T>>> rounded;
+  for (const auto& [key, value] : base.metadata()) writer.set_metadata(key, value);
+  for (const auto& t : base.tensors()) {
+    const std::string suffix = ".weight";
+    const std::string path =
+        detail::ends_with(t.name, suffix) ? t.name.substr(0, t.name.size() - suffix.size()) : "";
+    if (path.empty() || !model.contains(path)) {
+      writer.add_bytes(t.name, t.type, t.shape, base.bytes(t));
+      continue;
+    }
+    std::shared_ptr<const model_adapter<T>> copy;
+    if (options.match_peft_precision && (t.type == dtype::f16 || t.type == dtype::bf16)) {
+      auto& slot = rounded[t.type];
+      if (!slot) slot = std::make_shared<const model_adapter<T>>(round_projection(model, t.type));
+      copy = slot;
+    }
+    const adapter<T>& layer = copy ? copy->at(path) : model.at(path);
+    writer.add_generated(t.name, t.type, t.shape, [&base, &t, &layer, copy](unsigned char* bytes) {
+      auto values = base.values<T>(t);
+      Eigen::Map<row_matrix<T>> weight(values.data(), static_cast<index>(t.shape[0]),
+                                       static_cast<index>(t.shape[1]));
+      try {
+        safe_merge(weight, layer);
+      } catch (const value_error& e) {
+        throw value_error("merging into '" + t.name + "': " + e.what());
+      }
+      detail::encode(t.type, values.data(), values.size(), bytes);
+    });
+  }
+}
+
+/// \brief LoRA factors of one VeRA layer: lora_a = A[:r, :in] (r x in) and lora_b = Λb B Λd
+///        (out x r), so that lora_b * lora_a = ΔW (before the fan_in_fan_out transpose).
+template <class T>
+struct lora_factors {
+  row_matrix<T> a;
+  row_matrix<T> b;
+};
+
+/// \brief The exact LoRA form of `layer` (LoRA scaling alpha / r = 1).
+template <class T>
+lora_factors<T> to_lora(const adapter<T>& layer) {
+  lora_factors<T> out;
+  out.a = layer.a();
+  // The merge evaluator's own folded scale, so that lora_B rounds exactly as ΔW's factor does.
+  workspace<T> scratch;
+  out.b = cpu::scaled_b(layer, scratch);
+  return out;
+}
+template <class T>
+lora_factors<T> to_lora(adapter<T>&&) = delete;
+
+/// \brief Writes `model` as a PEFT LoRA adapter directory that reproduces it exactly:
+///        lora_A = A[:r, :in], lora_B = Λb B Λd, lora_alpha = r, target_modules = layer paths.
+template <class T>
+void export_lora(const model_adapter<T>& model, const std::filesystem::path& dir,
+                 const vera_config& source = {}, dtype stored = dtype::f32) {
+  if (model.empty()) throw value_error("export_lora: the model adapter has no layers");
+  safetensors_writer weights;
+  weights.set_metadata("format", "pt");
+  std::vector<std::string> targets;
+  index rank = 0;
+  for (const auto& [path, layer] : model) {
+    const auto factors = to_lora(layer);
+    weights.add(peft_lora_a_key(path), stored,
+                {static_cast<std::uint64_t>(factors.a.rows()),
+                 static_cast<std::uint64_t>(factors.a.cols())},
+                factors.a.data());
+    weights.add(peft_lora_b_key(path), stored,
+                {static_cast<std::uint64_t>(factors.b.rows()),
+                 static_cast<std::uint64_t>(factors.b.cols())},
+                factors.b.data());
+    targets.push_back(path);
+    if (rank != 0 && layer.rank() != rank) {
+      throw rank_error("export_lora: layers have ranks " + std::to_string(rank) + " and " +
+                       std::to_string(layer.rank()) + "; one LoRA config has one r");
+    }
+    rank = layer.rank();
+  }
+  vera_config settings = source;
+  settings.fan_in_fan_out = model.options().fan_in_fan_out;
+  settings.vera_dropout = model.options().dropout;
+  detail::write_adapter_directory(dir, weights, lora_config_json(settings, rank, targets));
+}
+
+}  // namespace vera::io
