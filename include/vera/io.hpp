@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
-// Opt-in I/O umbrella: safetensors, adapter_config.json and PEFT adapter directories (needs
-// nlohmann_json).
+// Opt-in I/O umbrella (needs nlohmann_json): safetensors, adapter configs, PEFT directories.
 #pragma once
 
 #include "vera/io/config.hpp"
 #include "vera/io/dtype.hpp"
 #include "vera/io/error.hpp"
 #include "vera/io/file.hpp"
+#include "vera/io/lora.hpp"
+#include "vera/io/merged_model.hpp"
 #include "vera/io/model_adapter.hpp"
 #include "vera/io/peft.hpp"
 #include "vera/io/safetensors.hpp"

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// PEFT adapter directories: load and save VeRA adapters, and export them as exact LoRA adapters.
+// PEFT VeRA adapter directories: tensor keys, checked loading against config and shapes, saving.
 #pragma once
 
 #include <algorithm>
@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
-#include <memory>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -18,11 +17,8 @@
 #include "vera/adapter/adapter.hpp"
 #include "vera/adapter/options.hpp"
 #include "vera/adapter/projection.hpp"
-#include "vera/adapter/workspace.hpp"
-#include "vera/backend/cpu/common.hpp"
 #include "vera/core/error.hpp"
 #include "vera/core/projection_spec.hpp"
-#include "vera/expr/merge.hpp"
 #include "vera/io/config.hpp"
 #include "vera/io/error.hpp"
 #include "vera/io/file.hpp"
@@ -228,7 +224,7 @@ inline std::vector<std::string> peft_layer_paths(const safetensors_view& file) {
 /// \brief (in, out) of each layer in `paths` from a base model's `<path>.weight` tensors.
 ///
 /// The weight is out x in (nn.Linear) or in x out when `fan_in_fan_out` (GPT-2 Conv1D). Throws
-/// format_error when a weight is missing or not 2-D.
+/// format_error when a weight is missing, not 2-D or empty.
 inline layer_shapes layer_shapes_from_weights(const safetensors_view& base,
                                               const std::vector<std::string>& paths,
                                               bool fan_in_fan_out) {
@@ -240,9 +236,10 @@ inline layer_shapes layer_shapes_from_weights(const safetensors_view& base,
       throw format_error(base.source() + ": no tensor '" + key + "' for adapted layer '" + path +
                          "'");
     }
-    if (weight->shape.size() != 2) {
+    // Every byte of a tensor is in the file, so only an empty weight can claim absurd extents.
+    if (weight->shape.size() != 2 || weight->shape[0] == 0 || weight->shape[1] == 0) {
       throw format_error(base.source() + ": tensor '" + key + "' has shape " +
-                         shape_string(weight->shape) + ", expected a 2-D weight");
+                         shape_string(weight->shape) + ", expected a non-empty 2-D weight");
     }
     const auto rows = static_cast<index>(weight->shape[0]);
     const auto cols = static_cast<index>(weight->shape[1]);
@@ -523,153 +520,6 @@ void save_peft_adapter(const model_adapter<T>& model, const std::filesystem::pat
   }
   const vera_config written = peft_config_for(model, config, options.save_projection);
   detail::write_adapter_directory(dir, weights, written.to_json());
-}
-
-/// \brief A copy of `model` whose shared projection A, B is rounded to `type` (F16 or BF16;
-///        other dtypes leave it unchanged); lambda_b and lambda_d are kept as they are.
-///
-/// This is the adapter PEFT computes with on a float16/bfloat16 base model: attaching the
-/// adapter casts the A/B buffers to the layer's dtype, and the default autocast_adapter_dtype
-/// then widens them to float32 again, rounded; the vectors are float32 parameters that a
-/// loaded file fills at its own precision (checked with PEFT 0.21.2).
-template <class T>
-model_adapter<T> round_projection(const model_adapter<T>& model, dtype type) {
-  if (type != dtype::f16 && type != dtype::bf16) return model;
-  const auto round = [type](T value) {
-    unsigned char bytes[8];
-    detail::encode(type, &value, 1, bytes);
-    T out;
-    detail::decode(type, bytes, 1, &out);
-    return out;
-  };
-  const auto& shared = model.shared_projection();
-  model_adapter<T> out(
-      projection<T>(shared.spec(), shared.a().unaryExpr(round), shared.b().unaryExpr(round)),
-      model.shapes(), model.options());
-  for (const auto& [path, layer] : model) {
-    out.at(path).set_lambdas(layer.lambda_b(), layer.lambda_d());
-  }
-  return out;
-}
-
-/// \brief How add_merged_model computes.
-struct merge_options {
-  /// Into a float16/bfloat16 weight, merge with the projection rounded to that dtype
-  /// (round_projection), as PEFT applies the adapter to such a layer; false merges the
-  /// full-precision projection.
-  bool match_peft_precision = true;
-};
-
-/// \brief Adds every tensor of the base model `base` to `writer`, with each adapted layer's
-///        `<path>.weight` replaced by its merged weight W0 + ΔW.
-///
-/// Weights are decoded to T, merged with safe-merge semantics (a non-finite result throws
-/// value_error naming the tensor, so nothing is written), and stored in their own dtype with a
-/// single rounding (PEFT rounds ΔW to the weight's dtype before adding, so a float16/bfloat16
-/// result can differ from PEFT's in the last bit). Merging happens while the file is written, one
-/// weight at a time, and other tensors are copied from `base`'s bytes: `base` and `model` must
-/// outlive writer.write(). The metadata of `base` is copied. Throws format_error when an adapted
-/// layer has no 2-D floating-point `<path>.weight` of the layer's shape.
-template <class T>
-void add_merged_model(safetensors_writer& writer, const safetensors_view& base,
-                      const model_adapter<T>& model, const merge_options& options = {}) {
-  for (const auto& [path, layer] : model) {
-    const tensor_info& weight = base.at(path + ".weight");
-    const auto in = static_cast<std::uint64_t>(layer.in_features());
-    const auto out = static_cast<std::uint64_t>(layer.out_features());
-    const std::vector<std::uint64_t> expected = layer.options().fan_in_fan_out
-                                                    ? std::vector<std::uint64_t>{in, out}
-                                                    : std::vector<std::uint64_t>{out, in};
-    if (!is_convertible(weight.type)) {
-      throw format_error(base.source() + ": cannot merge into '" + weight.name + "' of dtype " +
-                         dtype_name(weight.type) + " (quantized weights are not supported)");
-    }
-    detail::expect_shape(base, weight, expected, "the adapted layer's weight");
-  }
-  // One rounded copy per half-precision dtype, owned by the generators that use it.
-  std::map<dtype, std::shared_ptr<const model_adapter<T>>> rounded;
-  for (const auto& [key, value] : base.metadata()) writer.set_metadata(key, value);
-  for (const auto& t : base.tensors()) {
-    const std::string suffix = ".weight";
-    const std::string path =
-        detail::ends_with(t.name, suffix) ? t.name.substr(0, t.name.size() - suffix.size()) : "";
-    if (path.empty() || !model.contains(path)) {
-      writer.add_bytes(t.name, t.type, t.shape, base.bytes(t));
-      continue;
-    }
-    std::shared_ptr<const model_adapter<T>> copy;
-    if (options.match_peft_precision && (t.type == dtype::f16 || t.type == dtype::bf16)) {
-      auto& slot = rounded[t.type];
-      if (!slot) slot = std::make_shared<const model_adapter<T>>(round_projection(model, t.type));
-      copy = slot;
-    }
-    const adapter<T>& layer = copy ? copy->at(path) : model.at(path);
-    writer.add_generated(t.name, t.type, t.shape, [&base, &t, &layer, copy](unsigned char* bytes) {
-      auto values = base.values<T>(t);
-      Eigen::Map<row_matrix<T>> weight(values.data(), static_cast<index>(t.shape[0]),
-                                       static_cast<index>(t.shape[1]));
-      try {
-        safe_merge(weight, layer);
-      } catch (const value_error& e) {
-        throw value_error("merging into '" + t.name + "': " + e.what());
-      }
-      detail::encode(t.type, values.data(), values.size(), bytes);
-    });
-  }
-}
-
-/// \brief LoRA factors of one VeRA layer: lora_a = A[:r, :in] (r x in) and lora_b = Λb B Λd
-///        (out x r), so that lora_b * lora_a = ΔW (before the fan_in_fan_out transpose).
-template <class T>
-struct lora_factors {
-  row_matrix<T> a;
-  row_matrix<T> b;
-};
-
-/// \brief The exact LoRA form of `layer` (LoRA scaling alpha / r = 1).
-template <class T>
-lora_factors<T> to_lora(const adapter<T>& layer) {
-  lora_factors<T> out;
-  out.a = layer.a();
-  // The merge evaluator's own folded scale, so that lora_B rounds exactly as ΔW's factor does.
-  workspace<T> scratch;
-  out.b = cpu::scaled_b(layer, scratch);
-  return out;
-}
-template <class T>
-lora_factors<T> to_lora(adapter<T>&&) = delete;
-
-/// \brief Writes `model` as a PEFT LoRA adapter directory that reproduces it exactly:
-///        lora_A = A[:r, :in], lora_B = Λb B Λd, lora_alpha = r, target_modules = layer paths.
-template <class T>
-void export_lora(const model_adapter<T>& model, const std::filesystem::path& dir,
-                 const vera_config& source = {}, dtype stored = dtype::f32) {
-  if (model.empty()) throw value_error("export_lora: the model adapter has no layers");
-  safetensors_writer weights;
-  weights.set_metadata("format", "pt");
-  std::vector<std::string> targets;
-  index rank = 0;
-  for (const auto& [path, layer] : model) {
-    const auto factors = to_lora(layer);
-    weights.add(peft_lora_a_key(path), stored,
-                {static_cast<std::uint64_t>(factors.a.rows()),
-                 static_cast<std::uint64_t>(factors.a.cols())},
-                factors.a.data());
-    weights.add(peft_lora_b_key(path), stored,
-                {static_cast<std::uint64_t>(factors.b.rows()),
-                 static_cast<std::uint64_t>(factors.b.cols())},
-                factors.b.data());
-    targets.push_back(path);
-    if (rank != 0 && layer.rank() != rank) {
-      throw rank_error("export_lora: layers have ranks " + std::to_string(rank) + " and " +
-                       std::to_string(layer.rank()) + "; one LoRA config has one r");
-    }
-    rank = layer.rank();
-  }
-  vera_config settings = source;
-  settings.fan_in_fan_out = model.options().fan_in_fan_out;
-  settings.vera_dropout = model.options().dropout;
-  detail::write_adapter_directory(dir, weights, lora_config_json(settings, rank, targets));
 }
 
 }  // namespace vera::io
