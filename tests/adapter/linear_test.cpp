@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Tests of vera::linear and the per-layer state it keeps: context, workspace, merged flag.
+#include <utility>
+
 #include <catch2/catch.hpp>
 
 #include <cstring>
@@ -133,7 +135,7 @@ TEMPLATE_TEST_CASE("linear merge: same outputs, no training while merged, unmerg
     CHECK_FALSE(same_bits(s.layer.weight(), w0));
     s.layer.forward(s.fixture.x, y_merged);
     const auto v =
-        vera_test::capture(s.fixture.x, s.fixture.w0, &s.fixture.bias, s.layer.vera_adapter());
+        vera_test::capture(s.fixture.x, s.fixture.w0, &s.fixture.bias, std::as_const(s.layer).vera_adapter());
     const auto c =
         compare(y_merged, vera_test::reference_forward(v).y,
                 vera_test::reference_forward(vera_test::magnitudes(v)).y, tolerance<T>(shape));
@@ -141,8 +143,10 @@ TEMPLATE_TEST_CASE("linear merge: same outputs, no training while merged, unmerg
     CHECK(c.ok());
 
     matrix y;
-    vera::gradients<T> grads(s.layer.vera_adapter());
+    vera::gradients<T> grads(std::as_const(s.layer).vera_adapter());
     const matrix g = matrix::Ones(shape.rows, shape.out);
+    // Writable access while merged would let b or d drift from the ΔW that unmerge() subtracts.
+    CHECK_THROWS_AS(s.layer.vera_adapter(), vera::state_error);
     CHECK_THROWS_AS(s.layer.forward_train(s.fixture.x, y), vera::state_error);
     CHECK_THROWS_WITH(s.layer.forward_train(s.fixture.x, y), Contains("merged"));
     CHECK_THROWS_AS(s.layer.backward(g, grads), vera::state_error);
