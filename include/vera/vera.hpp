@@ -24,3 +24,5 @@
 #include "vera/expr/cost.hpp"
 #include "vera/expr/forward.hpp"
 #include "vera/expr/merge.hpp"
+
+#include "vera/optim.hpp"

@@ -1,0 +1,7 @@
+// SPDX-License-Identifier: Apache-2.0
+// Optimizers for the trained vectors (and any other contiguous buffers). Includes only.
+#pragma once
+
+#include "vera/optim/adamw.hpp"
+#include "vera/optim/parameters.hpp"
+#include "vera/optim/sgd.hpp"

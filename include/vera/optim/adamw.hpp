@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: Apache-2.0
+// AdamW: Adam with decoupled weight decay (Loshchilov & Hutter; PyTorch's AdamW rules).
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <utility>
+#include <vector>
+
+#include "vera/optim/parameters.hpp"
+
+namespace vera::optim {
+
+/// \brief Settings of adamw; the defaults are PyTorch's.
+struct adamw_options {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  /// Decoupled: p *= 1 - lr * weight_decay before the Adam step, for parameters with decay.
+  double weight_decay = 1e-2;
+};
+
+/// \brief AdamW over registered buffers. At step t (from 1), per element with gradient g:
+///        p *= 1 - lr * wd (decay only); m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g²;
+///        p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+///
+/// Moment buffers are allocated on the first step, so steady-state steps allocate nothing. A step
+/// first checks every gradient (finite) and parameter (not locked) and throws before changing
+/// anything.
+template <class T>
+class adamw {
+ public:
+  explicit adamw(const adamw_options& options = {}) : options_(options) { validate(options_); }
+
+  /// \brief Registers buffers; see parameter_list::add for the overloads and their checks.
+  template <class... Args>
+  void add(Args&&... args) {
+    parameters_.add(std::forward<Args>(args)...);
+  }
+
+  void step() {
+    parameters_.check_step("vera::optim::adamw::step");
+    const auto& items = parameters_.items();
+    // Parameters registered since the last step start from zero moments and their own t = 1,
+    // as in PyTorch, where the step count is per parameter.
+    const std::size_t known = first_.size();
+    first_.resize(items.size());
+    second_.resize(items.size());
+    counts_.resize(items.size(), 0);
+    for (std::size_t k = known; k < items.size(); ++k) {
+      first_[k].assign(items[k].size, T(0));
+      second_[k].assign(items[k].size, T(0));
+    }
+    ++steps_;
+    const T b1 = static_cast<T>(options_.beta1);
+    const T b2 = static_cast<T>(options_.beta2);
+    const T eps = static_cast<T>(options_.eps);
+    const T shrink = static_cast<T>(1.0 - options_.lr * options_.weight_decay);
+    for (std::size_t k = 0; k < items.size(); ++k) {
+      const parameter<T>& p = items[k];
+      const double t = static_cast<double>(++counts_[k]);
+      const T step_size = static_cast<T>(options_.lr / (1.0 - std::pow(options_.beta1, t)));
+      const T root_correction2 = static_cast<T>(std::sqrt(1.0 - std::pow(options_.beta2, t)));
+      const bool decay = p.decay && options_.weight_decay != 0.0;
+      T* m = first_[k].data();
+      T* v = second_[k].data();
+      for (index i = 0; i < p.size; ++i) {
+        const T g = p.gradient[i];
+        if (decay) p.value[i] *= shrink;
+        m[i] = b1 * m[i] + (T(1) - b1) * g;
+        v[i] = b2 * v[i] + (T(1) - b2) * g * g;
+        p.value[i] -= step_size * m[i] / (std::sqrt(v[i]) / root_correction2 + eps);
+      }
+    }
+  }
+
+  /// \brief Changes the learning rate (for schedules); throws value_error when not finite or < 0.
+  void set_lr(double lr) {
+    detail::check_rate("vera::optim::adamw", "lr", lr, 0.0, true, HUGE_VAL, false);
+    options_.lr = lr;
+  }
+  const adamw_options& options() const noexcept { return options_; }
+  const parameter_list<T>& parameters() const noexcept { return parameters_; }
+  std::size_t steps() const noexcept { return steps_; }
+
+ private:
+  static void validate(const adamw_options& o) {
+    const char* who = "vera::optim::adamw";
+    detail::check_rate(who, "lr", o.lr, 0.0, true, HUGE_VAL, false);
+    detail::check_rate(who, "beta1", o.beta1, 0.0, true, 1.0, false);
+    detail::check_rate(who, "beta2", o.beta2, 0.0, true, 1.0, false);
+    detail::check_rate(who, "eps", o.eps, 0.0, false, HUGE_VAL, false);
+    detail::check_rate(who, "weight_decay", o.weight_decay, 0.0, true, HUGE_VAL, false);
+  }
+
+  adamw_options options_;
+  parameter_list<T> parameters_;
+  std::vector<std::vector<T>> first_;
+  std::vector<std::vector<T>> second_;
+  std::vector<std::size_t> counts_;
+  std::size_t steps_ = 0;
+};
+
+}  // namespace vera::optim

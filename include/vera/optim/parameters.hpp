@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: Apache-2.0
+// The list of (value, gradient) buffers an optimizer updates, with the checks every step shares.
+#pragma once
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "vera/adapter/adapter.hpp"
+#include "vera/adapter/gradients.hpp"
+#include "vera/adapter/linear.hpp"
+#include "vera/core/error.hpp"
+#include "vera/core/shape.hpp"
+
+namespace vera::optim {
+
+/// \brief One trained buffer: `size` contiguous values and the gradient buffer beside them.
+///
+/// The optimizer keeps the two pointers, so both buffers must outlive it and keep their address
+/// (do not resize them). `decay` says whether weight decay applies (common practice: weights
+/// yes, biases and normalisation scales no). `locked`, when set, is asked before every step; a
+/// true answer makes the step throw state_error (a vera::linear that is merged, for example).
+template <class T>
+struct parameter {
+  std::string name;
+  T* value = nullptr;
+  const T* gradient = nullptr;
+  index size = 0;
+  bool decay = true;
+  std::function<bool()> locked;
+};
+
+namespace detail {
+
+template <class D>
+constexpr bool direct_access_v =
+    (Eigen::internal::traits<D>::Flags & Eigen::DirectAccessBit) != 0;
+
+// Contiguous: one run of size() elements, whatever the storage order.
+template <class D>
+bool contiguous(const Eigen::DenseBase<D>& m) {
+  if (m.size() <= 1) return true;
+  if (m.innerStride() != 1) return false;
+  return m.outerSize() == 1 || m.outerStride() == m.innerSize();
+}
+
+}  // namespace detail
+
+/// \brief The parameters of one optimizer, in registration order.
+template <class T>
+class parameter_list {
+ public:
+  /// \brief Registers an Eigen buffer (matrix, vector, Map or block with contiguous storage)
+  ///        and its gradient (same number of elements, contiguous).
+  ///
+  /// Throws shape_error when the sizes differ or a buffer is not contiguous, value_error for an
+  /// empty or repeated name. Elements are matched by position in memory, so value and gradient
+  /// must share a storage order when they are matrices.
+  template <class VD, class GD>
+  void add(std::string name, Eigen::DenseBase<VD>& value, const Eigen::DenseBase<GD>& gradient,
+           bool decay = true) {
+    add_buffer(std::move(name), value.derived(), gradient.derived(), decay, {});
+  }
+  /// \brief As above for a writable temporary view such as `adapter.lambda_b()`.
+  template <class VD, class GD>
+  void add(std::string name, Eigen::DenseBase<VD>&& value, const Eigen::DenseBase<GD>& gradient,
+           bool decay = true) {
+    add_buffer(std::move(name), value.derived(), gradient.derived(), decay, {});
+  }
+
+  /// \brief Registers the trained vectors of `ad` (lambda_b if train_b, lambda_d if train_d) as
+  ///        "<name>.lambda_b" / "<name>.lambda_d" with gradients from `grads`.
+  void add(const std::string& name, adapter<T>& ad, const gradients<T>& grads, bool decay = true) {
+    add_adapter(name, ad, grads, decay, {});
+  }
+
+  /// \brief Registers the adapter of `layer`; a step while the layer is merged throws
+  ///        state_error, since changing b or d then would make unmerge() subtract another ΔW.
+  void add(const std::string& name, linear<T>& layer, const gradients<T>& grads,
+           bool decay = true) {
+    const linear<T>* watched = &layer;
+    add_adapter(name, layer.vera_adapter(), grads, decay, [watched] { return watched->merged(); });
+  }
+
+  const std::vector<parameter<T>>& items() const noexcept { return items_; }
+  std::size_t size() const noexcept { return items_.size(); }
+  bool empty() const noexcept { return items_.empty(); }
+  /// \brief Total number of trained scalars.
+  index scalars() const noexcept {
+    index total = 0;
+    for (const auto& p : items_) total += p.size;
+    return total;
+  }
+
+  /// \brief Throws (state_error for a locked parameter, value_error for a non-finite gradient
+  ///        element, naming parameter and position) before any value changes; `who` prefixes
+  ///        the message.
+  void check_step(const char* who) const {
+    for (const auto& p : items_) {
+      if (p.locked && p.locked()) {
+        throw state_error(std::string(who) + ": parameter '" + p.name +
+                          "' is locked (its layer is merged); no parameter was changed");
+      }
+      for (index i = 0; i < p.size; ++i) {
+        if (!std::isfinite(static_cast<double>(p.gradient[i]))) {
+          throw value_error(std::string(who) + ": gradient of '" + p.name + "' element " +
+                            std::to_string(i) + " is not finite; no parameter was changed");
+        }
+      }
+    }
+  }
+
+ private:
+  template <class VD, class GD>
+  void add_buffer(std::string name, VD& value, const GD& gradient, bool decay,
+                  std::function<bool()> locked) {
+    static_assert(std::is_same_v<typename VD::Scalar, T> && std::is_same_v<typename GD::Scalar, T>,
+                  "vera::optim: value and gradient must have the optimizer's scalar type");
+    static_assert(detail::direct_access_v<VD> && detail::direct_access_v<GD>,
+                  "vera::optim: value and gradient must be stored buffers, not expressions");
+    static_assert(!std::is_const_v<std::remove_pointer_t<decltype(value.data())>>,
+                  "vera::optim: the value buffer must be writable");
+    check_name(name);
+    const std::string operand = "parameter '" + name + "' gradient";
+    check_size(operand.c_str(), value.size(), gradient.size());
+    if (!detail::contiguous(value) || !detail::contiguous(gradient)) {
+      throw shape_error("vera::optim: parameter '" + name +
+                        "': value and gradient must be contiguous buffers (no strided views)");
+    }
+    items_.push_back({std::move(name), value.data(), gradient.data(), value.size(), decay,
+                      std::move(locked)});
+  }
+
+  void add_adapter(const std::string& name, adapter<T>& ad, const gradients<T>& grads, bool decay,
+                   const std::function<bool()>& locked) {
+    check_size(("'" + name + "' gradients lambda_b").c_str(), ad.out_features(),
+               grads.lambda_b.size());
+    check_size(("'" + name + "' gradients lambda_d").c_str(), ad.rank(), grads.lambda_d.size());
+    // Validate both names before registering either, so a failure registers nothing.
+    if (ad.options().train_b) check_name(name + ".lambda_b");
+    if (ad.options().train_d) check_name(name + ".lambda_d");
+    if (ad.options().train_b) {
+      auto b = ad.lambda_b();
+      add_buffer(name + ".lambda_b", b, grads.lambda_b, decay, locked);
+    }
+    if (ad.options().train_d) {
+      auto d = ad.lambda_d();
+      add_buffer(name + ".lambda_d", d, grads.lambda_d, decay, locked);
+    }
+  }
+
+  void check_name(const std::string& name) const {
+    if (name.empty()) throw value_error("vera::optim: a parameter has an empty name");
+    for (const auto& p : items_) {
+      if (p.name == name) {
+        throw value_error("vera::optim: parameter '" + name + "' is registered twice");
+      }
+    }
+  }
+
+  std::vector<parameter<T>> items_;
+};
+
+namespace detail {
+
+inline void check_rate(const char* who, const char* what, double value, double low,
+                       bool low_inclusive, double high, bool high_inclusive) {
+  const bool above = low_inclusive ? value >= low : value > low;
+  const bool below = high_inclusive ? value <= high : value < high;
+  if (!std::isfinite(value) || !above || !below) {
+    throw value_error(std::string(who) + ": " + what + " must be in " + (low_inclusive ? "[" : "(") +
+                      std::to_string(low) + ", " +
+                      (std::isfinite(high) ? std::to_string(high) : std::string("inf")) +
+                      (high_inclusive ? "]" : ")") + ", got " + std::to_string(value));
+  }
+}
+
+}  // namespace detail
+
+}  // namespace vera::optim
