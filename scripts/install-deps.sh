@@ -3,7 +3,8 @@
 # Installs the Debian packages needed to build and test vera; silent when they are all present.
 set -euo pipefail
 
-packages=(cmake ninja-build g++ libeigen3-dev catch2 libbenchmark-dev ccache nlohmann-json3-dev)
+packages=(cmake ninja-build g++ libeigen3-dev catch2 libbenchmark-dev ccache nlohmann-json3-dev
+  zlib1g-dev dataset-fashion-mnist)
 
 missing=()
 for pkg in "${packages[@]}"; do

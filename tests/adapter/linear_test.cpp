@@ -281,3 +281,23 @@ TEMPLATE_TEST_CASE("gradients are sized for their adapter and start at zero",
   CHECK((g.lambda_b.array() == T(0)).all());
   CHECK((g.lambda_d.array() == T(0)).all());
 }
+
+TEMPLATE_TEST_CASE("linear set_order forces the association order of unmerged forwards",
+                   "[adapter][linear]", float, double) {
+  using T = TestType;
+  using matrix = vera_test::matrix<T>;
+  const vera_test::layer_shape shape{40, 9, 7, 12};
+  linear_setup<T> s(false, true, 0.0, shape);
+  CHECK(s.layer.forward_order() == vera::order::automatic);
+  for (vera::order o : {vera::order::low_rank, vera::order::merged}) {
+    s.layer.set_order(o);
+    CHECK(s.layer.forward_order() == o);
+    matrix y, y_train;
+    s.layer.forward(s.fixture.x, y);
+    s.layer.forward_train(s.fixture.x, y_train);
+    const auto& ad = static_cast<const vera::linear<T>&>(s.layer).vera_adapter();
+    const matrix expected = vera::forward(s.fixture.x, s.fixture.w0, s.fixture.bias, ad).with_order(o);
+    CHECK(same_bits(y, expected));
+    CHECK(same_bits(y_train, expected));
+  }
+}

@@ -46,6 +46,11 @@ class linear {
   const forward_context<T>& context() const noexcept { return context_; }
   bool merged() const noexcept { return merged_; }
 
+  /// \brief Association order of the unmerged forward passes (default: the cost model's choice).
+  ///        Forcing order::low_rank keeps the evaluation independent of merge()'s arithmetic.
+  void set_order(order requested) noexcept { order_ = requested; }
+  order forward_order() const noexcept { return order_; }
+
   /// \brief Inference forward: Y (n x out) from X (n x in). Base path only while merged.
   template <class XD, class YD>
   void forward(const Eigen::MatrixBase<XD>& x, Eigen::MatrixBase<YD>& y) {
@@ -59,7 +64,9 @@ class linear {
       if (bias_) y.derived().rowwise() += bias_->transpose();
       return;
     }
-    with_bias([&](const auto& b) { y.derived() = vera::forward(x, w0_, b, adapter_).using_workspace(ws_); });
+    with_bias([&](const auto& b) {
+      y.derived() = vera::forward(x, w0_, b, adapter_).using_workspace(ws_).with_order(order_);
+    });
   }
 
   /// \brief Training forward: like forward, with dropout, saving what backward needs.
@@ -67,7 +74,8 @@ class linear {
   void forward_train(const Eigen::MatrixBase<XD>& x, Eigen::MatrixBase<YD>& y) {
     require_unmerged("forward_train");
     with_bias([&](const auto& b) {
-      y.derived() = vera::forward(x, w0_, b, adapter_).train(context_).using_workspace(ws_);
+      y.derived() =
+          vera::forward(x, w0_, b, adapter_).train(context_).using_workspace(ws_).with_order(order_);
     });
   }
 
@@ -127,6 +135,7 @@ class linear {
   forward_context<T> context_;
   workspace<T> ws_;
   bool merged_ = false;
+  order order_ = order::automatic;
 };
 
 }  // namespace vera
