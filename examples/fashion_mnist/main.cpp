@@ -485,10 +485,10 @@ int run(const settings& s) {
   std::ofstream curves(s.out / "curves.csv");
   curves << "key,method,epoch,test_accuracy,train_loss\n";
   for (const auto& r : results) {
-    summary << r.how.key << ',' << r.how.label << ',' << r.trainable << ',' << r.accuracy << ','
+    summary << r.how.key << ",\"" << r.how.label << "\"," << r.trainable << ',' << r.accuracy << ','
             << r.seconds << ',' << r.checkpoint_bytes << '\n';
     for (std::size_t e = 0; e < r.curve.size(); ++e) {
-      curves << r.how.key << ',' << r.how.label << ',' << e << ',' << r.curve[e] << ','
+      curves << r.how.key << ",\"" << r.how.label << "\"," << e << ',' << r.curve[e] << ','
              << (e == 0 ? std::string() : std::to_string(r.losses[e - 1])) << '\n';
     }
   }
