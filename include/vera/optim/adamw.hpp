@@ -2,7 +2,9 @@
 // AdamW: Adam with decoupled weight decay (Loshchilov & Hutter; PyTorch's AdamW rules).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstddef>
 #include <utility>
 #include <vector>
@@ -75,6 +77,44 @@ class adamw {
     }
   }
 
+  /// \brief Per-parameter step counts and moments, for a checkpoint.
+  std::vector<slot_state<T>> state() const {
+    std::vector<slot_state<T>> out;
+    const auto& items = parameters_.items();
+    for (std::size_t k = 0; k < items.size(); ++k) {
+      slot_state<T> s;
+      s.parameter = items[k].name;
+      if (k < counts_.size() && counts_[k] > 0) {
+        s.steps = counts_[k];
+        s.first = first_[k];
+        s.second = second_[k];
+      }
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+
+  /// \brief Restores what state() returned (parameters matched by name, in any order), so that
+  ///        training resumes exactly. Checks everything first (see parameter_list::match_state);
+  ///        on error the optimizer is unchanged.
+  void load_state(const std::vector<slot_state<T>>& saved) {
+    const auto order =
+        parameters_.match_state("vera::optim::adamw::load_state", saved, true, true);
+    const auto& items = parameters_.items();
+    std::vector<std::vector<T>> first(items.size()), second(items.size());
+    std::vector<std::uint64_t> counts(items.size(), 0);
+    for (std::size_t k = 0; k < items.size(); ++k) {
+      const slot_state<T>& s = saved[order[k]];
+      counts[k] = s.steps;
+      first[k] = s.steps > 0 ? s.first : std::vector<T>(static_cast<std::size_t>(items[k].size), T(0));
+      second[k] = s.steps > 0 ? s.second : std::vector<T>(static_cast<std::size_t>(items[k].size), T(0));
+    }
+    first_ = std::move(first);
+    second_ = std::move(second);
+    counts_ = std::move(counts);
+    steps_ = counts_.empty() ? 0 : static_cast<std::size_t>(*std::max_element(counts_.begin(), counts_.end()));
+  }
+
   /// \brief Changes the learning rate (for schedules); throws value_error when not finite or < 0.
   void set_lr(double lr) {
     detail::check_rate("vera::optim::adamw", "lr", lr, 0.0, true, HUGE_VAL, false);
@@ -98,7 +138,7 @@ class adamw {
   parameter_list<T> parameters_;
   std::vector<std::vector<T>> first_;
   std::vector<std::vector<T>> second_;
-  std::vector<std::size_t> counts_;
+  std::vector<std::uint64_t> counts_;
   std::size_t steps_ = 0;
 };
 

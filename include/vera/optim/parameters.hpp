@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <type_traits>
@@ -50,6 +51,17 @@ bool contiguous(const Eigen::DenseBase<D>& m) {
 }
 
 }  // namespace detail
+
+/// \brief What an optimizer keeps for one parameter, for checkpoints: how many steps it took and
+///        its buffers (AdamW: first and second moments; SGD: the momentum buffer in `first`,
+///        `second` empty). Buffers are empty before the parameter's first step.
+template <class T>
+struct slot_state {
+  std::string parameter;
+  std::uint64_t steps = 0;
+  std::vector<T> first;
+  std::vector<T> second;
+};
 
 /// \brief The parameters of one optimizer, in registration order.
 template <class T>
@@ -100,6 +112,46 @@ class parameter_list {
   /// \brief Throws (state_error for a locked parameter, value_error for a non-finite gradient
   ///        element, naming parameter and position) before any value changes; `who` prefixes
   ///        the message.
+  /// \brief Checks `saved` against the registered parameters before an optimizer adopts it:
+  ///        one entry per parameter, by name, in any order; a buffer the optimizer uses is of
+  ///        the parameter's size after its first step and empty before, an unused one is empty;
+  ///        values finite. Returns, for each registered parameter, the index of its entry.
+  std::vector<std::size_t> match_state(const char* who, const std::vector<slot_state<T>>& saved,
+                                       bool first_used, bool second_used) const {
+    if (saved.size() != items_.size()) {
+      throw value_error(std::string(who) + ": the state has " + std::to_string(saved.size()) +
+                        " parameters, the optimizer " + std::to_string(items_.size()));
+    }
+    std::vector<std::size_t> order;
+    for (const auto& p : items_) {
+      std::size_t found = saved.size();
+      for (std::size_t k = 0; k < saved.size(); ++k) {
+        if (saved[k].parameter == p.name) found = k;
+      }
+      if (found == saved.size()) {
+        throw value_error(std::string(who) + ": the state has no entry for parameter '" + p.name + "'");
+      }
+      const slot_state<T>& s = saved[found];
+      const auto check = [&](const std::vector<T>& buffer, const char* what, bool used) {
+        const auto expected = static_cast<std::size_t>(s.steps == 0 || !used ? 0 : p.size);
+        if (buffer.size() != expected) {
+          throw shape_error(std::string(who) + ": parameter '" + p.name + "' " + what + ": expected " +
+                            std::to_string(expected) + " values, got " + std::to_string(buffer.size()));
+        }
+        for (const T v : buffer) {
+          if (!std::isfinite(static_cast<double>(v))) {
+            throw value_error(std::string(who) + ": parameter '" + p.name + "' " + what +
+                              " holds a non-finite value");
+          }
+        }
+      };
+      check(s.first, "first buffer", first_used);
+      check(s.second, "second buffer", second_used);
+      order.push_back(found);
+    }
+    return order;
+  }
+
   void check_step(const char* who) const {
     for (const auto& p : items_) {
       if (p.locked && p.locked()) {

@@ -2,7 +2,9 @@
 // Stochastic gradient descent with momentum, Nesterov and L2 weight decay (PyTorch's SGD rules).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstddef>
 #include <utility>
 #include <vector>
@@ -46,7 +48,7 @@ class sgd {
     // Parameters registered since the last step get their buffer now (torch: "buf is None").
     const std::size_t known = momentum_.size();
     momentum_.resize(items.size());
-    started_.resize(items.size(), false);
+    counts_.resize(items.size(), 0);
     for (std::size_t k = known; k < items.size(); ++k) {
       if (options_.momentum != 0.0) momentum_[k].assign(items[k].size, T(0));
     }
@@ -58,7 +60,7 @@ class sgd {
       const parameter<T>& p = items[k];
       const bool decay = p.decay && options_.weight_decay != 0.0;
       T* buf = options_.momentum != 0.0 ? momentum_[k].data() : nullptr;
-      const bool first = !started_[k];
+      const bool first = counts_[k] == 0;
       for (index i = 0; i < p.size; ++i) {
         T g = p.gradient[i];
         if (decay) g += wd * p.value[i];
@@ -68,9 +70,46 @@ class sgd {
         }
         p.value[i] -= lr * g;
       }
-      started_[k] = true;
+      ++counts_[k];
     }
     ++steps_;
+  }
+
+  /// \brief Per-parameter step counts and momentum buffers (in `first`), for a checkpoint.
+  std::vector<slot_state<T>> state() const {
+    std::vector<slot_state<T>> out;
+    const auto& items = parameters_.items();
+    for (std::size_t k = 0; k < items.size(); ++k) {
+      slot_state<T> s;
+      s.parameter = items[k].name;
+      if (k < counts_.size() && counts_[k] > 0) {
+        s.steps = counts_[k];
+        if (options_.momentum != 0.0) s.first = momentum_[k];
+      }
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+
+  /// \brief Restores what state() returned (parameters matched by name, in any order). Checks
+  ///        everything first; on error the optimizer is unchanged.
+  void load_state(const std::vector<slot_state<T>>& saved) {
+    const bool uses_momentum = options_.momentum != 0.0;
+    const auto order =
+        parameters_.match_state("vera::optim::sgd::load_state", saved, uses_momentum, false);
+    const auto& items = parameters_.items();
+    std::vector<std::vector<T>> momentum(items.size());
+    std::vector<std::uint64_t> counts(items.size(), 0);
+    for (std::size_t k = 0; k < items.size(); ++k) {
+      const slot_state<T>& s = saved[order[k]];
+      counts[k] = s.steps;
+      if (uses_momentum) {
+        momentum[k] = s.steps > 0 ? s.first : std::vector<T>(static_cast<std::size_t>(items[k].size), T(0));
+      }
+    }
+    momentum_ = std::move(momentum);
+    counts_ = std::move(counts);
+    steps_ = counts_.empty() ? 0 : static_cast<std::size_t>(*std::max_element(counts_.begin(), counts_.end()));
   }
 
   /// \brief Changes the learning rate (for schedules); throws value_error when not finite or < 0.
@@ -97,7 +136,7 @@ class sgd {
   sgd_options options_;
   parameter_list<T> parameters_;
   std::vector<std::vector<T>> momentum_;
-  std::vector<bool> started_;
+  std::vector<std::uint64_t> counts_;
   std::size_t steps_ = 0;
 };
 
