@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(cmake ninja-build g++ libeigen3-dev catch2 libbenchmark-dev ccache nlohmann-json3-dev
-  zlib1g-dev dataset-fashion-mnist)
+  zlib1g-dev dataset-fashion-mnist libopenmpi-dev openmpi-bin)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -130,11 +130,14 @@ class batcher {
     }
   }
   /// \brief Copies batch `k` of the current order into x (batch x 784) and y.
-  void gather(Eigen::Index k, matrix& x, std::vector<int>& y) const {
-    x.resize(batch_, pixels);
-    y.resize(static_cast<std::size_t>(batch_));
-    for (Eigen::Index i = 0; i < batch_; ++i) {
-      const Eigen::Index row = order_[static_cast<std::size_t>(k * batch_ + i)];
+  void gather(Eigen::Index k, matrix& x, std::vector<int>& y) const { gather(k, 0, batch_, x, y); }
+  /// \brief Copies rows [first, first + count) of batch `k` (a data-parallel rank's share).
+  void gather(Eigen::Index k, Eigen::Index first, Eigen::Index count, matrix& x,
+              std::vector<int>& y) const {
+    x.resize(count, pixels);
+    y.resize(static_cast<std::size_t>(count));
+    for (Eigen::Index i = 0; i < count; ++i) {
+      const Eigen::Index row = order_[static_cast<std::size_t>(k * batch_ + first + i)];
       x.row(i) = data_->images.row(row);
       y[static_cast<std::size_t>(i)] = data_->labels[static_cast<std::size_t>(row)];
     }

@@ -151,6 +151,27 @@ class layer {
     }
   }
 
+  /// \brief Registers the gradient buffers of the trained tensors with `bucket` (for example a
+  ///        vera::distributed::gradient_bucket), under the names register_with uses.
+  template <class Bucket>
+  void register_gradients(Bucket& bucket, const std::string& name) {
+    switch (kind_) {
+      case mode::frozen:
+        return;
+      case mode::full:
+        bucket.add(name + ".weight", grad_w_);
+        bucket.add(name + ".bias", grad_b_);
+        return;
+      case mode::vera:
+        bucket.add(name, static_cast<const vera::linear<float>&>(*vera_).vera_adapter(), vera_grads_);
+        return;
+      case mode::lora:
+        bucket.add(name + ".lora_A", grad_a_);
+        bucket.add(name + ".lora_B", grad_b_lora_);
+        return;
+    }
+  }
+
   /// \brief Scalars this layer trains.
   Eigen::Index trainable() const {
     switch (kind_) {
