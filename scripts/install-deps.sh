@@ -3,7 +3,8 @@
 # Installs the Debian packages needed to build and test vera; silent when they are all present.
 set -euo pipefail
 
-packages=(cmake ninja-build g++ libeigen3-dev catch2 libbenchmark-dev ccache nlohmann-json3-dev
+# Extra package names on the command line are installed too (CI adds the fuzzing toolchain).
+packages=("$@" cmake ninja-build g++ libeigen3-dev catch2 libbenchmark-dev ccache nlohmann-json3-dev
   zlib1g-dev dataset-fashion-mnist libopenmpi-dev openmpi-bin)
 
 missing=()
