@@ -67,6 +67,7 @@ vera's counter-based generator (philox). The file's metadata records the paramet
 const char* const merge_help =
     R"(usage: vera merge --base MODEL.safetensors --adapter DIR -o OUT.safetensors
                   [--rounding fused|separate] [--adapter-precision peft|full]
+       vera merge --base MODEL.safetensors.index.json --adapter DIR -o OUTDIR
 
 Writes a copy of MODEL in which every adapted layer's '<path>.weight' is W0 + Λb B Λd A, computed
 in float32 (float64 for F64 weights) and stored in the weight's own dtype. Every other tensor and
@@ -74,6 +75,10 @@ the metadata are copied unchanged. Into float16/bfloat16 weights the adapter is 
 that dtype, as PEFT applies it to such layers (--adapter-precision full keeps it in float32).
 Like PEFT's safe_merge, a merged weight that is not finite is an error; OUT is written
 atomically, so a failure leaves no partial file. Progress goes to stderr for large models.
+
+A sharded model is named by its index (*.index.json): every shard is merged into OUTDIR under its
+own name, with a copy of the index. OUTDIR must not exist or be empty; it appears only once every
+shard is complete.
 )";
 
 const char* const export_help =
@@ -411,6 +416,48 @@ void merge_as(const vera::io::safetensors_file& base, const vera::io::vera_confi
             << "\n";
 }
 
+template <class T>
+void sharded_merge_as(const vera::io::shard_index& index, const vera::io::vera_config& config,
+                      const vera::io::safetensors_file& adapter_file,
+                      const vera::io::layer_shapes& shapes, const arguments& args,
+                      const fs::path& output) {
+  vera::io::load_options options;
+  options.rounding = parse_rounding(args);
+  const auto loaded = vera::io::load_peft_adapter<T>(config, adapter_file, shapes, options);
+  for (const auto& warning : loaded.report.warnings)
+    std::cerr << "vera merge: warning: " << warning << "\n";
+  vera::io::merge_options merge;
+  merge.match_peft_precision = args.get("adapter-precision").value_or("peft") == "peft";
+  vera::io::merge_sharded_model(index, loaded.model, output, merge,
+                                [](std::size_t done, std::size_t total) {
+                                  std::fprintf(stderr, "\rvera merge: shard %zu of %zu", done, total);
+                                  if (done == total) std::fprintf(stderr, "\n");
+                                  std::fflush(stderr);
+                                });
+  std::cerr << "vera merge: merged " << loaded.model.size() << " layers into " << index.shards.size()
+            << " shards in " << output.string() << "\n";
+}
+
+int run_sharded_merge(const fs::path& index_path, const fs::path& adapter_dir,
+                      const fs::path& output, const arguments& args) {
+  const auto index = vera::io::read_shard_index(index_path);
+  const auto config = vera::io::vera_config::read(adapter_dir);
+  const vera::io::safetensors_file adapter_file(adapter_dir / vera::io::adapter_weights_file);
+  const auto paths = vera::io::peft_layer_paths(adapter_file);
+  const auto shapes = vera::io::layer_shapes_from_shards(index, paths, config.fan_in_fan_out);
+  bool wide = false;
+  for (const auto& path : paths) {
+    const vera::io::safetensors_file shard(index.directory() / index.shard_of(path + ".weight"));
+    wide = wide || shard.at(path + ".weight").type == dtype::f64;
+  }
+  if (wide) {
+    sharded_merge_as<double>(index, config, adapter_file, shapes, args, output);
+  } else {
+    sharded_merge_as<float>(index, config, adapter_file, shapes, args, output);
+  }
+  return exit_ok;
+}
+
 int run_merge(const arguments& args) {
   if (!args.positional.empty()) throw usage_error("merge takes no positional arguments");
   const fs::path base_path = args.required("base");
@@ -422,6 +469,12 @@ int run_merge(const arguments& args) {
     throw usage_error("--adapter-precision expects 'peft' or 'full', got '" + precision + "'");
   }
 
+  const std::string index_suffix = ".index.json";
+  const std::string base_name = base_path.filename().string();
+  if (base_name.size() > index_suffix.size() &&
+      base_name.compare(base_name.size() - index_suffix.size(), index_suffix.size(), index_suffix) == 0) {
+    return run_sharded_merge(base_path, adapter_dir, output, args);
+  }
   const vera::io::safetensors_file base(base_path);
   const auto config = vera::io::vera_config::read(adapter_dir);
   const vera::io::safetensors_file adapter_file(adapter_dir / vera::io::adapter_weights_file);

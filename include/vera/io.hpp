@@ -11,3 +11,4 @@
 #include "vera/io/model_adapter.hpp"
 #include "vera/io/peft.hpp"
 #include "vera/io/safetensors.hpp"
+#include "vera/io/sharded_model.hpp"
