@@ -301,3 +301,19 @@ TEMPLATE_TEST_CASE("linear set_order forces the association order of unmerged fo
     CHECK(same_bits(y_train, expected));
   }
 }
+
+TEMPLATE_TEST_CASE("a resumed dropout sequence draws the same masks as an uninterrupted one",
+                   "[adapter][linear][dropout]", float, double) {
+  using matrix = vera_test::matrix<TestType>;
+  const vera_test::layer_shape shape{30, 9, 7, 12};
+  linear_setup<TestType> whole(false, true, 0.3, shape), resumed(false, true, 0.3, shape);
+  matrix y1, y2, y;
+  whole.layer.forward_train(whole.fixture.x, y1);
+  whole.layer.forward_train(whole.fixture.x, y2);
+  CHECK(whole.layer.context().next_step() == 2);
+  CHECK_FALSE(same_bits(y1, y2));  // a new mask per step
+  resumed.layer.resume_dropout_at(1);
+  resumed.layer.forward_train(resumed.fixture.x, y);
+  CHECK(same_bits(y, y2));
+  CHECK(resumed.layer.context().next_step() == 2);
+}

@@ -318,3 +318,25 @@ TEST_CASE("gradients agree with central finite differences",
     }
   }
 }
+
+TEST_CASE("overwriting gradients of another size throws instead of reallocating",
+          "[expr][backward][errors]") {
+  const vera::projection<double> shared({1, 6, 8, 8});
+  const vera::adapter<double> ad(shared, 8, 8);
+  vera::forward_context<double> ctx;
+  const Eigen::MatrixXd x = Eigen::MatrixXd::Random(5, 8), w0 = Eigen::MatrixXd::Random(8, 8);
+  const Eigen::MatrixXd y = vera::forward(x, w0, vera::no_bias, ad).train(ctx);
+  const Eigen::MatrixXd g = Eigen::MatrixXd::Ones(5, 8);
+  vera::gradients<double> wrong;
+  wrong.lambda_b = Eigen::VectorXd::Zero(3);
+  wrong.lambda_d = Eigen::VectorXd::Zero(6);
+  const double* held = wrong.lambda_b.data();
+  CHECK_THROWS_AS(wrong = vera::parameter_gradients(g, ad, ctx), vera::shape_error);
+  CHECK(wrong.lambda_b.data() == held);
+  CHECK(wrong.lambda_b.size() == 3);
+  vera::gradients<double> fresh;
+  fresh = vera::parameter_gradients(g, ad, ctx);
+  CHECK(fresh.lambda_b.size() == 8);
+  CHECK(fresh.lambda_d.size() == 6);
+  CHECK(y.rows() == 5);
+}

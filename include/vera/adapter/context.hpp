@@ -33,6 +33,12 @@ class forward_context {
   /// \brief The dropout mask of the last forward (probability 0 when dropout was off).
   const dropout_key& mask_key() const noexcept { return key_; }
 
+  /// \brief The dropout step the next training forward will use (one per forward, from 0).
+  std::uint64_t next_step() const noexcept { return next_step_; }
+  /// \brief Continues the dropout sequence at `step`, e.g. with next_step() saved in a
+  ///        checkpoint, so that a resumed run draws the same masks as an uninterrupted one.
+  void resume_at(std::uint64_t step) noexcept { next_step_ = step; }
+
   /// \brief Starts a training step: resizes P (no allocation when the size repeats), advances
   ///        the dropout step. Used by evaluators.
   Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& begin_step(index rows, index rank,

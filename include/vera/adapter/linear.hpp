@@ -44,6 +44,8 @@ class linear {
   }
   const adapter<T>& vera_adapter() const noexcept { return adapter_; }
   const forward_context<T>& context() const noexcept { return context_; }
+  /// \brief Continues the dropout sequence at `step` (see forward_context::resume_at).
+  void resume_dropout_at(std::uint64_t step) noexcept { context_.resume_at(step); }
   bool merged() const noexcept { return merged_; }
 
   /// \brief Association order of the unmerged forward passes (default: the cost model's choice).

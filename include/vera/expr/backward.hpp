@@ -72,9 +72,12 @@ class parameter_gradient_expr {
     return copy;
   }
 
-  /// \brief Writes (or adds) the gradients into `out`, which is resized only on overwrite.
+  /// \brief Writes (or adds) the gradients into `out`. On overwrite, empty buffers (a
+  ///        default-constructed gradients<T>) are sized; buffers of another size throw
+  ///        shape_error rather than being reallocated under whoever holds their address (an
+  ///        optimizer, a gradient bucket).
   void eval_to(gradients<T>& out, assign_mode mode = assign_mode::overwrite) const {
-    if (mode == assign_mode::overwrite) {
+    if (mode == assign_mode::overwrite && out.lambda_b.size() == 0 && out.lambda_d.size() == 0) {
       out.lambda_b.resize(adapter_->out_features());
       out.lambda_d.resize(adapter_->rank());
     } else {

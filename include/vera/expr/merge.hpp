@@ -119,6 +119,9 @@ template <class Exec = exec::default_policy, class WD, class T>
 merged_weight_expr<Exec, WD, T> merged_weight(const Eigen::MatrixBase<WD>& w0, const adapter<T>& ad) {
   return {w0.derived(), ad};
 }
+// The expression refers to the adapter: binding a temporary one is refused.
+template <class Exec = exec::default_policy, class WD, class T>
+void merged_weight(const Eigen::MatrixBase<WD>&, adapter<T>&&) = delete;
 
 /// \brief W0 += ΔW in place. Shapes as in vera::forward. `ws` (optional) avoids allocating.
 template <class WD, class T>
