@@ -6,6 +6,7 @@
 // handed straight to vera (evaluated once), and b and d are updated through xtensor views of the
 // adapters' storage.
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 
@@ -29,16 +30,34 @@ matrix base_layer(const X& x, const matrix& w) {
   return xt::sum(xt::view(x, xt::all(), xt::newaxis(), xt::all()) * w, {2});
 }
 
-// SGD with momentum on one trainable vector, written with xtensor expressions.
-struct momentum_sgd {
+// An adapter with random lambdas (b = 1, d ~ N(0, 1) from `seed`), b then scaled to 0.3.
+vera::adapter<float> target_adapter(const vera::projection<float>& shared, std::size_t in,
+                                    std::size_t out, std::uint64_t seed) {
+  vera::adapter_options options;
+  options.init = vera::init_kind::random;
+  options.init_seed = seed;
+  vera::adapter<float> ad(shared, vera::index(in), vera::index(out), options);
+  vera::xt::lambda_b(ad) *= 0.3f;
+  return ad;
+}
+
+// Momentum SGD on one adapter's b and d, updated in place through xtensor views of its storage.
+struct layer_optimizer {
   float lr;
   float beta;
-  vera::xt::vector<float> velocity;
-  template <class Param, class Grad>
-  void step(Param&& param, const Grad& grad) {
-    if (velocity.size() != grad.size()) velocity = xt::zeros<float>(grad.shape());
-    velocity = beta * velocity + grad;
-    param -= lr * velocity;
+  vera::xt::vector<float> velocity_b;
+  vera::xt::vector<float> velocity_d;
+
+  layer_optimizer(const vera::adapter<float>& ad, float learning_rate, float momentum)
+      : lr(learning_rate), beta(momentum),
+        velocity_b(xt::zeros<float>({std::size_t(ad.out_features())})),
+        velocity_d(xt::zeros<float>({std::size_t(ad.rank())})) {}
+
+  void step(vera::adapter<float>& ad, const vera::xt::gradients<float>& grads) {
+    velocity_b = beta * velocity_b + grads.lambda_b();
+    velocity_d = beta * velocity_d + grads.lambda_d();
+    vera::xt::lambda_b(ad) -= lr * velocity_b;
+    vera::xt::lambda_d(ad) -= lr * velocity_d;
   }
 };
 
@@ -58,15 +77,9 @@ int main(int argc, char** argv) {
   matrix w2 = random_matrix(out, hidden, 0.12f);
 
   // The target task: the frozen network moved by an update of VeRA's form, so b and d can reach
-  // it exactly (random lambdas, b scaled to 0.3).
-  vera::adapter_options random_init;
-  random_init.init = vera::init_kind::random;
-  random_init.init_seed = 11;
-  vera::adapter<float> shift1(shared, in, hidden, random_init);
-  random_init.init_seed = 12;
-  vera::adapter<float> shift2(shared, hidden, out, random_init);
-  vera::xt::lambda_b(shift1) *= 0.3f;
-  vera::xt::lambda_b(shift2) *= 0.3f;
+  // it exactly.
+  const vera::adapter<float> shift1 = target_adapter(shared, in, hidden, 11);
+  const vera::adapter<float> shift2 = target_adapter(shared, hidden, out, 12);
   const matrix teacher1 = vera::xt::merged_weight(w1, shift1);
   const matrix teacher2 = vera::xt::merged_weight(w2, shift2);
 
@@ -80,8 +93,7 @@ int main(int argc, char** argv) {
   vera::forward_context<float> ctx1, ctx2;
   vera::workspace<float> ws1, ws2;
   vera::xt::gradients<float> grads1(ad1), grads2(ad2);
-  momentum_sgd opt_b1{0.05f, 0.9f, {}}, opt_d1{0.05f, 0.9f, {}}, opt_b2{0.05f, 0.9f, {}},
-      opt_d2{0.05f, 0.9f, {}};
+  layer_optimizer opt1(ad1, 0.05f, 0.9f), opt2(ad2, 0.05f, 0.9f);
   matrix x, target, pre, h, y, grad_y, grad_h;
   float first_loss = 0.0f, loss = 0.0f;
 
@@ -105,10 +117,8 @@ int main(int argc, char** argv) {
     grad_h *= 1.0f - xt::square(xt::tanh(pre));  // through tanh
     grads1 = vera::xt::parameter_gradients(grad_h, ad1, ctx1).using_workspace(ws1);
 
-    opt_b1.step(vera::xt::lambda_b(ad1), grads1.lambda_b());
-    opt_d1.step(vera::xt::lambda_d(ad1), grads1.lambda_d());
-    opt_b2.step(vera::xt::lambda_b(ad2), grads2.lambda_b());
-    opt_d2.step(vera::xt::lambda_d(ad2), grads2.lambda_d());
+    opt1.step(ad1, grads1);
+    opt2.step(ad2, grads2);
 
     if (step % (steps / 10) == 0) std::printf("step %4d  loss %.4e\n", step, double(loss));
   }

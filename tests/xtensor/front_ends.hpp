@@ -17,6 +17,16 @@
 
 namespace vera_test {
 
+/// expr.add_to(y), as a training forward when ctx is given.
+template <class Expr, class Y, class T>
+void add_forward(const Expr& e, Y& y, vera::forward_context<T>* ctx) {
+  if (ctx != nullptr) {
+    e.train(*ctx).add_to(y);
+  } else {
+    e.add_to(y);
+  }
+}
+
 /// The Eigen front-end on Eigen matrices with storage order `Options` (column-major is Eigen's
 /// default; row-major is the layout the xtensor front-end hands to the same evaluators).
 template <class T, int Options>
@@ -42,12 +52,7 @@ struct eigen_front_of {
   static void forward_add(matrix& y, const matrix& x, const matrix& w0, const Bias& bias,
                           const vera::adapter<T>& ad, vera::order o,
                           vera::forward_context<T>* ctx = nullptr) {
-    const auto e = vera::forward(x, w0, bias, ad).with_order(o);
-    if (ctx != nullptr) {
-      e.train(*ctx).add_to(y);
-    } else {
-      e.add_to(y);
-    }
+    add_forward(vera::forward(x, w0, bias, ad).with_order(o), y, ctx);
   }
   static vera::gradients<T> parameter_gradients(const matrix& g, const vera::adapter<T>& ad,
                                                 const vera::forward_context<T>& ctx) {
@@ -126,12 +131,7 @@ struct xtensor_front {
   static void forward_add(matrix& y, const matrix& x, const matrix& w0, const Bias& bias,
                           const vera::adapter<T>& ad, vera::order o,
                           vera::forward_context<T>* ctx = nullptr) {
-    const auto e = vera::xt::forward(x, w0, bias, ad).with_order(o);
-    if (ctx != nullptr) {
-      e.train(*ctx).add_to(y);
-    } else {
-      e.add_to(y);
-    }
+    add_forward(vera::xt::forward(x, w0, bias, ad).with_order(o), y, ctx);
   }
   static vera::gradients<T> parameter_gradients(const matrix& g, const vera::adapter<T>& ad,
                                                 const vera::forward_context<T>& ctx) {

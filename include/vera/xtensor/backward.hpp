@@ -66,6 +66,14 @@ class gradients {
     return *this;
   }
 
+  /// \brief `grads += vera::xt::parameter_gradients(...)`: accumulates without a temporary.
+  template <class Expr, class = decltype(std::declval<const Expr&>().eval_to(
+                            std::declval<gradients&>(), assign_mode::accumulate))>
+  gradients& operator+=(const Expr& e) {
+    e.eval_to(*this, assign_mode::accumulate);
+    return *this;
+  }
+
   void set_zero() { values_.set_zero(); }
 
  private:
@@ -81,24 +89,24 @@ class parameter_gradient_expr {
   static_assert(detail::holds_scalar<G, T>,
                 "vera::xt::parameter_gradients: G must hold the adapter's scalar type");
 
+  // The Eigen front-end's expression over G's extents: validates, and carries the settings.
+  using settings_type = vera::parameter_gradient_expr<Exec, detail::extents_map<T>, T>;
+
  public:
   template <class GA>
   parameter_gradient_expr(GA&& g, const adapter<T>& ad, const forward_context<T>& ctx)
-      : g_(std::forward<GA>(g)), adapter_(&ad), context_(&ctx) {
-    detail::check_dimension<2>("G", g_);
-    (void)vera::parameter_gradients(Exec{}, detail::shape_only<T>(g_), ad, ctx);
-  }
+      : g_(std::forward<GA>(g)), settings_(validated(g_, ad, ctx)) {}
 
   /// \brief Use `ws` for scratch memory instead of allocating.
   parameter_gradient_expr using_workspace(workspace<T>& ws) const {
-    return detail::with_member(*this, &parameter_gradient_expr::workspace_, &ws);
+    return {*this, settings_.using_workspace(ws)};
   }
 
   /// \brief Writes (or adds) the gradients into `out`, which is resized only on overwrite.
   void eval_to(gradients<T>& out, assign_mode mode = assign_mode::overwrite) const {
     const detail::input_matrix<T> g(g_);
-    const auto e = vera::parameter_gradients(Exec{}, g.map(), *adapter_, *context_);
-    (workspace_ != nullptr ? e.using_workspace(*workspace_) : e).eval_to(out.eigen(), mode);
+    const auto e = vera::parameter_gradients(Exec{}, g.map(), settings_.layer(), settings_.context());
+    detail::with_settings_of(settings_, e).eval_to(out.eigen(), mode);
   }
 
   /// \brief Evaluates into a fresh gradients<T>.
@@ -110,17 +118,18 @@ class parameter_gradient_expr {
   operator gradients<T>() const { return eval(); }  // NOLINT: evaluation on conversion is the point
 
  private:
-  detail::closure_t<G> g_;
-  const adapter<T>* adapter_;
-  const forward_context<T>* context_;
-  workspace<T>* workspace_ = nullptr;
-};
+  parameter_gradient_expr(const parameter_gradient_expr& operands, const settings_type& settings)
+      : g_(operands.g_), settings_(settings) {}
 
-template <class Exec, class G, class T>
-gradients<T>& operator+=(gradients<T>& out, const parameter_gradient_expr<Exec, G, T>& e) {
-  e.eval_to(out, assign_mode::accumulate);
-  return out;
-}
+  template <class GC>
+  static settings_type validated(const GC& g, const adapter<T>& ad, const forward_context<T>& ctx) {
+    detail::check_dimension<2>("G", g);
+    return {detail::shape_only<T>(g), ad, ctx};
+  }
+
+  detail::closure_t<G> g_;
+  settings_type settings_;
+};
 
 /// \brief dL/dX (n x in) = G (W0 + ΔW), with the dropout mask on the adapter term, lazily.
 ///
@@ -133,24 +142,23 @@ class input_gradient_expr : public detail::matrix_result<input_gradient_expr<Exe
   static_assert(detail::holds_scalar<W, T>,
                 "vera::xt::input_gradient: W0 must hold the adapter's scalar type");
 
+  // The Eigen front-end's expression over the extents: validates, and carries the settings.
+  using settings_type =
+      vera::input_gradient_expr<Exec, detail::extents_map<T>, detail::extents_map<T>, T>;
+
  public:
   template <class GA, class WA>
   input_gradient_expr(GA&& g, WA&& w0, const adapter<T>& ad, const forward_context<T>& ctx)
-      : g_(std::forward<GA>(g)), w0_(std::forward<WA>(w0)), adapter_(&ad), context_(&ctx) {
-    detail::check_dimension<2>("G", g_);
-    detail::check_dimension<2>("W0", w0_);
-    (void)vera::input_gradient(Exec{}, detail::shape_only<T>(g_), detail::shape_only<T>(w0_), ad,
-                               ctx);
-  }
+      : g_(std::forward<GA>(g)), w0_(std::forward<WA>(w0)), settings_(validated(g_, w0_, ad, ctx)) {}
 
-  index rows() const { return detail::extent(g_, 0); }
-  index cols() const { return adapter_->in_features(); }
+  index rows() const { return settings_.rows(); }
+  index cols() const { return settings_.cols(); }
 
   input_gradient_expr using_workspace(workspace<T>& ws) const {
-    return detail::with_member(*this, &input_gradient_expr::workspace_, &ws);
+    return {*this, settings_.using_workspace(ws)};
   }
   input_gradient_expr with_order(order requested) const {
-    return detail::with_member(*this, &input_gradient_expr::order_, requested);
+    return {*this, settings_.with_order(requested)};
   }
 
   /// \brief dx += expr; dx must already be n x in and dense row-major.
@@ -162,21 +170,29 @@ class input_gradient_expr : public detail::matrix_result<input_gradient_expr<Exe
  private:
   friend class detail::matrix_result<input_gradient_expr, T>;
 
+  input_gradient_expr(const input_gradient_expr& operands, const settings_type& settings)
+      : g_(operands.g_), w0_(operands.w0_), settings_(settings) {}
+
+  template <class GC, class WC>
+  static settings_type validated(const GC& g, const WC& w0, const adapter<T>& ad,
+                                 const forward_context<T>& ctx) {
+    detail::check_dimension<2>("G", g);
+    detail::check_dimension<2>("W0", w0);
+    return {detail::shape_only<T>(g), detail::shape_only<T>(w0), ad, ctx};
+  }
+
   template <class Dst>
   void run(Dst& dst, assign_mode mode) const {
     const detail::input_matrix<T> g(g_);
     const detail::input_matrix<T> w0(w0_);
     const auto e =
-        vera::input_gradient(Exec{}, g.map(), w0.map(), *adapter_, *context_).with_order(order_);
-    detail::assign(workspace_ != nullptr ? e.using_workspace(*workspace_) : e, dst, mode);
+        vera::input_gradient(Exec{}, g.map(), w0.map(), settings_.layer(), settings_.context());
+    detail::assign(detail::with_settings_of(settings_, e), dst, mode);
   }
 
   detail::closure_t<G> g_;
   detail::closure_t<W> w0_;
-  const adapter<T>* adapter_;
-  const forward_context<T>* context_;
-  workspace<T>* workspace_ = nullptr;
-  order order_ = order::automatic;
+  settings_type settings_;
 };
 
 /// \brief Lazy gradients of lambda_b and lambda_d. Shapes: G n x out (2-D), ctx from the

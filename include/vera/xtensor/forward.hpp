@@ -29,36 +29,31 @@ class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias,
   static_assert(detail::holds_scalar<X, T>, "vera::xt::forward: X must hold the adapter's scalar type");
   static_assert(detail::holds_scalar<W, T>, "vera::xt::forward: W0 must hold the adapter's scalar type");
 
+  // The Eigen front-end's expression over the operands' extents: created (and so validated)
+  // with this expression, it also carries the modifiers' settings.
+  using settings_type =
+      decltype(vera::forward(Exec{}, std::declval<detail::extents_map<T>>(),
+                             std::declval<detail::extents_map<T>>(),
+                             detail::bias_shape_only<T>(std::declval<const Bias&>()),
+                             std::declval<const adapter<T>&>()));
+
  public:
   template <class XA, class WA, class BA>
   forward_expr(XA&& x, WA&& w0, BA&& bias, const adapter<T>& ad)
       : x_(std::forward<XA>(x)), w0_(std::forward<WA>(w0)), bias_(std::forward<BA>(bias)),
-        adapter_(&ad) {
-    if constexpr (!std::is_same_v<std::decay_t<Bias>, no_bias_t>) {
-      static_assert(detail::holds_scalar<Bias, T>,
-                    "vera::xt::forward: bias must hold the adapter's scalar type");
-    }
-    detail::check_dimension<2>("X", x_);
-    detail::check_dimension<2>("W0", w0_);
-    (void)vera::forward(Exec{}, detail::shape_only<T>(x_), detail::shape_only<T>(w0_),
-                        detail::bias_shape_only<T>(bias_), ad);
-  }
+        settings_(validated(x_, w0_, bias_, ad)) {}
 
-  index rows() const { return detail::extent(x_, 0); }
-  index cols() const { return adapter_->out_features(); }
+  index rows() const { return settings_.rows(); }
+  index cols() const { return settings_.cols(); }
 
   /// \brief Training forward: dropout on, P saved in `ctx` for backward.
-  forward_expr train(forward_context<T>& ctx) const {
-    return detail::with_member(*this, &forward_expr::context_, &ctx);
-  }
+  forward_expr train(forward_context<T>& ctx) const { return {*this, settings_.train(ctx)}; }
   /// \brief Use `ws` for scratch memory instead of allocating.
   forward_expr using_workspace(workspace<T>& ws) const {
-    return detail::with_member(*this, &forward_expr::workspace_, &ws);
+    return {*this, settings_.using_workspace(ws)};
   }
   /// \brief Force an association order instead of the cost model's choice.
-  forward_expr with_order(order requested) const {
-    return detail::with_member(*this, &forward_expr::order_, requested);
-  }
+  forward_expr with_order(order requested) const { return {*this, settings_.with_order(requested)}; }
 
   /// \brief y += expr; y must already be n x out and dense row-major.
   template <class Y>
@@ -69,25 +64,35 @@ class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias,
  private:
   friend class detail::matrix_result<forward_expr, T>;
 
+  forward_expr(const forward_expr& operands, const settings_type& settings)
+      : x_(operands.x_), w0_(operands.w0_), bias_(operands.bias_), settings_(settings) {}
+
+  template <class XC, class WC, class BC>
+  static settings_type validated(const XC& x, const WC& w0, const BC& bias, const adapter<T>& ad) {
+    if constexpr (!std::is_same_v<std::decay_t<Bias>, no_bias_t>) {
+      static_assert(detail::holds_scalar<Bias, T>,
+                    "vera::xt::forward: bias must hold the adapter's scalar type");
+    }
+    detail::check_dimension<2>("X", x);
+    detail::check_dimension<2>("W0", w0);
+    return vera::forward(Exec{}, detail::shape_only<T>(x), detail::shape_only<T>(w0),
+                         detail::bias_shape_only<T>(bias), ad);
+  }
+
   template <class Dst>
   void run(Dst& dst, assign_mode mode) const {
     const detail::input_matrix<T> x(x_);
     const detail::input_matrix<T> w0(w0_);
     detail::with_bias<T>(bias_, [&](const auto& bias) {
-      const auto e = vera::forward(Exec{}, x.map(), w0.map(), bias, *adapter_).with_order(order_);
-      const auto trained = context_ != nullptr ? e.train(*context_) : e;
-      detail::assign(workspace_ != nullptr ? trained.using_workspace(*workspace_) : trained, dst,
-                     mode);
+      const auto e = vera::forward(Exec{}, x.map(), w0.map(), bias, settings_.layer());
+      detail::assign(detail::with_settings_of(settings_, e), dst, mode);
     });
   }
 
   detail::closure_t<X> x_;
   detail::closure_t<W> w0_;
   detail::closure_t<Bias> bias_;
-  const adapter<T>* adapter_;
-  forward_context<T>* context_ = nullptr;
-  workspace<T>* workspace_ = nullptr;
-  order order_ = order::automatic;
+  settings_type settings_;
 };
 
 /// \brief Lazy forward of an adapted layer on policy `Exec`, from xtensor operands.

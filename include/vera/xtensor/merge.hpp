@@ -90,14 +90,16 @@ template <class Exec = exec::default_policy, class T>
 delta_weight_expr<Exec, T> delta_weight(const adapter<T>& ad) {
   return delta_weight_expr<Exec, T>(ad);
 }
-template <class Exec = exec::default_policy, class T>
-void delta_weight(adapter<T>&&) = delete;
 
 /// \brief Lazy W0 + ΔW. Shapes: W0 as in vera::xt::forward.
 template <class Exec = exec::default_policy, class W, class T>
 merged_weight_expr<Exec, W, T> merged_weight(W&& w0, const adapter<T>& ad) {
   return {std::forward<W>(w0), ad};
 }
+
+// An expression must not outlive its adapter: binding a temporary adapter is refused.
+template <class Exec = exec::default_policy, class T>
+void delta_weight(adapter<T>&&) = delete;
 template <class Exec = exec::default_policy, class W, class T>
 void merged_weight(W&&, adapter<T>&&) = delete;
 

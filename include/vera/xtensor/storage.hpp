@@ -148,10 +148,14 @@ using input_matrix = input_tensor<T, 2>;
 template <class T>
 using input_vector = input_tensor<T, 1>;
 
-/// Extents of a 2-D operand without its data, so that the Eigen expressions' constructors, the
-/// one place operands are validated, check xtensor operands too (they read only the extents).
+/// A 2-D operand's extents without its data (a map over no memory). The Eigen expressions'
+/// constructors, the one place operands are validated, read only extents, so built over these
+/// they check xtensor operands too.
+template <class T>
+using extents_map = Eigen::Map<const row_matrix<T>>;
+
 template <class T, class E>
-Eigen::Map<const row_matrix<T>> shape_only(const E& e) {
+extents_map<T> shape_only(const E& e) {
   return {nullptr, extent(e, 0), extent(e, 1)};
 }
 
@@ -220,12 +224,38 @@ void assign(const Expr& e, Dst& dst, assign_mode mode) {
   }
 }
 
-/// Returns a copy of `self` with one member changed: how the expressions' modifiers stay pure.
-template <class Self, class Member, class Value>
-Self with_member(const Self& self, Member Self::*member, Value value) {
-  Self copy(self);
-  copy.*member = value;
-  return copy;
+template <class E, class = void>
+struct has_train : std::false_type {};
+template <class E>
+struct has_train<E, std::void_t<decltype(std::declval<const E&>().train(
+                        *std::declval<const E&>().context()))>> : std::true_type {};
+template <class E, class = void>
+struct has_order : std::false_type {};
+template <class E>
+struct has_order<E, std::void_t<decltype(std::declval<const E&>().with_order(
+                        std::declval<const E&>().requested_order()))>> : std::true_type {};
+
+/// `e` with the modifiers (order, training context, workspace) that `settings`, an Eigen
+/// expression of the same kind over the operands' extents, was given: each xtensor expression
+/// keeps its settings in such an expression instead of in members of its own.
+template <class Settings, class Expr>
+Expr with_settings_of(const Settings& settings, const Expr& e) {
+  const auto ordered = [&](const Expr& x) -> Expr {
+    if constexpr (has_order<Settings>::value) {
+      return x.with_order(settings.requested_order());
+    } else {
+      return x;
+    }
+  };
+  const auto trained = [&](const Expr& x) -> Expr {
+    if constexpr (has_train<Settings>::value) {
+      return settings.context() != nullptr ? x.train(*settings.context()) : x;
+    } else {
+      return x;
+    }
+  };
+  const Expr prepared = trained(ordered(e));
+  return settings.scratch() != nullptr ? prepared.using_workspace(*settings.scratch()) : prepared;
 }
 
 }  // namespace detail
