@@ -4,6 +4,8 @@
 set -euo pipefail
 
 packages=(cmake ninja-build g++ libeigen3-dev catch2 libbenchmark-dev ccache nlohmann-json3-dev)
+# The optional xtensor front-end (xtl comes with libxtensor-dev; xtensor-dev is its transitional name).
+packages+=(libxtensor-dev libxsimd-dev)
 
 missing=()
 for pkg in "${packages[@]}"; do
