@@ -96,10 +96,12 @@ Map map_over(P data, const E& e) {
 
 /// True when `e` lies in memory as a dense row-major block: the last axis has stride 1 and each
 /// other axis the product of the extents after it. xtensor gives extent-1 axes stride 0 (they
-/// are never stepped along), so those axes match whatever their stride.
+/// are never stepped along), so those axes match whatever their stride; an empty operand
+/// addresses nothing and matches too.
 template <std::size_t N, class E>
 bool is_row_major_dense(const E& e) {
   if constexpr (has_strided_memory<E>::value) {
+    if (e.size() == 0) return true;
     const auto& strides = e.strides();
     index expected = 1;
     for (std::size_t axis = N; axis-- > 0;) {
