@@ -6,6 +6,8 @@ set -euo pipefail
 # Extra package names on the command line are installed too (CI adds the fuzzing toolchain).
 packages=("$@" cmake ninja-build g++ libeigen3-dev catch2 libbenchmark-dev ccache nlohmann-json3-dev
   zlib1g-dev dataset-fashion-mnist libopenmpi-dev openmpi-bin)
+# The optional xtensor front-end (xtl comes with libxtensor-dev; xtensor-dev is its transitional name).
+packages+=(libxtensor-dev libxsimd-dev)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -1,0 +1,229 @@
+// SPDX-License-Identifier: Apache-2.0
+// Backward of an adapted layer on xtensor operands: gradients of b, d and X via the shared expressions.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <type_traits>
+#include <utility>
+
+#include <xtensor/xadapt.hpp>
+
+#include "vera/adapter/adapter.hpp"
+#include "vera/adapter/context.hpp"
+#include "vera/adapter/gradients.hpp"
+#include "vera/adapter/workspace.hpp"
+#include "vera/backend/exec.hpp"
+#include "vera/expr/backward.hpp"
+#include "vera/expr/cost.hpp"
+#include "vera/xtensor/result.hpp"
+#include "vera/xtensor/storage.hpp"
+
+namespace vera::xt {
+
+namespace detail {
+
+template <class Scalar>
+auto adapt_vector(Scalar* data, index size) {
+  return ::xt::adapt(std::move(data), static_cast<std::size_t>(size), ::xt::no_ownership(),
+                     std::array<std::size_t, 1>{static_cast<std::size_t>(size)});
+}
+
+}  // namespace detail
+
+/// \brief dL/d lambda_b (out) and dL/d lambda_d (rank), read and written as 1-D xtensor views.
+///
+/// Holds a vera::gradients<T>, so the shared evaluator writes into it directly and a reused
+/// object allocates nothing. The views returned by lambda_b() and lambda_d() point into this
+/// object: take them again after an overwriting evaluation that changed the adapter's sizes.
+template <class T>
+class gradients {
+ public:
+  gradients() = default;
+  /// \brief Zero gradients sized for `ad`.
+  explicit gradients(const adapter<T>& ad) : values_(ad) {}
+
+  /// \brief dL/d lambda_b, out elements, writable.
+  auto lambda_b() { return detail::adapt_vector(values_.lambda_b.data(), values_.lambda_b.size()); }
+  auto lambda_b() const {
+    return detail::adapt_vector<const T>(values_.lambda_b.data(), values_.lambda_b.size());
+  }
+  /// \brief dL/d lambda_d, rank elements, writable.
+  auto lambda_d() { return detail::adapt_vector(values_.lambda_d.data(), values_.lambda_d.size()); }
+  auto lambda_d() const {
+    return detail::adapt_vector<const T>(values_.lambda_d.data(), values_.lambda_d.size());
+  }
+
+  /// \brief The same values as the Eigen front-end's type (shared storage, no copy).
+  vera::gradients<T>& eigen() noexcept { return values_; }
+  const vera::gradients<T>& eigen() const noexcept { return values_; }
+
+  /// \brief `grads = vera::xt::parameter_gradients(...)`: evaluates in place, reusing the buffers.
+  template <class Expr, class = decltype(std::declval<const Expr&>().eval_to(
+                            std::declval<gradients&>(), assign_mode::overwrite))>
+  gradients& operator=(const Expr& e) {
+    e.eval_to(*this, assign_mode::overwrite);
+    return *this;
+  }
+
+  /// \brief `grads += vera::xt::parameter_gradients(...)`: accumulates without a temporary.
+  template <class Expr, class = decltype(std::declval<const Expr&>().eval_to(
+                            std::declval<gradients&>(), assign_mode::accumulate))>
+  gradients& operator+=(const Expr& e) {
+    e.eval_to(*this, assign_mode::accumulate);
+    return *this;
+  }
+
+  void set_zero() { values_.set_zero(); }
+
+ private:
+  vera::gradients<T> values_;
+};
+
+/// \brief dL/d lambda_b and dL/d lambda_d from an xtensor G = dL/dY, lazily.
+///
+/// `grads = expr;` overwrites, `grads += expr;` accumulates, exactly as the Eigen front-end's
+/// parameter_gradient_expr, which does the work.
+template <class Exec, class G, class T>
+class parameter_gradient_expr {
+  static_assert(detail::holds_scalar<G, T>,
+                "vera::xt::parameter_gradients: G must hold the adapter's scalar type");
+
+  // The Eigen front-end's expression over G's extents: validates, and carries the settings.
+  using settings_type = vera::parameter_gradient_expr<Exec, detail::extents_map<T>, T>;
+
+ public:
+  template <class GA>
+  parameter_gradient_expr(GA&& g, const adapter<T>& ad, const forward_context<T>& ctx)
+      : g_(std::forward<GA>(g)), settings_(validated(g_, ad, ctx)) {}
+
+  /// \brief Use `ws` for scratch memory instead of allocating.
+  parameter_gradient_expr using_workspace(workspace<T>& ws) const {
+    return {*this, settings_.using_workspace(ws)};
+  }
+
+  /// \brief Writes (or adds) the gradients into `out`, which is resized only on overwrite.
+  void eval_to(gradients<T>& out, assign_mode mode = assign_mode::overwrite) const {
+    const detail::input_matrix<T> g(g_);
+    const auto e = vera::parameter_gradients(Exec{}, g.map(), settings_.layer(), settings_.context());
+    detail::with_settings_of(settings_, e).eval_to(out.eigen(), mode);
+  }
+
+  /// \brief Evaluates into a fresh gradients<T>.
+  gradients<T> eval() const {
+    gradients<T> out;
+    eval_to(out);
+    return out;
+  }
+  operator gradients<T>() const { return eval(); }  // NOLINT: evaluation on conversion is the point
+
+ private:
+  parameter_gradient_expr(const parameter_gradient_expr& operands, const settings_type& settings)
+      : g_(operands.g_), settings_(settings) {}
+
+  template <class GC>
+  static settings_type validated(const GC& g, const adapter<T>& ad, const forward_context<T>& ctx) {
+    detail::check_dimension<2>("G", g);
+    return {detail::shape_only<T>(g), ad, ctx};
+  }
+
+  detail::closure_t<G> g_;
+  settings_type settings_;
+};
+
+/// \brief dL/dX (n x in) = G (W0 + ΔW), with the dropout mask on the adapter term, lazily.
+///
+/// Evaluated like vera::xt::forward_expr: `eval()`, conversion, `assign_to(dx)` overwrite;
+/// `add_to(dx)` accumulates.
+template <class Exec, class G, class W, class T>
+class input_gradient_expr : public detail::matrix_result<input_gradient_expr<Exec, G, W, T>, T> {
+  static_assert(detail::holds_scalar<G, T>,
+                "vera::xt::input_gradient: G must hold the adapter's scalar type");
+  static_assert(detail::holds_scalar<W, T>,
+                "vera::xt::input_gradient: W0 must hold the adapter's scalar type");
+
+  // The Eigen front-end's expression over the extents: validates, and carries the settings.
+  using settings_type =
+      vera::input_gradient_expr<Exec, detail::extents_map<T>, detail::extents_map<T>, T>;
+
+ public:
+  template <class GA, class WA>
+  input_gradient_expr(GA&& g, WA&& w0, const adapter<T>& ad, const forward_context<T>& ctx)
+      : g_(std::forward<GA>(g)), w0_(std::forward<WA>(w0)), settings_(validated(g_, w0_, ad, ctx)) {}
+
+  index rows() const { return settings_.rows(); }
+  index cols() const { return settings_.cols(); }
+
+  input_gradient_expr using_workspace(workspace<T>& ws) const {
+    return {*this, settings_.using_workspace(ws)};
+  }
+  input_gradient_expr with_order(order requested) const {
+    return {*this, settings_.with_order(requested)};
+  }
+
+  /// \brief dx += expr; dx must already be n x in and dense row-major.
+  template <class Y>
+  void add_to(Y&& dx) const {
+    this->accumulate_into(dx);
+  }
+
+ private:
+  friend class detail::matrix_result<input_gradient_expr, T>;
+
+  input_gradient_expr(const input_gradient_expr& operands, const settings_type& settings)
+      : g_(operands.g_), w0_(operands.w0_), settings_(settings) {}
+
+  template <class GC, class WC>
+  static settings_type validated(const GC& g, const WC& w0, const adapter<T>& ad,
+                                 const forward_context<T>& ctx) {
+    detail::check_dimension<2>("G", g);
+    detail::check_dimension<2>("W0", w0);
+    return {detail::shape_only<T>(g), detail::shape_only<T>(w0), ad, ctx};
+  }
+
+  template <class Dst>
+  void run(Dst& dst, assign_mode mode) const {
+    const detail::input_matrix<T> g(g_);
+    const detail::input_matrix<T> w0(w0_);
+    const auto e =
+        vera::input_gradient(Exec{}, g.map(), w0.map(), settings_.layer(), settings_.context());
+    detail::assign(detail::with_settings_of(settings_, e), dst, mode);
+  }
+
+  detail::closure_t<G> g_;
+  detail::closure_t<W> w0_;
+  settings_type settings_;
+};
+
+/// \brief Lazy gradients of lambda_b and lambda_d. Shapes: G n x out (2-D), ctx from the
+///        training forward of the same n rows. Throws state_error if ctx holds no training
+///        forward, shape_error for a wrong G.
+template <class Exec, class G, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
+parameter_gradient_expr<Exec, G, T> parameter_gradients(Exec, G&& g, const adapter<T>& ad,
+                                                        const forward_context<T>& ctx) {
+  return {std::forward<G>(g), ad, ctx};
+}
+template <class G, class T>
+parameter_gradient_expr<exec::default_policy, G, T> parameter_gradients(
+    G&& g, const adapter<T>& ad, const forward_context<T>& ctx) {
+  return {std::forward<G>(g), ad, ctx};
+}
+template <class G, class T>
+void parameter_gradients(G&&, adapter<T>&&, const forward_context<T>&) = delete;
+
+/// \brief Lazy gradient of the layer input. Shapes: G n x out, W0 as in vera::xt::forward.
+template <class Exec, class G, class W, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
+input_gradient_expr<Exec, G, W, T> input_gradient(Exec, G&& g, W&& w0, const adapter<T>& ad,
+                                                  const forward_context<T>& ctx) {
+  return {std::forward<G>(g), std::forward<W>(w0), ad, ctx};
+}
+template <class G, class W, class T>
+input_gradient_expr<exec::default_policy, G, W, T> input_gradient(G&& g, W&& w0,
+                                                                  const adapter<T>& ad,
+                                                                  const forward_context<T>& ctx) {
+  return {std::forward<G>(g), std::forward<W>(w0), ad, ctx};
+}
+template <class G, class W, class T>
+void input_gradient(G&&, W&&, adapter<T>&&, const forward_context<T>&) = delete;
+
+}  // namespace vera::xt

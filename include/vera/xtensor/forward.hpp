@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: Apache-2.0
+// Forward of an adapted layer on xtensor operands, evaluated by the shared forward expression.
+#pragma once
+
+#include <type_traits>
+#include <utility>
+
+#include "vera/adapter/adapter.hpp"
+#include "vera/adapter/context.hpp"
+#include "vera/adapter/workspace.hpp"
+#include "vera/backend/exec.hpp"
+#include "vera/expr/cost.hpp"
+#include "vera/expr/forward.hpp"
+#include "vera/xtensor/result.hpp"
+#include "vera/xtensor/storage.hpp"
+
+namespace vera::xt {
+
+/// \brief Y (n x out) = X W0^T + bias + ((X A^T) Λd) (Λb B)^T on xtensor operands, lazily.
+///
+/// The xtensor counterpart of vera::forward_expr, with the same modifiers (`.train(ctx)`,
+/// `.using_workspace(ws)`, `.with_order(o)`) and the same evaluator: at evaluation each operand
+/// becomes a row-major Eigen map (a copy first if it is not dense row-major memory) and the
+/// Eigen front-end's expression computes straight into the destination.
+/// `xt::xtensor<T, 2> y = expr;`, `expr.eval()`, `expr.assign_to(y)` overwrite; `expr.add_to(y)`
+/// accumulates.
+template <class Exec, class X, class W, class Bias, class T>
+class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias, T>, T> {
+  static_assert(detail::holds_scalar<X, T>, "vera::xt::forward: X must hold the adapter's scalar type");
+  static_assert(detail::holds_scalar<W, T>, "vera::xt::forward: W0 must hold the adapter's scalar type");
+
+  // The Eigen front-end's expression over the operands' extents: created (and so validated)
+  // with this expression, it also carries the modifiers' settings.
+  using settings_type =
+      decltype(vera::forward(Exec{}, std::declval<detail::extents_map<T>>(),
+                             std::declval<detail::extents_map<T>>(),
+                             detail::bias_shape_only<T>(std::declval<const Bias&>()),
+                             std::declval<const adapter<T>&>()));
+
+ public:
+  template <class XA, class WA, class BA>
+  forward_expr(XA&& x, WA&& w0, BA&& bias, const adapter<T>& ad)
+      : x_(std::forward<XA>(x)), w0_(std::forward<WA>(w0)), bias_(std::forward<BA>(bias)),
+        settings_(validated(x_, w0_, bias_, ad)) {}
+
+  index rows() const { return settings_.rows(); }
+  index cols() const { return settings_.cols(); }
+
+  /// \brief Training forward: dropout on, P saved in `ctx` for backward.
+  forward_expr train(forward_context<T>& ctx) const { return {*this, settings_.train(ctx)}; }
+  /// \brief Use `ws` for scratch memory instead of allocating.
+  forward_expr using_workspace(workspace<T>& ws) const {
+    return {*this, settings_.using_workspace(ws)};
+  }
+  /// \brief Force an association order instead of the cost model's choice.
+  forward_expr with_order(order requested) const { return {*this, settings_.with_order(requested)}; }
+
+  /// \brief y += expr; y must already be n x out and dense row-major.
+  template <class Y>
+  void add_to(Y&& y) const {
+    this->accumulate_into(y);
+  }
+
+ private:
+  friend class detail::matrix_result<forward_expr, T>;
+
+  forward_expr(const forward_expr& operands, const settings_type& settings)
+      : x_(operands.x_), w0_(operands.w0_), bias_(operands.bias_), settings_(settings) {}
+
+  template <class XC, class WC, class BC>
+  static settings_type validated(const XC& x, const WC& w0, const BC& bias, const adapter<T>& ad) {
+    if constexpr (!std::is_same_v<std::decay_t<Bias>, no_bias_t>) {
+      static_assert(detail::holds_scalar<Bias, T>,
+                    "vera::xt::forward: bias must hold the adapter's scalar type");
+    }
+    detail::check_dimension<2>("X", x);
+    detail::check_dimension<2>("W0", w0);
+    return vera::forward(Exec{}, detail::shape_only<T>(x), detail::shape_only<T>(w0),
+                         detail::bias_shape_only<T>(bias), ad);
+  }
+
+  template <class Dst>
+  void run(Dst& dst, assign_mode mode) const {
+    const detail::input_matrix<T> x(x_);
+    const detail::input_matrix<T> w0(w0_);
+    detail::with_bias<T>(bias_, [&](const auto& bias) {
+      const auto e = vera::forward(Exec{}, x.map(), w0.map(), bias, settings_.layer());
+      detail::assign(detail::with_settings_of(settings_, e), dst, mode);
+    });
+  }
+
+  detail::closure_t<X> x_;
+  detail::closure_t<W> w0_;
+  detail::closure_t<Bias> bias_;
+  settings_type settings_;
+};
+
+/// \brief Lazy forward of an adapted layer on policy `Exec`, from xtensor operands.
+///
+/// Shapes: X n x in, W0 out x in (in x out with fan_in_fan_out), bias out elements (1-D) or
+/// vera::no_bias. Any xtensor expression of the adapter's scalar type is accepted: dense
+/// row-major memory (xt::xtensor, xt::xarray, adaptors, contiguous views) is read in place,
+/// anything else is copied once at evaluation. Lvalues are held by reference, temporaries by
+/// value. Throws shape_error naming the operand when a dimension count or shape is wrong.
+template <class Exec, class X, class W, class Bias, class T,
+          class = std::enable_if_t<std::is_empty_v<Exec>>>
+forward_expr<Exec, X, W, Bias, T> forward(Exec, X&& x, W&& w0, Bias&& bias, const adapter<T>& ad) {
+  return {std::forward<X>(x), std::forward<W>(w0), std::forward<Bias>(bias), ad};
+}
+
+/// \brief Lazy forward on the default (CPU) policy.
+template <class X, class W, class Bias, class T>
+forward_expr<exec::default_policy, X, W, Bias, T> forward(X&& x, W&& w0, Bias&& bias,
+                                                         const adapter<T>& ad) {
+  return {std::forward<X>(x), std::forward<W>(w0), std::forward<Bias>(bias), ad};
+}
+
+// An expression must not outlive its adapter: binding a temporary adapter is refused.
+template <class X, class W, class Bias, class T>
+void forward(X&&, W&&, Bias&&, adapter<T>&&) = delete;
+
+}  // namespace vera::xt

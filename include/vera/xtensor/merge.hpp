@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: Apache-2.0
+// ΔW, merged weight, merge/unmerge/safe merge on an xtensor W0, via the shared merge expressions.
+#pragma once
+
+#include <type_traits>
+#include <utility>
+
+#include "vera/adapter/adapter.hpp"
+#include "vera/adapter/workspace.hpp"
+#include "vera/backend/exec.hpp"
+#include "vera/expr/merge.hpp"
+#include "vera/xtensor/result.hpp"
+#include "vera/xtensor/storage.hpp"
+
+namespace vera::xt {
+
+/// \brief ΔW = Λb B Λd A (out x in; in x out with fan_in_fan_out) as an xtensor, lazily.
+///
+/// `eval()`, conversion and `assign_to(w)` overwrite; `add_to(w)` is a merge and
+/// `subtract_from(w)` an unmerge, one GEMM into w with no temporary of w's size.
+template <class Exec, class T>
+class delta_weight_expr : public detail::matrix_result<delta_weight_expr<Exec, T>, T> {
+ public:
+  explicit delta_weight_expr(const adapter<T>& ad) : delta_(ad) {}
+
+  index rows() const { return delta_.rows(); }
+  index cols() const { return delta_.cols(); }
+
+  /// \brief Use `ws` for the small Λb B Λd buffer instead of allocating it.
+  delta_weight_expr using_workspace(workspace<T>& ws) const {
+    return delta_weight_expr(delta_.using_workspace(ws));
+  }
+
+  /// \brief w += ΔW; w must have ΔW's shape and be dense row-major.
+  template <class Y>
+  void add_to(Y&& w) const {
+    this->accumulate_into(w);
+  }
+  /// \brief w -= ΔW; w must have ΔW's shape and be dense row-major.
+  template <class Y>
+  void subtract_from(Y&& w) const {
+    auto dst = detail::writable<T>("destination", w, rows(), cols());
+    delta_.subtract_from(dst);
+  }
+
+ private:
+  friend class detail::matrix_result<delta_weight_expr, T>;
+
+  explicit delta_weight_expr(const vera::delta_weight_expr<Exec, T>& delta) : delta_(delta) {}
+
+  template <class Dst>
+  void run(Dst& dst, assign_mode mode) const {
+    detail::assign(delta_, dst, mode);
+  }
+
+  vera::delta_weight_expr<Exec, T> delta_;
+};
+
+/// \brief W0 + ΔW as an xtensor, lazily; W0 has the layout the adapter's options say.
+template <class Exec, class W, class T>
+class merged_weight_expr : public detail::matrix_result<merged_weight_expr<Exec, W, T>, T> {
+  static_assert(detail::holds_scalar<W, T>,
+                "vera::xt::merged_weight: W0 must hold the adapter's scalar type");
+
+ public:
+  template <class WA>
+  merged_weight_expr(WA&& w0, const adapter<T>& ad) : w0_(std::forward<WA>(w0)), adapter_(&ad) {
+    detail::check_dimension<2>("W0", w0_);
+    (void)vera::merged_weight<Exec>(detail::shape_only<T>(w0_), ad);
+  }
+
+  index rows() const { return detail::extent(w0_, 0); }
+  index cols() const { return detail::extent(w0_, 1); }
+
+ private:
+  friend class detail::matrix_result<merged_weight_expr, T>;
+
+  template <class Dst>
+  void run(Dst& dst, assign_mode) const {
+    const detail::input_matrix<T> w0(w0_);
+    vera::merged_weight<Exec>(w0.map(), *adapter_).evalTo(dst);
+  }
+
+  detail::closure_t<W> w0_;
+  const adapter<T>* adapter_;
+};
+
+/// \brief Lazy ΔW of `ad` on policy Exec (default: CPU).
+template <class Exec = exec::default_policy, class T>
+delta_weight_expr<Exec, T> delta_weight(const adapter<T>& ad) {
+  return delta_weight_expr<Exec, T>(ad);
+}
+
+/// \brief Lazy W0 + ΔW. Shapes: W0 as in vera::xt::forward.
+template <class Exec = exec::default_policy, class W, class T>
+merged_weight_expr<Exec, W, T> merged_weight(W&& w0, const adapter<T>& ad) {
+  return {std::forward<W>(w0), ad};
+}
+
+// An expression must not outlive its adapter: binding a temporary adapter is refused.
+template <class Exec = exec::default_policy, class T>
+void delta_weight(adapter<T>&&) = delete;
+template <class Exec = exec::default_policy, class W, class T>
+void merged_weight(W&&, adapter<T>&&) = delete;
+
+namespace detail {
+
+/// W0 as the in-place operations need it: 2-D, dense row-major, the adapter's layout.
+template <class T, class W>
+auto writable_weight(W& w0, const adapter<T>& ad) {
+  check_dimension<2>("W0", w0);
+  vera::detail::check_base_weight("W0", shape_only<T>(w0), ad);
+  return writable<T>("W0", w0, extent(w0, 0), extent(w0, 1));
+}
+
+}  // namespace detail
+
+/// \brief W0 += ΔW in place. W0 (out x in, in x out with fan_in_fan_out) must be dense
+///        row-major memory: an xt::xtensor, xt::xarray, adaptor or contiguous view.
+///        `ws` (optional) avoids allocating.
+template <class W, class T>
+void merge(W&& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
+  auto w = detail::writable_weight(w0, ad);
+  vera::merge(w, ad, ws);
+}
+
+/// \brief W0 -= ΔW in place; undoes merge up to rounding. W0 as in vera::xt::merge.
+template <class W, class T>
+void unmerge(W&& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
+  auto w = detail::writable_weight(w0, ad);
+  vera::unmerge(w, ad, ws);
+}
+
+/// \brief W0 += ΔW only if every merged element is finite; otherwise throws value_error and
+///        leaves W0 untouched. W0 as in vera::xt::merge.
+template <class W, class T>
+void safe_merge(W&& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
+  auto w = detail::writable_weight(w0, ad);
+  vera::safe_merge(w, ad, ws);
+}
+
+}  // namespace vera::xt
