@@ -238,3 +238,20 @@ TEST_CASE("cost model never merges while dropout is active and honours forced or
   const vera::order_costs cheap_low_rank = vera::forward_costs({1, 64, 64, 8}, false, false);
   CHECK(vera::choose_order(vera::order::merged, cheap_low_rank, true) == vera::order::merged);
 }
+
+TEMPLATE_TEST_CASE("safe_merge and merge give the same bits for row-major weights too",
+                   "[expr][merge]", float, double) {
+  using row_matrix = Eigen::Matrix<TestType, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const vera::projection<TestType> shared({9, 16, 67, 41});
+  vera::adapter_options random_init;
+  random_init.init = vera::init_kind::random;
+  for (const bool transposed : {false, true}) {
+    random_init.fan_in_fan_out = transposed;
+    const vera::adapter<TestType> ad(shared, 67, 41, random_init);
+    const row_matrix w0 = transposed ? row_matrix::Random(67, 41) : row_matrix::Random(41, 67);
+    row_matrix plain = w0, safe = w0;
+    vera::merge(plain, ad);
+    vera::safe_merge(safe, ad);
+    CHECK(same_bits(plain, safe));
+  }
+}

@@ -147,7 +147,12 @@ void safe_merge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* w
   detail::check_base_weight("W0", w0, ad);
   workspace<T> local;
   workspace<T>& scratch = ws != nullptr ? *ws : local;
-  auto candidate = scratch.get(0, w0.rows(), w0.cols());
+  // The candidate takes W0's storage order, so that ΔW is added with the same arithmetic as
+  // merge() and a safe merge gives the same bits as a plain one.
+  using order_matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic,
+                                     WD::IsRowMajor ? Eigen::RowMajor : Eigen::ColMajor>;
+  Eigen::Map<order_matrix> candidate(scratch.get(0, w0.rows(), w0.cols()).data(), w0.rows(),
+                                     w0.cols());
   candidate = w0;
   delta_weight(ad).using_workspace(scratch).add_to(candidate);
   if (!candidate.allFinite()) {  // vectorised; the scan below runs only to name the element
