@@ -394,18 +394,27 @@ class progress_printer {
   std::chrono::steady_clock::time_point last_{};
 };
 
+// The adapter to merge (load warnings printed) and the merge settings from the command line.
+template <class T>
+vera::io::peft_adapter<T> load_for_merge(const vera::io::vera_config& config,
+                                         const vera::io::safetensors_file& adapter_file,
+                                         const vera::io::layer_shapes& shapes, const arguments& args,
+                                         vera::io::merge_options& merge) {
+  vera::io::load_options options;
+  options.rounding = parse_rounding(args);
+  auto loaded = vera::io::load_peft_adapter<T>(config, adapter_file, shapes, options);
+  for (const auto& warning : loaded.report.warnings)
+    std::cerr << "vera merge: warning: " << warning << "\n";
+  merge.match_peft_precision = args.get("adapter-precision").value_or("peft") == "peft";
+  return loaded;
+}
+
 template <class T>
 void merge_as(const vera::io::safetensors_file& base, const vera::io::vera_config& config,
               const vera::io::safetensors_file& adapter_file, const vera::io::layer_shapes& shapes,
               const arguments& args, const fs::path& output) {
-  vera::io::load_options options;
-  options.rounding = parse_rounding(args);
-  const auto loaded = vera::io::load_peft_adapter<T>(config, adapter_file, shapes, options);
-  for (const auto& warning : loaded.report.warnings)
-    std::cerr << "vera merge: warning: " << warning << "\n";
-
   vera::io::merge_options merge;
-  merge.match_peft_precision = args.get("adapter-precision").value_or("peft") == "peft";
+  const auto loaded = load_for_merge<T>(config, adapter_file, shapes, args, merge);
   vera::io::safetensors_writer writer;
   vera::io::add_merged_model(writer, base, loaded.model, merge);
   progress_printer progress(writer.data_size());
@@ -421,13 +430,8 @@ void sharded_merge_as(const vera::io::shard_index& index, const vera::io::vera_c
                       const vera::io::safetensors_file& adapter_file,
                       const vera::io::layer_shapes& shapes, const arguments& args,
                       const fs::path& output) {
-  vera::io::load_options options;
-  options.rounding = parse_rounding(args);
-  const auto loaded = vera::io::load_peft_adapter<T>(config, adapter_file, shapes, options);
-  for (const auto& warning : loaded.report.warnings)
-    std::cerr << "vera merge: warning: " << warning << "\n";
   vera::io::merge_options merge;
-  merge.match_peft_precision = args.get("adapter-precision").value_or("peft") == "peft";
+  const auto loaded = load_for_merge<T>(config, adapter_file, shapes, args, merge);
   vera::io::merge_sharded_model(index, loaded.model, output, merge,
                                 [](std::size_t done, std::size_t total) {
                                   std::fprintf(stderr, "\rvera merge: shard %zu of %zu", done, total);

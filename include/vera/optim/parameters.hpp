@@ -2,6 +2,7 @@
 // The list of (value, gradient) buffers an optimizer updates, with the checks every step shares.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -216,6 +217,79 @@ class parameter_list {
   }
 
   std::vector<parameter<T>> items_;
+};
+
+/// \brief Per-parameter optimizer state (step count and up to two buffers), kept in step with a
+///        parameter_list: what SGD and AdamW share.
+template <class T>
+class slot_store {
+ public:
+  /// \brief `first_used` / `second_used`: which buffers the optimizer keeps per parameter.
+  slot_store(bool first_used, bool second_used) : first_used_(first_used), second_used_(second_used) {}
+
+  /// \brief Gives parameters registered since the last call zero steps and zeroed buffers (as
+  ///        PyTorch does for a parameter's first step); allocates only then.
+  void grow(const parameter_list<T>& parameters) {
+    const auto& items = parameters.items();
+    const std::size_t known = counts_.size();
+    counts_.resize(items.size(), 0);
+    first_.resize(items.size());
+    second_.resize(items.size());
+    for (std::size_t k = known; k < items.size(); ++k) {
+      if (first_used_) first_[k].assign(static_cast<std::size_t>(items[k].size), T(0));
+      if (second_used_) second_[k].assign(static_cast<std::size_t>(items[k].size), T(0));
+    }
+  }
+
+  std::uint64_t& count(std::size_t k) { return counts_[k]; }
+  T* first(std::size_t k) { return first_[k].data(); }
+  T* second(std::size_t k) { return second_[k].data(); }
+  /// \brief The most steps any parameter took.
+  std::uint64_t max_count() const {
+    return counts_.empty() ? 0 : *std::max_element(counts_.begin(), counts_.end());
+  }
+
+  /// \brief The state of every registered parameter (empty buffers before its first step).
+  std::vector<slot_state<T>> save(const parameter_list<T>& parameters) const {
+    std::vector<slot_state<T>> out;
+    const auto& items = parameters.items();
+    for (std::size_t k = 0; k < items.size(); ++k) {
+      slot_state<T> s;
+      s.parameter = items[k].name;
+      if (k < counts_.size() && counts_[k] > 0) {
+        s.steps = counts_[k];
+        if (first_used_) s.first = first_[k];
+        if (second_used_) s.second = second_[k];
+      }
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+
+  /// \brief Adopts `saved` after parameter_list::match_state accepted all of it; on error
+  ///        nothing changes.
+  void load(const parameter_list<T>& parameters, const std::vector<slot_state<T>>& saved,
+            const char* who) {
+    const auto order = parameters.match_state(who, saved, first_used_, second_used_);
+    const auto& items = parameters.items();
+    slot_store next(first_used_, second_used_);
+    next.grow(parameters);
+    for (std::size_t k = 0; k < items.size(); ++k) {
+      const slot_state<T>& s = saved[order[k]];
+      next.counts_[k] = s.steps;
+      if (s.steps == 0) continue;
+      if (first_used_) next.first_[k] = s.first;
+      if (second_used_) next.second_[k] = s.second;
+    }
+    *this = std::move(next);
+  }
+
+ private:
+  bool first_used_;
+  bool second_used_;
+  std::vector<std::uint64_t> counts_;
+  std::vector<std::vector<T>> first_;
+  std::vector<std::vector<T>> second_;
 };
 
 namespace detail {

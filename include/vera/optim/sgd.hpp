@@ -34,7 +34,10 @@ struct sgd_options {
 template <class T>
 class sgd {
  public:
-  explicit sgd(const sgd_options& options = {}) : options_(options) { validate(options_); }
+  explicit sgd(const sgd_options& options = {})
+      : options_(options), slots_(options.momentum != 0.0, false) {
+    validate(options_);
+  }
 
   /// \brief Registers buffers; see parameter_list::add for the overloads and their checks.
   template <class... Args>
@@ -44,23 +47,17 @@ class sgd {
 
   void step() {
     parameters_.check_step("vera::optim::sgd::step");
-    const auto& items = parameters_.items();
-    // Parameters registered since the last step get their buffer now (torch: "buf is None").
-    const std::size_t known = momentum_.size();
-    momentum_.resize(items.size());
-    counts_.resize(items.size(), 0);
-    for (std::size_t k = known; k < items.size(); ++k) {
-      if (options_.momentum != 0.0) momentum_[k].assign(items[k].size, T(0));
-    }
+    slots_.grow(parameters_);
     const T lr = static_cast<T>(options_.lr);
     const T mu = static_cast<T>(options_.momentum);
     const T damp = static_cast<T>(1.0 - options_.dampening);
     const T wd = static_cast<T>(options_.weight_decay);
+    const auto& items = parameters_.items();
     for (std::size_t k = 0; k < items.size(); ++k) {
       const parameter<T>& p = items[k];
       const bool decay = p.decay && options_.weight_decay != 0.0;
-      T* buf = options_.momentum != 0.0 ? momentum_[k].data() : nullptr;
-      const bool first = counts_[k] == 0;
+      T* buf = options_.momentum != 0.0 ? slots_.first(k) : nullptr;
+      const bool first = slots_.count(k) == 0;  // torch: "buf is None"
       for (index i = 0; i < p.size; ++i) {
         T g = p.gradient[i];
         if (decay) g += wd * p.value[i];
@@ -70,46 +67,18 @@ class sgd {
         }
         p.value[i] -= lr * g;
       }
-      ++counts_[k];
+      ++slots_.count(k);
     }
     ++steps_;
   }
 
   /// \brief Per-parameter step counts and momentum buffers (in `first`), for a checkpoint.
-  std::vector<slot_state<T>> state() const {
-    std::vector<slot_state<T>> out;
-    const auto& items = parameters_.items();
-    for (std::size_t k = 0; k < items.size(); ++k) {
-      slot_state<T> s;
-      s.parameter = items[k].name;
-      if (k < counts_.size() && counts_[k] > 0) {
-        s.steps = counts_[k];
-        if (options_.momentum != 0.0) s.first = momentum_[k];
-      }
-      out.push_back(std::move(s));
-    }
-    return out;
-  }
-
+  std::vector<slot_state<T>> state() const { return slots_.save(parameters_); }
   /// \brief Restores what state() returned (parameters matched by name, in any order). Checks
   ///        everything first; on error the optimizer is unchanged.
   void load_state(const std::vector<slot_state<T>>& saved) {
-    const bool uses_momentum = options_.momentum != 0.0;
-    const auto order =
-        parameters_.match_state("vera::optim::sgd::load_state", saved, uses_momentum, false);
-    const auto& items = parameters_.items();
-    std::vector<std::vector<T>> momentum(items.size());
-    std::vector<std::uint64_t> counts(items.size(), 0);
-    for (std::size_t k = 0; k < items.size(); ++k) {
-      const slot_state<T>& s = saved[order[k]];
-      counts[k] = s.steps;
-      if (uses_momentum) {
-        momentum[k] = s.steps > 0 ? s.first : std::vector<T>(static_cast<std::size_t>(items[k].size), T(0));
-      }
-    }
-    momentum_ = std::move(momentum);
-    counts_ = std::move(counts);
-    steps_ = counts_.empty() ? 0 : static_cast<std::size_t>(*std::max_element(counts_.begin(), counts_.end()));
+    slots_.load(parameters_, saved, "vera::optim::sgd::load_state");
+    steps_ = static_cast<std::size_t>(slots_.max_count());
   }
 
   /// \brief Changes the learning rate (for schedules); throws value_error when not finite or < 0.
@@ -135,8 +104,7 @@ class sgd {
 
   sgd_options options_;
   parameter_list<T> parameters_;
-  std::vector<std::vector<T>> momentum_;
-  std::vector<std::uint64_t> counts_;
+  slot_store<T> slots_;
   std::size_t steps_ = 0;
 };
 
