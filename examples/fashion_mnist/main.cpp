@@ -336,6 +336,37 @@ mlp build(const method& how, const linear_weights& fc1, const linear_weights& fc
   return mlp(layer(fc1, mode::frozen), layer(fc2, mode::frozen), std::move(new_head));
 }
 
+// Writes what a PyTorch + PEFT user needs to run the saved adapter (tools/check_fashion_mnist_peft.py
+// does): base_model.safetensors with the frozen layers and the trained head (torch's nn.Linear
+// names and row-major layout), and check_outputs.safetensors with some test images and the logits
+// computed here.
+void write_peft_check(const mlp& net, const labelled& test_set, const dense_matrix& logits,
+                      const fs::path& out) {
+  vera::io::safetensors_writer base;
+  const auto add_linear = [&base](const std::string& name, const dense_matrix& w, const vec& b) {
+    const matrix row_major = w;  // nn.Linear stores out x in row-major
+    base.add(name + ".weight", vera::io::dtype::f32,
+             {static_cast<std::uint64_t>(w.rows()), static_cast<std::uint64_t>(w.cols())}, row_major.data());
+    base.add(name + ".bias", vera::io::dtype::f32, {static_cast<std::uint64_t>(b.size())}, b.data());
+  };
+  const auto& fc1 = static_cast<const vera::linear<float>&>(net.fc1_view().vera_layer());
+  const auto& fc2 = static_cast<const vera::linear<float>&>(net.fc2_view().vera_layer());
+  add_linear("fc1", fc1.weight(), *fc1.bias());
+  add_linear("fc2", fc2.weight(), *fc2.bias());
+  add_linear("head", net.head_view().weights().w, net.head_view().weights().b);
+  base.write(out / "base_model.safetensors");
+
+  const Eigen::Index rows = std::min<Eigen::Index>(64, test_set.size());
+  const matrix inputs = test_set.images.topRows(rows);
+  const matrix expected = logits.topRows(rows);
+  vera::io::safetensors_writer check;
+  check.add("inputs", vera::io::dtype::f32,
+            {static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(inputs.cols())}, inputs.data());
+  check.add("logits", vera::io::dtype::f32,
+            {static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(expected.cols())}, expected.data());
+  check.write(out / "check_outputs.safetensors");
+}
+
 // Saves the VeRA layers of `net` as a PEFT adapter (seed only), reloads it, merges it into the
 // frozen weights and compares predictions. Returns false when a check fails.
 bool peft_round_trip_and_merge(mlp& net, const vera::projection<float>& shared,
@@ -352,7 +383,6 @@ bool peft_round_trip_and_merge(mlp& net, const vera::projection<float>& shared,
   }
   vera::io::vera_config config;
   config.base_model_name_or_path = "fashion_mnist_mlp";
-  config.modules_to_save = std::vector<std::string>{"head"};
   vera::io::save_peft_adapter(model, dir, {}, config);
   const auto reloaded = vera::io::load_peft_adapter<float>(dir, shapes);
   bool ok = true;
@@ -379,6 +409,7 @@ bool peft_round_trip_and_merge(mlp& net, const vera::projection<float>& shared,
   }
   std::printf("largest entry of the learnt update ΔW = Λb B Λd A: %.3g\n", static_cast<double>(largest_update));
   const dense_matrix unmerged = net.predict(test_set.images);
+  write_peft_check(net, test_set, unmerged, dir.parent_path());
   net.fc1().vera_layer().merge();
   net.fc2().vera_layer().merge();
   const dense_matrix merged = net.predict(test_set.images);

@@ -206,6 +206,9 @@ class mlp {
   layer& fc1() { return fc1_; }
   layer& fc2() { return fc2_; }
   layer& head() { return head_; }
+  const layer& fc1_view() const { return fc1_; }
+  const layer& fc2_view() const { return fc2_; }
+  const layer& head_view() const { return head_; }
 
   /// \brief Logits (n x classes) of a batch, without saving anything for backward.
   const dense_matrix& predict(const matrix& x) {
