@@ -66,9 +66,11 @@ TEMPLATE_TEST_CASE("parameter gradients match the reference, overwriting and acc
         const auto magnitude =
             vera_test::reference_backward(vera_test::magnitudes(v), widen<T>(g.cwiseAbs()));
 
-        // Overwrite resizes whatever the buffers held.
+        // Overwrite sizes empty buffers, and replaces whatever right-sized buffers held.
         vera::gradients<T> grads;
-        grads.lambda_b = vera::vector<T>::Constant(3, T(7));
+        grads = vera::parameter_gradients(g, layer.ad, ctx);
+        grads.lambda_b.setConstant(T(7));
+        grads.lambda_d.setConstant(T(7));
         grads = vera::parameter_gradients(g, layer.ad, ctx);
         const auto cb =
             compare(grads.lambda_b, expected.grad_b, magnitude.grad_b, tolerance<T>(shape));
