@@ -7,8 +7,8 @@
 #define VERA_VERSION_PATCH 0
 #define VERA_VERSION_STRING "0.1.0"
 
-// The CUDA backend is opt-in: it is enabled by including <vera/cuda.hpp> from a build that
-// has the CUDA Toolkit; host-only builds never see a CUDA header.
+// The CUDA backend is opt-in: the vera::cuda CMake target defines this to 1 for its users, and
+// only nvcc translation units include <vera/cuda.hpp>; host-only builds never see a CUDA header.
 #ifndef VERA_ENABLE_CUDA
 #define VERA_ENABLE_CUDA 0
 #endif
@@ -16,6 +16,14 @@
 
 #if VERA_ENABLE_CUDA != 0 && VERA_ENABLE_CUDA != 1
 #error "VERA_ENABLE_CUDA must be 0 or 1"
+#endif
+
+// Marks the few core functions that device code shares with the host (the counter-based
+// generator), so CPU and GPU compute their bits from one definition. Empty for host compilers.
+#if defined(__CUDACC__)
+#define VERA_HOST_DEVICE __host__ __device__
+#else
+#define VERA_HOST_DEVICE
 #endif
 
 namespace vera {

@@ -52,16 +52,10 @@ inline void validate(const projection_spec& spec) {
 
 namespace detail {
 
-// Element (row, col) of matrix `which` (0 = A, 1 = B): four consecutive columns share one
-// Philox call, which keeps the value a pure function of the indices.
+// Element (row, col) of matrix `which` (0 = A, 1 = B); shared with the device kernels.
 inline float philox_element(std::uint64_t seed, std::uint32_t which, index row, index col,
                             float bound) {
-  const philox4x32::key_type key{static_cast<std::uint32_t>(seed),
-                                 static_cast<std::uint32_t>(seed >> 32)};
-  const philox4x32::counter_type counter{static_cast<std::uint32_t>(col / 4),
-                                         static_cast<std::uint32_t>(row), which, 0u};
-  const auto words = philox4x32::generate(counter, key);
-  return symmetric_unit_to_float(words[static_cast<std::size_t>(col % 4)], bound);
+  return philox_projection_element(seed, which, row, col, bound);
 }
 
 inline void philox_fill(std::uint64_t seed, std::uint32_t which, index rows, index cols,

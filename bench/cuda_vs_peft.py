@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+# PyTorch + PEFT timings for the shapes bench_cuda measures: forward, forward + backward, merge,
+# and the cuBLAS floor (one torch matmul), on a CUDA device.
+#
+# Usage: python3 bench/cuda_vs_peft.py [--dtype float32|bfloat16] [--repeats 20]
+# Needs torch with CUDA and peft; exits with a message when no GPU is present.
+import argparse
+import statistics
+import sys
+
+import torch
+
+
+def median_ms(step, repeats):
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = torch.cuda.Event(enable_timing=True)
+        stop = torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
+
+
+def report(name, dtype, what, ms, flops):
+    print(f"{name:<8} {dtype:<9} {what:<26} {ms:9.3f} ms {flops / (ms * 1e-3) / 1e12:8.1f} TFLOP/s")
+
+
+def run(name, n, features_in, features_out, rank, dtype, repeats):
+    from peft import VeraConfig, get_peft_model
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(features_in, features_out, bias=False)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    model = get_peft_model(Model(), VeraConfig(r=rank, target_modules=["proj"], init_weights=False))
+    model = model.to(device="cuda", dtype=dtype)
+    x = torch.randn(n, features_in, device="cuda", dtype=dtype)
+    grad = torch.randn(n, features_out, device="cuda", dtype=dtype)
+    weight = model.base_model.model.proj.base_layer.weight
+    layer = model.base_model.model.proj
+    label = str(dtype).replace("torch.", "")
+
+    base = 2.0 * n * features_in * features_out
+    adapter = 2.0 * n * rank * (features_in + features_out)
+    with torch.no_grad():
+        report(name, label, "cuBLAS floor X W0^T", median_ms(lambda: x @ weight.t(), repeats), base)
+        report(name, label, "forward", median_ms(lambda: model(x), repeats), base + adapter)
+    x.requires_grad_(True)
+
+    def step():
+        model(x).backward(grad)
+
+    report(name, label, "forward + backward", median_ms(step, repeats),
+           2 * base + adapter + 4.0 * n * features_out * rank + 2.0 * n * rank * features_in)
+
+    def merge():
+        layer.merge()
+        layer.unmerge()
+
+    # PEFT has no in-place merge without an unmerge to undo it: the pair is timed and halved.
+    report(name, label, "merge", median_ms(merge, repeats) / 2, 2.0 * features_out * rank * features_in)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("SKIPPED: no CUDA device")
+        return 0
+    dtype = getattr(torch, args.dtype)
+    print(f"torch {torch.__version__}, device {torch.cuda.get_device_name()}")
+    run("roberta", 4096, 768, 768, 1024, dtype, args.repeats)
+    run("llama", 4096, 4096, 4096, 256, dtype, args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0
+// Forward pass on the device: Y = X W0^T + bias + (drop(X) A^T) (Λb B Λd)^T, low-rank order.
+#pragma once
+
+#include "vera/backend/cuda/gemm.cuh"
+#include "vera/backend/cuda/kernels.cuh"
+#include "vera/backend/cuda/validate.cuh"
+#include "vera/backend/cuda/workspace_plan.cuh"
+
+namespace vera::cuda {
+
+/// \brief Workspace bytes forward() (keeps_context = false) or forward_train() needs for n rows.
+template <class T>
+std::size_t forward_workspace_bytes(const layer_ref<T>& layer, index n, bool keeps_context,
+                                    bool dropout) {
+  detail::carver sizing;
+  (void)detail::forward_plan<T>{sizing, layer, n, keeps_context, dropout};
+  return sizing.used();
+}
+
+namespace detail {
+
+template <class T>
+void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<const T> x,
+                  matrix_ref<const T> w0, const T* bias, matrix_ref<T> y,
+                  matrix_ref<T>* projected, const dropout_key* mask, workspace_ref ws) {
+  static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
+  check_layer(layer);
+  const index n = x.rows;
+  check_matrix("X", x, n, layer.in);
+  check_weight(layer, "W0", w0);
+  check_matrix("Y", y, n, layer.out);
+  if (projected != nullptr) check_matrix("projected (P)", *projected, n, layer.rank);
+  const bool dropout = uses_dropout(mask);
+  if (dropout && projected == nullptr) {
+    throw value_error("dropout: only a training forward (forward_train) applies a mask");
+  }
+  carver sizing;
+  (void)forward_plan<T>{sizing, layer, n, projected != nullptr, dropout};
+  check_workspace("forward", ws, sizing.used());
+  if (n == 0) return;
+
+  carver c(ws.data);
+  const forward_plan<T> plan(c, layer, n, projected != nullptr, dropout);
+  const projection_ref<T>& proj = layer.projection;
+  const unsigned grid = kernels::grid_for(layer.out * layer.rank);
+  kernels::scaled_b<T><<<grid, kernels::block_threads, 0, ctx.stream>>>(
+      proj.b, proj.rank, layer.lambda_b, layer.lambda_d, layer.out, layer.rank, 1.0f, plan.scaled_b);
+  check_launch("vera::cuda::forward scaled_b");
+
+  // The base GEMM either starts from the broadcast bias or overwrites Y.
+  float beta = 0.0f;
+  if (bias != nullptr) {
+    kernels::broadcast_rows<T><<<kernels::grid_for(n * layer.out), kernels::block_threads, 0,
+                                 ctx.stream>>>(bias, n, layer.out, y.data, y.stride);
+    check_launch("vera::cuda::forward bias");
+    beta = 1.0f;
+  }
+  gemm_row_major(ctx, false, !layer.fan_in_fan_out, n, layer.out, layer.in, 1.0f, x.data,
+                 x.stride, w0.data, w0.stride, beta, y.data, y.stride, "forward X W0^T");
+
+  // P = drop(X) A^T, into the caller's context or the workspace.
+  const T* adapter_input = x.data;
+  index adapter_stride = x.stride;
+  if (dropout) {
+    const float keep_scale = static_cast<float>(1.0 / (1.0 - mask->probability));
+    kernels::dropout_copy<T><<<kernels::grid_for(n * layer.in), kernels::block_threads, 0,
+                               ctx.stream>>>(*mask, keep_scale, x.data, x.stride, n, layer.in,
+                                             plan.masked_x);
+    check_launch("vera::cuda::forward dropout");
+    adapter_input = plan.masked_x;
+    adapter_stride = layer.in;
+  }
+  T* p = projected != nullptr ? projected->data : plan.projected;
+  const index p_stride = projected != nullptr ? projected->stride : layer.rank;
+  gemm_row_major(ctx, false, true, n, layer.rank, layer.in, 1.0f, adapter_input, adapter_stride,
+                 proj.a, proj.max_in, 0.0f, p, p_stride, "forward P = X A^T");
+  gemm_row_major(ctx, false, true, n, layer.out, layer.rank, 1.0f, static_cast<const T*>(p),
+                 p_stride, static_cast<const T*>(plan.scaled_b), layer.rank, 1.0f, y.data,
+                 y.stride, "forward Y += P (Λb B Λd)^T");
+}
+
+}  // namespace detail
+
+/// \brief Inference: y (n x out) = x W0^T + bias + (x A^T)(Λb B Λd)^T, enqueued on ctx.stream.
+///
+/// x: n x in; w0: out x in (in x out with fan_in_fan_out); bias: out elements or null;
+/// ws: at least forward_workspace_bytes(layer, n, false, false). Throws shape_error /
+/// rank_error / value_error before any device work; returns without synchronising.
+template <class T>
+void forward(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> x,
+             input_ref<T> w0, nondeduced<const T*> bias, matrix_ref<T> y, workspace_ref ws) {
+  detail::forward_impl<T>(ctx, layer, x, w0, bias, y, nullptr, nullptr, ws);
+}
+
+/// \brief Training forward: as forward(), and keeps projected = drop(x) A^T (n x rank) for the
+///        backward pass. `mask` (null or p = 0: none) is the CPU's counter-based dropout mask.
+///
+/// ws: at least forward_workspace_bytes(layer, n, true, dropout on).
+template <class T>
+void forward_train(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> x,
+                   input_ref<T> w0, nondeduced<const T*> bias, matrix_ref<T> y, matrix_ref<T> projected,
+                   workspace_ref ws, const dropout_key* mask = nullptr) {
+  detail::forward_impl<T>(ctx, layer, x, w0, bias, y, &projected, mask, ws);
+}
+
+}  // namespace vera::cuda

@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: Apache-2.0
+// Merge, unmerge and safe merge on the device: W0 ± (Λb B Λd) A as one out x rank x in GEMM.
+#pragma once
+
+#include "vera/backend/cuda/gemm.cuh"
+#include "vera/backend/cuda/kernels.cuh"
+#include "vera/backend/cuda/validate.cuh"
+#include "vera/backend/cuda/workspace_plan.cuh"
+
+namespace vera::cuda {
+
+/// \brief Workspace bytes merge()/unmerge() (safe = false) or safe_merge() (safe = true) needs.
+template <class T>
+std::size_t merge_workspace_bytes(const layer_ref<T>& layer, bool safe) {
+  detail::carver sizing;
+  (void)detail::merge_plan<T>{sizing, layer, safe};
+  return sizing.used();
+}
+
+namespace detail {
+
+// target (+)= sign * ΔW in the weight's storage order; ΔW = (sign Λb B Λd) A, sign folded into
+// the small out x rank factor.
+template <class T>
+void add_delta(const stream_context& ctx, const layer_ref<T>& layer, const merge_plan<T>& plan,
+               float sign, T* target, index stride) {
+  const projection_ref<T>& proj = layer.projection;
+  kernels::scaled_b<T><<<kernels::grid_for(layer.out * layer.rank), kernels::block_threads, 0,
+                         ctx.stream>>>(proj.b, proj.rank, layer.lambda_b, layer.lambda_d,
+                                       layer.out, layer.rank, sign, plan.scaled_b);
+  check_launch("vera::cuda::merge scaled_b");
+  const T* bbd = plan.scaled_b;
+  if (layer.fan_in_fan_out) {
+    // in x out storage: ΔW^T = A^T (Λb B Λd)^T.
+    gemm_row_major(ctx, true, true, layer.in, layer.out, layer.rank, 1.0f, proj.a, proj.max_in,
+                   bbd, layer.rank, 1.0f, target, stride, "merge W0 += A^T (Λb B Λd)^T");
+  } else {
+    gemm_row_major(ctx, false, false, layer.out, layer.in, layer.rank, 1.0f, bbd, layer.rank,
+                   proj.a, proj.max_in, 1.0f, target, stride, "merge W0 += (Λb B Λd) A");
+  }
+}
+
+template <class T>
+void merge_signed(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
+                  workspace_ref ws, float sign, const char* operation) {
+  static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
+  check_layer(layer);
+  check_weight(layer, "W0", w0);
+  check_workspace(operation, ws, merge_workspace_bytes(layer, false));
+  carver c(ws.data);
+  const merge_plan<T> plan(c, layer, false);
+  add_delta(ctx, layer, plan, sign, w0.data, w0.stride);
+}
+
+}  // namespace detail
+
+/// \brief w0 += ΔW = (Λb B Λd) A in place (w0: out x in, or in x out with fan_in_fan_out),
+///        enqueued on ctx.stream; ws: at least merge_workspace_bytes(layer, false).
+///
+/// The rounding to T happens once per element, after float32 accumulation. Tracking whether a
+/// layer is merged is the caller's job (as in the CPU's vera::linear).
+template <class T>
+void merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
+           workspace_ref ws) {
+  detail::merge_signed(ctx, layer, w0, ws, 1.0f, "merge");
+}
+
+/// \brief w0 -= ΔW, the inverse of merge() up to rounding; same contract.
+template <class T>
+void unmerge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
+             workspace_ref ws) {
+  detail::merge_signed(ctx, layer, w0, ws, -1.0f, "unmerge");
+}
+
+/// \brief Builds w0 + ΔW in the workspace, checks it for NaN/Inf on the device and commits it to
+///        w0 only when every element is finite, all without a host synchronisation.
+///
+/// `rejected` is one device int that the call zeroes and sets to 1 when the candidate is not
+/// finite (w0 is then left unchanged). Its value is known only once the stream reaches this
+/// point: the caller synchronises (or records an event) before reading it, and must not treat
+/// the layer as merged until then. ws: at least merge_workspace_bytes(layer, true).
+template <class T>
+void safe_merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
+                workspace_ref ws, int* rejected) {
+  static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
+  detail::check_layer(layer);
+  detail::check_weight(layer, "W0", w0);
+  detail::check_pointer("rejected flag", rejected);
+  detail::check_workspace("safe_merge", ws, merge_workspace_bytes(layer, true));
+  detail::carver c(ws.data);
+  const detail::merge_plan<T> plan(c, layer, true);
+  check(cudaMemsetAsync(rejected, 0, sizeof(int), ctx.stream), "safe_merge cudaMemsetAsync");
+  check(cudaMemcpy2DAsync(plan.candidate, sizeof(T) * w0.cols, w0.data, sizeof(T) * w0.stride,
+                          sizeof(T) * w0.cols, w0.rows, cudaMemcpyDeviceToDevice, ctx.stream),
+        "safe_merge cudaMemcpy2DAsync");
+  detail::add_delta(ctx, layer, plan, 1.0f, plan.candidate, w0.cols);
+  const unsigned grid = kernels::grid_for(w0.rows * w0.cols);
+  kernels::flag_non_finite<T><<<grid, kernels::block_threads, 0, ctx.stream>>>(
+      plan.candidate, w0.rows, w0.cols, w0.cols, rejected);
+  check_launch("vera::cuda::safe_merge check");
+  kernels::commit_unless_flagged<T><<<grid, kernels::block_threads, 0, ctx.stream>>>(
+      rejected, plan.candidate, w0.rows, w0.cols, w0.data, w0.stride);
+  check_launch("vera::cuda::safe_merge commit");
+}
+
+/// \brief safe_merge() that waits for its own result: synchronises ctx.stream explicitly and
+///        throws value_error (w0 unchanged) when the merged weight would not be finite.
+///
+/// `rejected` is a device int as for safe_merge(). Use it where a blocking call is acceptable,
+/// e.g. when exporting a merged model.
+template <class T>
+void safe_merge_sync(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
+                     workspace_ref ws, int* rejected) {
+  safe_merge(ctx, layer, w0, ws, rejected);
+  int host_flag = 0;
+  check(cudaMemcpyAsync(&host_flag, rejected, sizeof(int), cudaMemcpyDeviceToHost, ctx.stream),
+        "safe_merge_sync cudaMemcpyAsync");
+  check(cudaStreamSynchronize(ctx.stream), "safe_merge_sync cudaStreamSynchronize");
+  if (host_flag != 0) {
+    throw value_error("safe_merge: the merged weight has non-finite values; W0 left unchanged");
+  }
+}
+
+}  // namespace vera::cuda

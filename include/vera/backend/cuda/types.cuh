@@ -1,0 +1,118 @@
+// SPDX-License-Identifier: Apache-2.0
+// Non-owning views of device memory, the storage types the backend accepts, and the call context.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "vera/core/shape.hpp"
+
+namespace vera::cuda {
+
+/// \brief Row-major device matrix: element (i, j) is data[i * stride + j], stride >= cols.
+///
+/// A view never owns memory; T may be const-qualified for inputs.
+template <class T>
+struct matrix_ref {
+  T* data = nullptr;
+  index rows = 0;
+  index cols = 0;
+  index stride = 0;
+
+  /// A writable view converts to a read-only one.
+  template <class U, class = std::enable_if_t<std::is_same_v<const U, T> && !std::is_const_v<U>>>
+  matrix_ref(const matrix_ref<U>& other)  // NOLINT(google-explicit-constructor)
+      : data(other.data), rows(other.rows), cols(other.cols), stride(other.stride) {}
+  matrix_ref() = default;
+  matrix_ref(T* d, index r, index c, index s) : data(d), rows(r), cols(c), stride(s) {}
+};
+
+/// X itself, in a context where template arguments are not deduced: the storage type of a call
+/// follows from its layer alone, so a writable matrix_ref<T> binds where matrix_ref<const T> is
+/// expected and a null bias needs no cast.
+template <class X>
+using nondeduced = typename std::enable_if<true, X>::type;
+
+/// A read-only operand of storage type T.
+template <class T>
+using input_ref = nondeduced<matrix_ref<const T>>;
+
+/// \brief A dense row-major view (stride = cols) of rows x cols elements at `data`.
+template <class T>
+matrix_ref<T> dense(T* data, index rows, index cols) {
+  return {data, rows, cols, cols};
+}
+
+/// \brief Storage types with float32 accumulation: float, __half and __nv_bfloat16.
+template <class T>
+struct storage;
+
+template <>
+struct storage<float> {
+  static constexpr cudaDataType_t type = CUDA_R_32F;
+  static constexpr const char* name = "float32";
+};
+template <>
+struct storage<__half> {
+  static constexpr cudaDataType_t type = CUDA_R_16F;
+  static constexpr const char* name = "float16";
+};
+template <>
+struct storage<__nv_bfloat16> {
+  static constexpr cudaDataType_t type = CUDA_R_16BF;
+  static constexpr const char* name = "bfloat16";
+};
+
+/// \brief True for the storage types the backend supports.
+template <class T>
+inline constexpr bool is_storage = std::is_same_v<T, float> || std::is_same_v<T, __half> ||
+                                   std::is_same_v<T, __nv_bfloat16>;
+
+/// \brief The shared projection on the device: A (rank x max_in) and B (max_out x rank), full,
+///        dense row-major, in storage type T. A layer reads A[:r, :in] and B[:out, :r].
+template <class T>
+struct projection_ref {
+  const T* a = nullptr;
+  const T* b = nullptr;
+  index rank = 0;
+  index max_in = 0;
+  index max_out = 0;
+};
+
+/// \brief One adapted layer on the device: its extents, the shared projection and the trainable
+///        vectors lambda_b (out floats) and lambda_d (rank floats), kept in float32 for training.
+///
+/// With fan_in_fan_out the base weight is stored in x out (GPT-2 Conv1D) instead of out x in.
+template <class T>
+struct layer_ref {
+  projection_ref<T> projection;
+  index in = 0;
+  index out = 0;
+  index rank = 0;
+  const float* lambda_b = nullptr;
+  const float* lambda_d = nullptr;
+  bool fan_in_fan_out = false;
+};
+
+/// \brief Where work is queued: the caller's stream and a cuBLAS handle bound to it.
+///
+/// Every call enqueues on `stream` and returns without waiting; allow_tf32 lets float32 GEMMs
+/// use TF32 tensor cores (off by default, as in PyTorch for matmul).
+struct stream_context {
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  bool allow_tf32 = false;
+};
+
+/// \brief Caller-owned scratch memory on the device (see workspace_bytes).
+struct workspace_ref {
+  void* data = nullptr;
+  std::size_t bytes = 0;
+};
+
+}  // namespace vera::cuda

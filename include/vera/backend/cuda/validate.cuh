@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: Apache-2.0
+// Host-side checks at the API boundary: shapes, pointers and sizes, before any device work.
+#pragma once
+
+#include <climits>
+#include <cstddef>
+#include <string>
+
+#include "vera/core/dropout.hpp"
+#include "vera/core/error.hpp"
+#include "vera/core/shape.hpp"
+#include "vera/backend/cuda/types.cuh"
+
+namespace vera::cuda::detail {
+
+// cuBLAS takes int extents and strides.
+inline void check_int(const char* operand, const char* what, index value) {
+  if (value > INT_MAX) {
+    throw value_error(std::string(operand) + ": " + what + " " + std::to_string(value) +
+                      " exceeds the largest extent cuBLAS accepts (" + std::to_string(INT_MAX) + ")");
+  }
+}
+
+inline void check_pointer(const char* operand, const void* pointer) {
+  if (pointer == nullptr) throw value_error(std::string(operand) + ": null device pointer");
+}
+
+/// Throws unless `m` is rows x cols with a usable stride and (when not empty) a pointer.
+template <class T>
+void check_matrix(const char* operand, const matrix_ref<T>& m, index rows, index cols) {
+  check_shape(operand, rows, cols, m.rows, m.cols);
+  if (m.stride < m.cols || m.stride < 1) {
+    throw shape_error(std::string(operand) + ": stride " + std::to_string(m.stride) +
+                      " is smaller than its " + std::to_string(m.cols) + " columns");
+  }
+  check_int(operand, "stride", m.stride);
+  check_int(operand, "rows", m.rows);
+  if (m.rows != 0 && m.cols != 0) check_pointer(operand, m.data);
+}
+
+/// Throws unless the layer fits its projection and every pointer it needs is set.
+template <class T>
+void check_layer(const layer_ref<T>& layer) {
+  const projection_ref<T>& p = layer.projection;
+  check_positive("projection rank", p.rank);
+  check_positive("projection max_in", p.max_in);
+  check_positive("projection max_out", p.max_out);
+  check_positive("layer in", layer.in);
+  check_positive("layer out", layer.out);
+  check_positive("layer rank", layer.rank);
+  check_fits("layer in features", layer.in, p.max_in);
+  check_fits("layer out features", layer.out, p.max_out);
+  if (layer.rank > p.rank) {
+    throw rank_error("layer rank: expected at most the projection rank " + std::to_string(p.rank) +
+                     ", got " + std::to_string(layer.rank));
+  }
+  check_int("projection A", "max_in", p.max_in);
+  check_int("projection B", "rank", p.rank);
+  check_int("layer", "out", layer.out);
+  check_pointer("projection A", p.a);
+  check_pointer("projection B", p.b);
+  check_pointer("lambda_b", layer.lambda_b);
+  check_pointer("lambda_d", layer.lambda_d);
+}
+
+/// Base weight extents as stored: out x in, or in x out with fan_in_fan_out.
+template <class T, class W>
+void check_weight(const layer_ref<T>& layer, const char* operand, const matrix_ref<W>& w0) {
+  if (layer.fan_in_fan_out) {
+    check_matrix(operand, w0, layer.in, layer.out);
+  } else {
+    check_matrix(operand, w0, layer.out, layer.in);
+  }
+}
+
+/// Null or p = 0 means no dropout; otherwise p must lie in [0, 1).
+inline bool uses_dropout(const dropout_key* key) {
+  if (key == nullptr) return false;
+  if (!(key->probability >= 0.0 && key->probability < 1.0)) {
+    throw value_error("dropout probability: expected a value in [0, 1), got " +
+                      std::to_string(key->probability));
+  }
+  return key->probability != 0.0;
+}
+
+inline void check_workspace(const char* operation, const workspace_ref& ws, std::size_t needed) {
+  if (ws.bytes < needed) {
+    throw value_error(std::string(operation) + " workspace: expected at least " +
+                      std::to_string(needed) + " bytes, got " + std::to_string(ws.bytes));
+  }
+  if (needed != 0) check_pointer("workspace", ws.data);
+}
+
+}  // namespace vera::cuda::detail

@@ -1,0 +1,34 @@
+// SPDX-License-Identifier: Apache-2.0
+// Opt-in CUDA backend: forward, backward and merge of VeRA layers on device memory (nvcc only).
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "<vera/cuda.hpp> holds CUDA kernels: include it from a .cu file compiled by nvcc"
+#endif
+
+#include "vera/config.hpp"
+
+#include "vera/backend/cuda/backward.cuh"
+#include "vera/backend/cuda/error.cuh"
+#include "vera/backend/cuda/forward.cuh"
+#include "vera/backend/cuda/memory.cuh"
+#include "vera/backend/cuda/merge.cuh"
+#include "vera/backend/cuda/projection.cuh"
+#include "vera/backend/cuda/types.cuh"
+
+namespace vera::cuda {
+
+/// \brief Workspace bytes that cover every operation of one training step of `layer` with n rows
+///        (dropout included) and a safe merge: reserve this once up front.
+template <class T>
+std::size_t workspace_bytes(const layer_ref<T>& layer, index n) {
+  std::size_t bytes = forward_workspace_bytes(layer, n, false, false);
+  const std::size_t others[] = {forward_workspace_bytes(layer, n, true, true),
+                                parameter_gradient_workspace_bytes(layer),
+                                input_gradient_workspace_bytes(layer, n, true),
+                                merge_workspace_bytes(layer, true)};
+  for (std::size_t b : others) bytes = b > bytes ? b : bytes;
+  return bytes;
+}
+
+}  // namespace vera::cuda

@@ -1,0 +1,172 @@
+// SPDX-License-Identifier: Apache-2.0
+// CUDA backend checks that need no GPU: argument validation and the shared Philox code.
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include <vera/cuda.hpp>
+
+#include "harness.cuh"
+#include "reference.hpp"
+
+namespace {
+
+using vera::cuda::matrix_ref;
+
+std::uint32_t bits_of(float v) {
+  std::uint32_t bits = 0;
+  std::memcpy(&bits, &v, sizeof bits);
+  return bits;
+}
+
+// The nvcc-compiled host path of the device-capable element function against the CPU fill
+// compiled by the host compiler in reference.cpp: same bits, element by element.
+void philox_matches_cpu(const vera::projection_spec& spec) {
+  const vera_test::host_projection cpu = vera_test::cpu_projection(spec);
+  const float bound_a = vera::kaiming_uniform_bound(spec.max_in);
+  const float bound_b = vera::kaiming_uniform_bound(spec.rank);
+  int mismatches = 0;
+  for (vera::index i = 0; i < spec.rank; ++i) {
+    for (vera::index j = 0; j < spec.max_in; ++j) {
+      const float here = vera::philox_projection_element(spec.seed, 0u, i, j, bound_a);
+      mismatches += bits_of(here) != bits_of(cpu.a[static_cast<std::size_t>(i * spec.max_in + j)]);
+    }
+  }
+  for (vera::index i = 0; i < spec.max_out; ++i) {
+    for (vera::index j = 0; j < spec.rank; ++j) {
+      const float here = vera::philox_projection_element(spec.seed, 1u, i, j, bound_b);
+      mismatches += bits_of(here) != bits_of(cpu.b[static_cast<std::size_t>(i * spec.rank + j)]);
+    }
+  }
+  VERA_CHECK(mismatches == 0);
+}
+
+void philox_checks() {
+  // Random123's published Philox4x32-10 answers, through the plain-word form device code uses.
+  const vera::philox4x32::block zero =
+      vera::philox4x32::generate_block({{0u, 0u, 0u, 0u}}, 0u, 0u);
+  VERA_CHECK(zero.word[0] == 0x6627e8d5u && zero.word[1] == 0xe169c58du &&
+             zero.word[2] == 0xbc57ac4cu && zero.word[3] == 0x9b00dbd8u);
+  const vera::philox4x32::block pi = vera::philox4x32::generate_block(
+      {{0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}}, 0xa4093822u, 0x299f31d0u);
+  VERA_CHECK(pi.word[0] == 0xd16cfe09u && pi.word[1] == 0x94fdccebu && pi.word[2] == 0x5001e420u &&
+             pi.word[3] == 0x24126ea1u);
+  // The bits the CPU generator was released with (tests/core), through the shared function.
+  const float bound_a = vera::kaiming_uniform_bound(9);
+  VERA_CHECK(bits_of(vera::philox_projection_element(42, 0u, 1, 0, bound_a)) == 0xbec79fcfu);
+  VERA_CHECK(bits_of(vera::philox_projection_element(42, 0u, 1, 4, bound_a)) == 0xbf197a9du);
+  philox_matches_cpu({42, 4, 9, 7, vera::generator::philox});
+  philox_matches_cpu({7, 13, 67, 5, vera::generator::philox});
+  philox_matches_cpu({0x123456789abcdefull, 17, 127, 33, vera::generator::philox});
+}
+
+// Stand-in addresses for device buffers: validation must reject every call below before any
+// pointer is used, so these are never dereferenced.
+float fake[64];
+
+vera::cuda::layer_ref<float> small_layer() {
+  vera::cuda::layer_ref<float> layer;
+  layer.projection = {fake, fake, 8, 12, 10};
+  layer.in = 9;
+  layer.out = 7;
+  layer.rank = 4;
+  layer.lambda_b = fake;
+  layer.lambda_d = fake;
+  return layer;
+}
+
+matrix_ref<float> m(vera::index rows, vera::index cols) { return {fake, rows, cols, cols}; }
+
+void validation_checks() {
+  using vera::cuda::forward;
+  const vera::cuda::stream_context ctx{};  // no stream, no handle: nothing may reach them
+  const auto layer = small_layer();
+  const std::size_t enough = vera::cuda::workspace_bytes(layer, 5);
+  const vera::cuda::workspace_ref ws{fake, enough};
+
+  VERA_CHECK_THROWS(forward(ctx, layer, m(5, 8), m(7, 9), nullptr, m(5, 7), ws), vera::shape_error,
+                    "X: expected 5 x 9, got 5 x 8");
+  VERA_CHECK_THROWS(forward(ctx, layer, m(5, 9), m(9, 7), nullptr, m(5, 7), ws), vera::shape_error,
+                    "W0: expected 7 x 9, got 9 x 7");
+  VERA_CHECK_THROWS(forward(ctx, layer, m(5, 9), m(7, 9), nullptr, m(4, 7), ws), vera::shape_error,
+                    "Y: expected 5 x 7, got 4 x 7");
+  VERA_CHECK_THROWS(forward(ctx, layer, matrix_ref<float>{fake, 5, 9, 8}, m(7, 9), nullptr,
+                            m(5, 7), ws),
+                    vera::shape_error, "X: stride 8 is smaller than its 9 columns");
+  VERA_CHECK_THROWS(forward(ctx, layer, m(5, 9), m(7, 9), nullptr, m(5, 7), {fake, 16}),
+                    vera::value_error, "forward workspace: expected at least");
+  VERA_CHECK_THROWS(forward(ctx, layer, m(5, 9), m(7, 9), nullptr, m(5, 7), {nullptr, enough}),
+                    vera::value_error, "workspace: null device pointer");
+
+  auto wide = layer;
+  wide.in = 13;
+  VERA_CHECK_THROWS(forward(ctx, wide, m(5, 13), m(7, 13), nullptr, m(5, 7), ws),
+                    vera::shape_error, "layer in features: layer needs 13 but the projection provides 12");
+  auto deep = layer;
+  deep.rank = 9;
+  VERA_CHECK_THROWS(forward(ctx, deep, m(5, 9), m(7, 9), nullptr, m(5, 7), ws), vera::rank_error,
+                    "layer rank: expected at most the projection rank 8, got 9");
+  auto no_b = layer;
+  no_b.lambda_b = nullptr;
+  VERA_CHECK_THROWS(forward(ctx, no_b, m(5, 9), m(7, 9), nullptr, m(5, 7), ws), vera::value_error,
+                    "lambda_b: null device pointer");
+  auto conv = layer;
+  conv.fan_in_fan_out = true;
+  VERA_CHECK_THROWS(forward(ctx, conv, m(5, 9), m(7, 9), nullptr, m(5, 7), ws), vera::shape_error,
+                    "W0: expected 9 x 7, got 7 x 9");
+
+  const vera::dropout_key mask{1, 2, 0.25};
+  const vera::dropout_key certain{1, 2, 1.0};
+  VERA_CHECK_THROWS(vera::cuda::forward_train(ctx, layer, m(5, 9), m(7, 9), nullptr, m(5, 7),
+                                              m(5, 3), ws, &mask),
+                    vera::shape_error, "projected (P): expected 5 x 4, got 5 x 3");
+  VERA_CHECK_THROWS(vera::cuda::forward_train(ctx, layer, m(5, 9), m(7, 9), nullptr, m(5, 7),
+                                              m(5, 4), ws, &certain),
+                    vera::value_error, "dropout probability: expected a value in [0, 1)");
+
+  VERA_CHECK_THROWS(vera::cuda::parameter_gradients(ctx, layer, m(5, 6), m(5, 4), fake, fake, ws),
+                    vera::shape_error, "G (upstream gradient): expected 5 x 7, got 5 x 6");
+  VERA_CHECK_THROWS(vera::cuda::parameter_gradients(ctx, layer, m(5, 7), m(6, 4), fake, fake, ws),
+                    vera::shape_error, "projected (P): expected 5 x 4, got 6 x 4");
+  VERA_CHECK_THROWS(vera::cuda::input_gradient(ctx, layer, m(5, 7), m(7, 9), m(5, 7), ws),
+                    vera::shape_error, "grad_X: expected 5 x 9, got 5 x 7");
+  VERA_CHECK_THROWS(vera::cuda::input_gradient(ctx, layer, m(5, 7), m(7, 9), m(5, 9), {fake, 8},
+                                               &mask),
+                    vera::value_error, "input_gradient workspace: expected at least");
+
+  VERA_CHECK_THROWS(vera::cuda::merge(ctx, layer, m(9, 7), ws), vera::shape_error,
+                    "W0: expected 7 x 9, got 9 x 7");
+  VERA_CHECK_THROWS(vera::cuda::unmerge(ctx, layer, m(7, 9), {fake, 0}), vera::value_error,
+                    "unmerge workspace: expected at least");
+  VERA_CHECK_THROWS(vera::cuda::safe_merge(ctx, layer, m(7, 9), ws, nullptr), vera::value_error,
+                    "rejected flag: null device pointer");
+
+  const vera::projection_spec peft{0, 8, 12, 10, vera::generator::peft};
+  VERA_CHECK_THROWS(vera::cuda::generate_projection<float>(nullptr, peft, m(8, 12), m(10, 8)),
+                    vera::value_error, "only generator::philox runs on the device");
+  const vera::projection_spec philox{0, 8, 12, 10, vera::generator::philox};
+  VERA_CHECK_THROWS(vera::cuda::generate_projection<float>(nullptr, philox, m(8, 12), m(8, 10)),
+                    vera::shape_error, "projection B: expected 10 x 8, got 8 x 10");
+}
+
+void workspace_size_checks() {
+  const auto layer = small_layer();
+  // Pieces start on 256-byte boundaries: scaled B (7 x 4 floats) then P (5 x 4 floats).
+  VERA_CHECK(vera::cuda::forward_workspace_bytes(layer, 5, false, false) == 256 + 5 * 4 * 4);
+  VERA_CHECK(vera::cuda::forward_workspace_bytes(layer, 5, true, false) == 7 * 4 * 4);
+  // M (7 x 4 floats) and one chunk of partials (4 floats).
+  VERA_CHECK(vera::cuda::parameter_gradient_workspace_bytes(layer) == 256 + 4 * 4);
+  VERA_CHECK(vera::cuda::merge_workspace_bytes(layer, true) == 256 + 7 * 9 * 4);
+  const std::size_t all = vera::cuda::workspace_bytes(layer, 5);
+  VERA_CHECK(all >= vera::cuda::input_gradient_workspace_bytes(layer, 5, true));
+  VERA_CHECK(all >= vera::cuda::forward_workspace_bytes(layer, 5, true, true));
+}
+
+}  // namespace
+
+int main() {
+  philox_checks();
+  validation_checks();
+  workspace_size_checks();
+  return vera_test::summary("cuda host checks");
+}
