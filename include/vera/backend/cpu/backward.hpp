@@ -55,11 +55,10 @@ void evaluate(Exec, const input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx, assi
   const order chosen = choose_order(e.requested_order(),
                                     input_gradient_costs(extents, scratch.reused()),
                                     key.probability == 0.0);
-  const auto bbd = cpu::scaled_b(ad, ws);
-
   if (mode == assign_mode::overwrite) dx.setZero();
   cpu::with_weight(ad, e.w0(), [&](const auto& w) {
     if (chosen == order::merged) {
+      const auto bbd = cpu::scaled_b(ad, ws);
       auto merged = ws.get(cpu::slot_weight, ad.out_features(), ad.in_features());
       merged = w;
       merged.noalias() += bbd * ad.a();
@@ -68,7 +67,15 @@ void evaluate(Exec, const input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx, assi
     }
     dx.noalias() += g * w;
     auto t = ws.get(cpu::slot_thin, g.rows(), ad.rank());
-    t.noalias() = g * bbd;  // T Λd, with T = (G Λb) B
+    if (cpu::scale_thin_sides(g.rows(), ad)) {
+      // T Λd with T = (G Λb) B, scales on the thin sides (the weight slot is free here).
+      auto gb = ws.get(cpu::slot_weight, g.rows(), ad.out_features());
+      gb = g * ad.lambda_b().asDiagonal();
+      t.noalias() = gb * ad.b();
+      t = t * ad.lambda_d().asDiagonal();
+    } else {
+      t.noalias() = g * cpu::scaled_b(ad, ws);  // T Λd, with T = (G Λb) B
+    }
     if (key.probability == 0.0) {
       dx.noalias() += t * ad.a();
       return;

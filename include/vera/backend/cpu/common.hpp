@@ -49,6 +49,15 @@ Eigen::Map<row_matrix<T>> scaled_b(const adapter<T>& ad, workspace<T>& ws) {
   return out;
 }
 
+/// True when a low-rank product over `rows` rows is cheaper with the scales applied to its thin
+/// n x rank and n x out sides (n (rank + out) multiplies) than folded into Λb B Λd
+/// (out x rank): small batches and single tokens, where building the folded matrix would cost
+/// as much as the GEMMs themselves.
+template <class T>
+bool scale_thin_sides(index rows, const adapter<T>& ad) {
+  return rows * (ad.rank() + ad.out_features()) < ad.out_features() * ad.rank();
+}
+
 /// Calls f with the base weight seen as out x in, whatever its storage layout.
 template <class T, class W, class F>
 decltype(auto) with_weight(const adapter<T>& ad, const W& w0, F&& f) {

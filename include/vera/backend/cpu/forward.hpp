@@ -85,18 +85,28 @@ void evaluate(Exec, const forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign
     cpu::project_input(x, ad.a(), key, p, ws);
   }
 
-  const auto bbd = cpu::scaled_b(ad, ws);
   cpu::initialise_output(y, e.bias(), mode);
   cpu::with_weight(ad, e.w0(), [&](const auto& w) {
     if (chosen == order::merged) {
+      const auto bbd = cpu::scaled_b(ad, ws);
       auto merged = ws.get(cpu::slot_weight, ad.out_features(), ad.in_features());
       merged = w;
       merged.noalias() += bbd * ad.a();
       y.noalias() += x * merged.transpose();
-    } else {
-      y.noalias() += x * w.transpose();
-      y.noalias() += p * bbd.transpose();
+      return;
     }
+    y.noalias() += x * w.transpose();
+    if (cpu::scale_thin_sides(x.rows(), ad)) {
+      // Y += ((P Λd) Bᵀ) Λb: the scaled-B slot and the weight slot are free in this order.
+      auto s = ws.get(cpu::slot_scaled_b, x.rows(), ad.rank());
+      s = p * ad.lambda_d().asDiagonal();
+      auto z = ws.get(cpu::slot_weight, x.rows(), ad.out_features());
+      z.noalias() = s * ad.b().transpose();
+      y += z * ad.lambda_b().asDiagonal();
+      return;
+    }
+    const auto bbd = cpu::scaled_b(ad, ws);
+    y.noalias() += p * bbd.transpose();
   });
   if (ctx != nullptr) ctx->finish_step();
 }
