@@ -106,7 +106,8 @@ class merged_weight_expr : public Eigen::ReturnByValue<merged_weight_expr<Exec, 
   delta_weight_expr<Exec, T> delta_;
 };
 
-/// \brief Lazy ΔW of `ad` on policy Exec (default: CPU).
+/// \brief Lazy ΔW of `ad` on policy Exec (default: CPU): out x in, or in x out with
+///        fan_in_fan_out. A temporary adapter is refused at compile time.
 template <class Exec = exec::default_policy, class T>
 delta_weight_expr<Exec, T> delta_weight(const adapter<T>& ad) {
   return delta_weight_expr<Exec, T>(ad);
@@ -114,7 +115,8 @@ delta_weight_expr<Exec, T> delta_weight(const adapter<T>& ad) {
 template <class Exec = exec::default_policy, class T>
 void delta_weight(adapter<T>&&) = delete;
 
-/// \brief Lazy W0 + ΔW.
+/// \brief Lazy W0 + ΔW, W0's shape. A temporary adapter is refused at compile time.
+/// \throws shape_error when W0 is not out x in (in x out with fan_in_fan_out).
 template <class Exec = exec::default_policy, class WD, class T>
 merged_weight_expr<Exec, WD, T> merged_weight(const Eigen::MatrixBase<WD>& w0, const adapter<T>& ad) {
   return {w0.derived(), ad};
@@ -124,6 +126,7 @@ template <class Exec = exec::default_policy, class WD, class T>
 void merged_weight(const Eigen::MatrixBase<WD>&, adapter<T>&&) = delete;
 
 /// \brief W0 += ΔW in place. Shapes as in vera::forward. `ws` (optional) avoids allocating.
+/// \throws shape_error when W0 is not out x in (in x out with fan_in_fan_out).
 template <class WD, class T>
 void merge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
   detail::check_base_weight("W0", w0, ad);
@@ -132,6 +135,7 @@ void merge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* ws = n
 }
 
 /// \brief W0 -= ΔW in place; undoes merge up to rounding (one rounding per element each way).
+/// \throws shape_error when W0 is not out x in (in x out with fan_in_fan_out).
 template <class WD, class T>
 void unmerge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
   detail::check_base_weight("W0", w0, ad);
@@ -142,6 +146,8 @@ void unmerge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* ws =
 /// \brief W0 += ΔW only if every merged element is finite; otherwise throws value_error naming
 ///        the first bad element and leaves W0 untouched. Uses `ws` (or a local buffer) for the
 ///        candidate weight.
+/// \throws shape_error when W0 is not out x in (in x out with fan_in_fan_out); value_error when
+///         a merged element is not finite.
 template <class WD, class T>
 void safe_merge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
   detail::check_base_weight("W0", w0, ad);
