@@ -41,26 +41,35 @@ namespace vera {
 template <class Exec, class T>
 class delta_weight_expr : public Eigen::ReturnByValue<delta_weight_expr<Exec, T>> {
  public:
+  /// \brief Refers to `ad`, which must outlive the expression; see vera::delta_weight.
   explicit delta_weight_expr(const adapter<T>& ad) : adapter_(&ad) {}
 
+  /// \brief out (in with fan_in_fan_out).
   Eigen::Index rows() const {
     return adapter_->options().fan_in_fan_out ? adapter_->in_features() : adapter_->out_features();
   }
+  /// \brief in (out with fan_in_fan_out).
   Eigen::Index cols() const {
     return adapter_->options().fan_in_fan_out ? adapter_->out_features() : adapter_->in_features();
   }
 
   template <class Dst>
+  /// \brief Eigen's hook for `dW = expr`: overwrites dW.
+  /// \throws shape_error when dW does not have the shape rows() x cols().
   void evalTo(Dst& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst, T(0), T(1));
   }
   template <class Dst>
+  /// \brief W += ΔW (a merge) in one GEMM, without a temporary of W's size.
+  /// \throws shape_error when W does not have the shape rows() x cols().
   void add_to(Eigen::MatrixBase<Dst>& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst.derived(), T(1), T(1));
   }
   template <class Dst>
+  /// \brief W -= ΔW (an unmerge) in one GEMM, without a temporary of W's size.
+  /// \throws shape_error when W does not have the shape rows() x cols().
   void subtract_from(Eigen::MatrixBase<Dst>& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst.derived(), T(1), T(-1));
@@ -73,7 +82,9 @@ class delta_weight_expr : public Eigen::ReturnByValue<delta_weight_expr<Exec, T>
     return copy;
   }
 
+  /// \brief The adapter.
   const adapter<T>& layer() const noexcept { return *adapter_; }
+  /// \brief The workspace set by using_workspace(), or null.
   workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
@@ -87,13 +98,19 @@ class merged_weight_expr : public Eigen::ReturnByValue<merged_weight_expr<Exec, 
   static_assert(scalar_matches<WD, T>, "vera::merged_weight: W0 must have the adapter's scalar type");
 
  public:
+  /// \brief Checks W0 against the adapter; see vera::merged_weight.
+  /// \throws shape_error when W0 is not out x in (in x out with fan_in_fan_out).
   merged_weight_expr(const WD& w0, const adapter<T>& ad) : w0_(w0), delta_(ad) {
     detail::check_base_weight("W0", w0, ad);
   }
+  /// \brief Rows of W0.
   Eigen::Index rows() const { return w0_.rows(); }
+  /// \brief Columns of W0.
   Eigen::Index cols() const { return w0_.cols(); }
 
   template <class Dst>
+  /// \brief Eigen's hook for `W = expr`: W = W0 + ΔW.
+  /// \throws shape_error when W does not have W0's shape; aliasing_error when W overlaps W0.
   void evalTo(Dst& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     check_no_alias("vera::merged_weight", dst, "W0", w0_);
