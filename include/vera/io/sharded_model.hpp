@@ -38,6 +38,7 @@ struct shard_index {
     }
     return it->second;
   }
+  /// \brief The index file's directory, where the shards are.
   std::filesystem::path directory() const { return path.parent_path(); }
 };
 
