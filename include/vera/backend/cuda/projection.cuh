@@ -108,6 +108,8 @@ class device_projection {
  public:
   /// \brief Allocates and fills A and B for `spec`: philox on the device (no wait), PEFT on the
   ///        host followed by one upload (which synchronises `stream`).
+  /// \throws value_error for a bad spec; cuda_error when allocation, a launch or the upload
+  ///         fails.
   device_projection(const projection_spec& spec, cudaStream_t stream)
       : spec_((validate(spec), spec)),
         a_(static_cast<std::size_t>(spec.rank * spec.max_in)),
@@ -122,7 +124,9 @@ class device_projection {
     upload_projection<T>(stream, spec, host_a.data(), host_b.data(), a_view(), b_view());
   }
 
+  /// \brief The spec A and B were generated from.
   const projection_spec& spec() const noexcept { return spec_; }
+  /// \brief A and B as layers refer to them; valid while this object lives.
   projection_ref<T> view() const noexcept {
     return {a_.data(), b_.data(), spec_.rank, spec_.max_in, spec_.max_out};
   }
