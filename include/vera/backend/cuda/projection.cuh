@@ -61,6 +61,8 @@ void upload_matrix(cudaStream_t stream, const float* host, index rows, index col
 /// (seed, matrix, i, j), computed by the same function as on the CPU, so float32 results are
 /// bit-identical to generate_projection(). Throws value_error for generator::peft, whose mt19937
 /// stream is sequential: generate that on the host and use upload_projection().
+/// \throws value_error also for a bad spec; shape_error for targets of the wrong shape;
+///         cuda_error when a launch fails.
 template <class T>
 void generate_projection(cudaStream_t stream, const projection_spec& spec, matrix_ref<T> a,
                          matrix_ref<T> b) {
@@ -85,6 +87,8 @@ void generate_projection(cudaStream_t stream, const projection_spec& spec, matri
 
 /// \brief Copies a host projection (row-major float32, A rank x max_in, B max_out x rank, as
 ///        generate_projection() on the CPU makes it) to the device, rounding to T there.
+/// \throws value_error for a bad spec or null host pointers; shape_error for targets of the
+///         wrong shape; cuda_error when a copy, launch or synchronisation fails.
 ///
 /// Set-up, not hot path: it synchronises `stream` before returning, so the host arrays may be
 /// freed at once.
