@@ -25,7 +25,8 @@ namespace vera {
 template <class T>
 class linear {
  public:
-  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;  ///< Column-major storage for W0.
+  /// Column-major storage for W0.
+  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
 
   /// \brief Takes W0 and (optionally) a bias of out elements; checks them against the adapter.
   /// \param w0 out x in (in x out when the adapter's options set fan_in_fan_out).

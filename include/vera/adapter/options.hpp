@@ -27,8 +27,8 @@ struct adapter_options {
   double b_initial = 0.0;     ///< 0 makes the adapted layer start equal to the base layer
   init_kind init = init_kind::constant;  ///< how b and d start (see init_kind)
   std::uint64_t init_seed = 0;  ///< used by init_kind::random
-  bool train_b = true;  ///< false freezes lambda_b (no gradient, optimizers skip it)
-  bool train_d = true;  ///< false freezes lambda_d (no gradient, optimizers skip it)
+  bool train_b = true;          ///< false freezes lambda_b (no gradient, optimizers skip it)
+  bool train_d = true;          ///< false freezes lambda_d (no gradient, optimizers skip it)
   double dropout = 0.0;         ///< PEFT's `vera_dropout`, on the adapter input in training only
   bool fan_in_fan_out = false;  ///< W0 stored as in x out (GPT-2 Conv1D), so the delta is transposed
 };

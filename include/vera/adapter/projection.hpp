@@ -36,8 +36,10 @@ class projection {
 
  public:
   using scalar = T;  ///< Element type, float or double.
-  using a_block = Eigen::Block<const row_matrix<T>>;  ///< Read-only view of a layer's A (rank x in).
-  using b_block = Eigen::Block<const row_matrix<T>>;  ///< Read-only view of a layer's B (out x rank).
+  /// Read-only view of a layer's A (rank x in).
+  using a_block = Eigen::Block<const row_matrix<T>>;
+  /// Read-only view of a layer's B (out x rank).
+  using b_block = Eigen::Block<const row_matrix<T>>;
 
   /// \brief Generates A (rank x max_in) and B (max_out x rank) from `spec`.
   /// \throws value_error for non-positive extents (see validate(const projection_spec&)).

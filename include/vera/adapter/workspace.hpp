@@ -16,7 +16,8 @@ namespace vera {
 template <class T>
 class workspace {
  public:
-  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;  ///< Column-major buffer type of each slot.
+  /// Column-major buffer type of each slot.
+  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
 
   /// \brief A rows x cols scratch matrix in slot `slot` (0..3); contents are unspecified.
   Eigen::Map<matrix> get(int slot, index rows, index cols) {

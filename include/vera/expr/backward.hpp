@@ -63,7 +63,7 @@ class parameter_gradient_expr {
  public:
   /// \brief Checks G against the adapter and the context; see vera::parameter_gradients.
   /// \throws state_error when ctx holds no training forward; shape_error when G is not n x out
-  /// (n: rows of that forward); rank_error when ctx was filled at another rank.
+  ///         (n: rows of that forward); rank_error when ctx was filled at another rank.
   parameter_gradient_expr(const GD& g, const adapter<T>& ad, const forward_context<T>& ctx)
       : g_(g), adapter_(&ad), context_(&ctx) {
     detail::check_upstream(g, ad, ctx);
@@ -116,9 +116,9 @@ class parameter_gradient_expr {
   workspace<T>* workspace_ = nullptr;
 };
 
-template <class Exec, class GD, class T>
 /// \brief `grads += parameter_gradients(...)`: accumulates into existing buffers.
 /// \throws shape_error when `out` is not sized for the adapter (out, rank).
+template <class Exec, class GD, class T>
 gradients<T>& operator+=(gradients<T>& out, const parameter_gradient_expr<Exec, GD, T>& e) {
   e.eval_to(out, assign_mode::accumulate);
   return out;
@@ -136,7 +136,7 @@ class input_gradient_expr : public Eigen::ReturnByValue<input_gradient_expr<Exec
  public:
   /// \brief Checks G, W0 and the context; see vera::input_gradient.
   /// \throws state_error when ctx holds no training forward; shape_error when G is not n x out or
-  /// W0 does not fit the adapter; rank_error when ctx was filled at another rank.
+  ///         W0 does not fit the adapter; rank_error when ctx was filled at another rank.
   input_gradient_expr(const GD& g, const WD& w0, const adapter<T>& ad, const forward_context<T>& ctx)
       : g_(g), w0_(w0), adapter_(&ad), context_(&ctx) {
     detail::check_upstream(g, ad, ctx);
@@ -161,17 +161,17 @@ class input_gradient_expr : public Eigen::ReturnByValue<input_gradient_expr<Exec
     return copy;
   }
 
-  template <class Dst>
   /// \brief Eigen's hook for `dX = expr`: overwrites dX.
   /// \throws shape_error when dX is not n x in; aliasing_error when dX overlaps G or W0.
+  template <class Dst>
   void evalTo(Dst& dst) const {
     // A resizable destination already has this shape; a block or map may not.
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst, assign_mode::overwrite);
   }
-  template <class Dst>
   /// \brief dX += expr without a temporary; dX must already be n x in.
   /// \throws shape_error when dX is not n x in; aliasing_error when dX overlaps G or W0.
+  template <class Dst>
   void add_to(Eigen::MatrixBase<Dst>& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);

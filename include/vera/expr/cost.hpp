@@ -31,8 +31,10 @@ struct order_costs {
 ///        builds: a copy of W0 and an accumulate pass when a reused workspace holds it, plus the
 ///        first touch of fresh pages (about 10 µs per 4 KiB page) when it must be allocated.
 struct merge_overheads {
-  static constexpr double reused_workspace = 4.0;  ///< per element when a workspace already holds the buffer
-  static constexpr double fresh_allocation = 256.0;  ///< per element when the buffer is freshly allocated
+  /// Per element when a workspace already holds the buffer.
+  static constexpr double reused_workspace = 4.0;
+  /// Per element when the buffer is freshly allocated.
+  static constexpr double fresh_allocation = 256.0;
 };
 
 namespace detail {

@@ -53,23 +53,23 @@ class delta_weight_expr : public Eigen::ReturnByValue<delta_weight_expr<Exec, T>
     return adapter_->options().fan_in_fan_out ? adapter_->out_features() : adapter_->in_features();
   }
 
-  template <class Dst>
   /// \brief Eigen's hook for `dW = expr`: overwrites dW.
   /// \throws shape_error when dW does not have the shape rows() x cols().
+  template <class Dst>
   void evalTo(Dst& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst, T(0), T(1));
   }
-  template <class Dst>
   /// \brief W += ΔW (a merge) in one GEMM, without a temporary of W's size.
   /// \throws shape_error when W does not have the shape rows() x cols().
+  template <class Dst>
   void add_to(Eigen::MatrixBase<Dst>& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst.derived(), T(1), T(1));
   }
-  template <class Dst>
   /// \brief W -= ΔW (an unmerge) in one GEMM, without a temporary of W's size.
   /// \throws shape_error when W does not have the shape rows() x cols().
+  template <class Dst>
   void subtract_from(Eigen::MatrixBase<Dst>& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst.derived(), T(1), T(-1));
@@ -108,9 +108,9 @@ class merged_weight_expr : public Eigen::ReturnByValue<merged_weight_expr<Exec, 
   /// \brief Columns of W0.
   Eigen::Index cols() const { return w0_.cols(); }
 
-  template <class Dst>
   /// \brief Eigen's hook for `W = expr`: W = W0 + ΔW.
   /// \throws shape_error when W does not have W0's shape; aliasing_error when W overlaps W0.
+  template <class Dst>
   void evalTo(Dst& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     check_no_alias("vera::merged_weight", dst, "W0", w0_);

@@ -39,7 +39,7 @@ struct target_modules {
 };
 
 /// \brief Which base-layer biases PEFT trains (VeRA itself adds no bias).
-/// The values are PEFT's "none", "all" and "vera_only".
+///        The values are PEFT's "none", "all" and "vera_only".
 enum class bias_mode { none, all, vera_only };
 
 /// \brief The contents of a PEFT VeRA adapter_config.json.
@@ -58,13 +58,17 @@ struct vera_config {
   double d_initial = 0.1;  ///< initial value of every lambda_d
   bool fan_in_fan_out = false;  ///< W0 stored as in x out (GPT-2 Conv1D)
   bias_mode bias = bias_mode::none;  ///< which base biases PEFT trains
-  std::optional<std::vector<std::string>> modules_to_save;  ///< modules PEFT trains and saves whole (not read by vera)
+  /// Modules PEFT trains and saves whole (not read by vera).
+  std::optional<std::vector<std::string>> modules_to_save;
   bool init_weights = true;  ///< false: PEFT's random init (b = 1, d ~ N(0, 1)); see init_kind
-  std::optional<std::vector<std::int64_t>> layers_to_transform;  ///< PEFT adapts only layers with these indices
-  std::optional<std::vector<std::string>> layers_pattern;  ///< PEFT: module path names before the layer index
+  /// PEFT adapts only layers with these indices.
+  std::optional<std::vector<std::int64_t>> layers_to_transform;
+  /// PEFT: module path names before the layer index.
+  std::optional<std::vector<std::string>> layers_pattern;
   std::optional<std::string> task_type;  ///< PEFT task type, e.g. "CAUSAL_LM"
   bool inference_mode = false;  ///< PEFT's flag for adapters saved for inference
-  std::optional<std::string> base_model_name_or_path;  ///< the base model the adapter was trained on
+  /// The base model the adapter was trained on.
+  std::optional<std::string> base_model_name_or_path;
   std::optional<std::string> revision;  ///< the base model's revision
 
   nlohmann::json json = nlohmann::json::object();  ///< the object read, kept for unknown fields

@@ -62,7 +62,8 @@ enum class projection_source {
 
 /// \brief How load_peft_adapter treats a directory.
 struct load_options {
-  projection_source source = projection_source::saved;  ///< which projection to use when the file holds A and B
+  /// Which projection to use when the file holds A and B.
+  projection_source source = projection_source::saved;
   /// Which torch kernel to reproduce when regenerating (fused: every AVX2/AVX-512 machine).
   peft_rounding rounding = peft_rounding::fused;
   /// Ignore, and list in the report, tensors that are not VeRA's (modules_to_save copies,

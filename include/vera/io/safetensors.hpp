@@ -213,9 +213,9 @@ class safetensors_view {
     detail::decode(info.type, bytes(info), out.size(), out.data());
     return out;
   }
-  template <class T>
   /// \brief values(at(name)): the elements of the tensor called `name`.
   /// \throws format_error when absent or of a dtype that does not convert.
+  template <class T>
   std::vector<T> values(std::string_view name) const {
     return values<T>(at(name));
   }

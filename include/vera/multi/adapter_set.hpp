@@ -44,11 +44,16 @@ template <class T>
 class adapter_set {
  public:
   using scalar = T;  ///< Element type, float or double.
-  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;  ///< Column-major storage of the b and d columns.
-  using column_view = Eigen::Block<matrix, Eigen::Dynamic, 1, true>;  ///< One adapter's vector, writable.
-  using const_column_view = Eigen::Block<const matrix, Eigen::Dynamic, 1, true>;  ///< One adapter's vector, read-only.
-  using columns_view = Eigen::Block<matrix, Eigen::Dynamic, Eigen::Dynamic, true>;  ///< Every adapter's vectors, writable.
-  using const_columns_view = Eigen::Block<const matrix, Eigen::Dynamic, Eigen::Dynamic, true>;  ///< Every adapter's vectors, read-only.
+  /// Column-major storage of the b and d columns.
+  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  /// One adapter's vector, writable.
+  using column_view = Eigen::Block<matrix, Eigen::Dynamic, 1, true>;
+  /// One adapter's vector, read-only.
+  using const_column_view = Eigen::Block<const matrix, Eigen::Dynamic, 1, true>;
+  /// Every adapter's vectors, writable.
+  using columns_view = Eigen::Block<matrix, Eigen::Dynamic, Eigen::Dynamic, true>;
+  /// Every adapter's vectors, read-only.
+  using const_columns_view = Eigen::Block<const matrix, Eigen::Dynamic, Eigen::Dynamic, true>;
 
   /// \brief An empty set for a layer with `in` inputs and `out` outputs.
   ///

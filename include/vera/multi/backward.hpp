@@ -129,9 +129,9 @@ class mixed_parameter_gradient_expr {
   mixed_workspace<T>* workspace_ = nullptr;
 };
 
-template <class Exec, class GD, class T>
 /// \brief `grads += mixed_parameter_gradients(...)`: accumulates into existing buffers.
 /// \throws shape_error when `out` is not out x k and rank x k; state_error as eval_to.
+template <class Exec, class GD, class T>
 mixed_gradients<T>& operator+=(mixed_gradients<T>& out, const mixed_parameter_gradient_expr<Exec, GD, T>& e) {
   e.eval_to(out, assign_mode::accumulate);
   return out;
@@ -168,17 +168,17 @@ class mixed_input_gradient_expr
     return copy;
   }
 
-  template <class Dst>
   /// \brief Eigen's hook for `dX = expr`: overwrites dX (n x in).
   /// \throws state_error when the context no longer matches the set; aliasing_error when dX
-  /// overlaps G or W0.
+  ///         overlaps G or W0.
+  template <class Dst>
   void evalTo(Dst& dst) const {
     detail::check_mixed_upstream("vera::mixed_input_gradient", g_, *set_, *context_);
     evaluate(Exec{}, *this, dst, assign_mode::overwrite);
   }
-  template <class Dst>
   /// \brief dX += expr without a temporary; dX must already be n x in.
   /// \throws shape_error when dX is not n x in; otherwise as evalTo.
+  template <class Dst>
   void add_to(Eigen::MatrixBase<Dst>& dst) const {
     detail::check_mixed_upstream("vera::mixed_input_gradient", g_, *set_, *context_);
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());

@@ -17,7 +17,8 @@ namespace vera {
 /// disabled adapters and free columns get zero on overwrite and are left as is on accumulate.
 template <class T>
 struct mixed_gradients {
-  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;  ///< Column-major, one column per set column.
+  /// Column-major, one column per set column.
+  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
 
   matrix lambda_b;  ///< dL/d lambda_b, out x k
   matrix lambda_d;  ///< dL/d lambda_d, rank x k

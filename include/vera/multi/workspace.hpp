@@ -16,7 +16,8 @@ namespace vera {
 template <class T>
 class mixed_workspace {
  public:
-  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;  ///< Column-major buffer type of each matrix slot.
+  /// Column-major buffer type of each matrix slot.
+  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
   static constexpr int matrix_slots = 8;  ///< number of matrix slots of get()
   static constexpr int row_slots = 3;  ///< of each per-row buffer kind
 

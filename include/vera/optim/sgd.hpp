@@ -49,7 +49,7 @@ class sgd {
 
   /// \brief One SGD step over every registered parameter.
   /// \throws state_error for a locked parameter (a merged vera::linear), value_error for a
-  /// non-finite gradient element; both before any value changes.
+  ///         non-finite gradient element; both before any value changes.
   void step() {
     parameters_.check_step("vera::optim::sgd::step");
     slots_.grow(parameters_);

@@ -98,10 +98,10 @@ class parameter_gradient_expr {
   using settings_type = vera::parameter_gradient_expr<Exec, detail::extents_map<T>, T>;
 
  public:
-  template <class GA>
   /// \brief Holds G and checks it against the adapter and the context; see
-  /// vera::xt::parameter_gradients.
+  ///        vera::xt::parameter_gradients.
   /// \throws as vera::xt::parameter_gradients.
+  template <class GA>
   parameter_gradient_expr(GA&& g, const adapter<T>& ad, const forward_context<T>& ctx)
       : g_(std::forward<GA>(g)), settings_(validated(g_, ad, ctx)) {}
 
@@ -159,10 +159,10 @@ class input_gradient_expr : public detail::matrix_result<input_gradient_expr<Exe
       vera::input_gradient_expr<Exec, detail::extents_map<T>, detail::extents_map<T>, T>;
 
  public:
-  template <class GA, class WA>
   /// \brief Holds G and W0 and checks them against the adapter and the context; see
-  /// vera::xt::input_gradient.
+  ///        vera::xt::input_gradient.
   /// \throws as vera::xt::input_gradient.
+  template <class GA, class WA>
   input_gradient_expr(GA&& g, WA&& w0, const adapter<T>& ad, const forward_context<T>& ctx)
       : g_(std::forward<GA>(g)), w0_(std::forward<WA>(w0)), settings_(validated(g_, w0_, ad, ctx)) {}
 

@@ -41,10 +41,10 @@ class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias,
                              std::declval<const adapter<T>&>()));
 
  public:
-  template <class XA, class WA, class BA>
-  /// \brief Holds the operands (lvalues by reference, temporaries by value) and checks their shapes;
-  /// see vera::xt::forward.
+  /// \brief Holds the operands (lvalues by reference, temporaries by value) and checks their
+  ///        shapes; see vera::xt::forward.
   /// \throws shape_error naming the operand for a wrong dimension count or shape.
+  template <class XA, class WA, class BA>
   forward_expr(XA&& x, WA&& w0, BA&& bias, const adapter<T>& ad)
       : x_(std::forward<XA>(x)), w0_(std::forward<WA>(w0)), bias_(std::forward<BA>(bias)),
         settings_(validated(x_, w0_, bias_, ad)) {}

@@ -72,9 +72,9 @@ class merged_weight_expr : public detail::matrix_result<merged_weight_expr<Exec,
                 "vera::xt::merged_weight: W0 must hold the adapter's scalar type");
 
  public:
-  template <class WA>
   /// \brief Holds W0 and checks it against the adapter; see vera::xt::merged_weight.
   /// \throws shape_error when W0 is not 2-D or not the adapter's shape.
+  template <class WA>
   merged_weight_expr(WA&& w0, const adapter<T>& ad) : w0_(std::forward<WA>(w0)), adapter_(&ad) {
     detail::check_dimension<2>("W0", w0_);
     (void)vera::merged_weight<Exec>(detail::shape_only<T>(w0_), ad);

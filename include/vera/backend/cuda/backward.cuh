@@ -82,8 +82,8 @@ void parameter_gradients(const stream_context& ctx, const layer_ref<T>& layer,
 /// (null or p = 0: none); ws: at least input_gradient_workspace_bytes(layer, n, dropout on).
 /// accumulate adds to grad_x instead of overwriting it.
 /// \throws shape_error, rank_error or value_error (extents, strides, null pointers, a workspace
-///         too small, a dropout probability outside [0, 1)) before any device work; cuda_error when a launch or a cuBLAS call
-///         fails.
+///         too small, a dropout probability outside [0, 1)) before any device work;
+///         cuda_error when a launch or a cuBLAS call fails.
 template <class T>
 void input_gradient(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> g,
                     input_ref<T> w0, matrix_ref<T> grad_x, workspace_ref ws,

@@ -99,8 +99,8 @@ void forward(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> 
 ///
 /// ws: at least forward_workspace_bytes(layer, n, true, dropout on); projected: n x rank.
 /// \throws shape_error, rank_error or value_error (extents, strides, null pointers, a workspace
-///         too small, a dropout probability outside [0, 1)) before any device work; cuda_error when a launch or a cuBLAS call
-///         fails.
+///         too small, a dropout probability outside [0, 1)) before any device work;
+///         cuda_error when a launch or a cuBLAS call fails.
 template <class T>
 void forward_train(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> x,
                    input_ref<T> w0, nondeduced<const T*> bias, matrix_ref<T> y, matrix_ref<T> projected,

@@ -83,8 +83,8 @@ void unmerge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T>
 /// point: the caller synchronises (or records an event) before reading it, and must not treat
 /// the layer as merged until then. ws: at least merge_workspace_bytes(layer, true).
 /// \throws shape_error, rank_error or value_error (extents, strides, null pointers, a workspace
-///         too small, a null `rejected`) before any device work; cuda_error when a launch or a cuBLAS call
-///         fails.
+///         too small, a null `rejected`) before any device work; cuda_error when a launch or
+///         a cuBLAS call fails.
 template <class T>
 void safe_merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
                 workspace_ref ws, int* rejected) {

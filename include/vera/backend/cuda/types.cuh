@@ -30,7 +30,7 @@ struct matrix_ref {
       : data(other.data), rows(other.rows), cols(other.cols), stride(other.stride) {}
   matrix_ref() = default;
   /// \brief Views `r` x `c` elements at `d` with row stride `s`; nothing is checked here (the
-  /// operations validate their operands).
+  ///        operations validate their operands).
   matrix_ref(T* d, index r, index c, index s) : data(d), rows(r), cols(c), stride(s) {}
 };
 
