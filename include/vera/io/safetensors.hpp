@@ -221,6 +221,7 @@ class safetensors_view {
   }
 
   /// \brief Like values(), into `out`, which must hold info.elements() elements.
+  /// \throws format_error for a dtype that does not convert to floating point.
   template <class T>
   void values_into(const tensor_info& info, T* out) const {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
@@ -551,6 +552,7 @@ class safetensors_writer {
 
   /// \brief Writes the image into `file` without committing it, so that several files can be
   ///        committed together once all of them are complete.
+  /// \throws io_error when writing fails; value_error as serialize().
   void write_to(atomic_file& file) const {
     emit([&](const unsigned char* data, std::size_t size) { file.write(data, size); });
   }
