@@ -134,7 +134,7 @@ class linear {
     safe_merge(w0_, adapter_, &ws_);
     merged_ = true;
   }
-  /// \brief Undoes merge() (W0 -= ΔW, exact up to one rounding per element).
+  /// \brief Undoes merge() (W0 -= ΔW; equal to the W0 before merge() up to rounding).
   /// \throws state_error if not merged.
   void unmerge() {
     if (!merged_) throw state_error("vera::linear::unmerge: the adapter is not merged");
