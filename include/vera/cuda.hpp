@@ -32,3 +32,7 @@ std::size_t workspace_bytes(const layer_ref<T>& layer, index n) {
 }
 
 }  // namespace vera::cuda
+
+/// \namespace vera::cuda
+/// \brief CUDA backend: forward, backward and merge of VeRA layers on device memory, described by
+///        non-owning views (layer_ref, matrix_ref) and run on a caller's stream and cuBLAS handle.

@@ -12,3 +12,7 @@
 #include "vera/io/peft.hpp"
 #include "vera/io/safetensors.hpp"
 #include "vera/io/sharded_model.hpp"
+
+/// \namespace vera::io
+/// \brief Files: safetensors reading and writing, PEFT `adapter_config.json`, PEFT adapter
+///        directories, merged and sharded models, LoRA export.

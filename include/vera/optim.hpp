@@ -5,3 +5,7 @@
 #include "vera/optim/adamw.hpp"
 #include "vera/optim/parameters.hpp"
 #include "vera/optim/sgd.hpp"
+
+/// \namespace vera::optim
+/// \brief SGD and AdamW over registered contiguous buffers (an adapter's lambda_b and lambda_d
+///        with their gradients, or any other T* buffer), with checkpointable state.

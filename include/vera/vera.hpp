@@ -26,3 +26,11 @@
 #include "vera/expr/merge.hpp"
 
 #include "vera/optim.hpp"
+
+/// \namespace vera
+/// \brief VeRA adapters over Eigen: projection, adapter, lazy forward/backward/merge expressions,
+///        errors, and (through the opt-in headers) optimizers, multi-adapter batches, I/O,
+///        xtensor, CUDA and distributed training.
+
+/// \namespace vera::exec
+/// \brief Execution policies: empty tags passed as the first argument to pick a backend.

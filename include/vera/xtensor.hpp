@@ -10,3 +10,7 @@
 #include "vera/xtensor/result.hpp"
 #include "vera/xtensor/storage.hpp"
 #include "vera/xtensor/views.hpp"
+
+/// \namespace vera::xt
+/// \brief xtensor front-end: the Eigen front-end's operations on xtensor operands, evaluated by
+///        the same CPU evaluators (row-major 2-D operands are read in place).

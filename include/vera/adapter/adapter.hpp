@@ -22,12 +22,16 @@ namespace vera {
 template <class T>
 class adapter {
  public:
-  using scalar = T;
+  using scalar = T;  ///< Element type, float or double.
 
   /// \brief Creates the adapter and initialises b and d as `options` says.
   ///
-  /// Throws shape_error when in/out exceed the projection's max_in/max_out, rank_error when the
-  /// rank exceeds the projection's, value_error for bad options.
+  /// A is projection A[:rank, :in_features], B is B[:out_features, :rank]; rank is options.rank,
+  /// or the projection's when that is 0.
+  /// \throws shape_error when in/out exceed the projection's max_in/max_out.
+  /// \throws rank_error when the rank exceeds the projection's.
+  /// \throws value_error for bad options (see validate(const adapter_options&)) or a
+  ///         non-positive in_features, out_features or rank.
   adapter(projection<T> shared, index in_features, index out_features,
           const adapter_options& options = {})
       : projection_(std::move(shared)), options_(options) {
@@ -43,10 +47,15 @@ class adapter {
     initialise();
   }
 
+  /// \brief Input features of the layer (columns of X).
   index in_features() const noexcept { return in_; }
+  /// \brief Output features of the layer (length of lambda_b).
   index out_features() const noexcept { return out_; }
+  /// \brief This layer's rank r (length of lambda_d; at most the projection's rank).
   index rank() const noexcept { return rank_; }
+  /// \brief The options the adapter was created with (rank resolved separately, see rank()).
   const adapter_options& options() const noexcept { return options_; }
+  /// \brief Handle of the shared projection this adapter slices A and B from.
   const projection<T>& shared_projection() const noexcept { return projection_; }
 
   /// \brief This layer's A: rank x in (a view into the shared projection).
@@ -56,12 +65,17 @@ class adapter {
 
   /// \brief lambda_b, out elements. Writable; its size is fixed.
   Eigen::Map<vector<T>> lambda_b() noexcept { return {lambda_b_.data(), out_}; }
+  /// \brief lambda_b, out elements, read-only.
   Eigen::Map<const vector<T>> lambda_b() const noexcept { return {lambda_b_.data(), out_}; }
   /// \brief lambda_d, rank elements. Writable; its size is fixed.
   Eigen::Map<vector<T>> lambda_d() noexcept { return {lambda_d_.data(), rank_}; }
+  /// \brief lambda_d, rank elements, read-only.
   Eigen::Map<const vector<T>> lambda_d() const noexcept { return {lambda_d_.data(), rank_}; }
 
   /// \brief Replaces both vectors after checking sizes and finiteness; on error nothing changes.
+  /// \param b out elements (any dense Eigen vector, converted to T).
+  /// \param d rank elements.
+  /// \throws shape_error when a size differs; value_error when an element is NaN or infinite.
   template <class DB, class DD>
   void set_lambdas(const Eigen::MatrixBase<DB>& b, const Eigen::MatrixBase<DD>& d) {
     check_size("lambda_b", out_, b.size());

@@ -13,9 +13,10 @@ namespace vera {
 /// \brief dL/d lambda_b (out) and dL/d lambda_d (rank) of one adapter.
 template <class T>
 struct gradients {
-  vector<T> lambda_b;
-  vector<T> lambda_d;
+  vector<T> lambda_b;  ///< dL/d lambda_b, out elements
+  vector<T> lambda_d;  ///< dL/d lambda_d, rank elements
 
+  /// \brief Empty buffers; the first `grads = parameter_gradients(...)` sizes them.
   gradients() = default;
   /// \brief Zero gradients sized for `ad`.
   explicit gradients(const adapter<T>& ad)
@@ -28,11 +29,16 @@ struct gradients {
     e.eval_to(*this);
     return *this;
   }
+  /// \brief Copies both buffers (their sizes follow the source).
   gradients& operator=(const gradients&) = default;
+  /// \brief Moves both buffers (their sizes follow the source).
   gradients& operator=(gradients&&) noexcept = default;
+  /// \brief Copies both buffers.
   gradients(const gradients&) = default;
+  /// \brief Moves both buffers.
   gradients(gradients&&) noexcept = default;
 
+  /// \brief Zeroes both vectors in place, keeping their sizes (and addresses an optimizer holds).
   void set_zero() {
     lambda_b.setZero();
     lambda_d.setZero();

@@ -25,35 +25,52 @@ namespace vera {
 template <class T>
 class linear {
  public:
+  /// Column-major storage for W0.
   using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
 
   /// \brief Takes W0 and (optionally) a bias of out elements; checks them against the adapter.
+  /// \param w0 out x in (in x out when the adapter's options set fan_in_fan_out).
+  /// \param bias out elements, or std::nullopt.
+  /// \param ad the adapter; its in/out features fix the layer's shape.
+  /// \param dropout_seed seeds the context's dropout masks.
+  /// \throws shape_error when W0 or bias does not fit the adapter.
   linear(matrix w0, std::optional<vector<T>> bias, adapter<T> ad, std::uint64_t dropout_seed = 0)
       : w0_(std::move(w0)), bias_(std::move(bias)), adapter_(std::move(ad)), context_(dropout_seed) {
     detail::check_base_weight("W0", w0_, adapter_);
     if (bias_) check_size("bias", adapter_.out_features(), bias_->size());
   }
 
+  /// \brief W0 as stored (out x in, or in x out with fan_in_fan_out); holds W0 + ΔW while merged.
   const matrix& weight() const noexcept { return w0_; }
+  /// \brief The bias (out elements), or empty for a layer without one.
   const std::optional<vector<T>>& bias() const noexcept { return bias_; }
   /// \brief Writable adapter; refused while merged, since W0 then holds the current ΔW and
   ///        changing b or d would make unmerge() subtract something else.
+  /// \throws state_error while merged.
   adapter<T>& vera_adapter() {
     require_unmerged("vera_adapter");
     return adapter_;
   }
+  /// \brief Read-only adapter; allowed while merged.
   const adapter<T>& vera_adapter() const noexcept { return adapter_; }
+  /// \brief The layer's forward context (P of the last training forward, dropout step).
   const forward_context<T>& context() const noexcept { return context_; }
   /// \brief Continues the dropout sequence at `step` (see forward_context::resume_at).
   void resume_dropout_at(std::uint64_t step) noexcept { context_.resume_at(step); }
+  /// \brief True between merge() and unmerge().
   bool merged() const noexcept { return merged_; }
 
   /// \brief Association order of the unmerged forward passes (default: the cost model's choice).
   ///        Forcing order::low_rank keeps the evaluation independent of merge()'s arithmetic.
   void set_order(order requested) noexcept { order_ = requested; }
+  /// \brief The association order set by set_order (order::automatic by default).
   order forward_order() const noexcept { return order_; }
 
   /// \brief Inference forward: Y (n x out) from X (n x in). Base path only while merged.
+  ///
+  /// A resizable Y is resized; a block or map must already be n x out.
+  /// \throws shape_error for X with other than in columns or Y of the wrong shape.
+  /// \throws aliasing_error when Y overlaps X (unmerged path).
   template <class XD, class YD>
   void forward(const Eigen::MatrixBase<XD>& x, Eigen::MatrixBase<YD>& y) {
     check_cols("X", adapter_.in_features(), x.cols(), "the layer's in_features");
@@ -72,6 +89,7 @@ class linear {
   }
 
   /// \brief Training forward: like forward, with dropout, saving what backward needs.
+  /// \throws state_error while merged; shape_error and aliasing_error as forward.
   template <class XD, class YD>
   void forward_train(const Eigen::MatrixBase<XD>& x, Eigen::MatrixBase<YD>& y) {
     require_unmerged("forward_train");
@@ -82,6 +100,10 @@ class linear {
   }
 
   /// \brief Gradients of lambda_b/lambda_d into `grads` (overwrite or accumulate).
+  ///
+  /// G = dL/dY is n x out, with n the rows of the last forward_train.
+  /// \throws state_error while merged or before any forward_train.
+  /// \throws shape_error for G of the wrong shape or `grads` sized for another adapter.
   template <class GD>
   void backward(const Eigen::MatrixBase<GD>& g, gradients<T>& grads,
                 assign_mode mode = assign_mode::overwrite) {
@@ -90,6 +112,8 @@ class linear {
   }
 
   /// \brief Gradients of lambda_b/lambda_d, and dL/dX (n x in) into `dx`.
+  /// \throws as the other overload; also shape_error for a dx that cannot hold n x in and
+  ///         aliasing_error when dx overlaps G.
   template <class GD, class DXD>
   void backward(const Eigen::MatrixBase<GD>& g, gradients<T>& grads, Eigen::MatrixBase<DXD>& dx,
                 assign_mode mode = assign_mode::overwrite) {
@@ -102,13 +126,16 @@ class linear {
     }
   }
 
-  /// \brief Merges the adapter into W0 with safe-merge semantics; throws if already merged.
+  /// \brief Merges the adapter into W0 with safe-merge semantics.
+  /// \throws state_error if already merged; value_error (W0 unchanged) when a merged element
+  ///         would not be finite.
   void merge() {
     require_unmerged("merge");
     safe_merge(w0_, adapter_, &ws_);
     merged_ = true;
   }
-  /// \brief Undoes merge(); throws if not merged.
+  /// \brief Undoes merge() (W0 -= ΔW; equal to the W0 before merge() up to rounding).
+  /// \throws state_error if not merged.
   void unmerge() {
     if (!merged_) throw state_error("vera::linear::unmerge: the adapter is not merged");
     vera::unmerge(w0_, adapter_, &ws_);

@@ -25,15 +25,16 @@ struct adapter_options {
   index rank = 0;             ///< rank of this layer; 0 means the projection's rank
   double d_initial = 0.1;     ///< PEFT's `d_initial`
   double b_initial = 0.0;     ///< 0 makes the adapted layer start equal to the base layer
-  init_kind init = init_kind::constant;
+  init_kind init = init_kind::constant;  ///< how b and d start (see init_kind)
   std::uint64_t init_seed = 0;  ///< used by init_kind::random
-  bool train_b = true;
-  bool train_d = true;
+  bool train_b = true;          ///< false freezes lambda_b (no gradient, optimizers skip it)
+  bool train_d = true;          ///< false freezes lambda_d (no gradient, optimizers skip it)
   double dropout = 0.0;         ///< PEFT's `vera_dropout`, on the adapter input in training only
   bool fan_in_fan_out = false;  ///< W0 stored as in x out (GPT-2 Conv1D), so the delta is transposed
 };
 
-/// \brief Throws value_error naming the field when a setting is out of range.
+/// \brief Checks every setting: rank >= 0, finite d_initial and b_initial, dropout in [0, 1).
+/// \throws value_error naming the first field out of range.
 inline void validate(const adapter_options& options) {
   if (options.rank < 0) {
     throw value_error("adapter_options.rank: expected >= 0, got " + std::to_string(options.rank));

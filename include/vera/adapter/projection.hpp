@@ -35,11 +35,14 @@ class projection {
                 "vera::projection<T>: T must be float or double");
 
  public:
-  using scalar = T;
+  using scalar = T;  ///< Element type, float or double.
+  /// Read-only view of a layer's A (rank x in).
   using a_block = Eigen::Block<const row_matrix<T>>;
+  /// Read-only view of a layer's B (out x rank).
   using b_block = Eigen::Block<const row_matrix<T>>;
 
-  /// \brief Generates A and B from `spec`; throws value_error for non-positive extents.
+  /// \brief Generates A (rank x max_in) and B (max_out x rank) from `spec`.
+  /// \throws value_error for non-positive extents (see validate(const projection_spec&)).
   explicit projection(const projection_spec& spec) {
     validate(spec);
     std::vector<float> a(static_cast<std::size_t>(spec.rank * spec.max_in));
@@ -56,6 +59,7 @@ class projection {
   ///
   /// `spec` records where they came from; its rank and extents must match the matrices' shapes
   /// (A: rank x max_in, B: max_out x rank). The values are taken as given.
+  /// \throws value_error for a bad spec; shape_error when A or B has another shape.
   projection(const projection_spec& spec, row_matrix<T> a, row_matrix<T> b) {
     validate(spec);
     check_shape("projection A", spec.rank, spec.max_in, a.rows(), a.cols());
@@ -67,9 +71,13 @@ class projection {
     state_ = std::move(built);
   }
 
+  /// \brief The spec the matrices were generated from (or recorded with).
   const projection_spec& spec() const noexcept { return state_->spec; }
+  /// \brief Rank of the projection: rows of A, columns of B.
   index rank() const noexcept { return state_->spec.rank; }
+  /// \brief Columns of A: the largest in_features an adapter may have.
   index max_in() const noexcept { return state_->spec.max_in; }
+  /// \brief Rows of B: the largest out_features an adapter may have.
   index max_out() const noexcept { return state_->spec.max_out; }
 
   /// \brief The full A, rank x max_in.
@@ -78,11 +86,15 @@ class projection {
   const row_matrix<T>& b() const noexcept { return state_->b; }
 
   /// \brief A[:rank, :in] for a layer with `in` input features and rank `rank` (<= this rank).
+  /// \throws value_error for in or rank <= 0; shape_error for in > max_in(); rank_error for
+  ///         rank > rank().
   a_block a(index in, index rank) const {
     check_slice(in, max_in(), "in_features", rank);
     return state_->a.topLeftCorner(rank, in);
   }
   /// \brief B[:out, :rank] for a layer with `out` output features and rank `rank`.
+  /// \throws value_error for out or rank <= 0; shape_error for out > max_out(); rank_error for
+  ///         rank > rank().
   b_block b(index out, index rank) const {
     check_slice(out, max_out(), "out_features", rank);
     return state_->b.topLeftCorner(out, rank);

@@ -16,6 +16,7 @@ namespace vera {
 template <class T>
 class workspace {
  public:
+  /// Column-major buffer type of each slot.
   using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
 
   /// \brief A rows x cols scratch matrix in slot `slot` (0..3); contents are unspecified.

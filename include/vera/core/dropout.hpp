@@ -11,8 +11,8 @@ namespace vera {
 
 /// \brief Identifies one dropout mask: a training step of one adapted layer.
 struct dropout_key {
-  std::uint64_t seed = 0;
-  std::uint64_t step = 0;
+  std::uint64_t seed = 0;  ///< the context's dropout seed
+  std::uint64_t step = 0;  ///< training forward counter of the context (one mask per forward)
   double probability = 0.0;  ///< probability of dropping an element, in [0, 1)
 };
 

@@ -12,7 +12,8 @@ namespace vera {
 ///
 /// x86-64 builds of torch with AVX2 or newer evaluate it as one fused multiply-add; the scalar
 /// `default` kernel rounds the product first. PEFT's own A and B therefore depend on the CPU
-/// that generated them; `fused` matches every AVX2/AVX-512 machine.
+/// that generated them; `fused` (one FMA) matches every AVX2/AVX-512 machine, `separate`
+/// (product rounded, then the sum) the scalar kernel.
 enum class peft_rounding { fused, separate };
 
 namespace detail {

@@ -16,12 +16,12 @@ namespace vera {
 /// The same (key, counter) gives the same four words on every backend and in any order, so a
 /// kernel can regenerate any tile of a projection or a dropout mask instead of reading it.
 struct philox4x32 {
-  using counter_type = std::array<std::uint32_t, 4>;
-  using key_type = std::array<std::uint32_t, 2>;
+  using counter_type = std::array<std::uint32_t, 4>;  ///< 128-bit counter, four words.
+  using key_type = std::array<std::uint32_t, 2>;  ///< 64-bit key (the seed), low word first.
 
   /// \brief Four words as a plain aggregate: std::array is host-only, this works on the device.
   struct block {
-    std::uint32_t word[4];
+    std::uint32_t word[4];  ///< counter or output words
   };
 
   /// \brief The ten rounds on plain words; the definition both backends share.
@@ -43,6 +43,7 @@ struct philox4x32 {
     return counter;
   }
 
+  /// \brief Four random words for `counter` under `key` (host convenience over generate_block).
   static constexpr counter_type generate(counter_type counter, key_type key) {
     const block out =
         generate_block(block{{counter[0], counter[1], counter[2], counter[3]}}, key[0], key[1]);

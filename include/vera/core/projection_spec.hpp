@@ -22,11 +22,11 @@ enum class generator {
 ///
 /// Two specs that compare equal produce bit-identical matrices on every backend.
 struct projection_spec {
-  std::uint64_t seed = 0;
-  index rank = 0;
-  index max_in = 0;
-  index max_out = 0;
-  generator kind = generator::peft;
+  std::uint64_t seed = 0;  ///< PEFT's `projection_prng_key` (only its low 32 bits seed mt19937)
+  index rank = 0;  ///< rows of A, columns of B
+  index max_in = 0;  ///< columns of A: the largest in_features of any adapted layer
+  index max_out = 0;  ///< rows of B: the largest out_features of any adapted layer
+  generator kind = generator::peft;  ///< which generator fills A and B
   peft_rounding rounding = peft_rounding::fused;  ///< only used by generator::peft
 
   friend bool operator==(const projection_spec& a, const projection_spec& b) {
@@ -36,8 +36,9 @@ struct projection_spec {
   friend bool operator!=(const projection_spec& a, const projection_spec& b) { return !(a == b); }
 };
 
-/// \brief Throws value_error unless rank, max_in and max_out are positive and small enough to
-///        address in memory.
+/// \brief Checks that rank, max_in and max_out are positive and small enough to address in
+///        memory.
+/// \throws value_error naming the extent otherwise.
 inline void validate(const projection_spec& spec) {
   check_positive("projection rank", spec.rank);
   check_positive("projection max_in", spec.max_in);
@@ -72,6 +73,8 @@ inline void philox_fill(std::uint64_t seed, std::uint32_t which, index rows, ind
 /// \brief Fills A (rank x max_in) and B (max_out x rank), both row-major float32, as the spec says.
 ///
 /// Kaiming-uniform bounds as in PEFT: sqrt(6 / max_in) for A and sqrt(6 / rank) for B.
+/// The buffers must hold rank * max_in and max_out * rank floats.
+/// \throws value_error for a bad spec (see validate(const projection_spec&)).
 inline void generate_projection(const projection_spec& spec, float* a_row_major,
                                 float* b_row_major) {
   validate(spec);

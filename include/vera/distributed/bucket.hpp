@@ -25,10 +25,11 @@ namespace vera::distributed {
 template <class T>
 class gradient_bucket {
  public:
+  /// \brief One registered gradient buffer.
   struct entry {
-    std::string name;
-    T* data;
-    index size;
+    std::string name;  ///< unique within the bucket
+    T* data;           ///< `size` contiguous values, read by pack() and written by unpack()
+    index size;        ///< number of elements
   };
 
   /// \brief Registers a writable contiguous Eigen buffer (vector, matrix, Map, whole columns).
@@ -44,6 +45,8 @@ class gradient_bucket {
   }
   /// \brief Registers the gradients of the vectors `ad` trains, as "<name>.lambda_b" and
   ///        "<name>.lambda_d" (the names optimizers use for the same adapter).
+  /// \throws shape_error when `grads` is not sized for `ad` (out, rank); value_error for an empty
+  ///         or repeated name.
   void add(const std::string& name, const adapter<T>& ad, gradients<T>& grads) {
     check_size(("'" + name + "' gradients lambda_b").c_str(), ad.out_features(), grads.lambda_b.size());
     check_size(("'" + name + "' gradients lambda_d").c_str(), ad.rank(), grads.lambda_d.size());
@@ -51,12 +54,15 @@ class gradient_bucket {
     if (ad.options().train_d) add_buffer(name + ".lambda_d", grads.lambda_d);
   }
 
+  /// \brief The registered buffers, in registration (and packing) order.
   const std::vector<entry>& entries() const noexcept { return entries_; }
   /// \brief Scalars in the fused buffer.
   index size() const noexcept { return static_cast<index>(fused_.size()); }
   /// \brief Bytes one reduction moves into and out of the fused buffer.
   std::size_t bytes() const noexcept { return fused_.size() * sizeof(T); }
+  /// \brief The fused buffer, size() elements: what a collective reduces.
   T* data() noexcept { return fused_.data(); }
+  /// \brief The fused buffer, read-only.
   const T* data() const noexcept { return fused_.data(); }
 
   /// \brief Copies every registered buffer into the fused buffer, in registration order.

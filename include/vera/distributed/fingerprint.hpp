@@ -15,21 +15,23 @@ namespace vera::distributed {
 /// \brief Spec fields and a content hash of a projection, as plain integers so that they can be
 ///        exchanged with any communication library.
 struct projection_fingerprint {
-  std::uint64_t seed = 0;
-  std::uint64_t generator = 0;
-  std::uint64_t rounding = 0;
-  std::uint64_t rank = 0;
-  std::uint64_t max_in = 0;
-  std::uint64_t max_out = 0;
-  std::uint64_t scalar_bytes = 0;
+  std::uint64_t seed = 0;  ///< projection_spec::seed
+  std::uint64_t generator = 0;  ///< projection_spec::kind as an integer
+  std::uint64_t rounding = 0;  ///< projection_spec::rounding (0 unless generator::peft)
+  std::uint64_t rank = 0;  ///< projection rank
+  std::uint64_t max_in = 0;  ///< columns of A
+  std::uint64_t max_out = 0;  ///< rows of B
+  std::uint64_t scalar_bytes = 0;  ///< sizeof(T) of the projection
   std::uint64_t content = 0;  ///< FNV-1a over the bytes of A, then B
 
-  static constexpr int fields = 8;
-  using words_type = std::array<std::uint64_t, fields>;
+  static constexpr int fields = 8;  ///< number of words in words()
+  using words_type = std::array<std::uint64_t, fields>;  ///< The fields as one array, for exchange.
 
+  /// \brief The fields in declaration order.
   words_type words() const noexcept {
     return {seed, generator, rounding, rank, max_in, max_out, scalar_bytes, content};
   }
+  /// \brief Inverse of words(): `w` points to `fields` words.
   static projection_fingerprint from_words(const std::uint64_t* w) noexcept {
     return {w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]};
   }

@@ -135,6 +135,7 @@ void check_parameters(const optim::parameter_list<T>& parameters, MPI_Comm comm 
 
 /// \brief Collective: replaces every registered gradient by its mean over the ranks, with one
 ///        in-place MPI_Allreduce over the fused buffer. Allocation-free.
+/// \throws communication_error when an MPI call reports failure.
 template <class T>
 void allreduce_mean(gradient_bucket<T>& bucket, MPI_Comm comm = MPI_COMM_WORLD) {
   int ranks = 1;
@@ -147,6 +148,7 @@ void allreduce_mean(gradient_bucket<T>& bucket, MPI_Comm comm = MPI_COMM_WORLD) 
 }
 
 /// \brief Collective: the mean of `value` over the ranks (a loss for logging, for example).
+/// \throws communication_error when an MPI call reports failure.
 inline double mean_over_ranks(double value, MPI_Comm comm = MPI_COMM_WORLD) {
   int ranks = 1;
   detail::check_mpi(MPI_Comm_size(comm, &ranks), "MPI_Comm_size");

@@ -43,6 +43,8 @@ ncclDataType_t nccl_type() {
 ///        goes out of scope.
 class nccl_communicator {
  public:
+  /// \brief Creates the communicator: rank 0 makes the NCCL id, MPI broadcasts it. Collective.
+  /// \throws communication_error when an MPI or NCCL call fails.
   explicit nccl_communicator(MPI_Comm comm = MPI_COMM_WORLD) {
     int rank = 0, ranks = 1;
     detail::check_mpi(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
@@ -59,7 +61,9 @@ class nccl_communicator {
     if (comm_ != nullptr) ncclCommDestroy(comm_);
   }
 
+  /// \brief The NCCL handle, for the caller's own collectives.
   ncclComm_t get() const noexcept { return comm_; }
+  /// \brief Number of ranks in the communicator.
   int ranks() const noexcept { return ranks_; }
 
  private:
@@ -70,6 +74,7 @@ class nccl_communicator {
 /// \brief Replaces `count` device values at `device_gradients` (the caller's fused gradient
 ///        buffer) by their mean over the ranks, in place, enqueued on `stream`. No
 ///        synchronisation and no allocation: the result is ready when the stream gets there.
+/// \throws communication_error when NCCL refuses to enqueue the reduction.
 template <class T>
 void allreduce_mean(T* device_gradients, std::size_t count, const nccl_communicator& comm,
                     cudaStream_t stream) {

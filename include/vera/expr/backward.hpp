@@ -61,11 +61,15 @@ class parameter_gradient_expr {
   static_assert(scalar_matches<GD, T>, "vera::parameter_gradients: G must have the adapter's scalar type");
 
  public:
+  /// \brief Checks G against the adapter and the context; see vera::parameter_gradients.
+  /// \throws state_error when ctx holds no training forward; shape_error when G is not n x out
+  ///         (n: rows of that forward); rank_error when ctx was filled at another rank.
   parameter_gradient_expr(const GD& g, const adapter<T>& ad, const forward_context<T>& ctx)
       : g_(g), adapter_(&ad), context_(&ctx) {
     detail::check_upstream(g, ad, ctx);
   }
 
+  /// \brief Use `ws` for scratch memory instead of allocating.
   parameter_gradient_expr using_workspace(workspace<T>& ws) const {
     parameter_gradient_expr copy(*this);
     copy.workspace_ = &ws;
@@ -93,11 +97,16 @@ class parameter_gradient_expr {
     eval_to(out);
     return out;
   }
+  /// \brief Evaluates into a fresh gradients<T>, for `gradients<T> g = expr;`.
   operator gradients<T>() const { return eval(); }  // NOLINT: evaluation on conversion is the point
 
+  /// \brief G = dL/dY, n x out.
   const detail::closure_t<GD>& upstream() const noexcept { return g_; }
+  /// \brief The adapter.
   const adapter<T>& layer() const noexcept { return *adapter_; }
+  /// \brief The context of the training forward.
   const forward_context<T>& context() const noexcept { return *context_; }
+  /// \brief The workspace set by using_workspace(), or null.
   workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
@@ -107,6 +116,8 @@ class parameter_gradient_expr {
   workspace<T>* workspace_ = nullptr;
 };
 
+/// \brief `grads += parameter_gradients(...)`: accumulates into existing buffers.
+/// \throws shape_error when `out` is not sized for the adapter (out, rank).
 template <class Exec, class GD, class T>
 gradients<T>& operator+=(gradients<T>& out, const parameter_gradient_expr<Exec, GD, T>& e) {
   e.eval_to(out, assign_mode::accumulate);
@@ -123,43 +134,60 @@ class input_gradient_expr : public Eigen::ReturnByValue<input_gradient_expr<Exec
   static_assert(scalar_matches<WD, T>, "vera::input_gradient: W0 must have the adapter's scalar type");
 
  public:
+  /// \brief Checks G, W0 and the context; see vera::input_gradient.
+  /// \throws state_error when ctx holds no training forward; shape_error when G is not n x out or
+  ///         W0 does not fit the adapter; rank_error when ctx was filled at another rank.
   input_gradient_expr(const GD& g, const WD& w0, const adapter<T>& ad, const forward_context<T>& ctx)
       : g_(g), w0_(w0), adapter_(&ad), context_(&ctx) {
     detail::check_upstream(g, ad, ctx);
     detail::check_base_weight("W0", w0, ad);
   }
 
+  /// \brief n, the rows of G.
   Eigen::Index rows() const { return g_.rows(); }
+  /// \brief in, the layer's input features.
   Eigen::Index cols() const { return adapter_->in_features(); }
 
+  /// \brief Use `ws` for scratch memory instead of allocating.
   input_gradient_expr using_workspace(workspace<T>& ws) const {
     input_gradient_expr copy(*this);
     copy.workspace_ = &ws;
     return copy;
   }
+  /// \brief Force an association order instead of the cost model's choice.
   input_gradient_expr with_order(order requested) const {
     input_gradient_expr copy(*this);
     copy.order_ = requested;
     return copy;
   }
 
+  /// \brief Eigen's hook for `dX = expr`: overwrites dX.
+  /// \throws shape_error when dX is not n x in; aliasing_error when dX overlaps G or W0.
   template <class Dst>
   void evalTo(Dst& dst) const {
     // A resizable destination already has this shape; a block or map may not.
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst, assign_mode::overwrite);
   }
+  /// \brief dX += expr without a temporary; dX must already be n x in.
+  /// \throws shape_error when dX is not n x in; aliasing_error when dX overlaps G or W0.
   template <class Dst>
   void add_to(Eigen::MatrixBase<Dst>& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
   }
 
+  /// \brief G = dL/dY, n x out.
   const detail::closure_t<GD>& upstream() const noexcept { return g_; }
+  /// \brief W0, out x in (in x out with fan_in_fan_out).
   const detail::closure_t<WD>& w0() const noexcept { return w0_; }
+  /// \brief The adapter.
   const adapter<T>& layer() const noexcept { return *adapter_; }
+  /// \brief The context of the training forward.
   const forward_context<T>& context() const noexcept { return *context_; }
+  /// \brief The workspace set by using_workspace(), or null.
   workspace<T>* scratch() const noexcept { return workspace_; }
+  /// \brief The order set by with_order() (order::automatic by default).
   order requested_order() const noexcept { return order_; }
 
  private:
@@ -171,14 +199,18 @@ class input_gradient_expr : public Eigen::ReturnByValue<input_gradient_expr<Exec
   order order_ = order::automatic;
 };
 
-/// \brief Lazy gradients of lambda_b and lambda_d. Shapes: G n x out, ctx from the training
-///        forward of the same n rows. Throws state_error if ctx holds no training forward.
+/// \brief Lazy gradients of lambda_b and lambda_d on policy `Exec`. Shapes: G n x out, ctx from
+///        the training forward of the same n rows; the result is (out, rank).
+/// \throws state_error if ctx holds no training forward; shape_error for G of another shape;
+///         rank_error when ctx was filled by a forward of another rank.
 template <class Exec, class GD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
 parameter_gradient_expr<Exec, GD, T> parameter_gradients(Exec, const Eigen::MatrixBase<GD>& g,
                                                         const adapter<T>& ad,
                                                         const forward_context<T>& ctx) {
   return {g.derived(), ad, ctx};
 }
+/// \brief Lazy gradients of lambda_b and lambda_d on the default (CPU) policy; as the overload
+///        above. A temporary adapter is refused at compile time.
 template <class GD, class T>
 parameter_gradient_expr<exec::default_policy, GD, T> parameter_gradients(
     const Eigen::MatrixBase<GD>& g, const adapter<T>& ad, const forward_context<T>& ctx) {
@@ -187,7 +219,10 @@ parameter_gradient_expr<exec::default_policy, GD, T> parameter_gradients(
 template <class GD, class T>
 void parameter_gradients(const Eigen::MatrixBase<GD>&, adapter<T>&&, const forward_context<T>&) = delete;
 
-/// \brief Lazy gradient of the layer input. Shapes: G n x out, W0 as in vera::forward.
+/// \brief Lazy gradient of the layer input on policy `Exec`. Shapes: G n x out, W0 as in
+///        vera::forward; the result dX is n x in.
+/// \throws state_error if ctx holds no training forward; shape_error for G or W0 of another
+///         shape; rank_error when ctx was filled by a forward of another rank.
 template <class Exec, class GD, class WD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
 input_gradient_expr<Exec, GD, WD, T> input_gradient(Exec, const Eigen::MatrixBase<GD>& g,
                                                     const Eigen::MatrixBase<WD>& w0,
@@ -195,6 +230,8 @@ input_gradient_expr<Exec, GD, WD, T> input_gradient(Exec, const Eigen::MatrixBas
                                                     const forward_context<T>& ctx) {
   return {g.derived(), w0.derived(), ad, ctx};
 }
+/// \brief Lazy gradient of the layer input on the default (CPU) policy; as the overload above.
+///        A temporary adapter is refused at compile time.
 template <class GD, class WD, class T>
 input_gradient_expr<exec::default_policy, GD, WD, T> input_gradient(const Eigen::MatrixBase<GD>& g,
                                                                     const Eigen::MatrixBase<WD>& w0,

@@ -15,23 +15,25 @@ enum class order {
 
 /// \brief Extents of one adapted product: rows (tokens), in, out and rank.
 struct product_extents {
-  index rows = 0;
-  index in = 0;
-  index out = 0;
-  index rank = 0;
+  index rows = 0;  ///< n: rows of X and Y (tokens)
+  index in = 0;  ///< input features
+  index out = 0;  ///< output features
+  index rank = 0;  ///< adapter rank r
 };
 
 /// \brief Estimated cost of both orders, in flop-equivalents.
 struct order_costs {
-  double low_rank = 0.0;
-  double merged = 0.0;
+  double low_rank = 0.0;  ///< cost of order::low_rank
+  double merged = 0.0;  ///< cost of order::merged
 };
 
 /// \brief Flop-equivalents charged per element of an out x in matrix that the merged order
 ///        builds: a copy of W0 and an accumulate pass when a reused workspace holds it, plus the
 ///        first touch of fresh pages (about 10 µs per 4 KiB page) when it must be allocated.
 struct merge_overheads {
+  /// Per element when a workspace already holds the buffer.
   static constexpr double reused_workspace = 4.0;
+  /// Per element when the buffer is freshly allocated.
   static constexpr double fresh_allocation = 256.0;
 };
 

@@ -77,6 +77,8 @@ class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias
   static_assert(scalar_matches<WD, T>, "vera::forward: W0 must have the adapter's scalar type");
 
  public:
+  /// \brief Checks the shapes and keeps the operands; see vera::forward.
+  /// \throws shape_error naming X, W0 or bias when its shape does not fit the adapter.
   forward_expr(const XD& x, const WD& w0, const Bias& bias, const adapter<T>& ad)
       : x_(x), w0_(w0), bias_(bias), adapter_(&ad) {
     check_cols("X", ad.in_features(), x.cols(), "the layer's in_features");
@@ -89,7 +91,9 @@ class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias
     }
   }
 
+  /// \brief n, the rows of X.
   Eigen::Index rows() const { return x_.rows(); }
+  /// \brief out, the layer's output features.
   Eigen::Index cols() const { return adapter_->out_features(); }
 
   /// \brief Training forward: dropout on, P saved in `ctx` (one context per layer, reused).
@@ -112,6 +116,7 @@ class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias
   }
 
   /// \brief Eigen's hook for `Y = expr`: overwrites Y.
+  /// \throws shape_error when Y is not n x out; aliasing_error when Y overlaps X, W0 or bias.
   template <class Dst>
   void evalTo(Dst& dst) const {
     // A resizable destination already has this shape; a block or map may not.
@@ -119,18 +124,26 @@ class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias
     evaluate(Exec{}, *this, dst, assign_mode::overwrite);
   }
   /// \brief Y += expr without a temporary; Y must already be n x out.
+  /// \throws shape_error when Y is not n x out; aliasing_error when Y overlaps X, W0 or bias.
   template <class Dst>
   void add_to(Eigen::MatrixBase<Dst>& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
   }
 
+  /// \brief X, n x in (as held: by reference or by value, see the aliasing rule).
   const detail::closure_t<XD>& x() const noexcept { return x_; }
+  /// \brief W0, out x in (in x out with fan_in_fan_out).
   const detail::closure_t<WD>& w0() const noexcept { return w0_; }
+  /// \brief The bias (out elements) or vera::no_bias.
   const detail::bias_closure_t<Bias>& bias() const noexcept { return bias_; }
+  /// \brief The adapter.
   const adapter<T>& layer() const noexcept { return *adapter_; }
+  /// \brief The context set by train(), or null for an inference forward.
   forward_context<T>* context() const noexcept { return context_; }
+  /// \brief The workspace set by using_workspace(), or null.
   workspace<T>* scratch() const noexcept { return workspace_; }
+  /// \brief The order set by with_order() (order::automatic by default).
   order requested_order() const noexcept { return order_; }
 
  private:
@@ -145,8 +158,10 @@ class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias
 
 /// \brief Lazy forward of an adapted linear layer on policy `Exec`.
 ///
-/// Shapes: X n x in, W0 out x in (in x out with fan_in_fan_out), bias out (or vera::no_bias).
-/// Throws shape_error naming the operand when a shape is wrong.
+/// Shapes: X n x in, W0 out x in (in x out with fan_in_fan_out), bias out (or vera::no_bias);
+/// the result is n x out. All operands must have the adapter's scalar type (checked at compile
+/// time). A temporary adapter is refused at compile time.
+/// \throws shape_error naming the operand when a shape is wrong (when the expression is built).
 template <class Exec, class XD, class WD, class Bias, class T,
           class = std::enable_if_t<std::is_empty_v<Exec>>>
 forward_expr<Exec, XD, WD, Bias, T> forward(Exec, const Eigen::MatrixBase<XD>& x,

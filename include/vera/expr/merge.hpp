@@ -41,25 +41,34 @@ namespace vera {
 template <class Exec, class T>
 class delta_weight_expr : public Eigen::ReturnByValue<delta_weight_expr<Exec, T>> {
  public:
+  /// \brief Refers to `ad`, which must outlive the expression; see vera::delta_weight.
   explicit delta_weight_expr(const adapter<T>& ad) : adapter_(&ad) {}
 
+  /// \brief out (in with fan_in_fan_out).
   Eigen::Index rows() const {
     return adapter_->options().fan_in_fan_out ? adapter_->in_features() : adapter_->out_features();
   }
+  /// \brief in (out with fan_in_fan_out).
   Eigen::Index cols() const {
     return adapter_->options().fan_in_fan_out ? adapter_->out_features() : adapter_->in_features();
   }
 
+  /// \brief Eigen's hook for `dW = expr`: overwrites dW.
+  /// \throws shape_error when dW does not have the shape rows() x cols().
   template <class Dst>
   void evalTo(Dst& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst, T(0), T(1));
   }
+  /// \brief W += ΔW (a merge) in one GEMM, without a temporary of W's size.
+  /// \throws shape_error when W does not have the shape rows() x cols().
   template <class Dst>
   void add_to(Eigen::MatrixBase<Dst>& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst.derived(), T(1), T(1));
   }
+  /// \brief W -= ΔW (an unmerge) in one GEMM, without a temporary of W's size.
+  /// \throws shape_error when W does not have the shape rows() x cols().
   template <class Dst>
   void subtract_from(Eigen::MatrixBase<Dst>& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
@@ -73,7 +82,9 @@ class delta_weight_expr : public Eigen::ReturnByValue<delta_weight_expr<Exec, T>
     return copy;
   }
 
+  /// \brief The adapter.
   const adapter<T>& layer() const noexcept { return *adapter_; }
+  /// \brief The workspace set by using_workspace(), or null.
   workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
@@ -87,12 +98,18 @@ class merged_weight_expr : public Eigen::ReturnByValue<merged_weight_expr<Exec, 
   static_assert(scalar_matches<WD, T>, "vera::merged_weight: W0 must have the adapter's scalar type");
 
  public:
+  /// \brief Checks W0 against the adapter; see vera::merged_weight.
+  /// \throws shape_error when W0 is not out x in (in x out with fan_in_fan_out).
   merged_weight_expr(const WD& w0, const adapter<T>& ad) : w0_(w0), delta_(ad) {
     detail::check_base_weight("W0", w0, ad);
   }
+  /// \brief Rows of W0.
   Eigen::Index rows() const { return w0_.rows(); }
+  /// \brief Columns of W0.
   Eigen::Index cols() const { return w0_.cols(); }
 
+  /// \brief Eigen's hook for `W = expr`: W = W0 + ΔW.
+  /// \throws shape_error when W does not have W0's shape; aliasing_error when W overlaps W0.
   template <class Dst>
   void evalTo(Dst& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
@@ -106,7 +123,8 @@ class merged_weight_expr : public Eigen::ReturnByValue<merged_weight_expr<Exec, 
   delta_weight_expr<Exec, T> delta_;
 };
 
-/// \brief Lazy ΔW of `ad` on policy Exec (default: CPU).
+/// \brief Lazy ΔW of `ad` on policy Exec (default: CPU): out x in, or in x out with
+///        fan_in_fan_out. A temporary adapter is refused at compile time.
 template <class Exec = exec::default_policy, class T>
 delta_weight_expr<Exec, T> delta_weight(const adapter<T>& ad) {
   return delta_weight_expr<Exec, T>(ad);
@@ -114,7 +132,8 @@ delta_weight_expr<Exec, T> delta_weight(const adapter<T>& ad) {
 template <class Exec = exec::default_policy, class T>
 void delta_weight(adapter<T>&&) = delete;
 
-/// \brief Lazy W0 + ΔW.
+/// \brief Lazy W0 + ΔW, W0's shape. A temporary adapter is refused at compile time.
+/// \throws shape_error when W0 is not out x in (in x out with fan_in_fan_out).
 template <class Exec = exec::default_policy, class WD, class T>
 merged_weight_expr<Exec, WD, T> merged_weight(const Eigen::MatrixBase<WD>& w0, const adapter<T>& ad) {
   return {w0.derived(), ad};
@@ -124,6 +143,7 @@ template <class Exec = exec::default_policy, class WD, class T>
 void merged_weight(const Eigen::MatrixBase<WD>&, adapter<T>&&) = delete;
 
 /// \brief W0 += ΔW in place. Shapes as in vera::forward. `ws` (optional) avoids allocating.
+/// \throws shape_error when W0 is not out x in (in x out with fan_in_fan_out).
 template <class WD, class T>
 void merge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
   detail::check_base_weight("W0", w0, ad);
@@ -132,6 +152,7 @@ void merge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* ws = n
 }
 
 /// \brief W0 -= ΔW in place; undoes merge up to rounding (one rounding per element each way).
+/// \throws shape_error when W0 is not out x in (in x out with fan_in_fan_out).
 template <class WD, class T>
 void unmerge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
   detail::check_base_weight("W0", w0, ad);
@@ -142,6 +163,8 @@ void unmerge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* ws =
 /// \brief W0 += ΔW only if every merged element is finite; otherwise throws value_error naming
 ///        the first bad element and leaves W0 untouched. Uses `ws` (or a local buffer) for the
 ///        candidate weight.
+/// \throws shape_error when W0 is not out x in (in x out with fan_in_fan_out); value_error when
+///         a merged element is not finite.
 template <class WD, class T>
 void safe_merge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
   detail::check_base_weight("W0", w0, ad);

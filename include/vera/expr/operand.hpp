@@ -14,9 +14,11 @@ namespace vera {
 
 /// \brief Stands for "no bias" in a forward expression.
 struct no_bias_t {};
+/// \brief Pass in place of the bias vector for a layer without one.
 inline constexpr no_bias_t no_bias{};
 
-/// \brief Whether an evaluation replaces the destination or adds to it.
+/// \brief Whether an evaluation replaces the destination (`overwrite`) or adds to it
+///        (`accumulate`).
 enum class assign_mode { overwrite, accumulate };
 
 namespace detail {
@@ -57,6 +59,7 @@ bool overlaps(const Dst& dst, const Operand& operand) {
 /// \brief The aliasing rule: a vera expression is evaluated directly into its destination, as
 ///        Eigen's noalias() would, so the destination must not share memory with any operand.
 ///        Violations are detected for operands with direct access and reported, never computed.
+/// \throws aliasing_error naming `operation` and `operand_name` when the byte ranges overlap.
 template <class Dst, class Operand>
 void check_no_alias(const char* operation, const Dst& dst, const char* operand_name,
                     const Operand& operand) {

@@ -29,8 +29,8 @@ inline constexpr std::size_t max_config_size = std::size_t{16} << 20;
 /// "." + name) or one regular expression matched against whole paths; absent means PEFT chose
 /// from the model type.
 struct target_modules {
-  std::vector<std::string> names;
-  std::optional<std::string> pattern;
+  std::vector<std::string> names;  ///< module names; used when `pattern` is empty
+  std::optional<std::string> pattern;  ///< a regular expression over whole module paths
 
   friend bool operator==(const target_modules& a, const target_modules& b) {
     return a.names == b.names && a.pattern == b.pattern;
@@ -39,6 +39,7 @@ struct target_modules {
 };
 
 /// \brief Which base-layer biases PEFT trains (VeRA itself adds no bias).
+///        The values are PEFT's "none", "all" and "vera_only".
 enum class bias_mode { none, all, vera_only };
 
 /// \brief The contents of a PEFT VeRA adapter_config.json.
@@ -48,25 +49,29 @@ enum class bias_mode { none, all, vera_only };
 /// `peft_version`, `auto_mapping`) survive a read/write round trip, and a field whose value is
 /// unchanged keeps its original spelling (`"layers_to_transform": 3` is not rewritten as `[3]`).
 struct vera_config {
-  std::int64_t r = 256;
-  io::target_modules target_modules;
+  std::int64_t r = 256;  ///< rank of the shared projection
+  io::target_modules target_modules;  ///< adapted modules
   std::uint64_t projection_prng_key =
       0;  ///< torch.manual_seed semantics: negative keys wrap mod 2^64
-  bool save_projection = true;
-  double vera_dropout = 0.0;
-  double d_initial = 0.1;
-  bool fan_in_fan_out = false;
-  bias_mode bias = bias_mode::none;
+  bool save_projection = true;  ///< whether A and B are stored in the weights file
+  double vera_dropout = 0.0;  ///< dropout on the adapter input, in [0, 1)
+  double d_initial = 0.1;  ///< initial value of every lambda_d
+  bool fan_in_fan_out = false;  ///< W0 stored as in x out (GPT-2 Conv1D)
+  bias_mode bias = bias_mode::none;  ///< which base biases PEFT trains
+  /// Modules PEFT trains and saves whole (not read by vera).
   std::optional<std::vector<std::string>> modules_to_save;
-  bool init_weights = true;
+  bool init_weights = true;  ///< false: PEFT's random init (b = 1, d ~ N(0, 1)); see init_kind
+  /// PEFT adapts only layers with these indices.
   std::optional<std::vector<std::int64_t>> layers_to_transform;
+  /// PEFT: module path names before the layer index.
   std::optional<std::vector<std::string>> layers_pattern;
-  std::optional<std::string> task_type;
-  bool inference_mode = false;
+  std::optional<std::string> task_type;  ///< PEFT task type, e.g. "CAUSAL_LM"
+  bool inference_mode = false;  ///< PEFT's flag for adapters saved for inference
+  /// The base model the adapter was trained on.
   std::optional<std::string> base_model_name_or_path;
-  std::optional<std::string> revision;
+  std::optional<std::string> revision;  ///< the base model's revision
 
-  nlohmann::json json = nlohmann::json::object();
+  nlohmann::json json = nlohmann::json::object();  ///< the object read, kept for unknown fields
 
   /// \brief Reads the typed fields from `object`; throws format_error naming `source` and the
   ///        field when peft_type is not "VERA", r is missing, or a field has the wrong type or
@@ -75,16 +80,20 @@ struct vera_config {
                                const std::string& source = "adapter_config.json");
 
   /// \brief Parses JSON text (duplicate keys and absurd nesting are errors), then from_json().
+  /// \throws format_error naming `source` for invalid JSON or an invalid config.
   static vera_config parse(const std::string& text,
                            const std::string& source = "adapter_config.json");
 
   /// \brief Reads `path`, or `path`/adapter_config.json when `path` is a directory.
+  /// \throws io_error when the file cannot be read; format_error when it is larger than
+  ///         max_config_size, not valid JSON, or not a valid VeRA config (see from_json).
   static vera_config read(const std::filesystem::path& path);
 
   /// \brief The JSON object: the kept object with every typed field written over it.
   nlohmann::json to_json() const;
 
   /// \brief Writes to_json() to `path` atomically, indented like PEFT's files.
+  /// \throws value_error when a string field is not valid UTF-8; io_error when writing fails.
   void write(const std::filesystem::path& path) const;
 };
 

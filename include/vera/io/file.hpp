@@ -87,7 +87,9 @@ class mapped_file {
 
   mapped_file(const mapped_file&) = delete;
   mapped_file& operator=(const mapped_file&) = delete;
+  /// \brief Takes over the mapping; `other` is left empty.
   mapped_file(mapped_file&& other) noexcept { swap(other); }
+  /// \brief Takes over the mapping, releasing this one's; `other` is left empty.
   mapped_file& operator=(mapped_file&& other) noexcept {
     mapped_file(std::move(other)).swap(*this);
     return *this;
@@ -98,8 +100,11 @@ class mapped_file {
 #endif
   }
 
+  /// \brief The file's bytes (null for an empty file or a default-constructed object).
   const unsigned char* data() const noexcept { return data_; }
+  /// \brief Size of the file in bytes.
   std::size_t size() const noexcept { return size_; }
+  /// \brief The path the file was opened with.
   const std::filesystem::path& path() const noexcept { return path_; }
 
  private:
@@ -181,6 +186,7 @@ class atomic_file {
   }
 
   /// \brief Flushes the data to disk and renames the temporary file over the target.
+  /// \throws io_error when flushing, closing or renaming fails (the target is then unchanged).
   void commit() {
 #if VERA_DETAIL_POSIX_FILES
     if (::fsync(fd_) != 0) {
@@ -208,6 +214,7 @@ class atomic_file {
     committed_ = true;
   }
 
+  /// \brief The path commit() renames the temporary file to.
   const std::filesystem::path& target() const noexcept { return target_; }
 
  private:

@@ -24,8 +24,8 @@ namespace vera::io {
 ///        (out x r), so that lora_b * lora_a = ΔW (before the fan_in_fan_out transpose).
 template <class T>
 struct lora_factors {
-  row_matrix<T> a;
-  row_matrix<T> b;
+  row_matrix<T> a;  ///< lora_A, r x in
+  row_matrix<T> b;  ///< lora_B, out x r
 };
 
 /// \brief The exact LoRA form of `layer` (LoRA scaling alpha / r = 1).
@@ -43,6 +43,8 @@ lora_factors<T> to_lora(adapter<T>&&) = delete;
 
 /// \brief Writes `model` as a PEFT LoRA adapter directory that reproduces it exactly:
 ///        lora_A = A[:r, :in], lora_B = Λb B Λd, lora_alpha = r, target_modules = layer paths.
+/// \throws value_error for a model without layers; rank_error when layers have different
+///         ranks; io_error when writing fails. Nothing is written on error.
 template <class T>
 void export_lora(const model_adapter<T>& model, const std::filesystem::path& dir,
                  const vera_config& source = {}, dtype stored = dtype::f32) {

@@ -19,8 +19,8 @@ namespace vera::io {
 
 /// \brief Input and output features of one base layer (nn.Linear(in, out) or Conv1D(out, in)).
 struct layer_shape {
-  index in = 0;
-  index out = 0;
+  index in = 0;  ///< input features
+  index out = 0;  ///< output features
 
   friend bool operator==(const layer_shape& a, const layer_shape& b) {
     return a.in == b.in && a.out == b.out;
@@ -49,7 +49,7 @@ inline layer_shape max_extents(const layer_shapes& layers) {
 template <class T>
 class model_adapter {
  public:
-  using layer_map = std::map<std::string, adapter<T>>;
+  using layer_map = std::map<std::string, adapter<T>>;  ///< Adapters by module path.
 
   /// \brief Creates an adapter per layer on `shared`, initialised as `options` says.
   ///
@@ -75,6 +75,8 @@ class model_adapter {
 
   /// \brief Generates the projection PEFT would for these layers: rank x max in, max out x rank
   ///        (element-wise maxima over `layers`) from `seed`.
+  /// \throws value_error for a non-positive rank, an empty `layers` (zero extents) or an empty
+  ///         path; otherwise as the constructor.
   static model_adapter generate(std::uint64_t seed, index rank, const layer_shapes& layers,
                                 const adapter_options& options = {},
                                 generator kind = generator::peft,
@@ -85,19 +87,30 @@ class model_adapter {
         options);
   }
 
+  /// \brief The projection every layer's adapter slices.
   const projection<T>& shared_projection() const noexcept { return projection_; }
+  /// \brief The options every layer's adapter was created with.
   const adapter_options& options() const noexcept { return options_; }
+  /// \brief Number of adapted layers.
   std::size_t size() const noexcept { return layers_.size(); }
+  /// \brief True when no layer is adapted.
   bool empty() const noexcept { return layers_.empty(); }
+  /// \brief Whether layer `path` is adapted.
   bool contains(const std::string& path) const { return layers_.count(path) != 0; }
 
   /// \brief The adapter of layer `path`; throws value_error naming the path when absent.
   adapter<T>& at(const std::string& path) { return find_or_throw(layers_, path); }
+  /// \brief The adapter of layer `path`, read-only.
+  /// \throws value_error naming the path when absent.
   const adapter<T>& at(const std::string& path) const { return find_or_throw(layers_, path); }
 
+  /// \brief Iteration over (path, adapter) pairs in path order.
   typename layer_map::iterator begin() noexcept { return layers_.begin(); }
+  /// \brief End of the iteration.
   typename layer_map::iterator end() noexcept { return layers_.end(); }
+  /// \brief Read-only iteration over (path, adapter) pairs in path order.
   typename layer_map::const_iterator begin() const noexcept { return layers_.begin(); }
+  /// \brief End of the read-only iteration.
   typename layer_map::const_iterator end() const noexcept { return layers_.end(); }
 
   /// \brief The (in, out) of every layer.

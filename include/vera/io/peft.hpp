@@ -27,8 +27,9 @@
 
 namespace vera::io {
 
-/// \brief File names inside a PEFT adapter directory.
+/// \brief Name of the config file inside a PEFT adapter directory.
 inline constexpr const char* adapter_config_file = "adapter_config.json";
+/// \brief Name of the weights file inside a PEFT adapter directory.
 inline constexpr const char* adapter_weights_file = "adapter_model.safetensors";
 
 /// \brief Key of the saved projection A (rank x max_in) in a PEFT VeRA file.
@@ -44,10 +45,11 @@ inline std::string peft_lambda_b_key(const std::string& path) {
 inline std::string peft_lambda_d_key(const std::string& path) {
   return "base_model.model." + path + ".vera_lambda_d";
 }
-/// \brief PEFT LoRA keys of layer `path`: lora_A (r x in) and lora_B (out x r).
+/// \brief PEFT LoRA key of layer `path`'s lora_A (r x in).
 inline std::string peft_lora_a_key(const std::string& path) {
   return "base_model.model." + path + ".lora_A.weight";
 }
+/// \brief PEFT LoRA key of layer `path`'s lora_B (out x r).
 inline std::string peft_lora_b_key(const std::string& path) {
   return "base_model.model." + path + ".lora_B.weight";
 }
@@ -60,6 +62,7 @@ enum class projection_source {
 
 /// \brief How load_peft_adapter treats a directory.
 struct load_options {
+  /// Which projection to use when the file holds A and B.
   projection_source source = projection_source::saved;
   /// Which torch kernel to reproduce when regenerating (fused: every AVX2/AVX-512 machine).
   peft_rounding rounding = peft_rounding::fused;
@@ -70,7 +73,7 @@ struct load_options {
 
 /// \brief Element-wise comparison of a saved matrix with the regenerated one.
 struct matrix_difference {
-  index elements = 0;
+  index elements = 0;  ///< elements compared
   index differing = 0;   ///< elements whose values are not identical
   double max_abs = 0.0;  ///< largest |saved - regenerated|
 };
@@ -81,8 +84,8 @@ struct load_report {
   bool used_saved_projection = false;  ///< the loaded adapter uses them (else: regenerated)
   matrix_difference a_difference;      ///< saved A vs regenerated A (when in the file)
   matrix_difference b_difference;      ///< saved B vs regenerated B (when in the file)
-  std::vector<std::string> ignored_tensors;
-  std::vector<std::string> warnings;
+  std::vector<std::string> ignored_tensors;  ///< tensors skipped under allow_extra_tensors
+  std::vector<std::string> warnings;  ///< findings that do not stop the load, one sentence each
 
   /// \brief True when there was nothing to compare or the saved pair equals the regenerated one.
   bool projection_matches_seed() const noexcept {
@@ -93,9 +96,9 @@ struct load_report {
 /// \brief A loaded PEFT VeRA adapter: its config, the model-level adapter, and the load report.
 template <class T>
 struct peft_adapter {
-  vera_config config;
-  model_adapter<T> model;
-  load_report report;
+  vera_config config;  ///< the adapter_config.json read
+  model_adapter<T> model;  ///< the adapters, on the projection the load chose
+  load_report report;  ///< what the load found besides the adapter
 };
 
 /// \brief How save_peft_adapter writes.
@@ -255,7 +258,8 @@ inline layer_shapes layer_shapes_from_weights(const safetensors_view& base,
 /// PEFT sizes it. A seed-only file regenerates A and B from projection_prng_key; a file with A
 /// and B is compared with the regenerated pair (see load_report) and, by default, its pair is
 /// used. Every mismatch (missing or extra tensors, rank, shapes, dtypes, non-finite values,
-/// save_projection disagreeing with the file) throws format_error naming the tensor.
+/// save_projection = true without A and B in the file) throws format_error naming the tensor;
+/// A and B in the file with save_projection = false only adds a warning to the report.
 template <class T>
 peft_adapter<T> load_peft_adapter(const vera_config& config, const safetensors_view& file,
                                   const layer_shapes& base, const load_options& options = {}) {
@@ -360,6 +364,8 @@ peft_adapter<T> load_peft_adapter(const vera_config& config, const safetensors_v
 
 /// \brief Loads the PEFT VeRA adapter in directory `dir` (adapter_config.json and
 ///        adapter_model.safetensors); see the overload above for what is checked.
+/// \throws io_error when a file cannot be read; format_error for a malformed or mismatching
+///         file, or a directory that holds only adapter_model.bin.
 template <class T>
 peft_adapter<T> load_peft_adapter(const std::filesystem::path& dir, const layer_shapes& base,
                                   const load_options& options = {}) {
@@ -494,6 +500,7 @@ vera_config peft_config_for(const model_adapter<T>& model, vera_config base, boo
 /// from its seed (generator::peft, FMA rounding). Throws rank_error/shape_error when the layers
 /// do not use the projection the way PEFT would (same rank everywhere, projection sized by the
 /// largest layer). `config` supplies the remaining fields (base model name, task type, ...).
+/// Throws value_error for a model without layers, io_error when writing fails.
 template <class T>
 void save_peft_adapter(const model_adapter<T>& model, const std::filesystem::path& dir,
                        const save_options& options = {}, const vera_config& config = {}) {

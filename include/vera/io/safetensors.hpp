@@ -30,9 +30,9 @@ inline constexpr std::uint64_t max_header_size = 100'000'000;
 
 /// \brief One tensor of a safetensors file, as its header describes it (already validated).
 struct tensor_info {
-  std::string name;
-  dtype type = dtype::f32;
-  std::vector<std::uint64_t> shape;
+  std::string name;  ///< the tensor's key in the header
+  dtype type = dtype::f32;  ///< element type as stored
+  std::vector<std::uint64_t> shape;  ///< extents, row-major; empty for a scalar
   std::uint64_t begin = 0;  ///< first byte, relative to the start of the data region
   std::uint64_t end = 0;    ///< one past the last byte
 
@@ -42,6 +42,7 @@ struct tensor_info {
     for (const auto extent : shape) count *= extent;
     return count;
   }
+  /// \brief Bytes of the tensor's data (end - begin).
   std::uint64_t byte_size() const noexcept { return end - begin; }
 };
 
@@ -185,6 +186,7 @@ class safetensors_view {
                          [](const tensor_info& t, std::string_view n) { return t.name < n; });
     return it != tensors_.end() && it->name == name ? &*it : nullptr;
   }
+  /// \brief Whether a tensor called `name` exists.
   bool contains(std::string_view name) const { return find(name) != nullptr; }
 
   /// \brief The tensor called `name`; throws format_error naming the file when it is absent.
@@ -211,12 +213,15 @@ class safetensors_view {
     detail::decode(info.type, bytes(info), out.size(), out.data());
     return out;
   }
+  /// \brief values(at(name)): the elements of the tensor called `name`.
+  /// \throws format_error when absent or of a dtype that does not convert.
   template <class T>
   std::vector<T> values(std::string_view name) const {
     return values<T>(at(name));
   }
 
   /// \brief Like values(), into `out`, which must hold info.elements() elements.
+  /// \throws format_error for a dtype that does not convert to floating point.
   template <class T>
   void values_into(const tensor_info& info, T* out) const {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
@@ -444,6 +449,8 @@ struct mapped_holder {
 /// Throws io_error when the file cannot be opened and format_error when its contents are bad.
 class safetensors_file : private detail::mapped_holder, public safetensors_view {
  public:
+  /// \brief Maps and validates `path`.
+  /// \throws io_error when the file cannot be opened; format_error when its contents are bad.
   explicit safetensors_file(const std::filesystem::path& path)
       : detail::mapped_holder(path),
         safetensors_view(mapping.data(), mapping.size(), "'" + path.string() + "'") {}
@@ -451,9 +458,12 @@ class safetensors_file : private detail::mapped_holder, public safetensors_view 
   safetensors_file(const safetensors_file&) = delete;
   safetensors_file& operator=(const safetensors_file&) = delete;
   // Moving keeps the mapping's address, so the view stays valid.
+  /// \brief Takes over the mapping; the view stays valid because the mapping does not move.
   safetensors_file(safetensors_file&&) noexcept = default;
+  /// \brief Takes over the mapping, releasing this one's.
   safetensors_file& operator=(safetensors_file&&) noexcept = default;
 
+  /// \brief The path the file was opened with.
   const std::filesystem::path& path() const noexcept { return mapping.path(); }
 };
 
@@ -474,6 +484,10 @@ class safetensors_writer {
   void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
 
   /// \brief Adds a tensor from row-major values, converted now to `stored` (F16, BF16, F32 or F64).
+  ///
+  /// `values` holds the product of `shape` elements (may be null for an empty tensor).
+  /// \throws value_error for another dtype, a repeated or reserved name ("__metadata__"), a
+  ///         shape too large to address, or null values for a non-empty tensor.
   template <class T>
   void add(const std::string& name, dtype stored, std::vector<std::uint64_t> shape,
            const T* values) {
@@ -491,6 +505,8 @@ class safetensors_writer {
 
   /// \brief Adds a tensor whose little-endian bytes are copied verbatim at write time from
   ///        `bytes`, which must stay valid until then (e.g. a tensor of a mapped input file).
+  /// \throws value_error for a repeated or reserved name, a shape too large to address, or null
+  ///         bytes for a non-empty tensor.
   void add_bytes(const std::string& name, dtype stored, std::vector<std::uint64_t> shape,
                  const unsigned char* bytes) {
     new_entry(name, stored, std::move(shape), bytes != nullptr).borrowed = bytes;
@@ -498,6 +514,7 @@ class safetensors_writer {
 
   /// \brief Adds a tensor produced at write time by `fill`, so that a large file can be written
   ///        holding one generated tensor in memory at a time.
+  /// \throws value_error as add_bytes (an empty `fill` counts as no data).
   void add_generated(const std::string& name, dtype stored, std::vector<std::uint64_t> shape,
                      fill_function fill) {
     const bool has_fill = static_cast<bool>(fill);
@@ -515,6 +532,7 @@ class safetensors_writer {
   }
 
   /// \brief The whole file image in memory.
+  /// \throws value_error when a name or metadata string is not valid UTF-8.
   std::vector<unsigned char> serialize() const {
     std::vector<unsigned char> out;
     emit([&](const unsigned char* data, std::size_t size) {
@@ -524,6 +542,8 @@ class safetensors_writer {
   }
 
   /// \brief Writes the file atomically (temporary file in the same directory, then rename).
+  /// \throws io_error when writing fails; value_error as serialize(); whatever a generator
+  ///         throws. The target is then unchanged.
   void write(const std::filesystem::path& path) const {
     atomic_file file(path);
     write_to(file);
@@ -532,6 +552,7 @@ class safetensors_writer {
 
   /// \brief Writes the image into `file` without committing it, so that several files can be
   ///        committed together once all of them are complete.
+  /// \throws io_error when writing fails; value_error as serialize().
   void write_to(atomic_file& file) const {
     emit([&](const unsigned char* data, std::size_t size) { file.write(data, size); });
   }

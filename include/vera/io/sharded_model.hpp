@@ -38,6 +38,7 @@ struct shard_index {
     }
     return it->second;
   }
+  /// \brief The index file's directory, where the shards are.
   std::filesystem::path directory() const { return path.parent_path(); }
 };
 
@@ -97,6 +98,10 @@ inline layer_shapes layer_shapes_from_shards(const shard_index& index,
 /// Everything is written into a temporary directory next to `out`, which is renamed to `out`
 /// only when complete: a failure leaves no partial output. `out` must not exist, or be an empty
 /// directory (io_error otherwise). `progress(done, total)` is called with shards written.
+/// \throws format_error when the index has no shard for an adapted layer's weight or a shard is
+///         malformed or does not fit the model; value_error for a non-finite merged weight;
+///         io_error when a file cannot be read or written; std::filesystem::filesystem_error
+///         when the final rename into `out` fails.
 template <class T>
 void merge_sharded_model(const shard_index& index, const model_adapter<T>& model,
                          const std::filesystem::path& out, const merge_options& options = {},

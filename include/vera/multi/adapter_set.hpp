@@ -43,16 +43,22 @@ struct adapter_set_options {
 template <class T>
 class adapter_set {
  public:
-  using scalar = T;
+  using scalar = T;  ///< Element type, float or double.
+  /// Column-major storage of the b and d columns.
   using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  /// One adapter's vector, writable.
   using column_view = Eigen::Block<matrix, Eigen::Dynamic, 1, true>;
+  /// One adapter's vector, read-only.
   using const_column_view = Eigen::Block<const matrix, Eigen::Dynamic, 1, true>;
+  /// Every adapter's vectors, writable.
   using columns_view = Eigen::Block<matrix, Eigen::Dynamic, Eigen::Dynamic, true>;
+  /// Every adapter's vectors, read-only.
   using const_columns_view = Eigen::Block<const matrix, Eigen::Dynamic, Eigen::Dynamic, true>;
 
   /// \brief An empty set for a layer with `in` inputs and `out` outputs.
   ///
-  /// Throws shape_error when in/out exceed the projection, rank_error when the rank does.
+  /// \throws shape_error when in/out exceed the projection; rank_error when the rank does;
+  ///         value_error for a negative layout rank or non-positive in/out.
   adapter_set(projection<T> shared, index in_features, index out_features,
               const adapter_set_options& layout = {})
       : projection_(std::move(shared)), layout_(layout) {
@@ -69,10 +75,15 @@ class adapter_set {
     lambda_d_.resize(rank_, 0);
   }
 
+  /// \brief Input features of the layer (columns of X).
   index in_features() const noexcept { return in_; }
+  /// \brief Output features of the layer (rows of the lambda_b matrix).
   index out_features() const noexcept { return out_; }
+  /// \brief Rank shared by every adapter (rows of the lambda_d matrix).
   index rank() const noexcept { return rank_; }
+  /// \brief True when W0 is stored in x out.
   bool fan_in_fan_out() const noexcept { return layout_.fan_in_fan_out; }
+  /// \brief Handle of the shared projection.
   const projection<T>& shared_projection() const noexcept { return projection_; }
   /// \brief The layer's A: rank x in, shared by every adapter of the set.
   typename projection<T>::a_block a() const { return projection_.a(in_, rank_); }
@@ -82,7 +93,10 @@ class adapter_set {
   /// \brief Adds an adapter initialised as `options` says and returns its id.
   ///
   /// options.rank must be 0 or the set's rank (rank_error) and options.fan_in_fan_out must match
-  /// the set's layout (value_error). The first adapter added becomes the active one.
+  /// the set's layout (value_error). The first adapter added becomes the active one. Adding may
+  /// grow the b and d matrices, which invalidates views returned earlier.
+  /// \throws rank_error, value_error as above; value_error for bad options (see
+  ///         validate(const adapter_options&)) or when no ids are left.
   adapter_id add(const adapter_options& options = {}) {
     if (options.rank != 0 && options.rank != rank_) {
       throw rank_error("adapter_options.rank: expected 0 or the set's rank " + std::to_string(rank_) +
@@ -113,7 +127,8 @@ class adapter_set {
     return id;
   }
 
-  /// \brief Removes adapter `id` and frees its column. Throws state_error while it is merged.
+  /// \brief Removes adapter `id` and frees its column.
+  /// \throws value_error for an id not in the set; state_error while it is merged.
   void remove(adapter_id id) {
     const index column = column_of(id, "adapter_set::remove");
     if (merged_id_ == id) {
@@ -141,6 +156,7 @@ class adapter_set {
   /// \brief The column holding adapter `id`; throws value_error for an id not in the set.
   index column(adapter_id id) const { return column_of(id, "adapter_set::column"); }
   /// \brief The adapter in `column`, or no_adapter for a free column.
+  /// \throws std::out_of_range for a column outside [0, columns()).
   adapter_id id_at(index column) const { return columns_.at(static_cast<std::size_t>(column)).id; }
   /// \brief Ids of the adapters in the set, in column order.
   std::vector<adapter_id> ids() const {
@@ -152,16 +168,20 @@ class adapter_set {
   }
 
   /// \brief Settings adapter `id` was added with (rank filled in).
+  /// \throws value_error for an id not in the set.
   const adapter_options& options(adapter_id id) const {
     return columns_[static_cast<std::size_t>(column_of(id, "adapter_set::options"))].options;
   }
   /// \brief Settings of the adapter in `column` (default settings for a free column).
+  ///        `column` must be in [0, columns()); it is not checked.
   const adapter_options& column_options(index column) const noexcept {
     return columns_[static_cast<std::size_t>(column)].options;
   }
 
   /// \brief Enables or disables adapter `id`; a disabled adapter acts as the base model and gets
-  ///        no gradient. Throws state_error when disabling the merged adapter.
+  ///        no gradient.
+  /// \throws value_error for an id not in the set; state_error when disabling the merged
+  ///         adapter.
   void set_enabled(adapter_id id, bool enabled) {
     const index column = column_of(id, "adapter_set::set_enabled");
     if (!enabled && merged_id_ == id) {
@@ -172,13 +192,18 @@ class adapter_set {
     if (e.enabled != enabled) ++version_;
     e.enabled = enabled;
   }
+  /// \brief set_enabled(id, true).
   void enable(adapter_id id) { set_enabled(id, true); }
+  /// \brief set_enabled(id, false).
   void disable(adapter_id id) { set_enabled(id, false); }
+  /// \brief Whether adapter `id` is enabled.
+  /// \throws value_error for an id not in the set.
   bool enabled(adapter_id id) const {
     return columns_[static_cast<std::size_t>(column_of(id, "adapter_set::enabled"))].enabled;
   }
 
-  /// \brief Multiplies adapter `id`'s update by `scale` (default 1). Throws value_error if not finite.
+  /// \brief Multiplies adapter `id`'s update by `scale` (default 1).
+  /// \throws value_error for an id not in the set or a scale that is not finite.
   void set_scale(adapter_id id, T scale) {
     const index column = column_of(id, "adapter_set::set_scale");
     if (!std::isfinite(static_cast<double>(scale))) {
@@ -187,12 +212,14 @@ class adapter_set {
     }
     columns_[static_cast<std::size_t>(column)].scale = scale;
   }
+  /// \brief The scale of adapter `id` (1 unless set_scale changed it).
+  /// \throws value_error for an id not in the set.
   T scale(adapter_id id) const {
     return columns_[static_cast<std::size_t>(column_of(id, "adapter_set::scale"))].scale;
   }
-  /// \brief Scale of the adapter in `column` (1 for a free column).
+  /// \brief Scale of the adapter in `column` (1 for a free column); `column` is not checked.
   T column_scale(index column) const noexcept { return columns_[static_cast<std::size_t>(column)].scale; }
-  /// \brief Whether the adapter in `column` is in the set and enabled.
+  /// \brief Whether the adapter in `column` is in the set and enabled; `column` is not checked.
   bool column_active(index column) const noexcept {
     const entry& e = columns_[static_cast<std::size_t>(column)];
     return e.id != no_adapter && e.enabled;
@@ -200,6 +227,7 @@ class adapter_set {
 
   /// \brief Makes `id` the adapter of single-adapter calls (no row assignment); no_adapter
   ///        selects the base model.
+  /// \throws value_error for an id (other than no_adapter) not in the set.
   void select(adapter_id id) {
     if (id != no_adapter) (void)column_of(id, "adapter_set::select");
     active_ = id;
@@ -208,24 +236,35 @@ class adapter_set {
   adapter_id active() const noexcept { return active_; }
 
   /// \brief lambda_b of adapter `id`: out elements, writable in place.
+  /// \throws value_error for an id not in the set.
   column_view lambda_b(adapter_id id) { return lambda_b_.col(column_of(id, "adapter_set::lambda_b")); }
+  /// \brief lambda_b of adapter `id`, read-only.
+  /// \throws value_error for an id not in the set.
   const_column_view lambda_b(adapter_id id) const {
     return lambda_b_.col(column_of(id, "adapter_set::lambda_b"));
   }
   /// \brief lambda_d of adapter `id`: rank elements, writable in place.
+  /// \throws value_error for an id not in the set.
   column_view lambda_d(adapter_id id) { return lambda_d_.col(column_of(id, "adapter_set::lambda_d")); }
+  /// \brief lambda_d of adapter `id`, read-only.
+  /// \throws value_error for an id not in the set.
   const_column_view lambda_d(adapter_id id) const {
     return lambda_d_.col(column_of(id, "adapter_set::lambda_d"));
   }
   /// \brief Every lambda_b, out x k (column c belongs to id_at(c); free columns are zero).
   ///        Writable, e.g. for one optimizer step over all adapters.
   columns_view lambda_b_matrix() noexcept { return lambda_b_.leftCols(columns()); }
+  /// \brief Every lambda_b, out x k, read-only.
   const_columns_view lambda_b_matrix() const noexcept { return lambda_b_.leftCols(columns()); }
   /// \brief Every lambda_d, rank x k.
   columns_view lambda_d_matrix() noexcept { return lambda_d_.leftCols(columns()); }
+  /// \brief Every lambda_d, rank x k, read-only.
   const_columns_view lambda_d_matrix() const noexcept { return lambda_d_.leftCols(columns()); }
 
-  /// \brief Replaces both vectors of adapter `id` after checking sizes and finiteness.
+  /// \brief Replaces both vectors of adapter `id` (b: out elements, d: rank elements) after
+  ///        checking sizes and finiteness; on error nothing changes.
+  /// \throws value_error for an id not in the set or a non-finite element; shape_error for a
+  ///         vector of the wrong size.
   template <class DB, class DD>
   void set_lambdas(adapter_id id, const Eigen::MatrixBase<DB>& b, const Eigen::MatrixBase<DD>& d) {
     const index column = column_of(id, "adapter_set::set_lambdas");
@@ -239,6 +278,8 @@ class adapter_set {
 
   /// \brief A standalone vera::adapter equal to adapter `id`, its scale folded into lambda_b, for
   ///        the core's single-adapter calls (forward, gradients, merge, file I/O).
+  /// \throws value_error for an id not in the set, or when a scaled lambda_b element is not
+  ///         finite.
   adapter<T> to_adapter(adapter_id id) const {
     const index column = column_of(id, "adapter_set::to_adapter");
     const entry& e = columns_[static_cast<std::size_t>(column)];
@@ -250,9 +291,11 @@ class adapter_set {
   /// \brief W0 += ΔW of adapter `id` (its scale included), with safe-merge semantics: W0 is left
   ///        unchanged if any merged element would not be finite (value_error).
   ///
-  /// W0 is out x in (in x out with fan_in_fan_out). Throws state_error when another adapter is
-  /// merged or `id` is disabled. The delta merged is remembered, so unmerge() subtracts exactly
-  /// it even if the adapter's vectors or scale change meanwhile.
+  /// W0 is out x in (in x out with fan_in_fan_out). The delta merged is remembered, so unmerge()
+  /// subtracts exactly it even if the adapter's vectors or scale change meanwhile.
+  /// \throws state_error when another adapter is merged or `id` is disabled; value_error for an
+  ///         id not in the set or a non-finite merged element; shape_error for W0 of another
+  ///         shape.
   template <class WD>
   void merge(Eigen::MatrixBase<WD>& w0, adapter_id id) {
     (void)column_of(id, "adapter_set::merge");
@@ -268,13 +311,15 @@ class adapter_set {
     merged_.emplace(std::move(delta));
     merged_id_ = id;
   }
-  /// \brief Merges the active adapter; throws state_error when none is active.
+  /// \brief Merges the active adapter, as merge(w0, active()).
+  /// \throws state_error when none is active; otherwise as the other overload.
   template <class WD>
   void merge(Eigen::MatrixBase<WD>& w0) {
     if (active_ == no_adapter) throw state_error("adapter_set::merge: no adapter is active");
     merge(w0, active_);
   }
-  /// \brief W0 -= the merged delta. Throws state_error when nothing is merged.
+  /// \brief W0 -= the merged delta.
+  /// \throws state_error when nothing is merged; shape_error for W0 of another shape.
   template <class WD>
   void unmerge(Eigen::MatrixBase<WD>& w0) {
     if (merged_id_ == no_adapter) throw state_error("adapter_set::unmerge: no adapter is merged");

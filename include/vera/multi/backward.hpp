@@ -82,11 +82,14 @@ class mixed_parameter_gradient_expr {
   static_assert(scalar_matches<GD, T>, "vera::mixed_parameter_gradients: G must have the set's scalar type");
 
  public:
+  /// \brief Checks G against the set and the context; see vera::mixed_parameter_gradients.
+  /// \throws state_error, shape_error as vera::mixed_parameter_gradients.
   mixed_parameter_gradient_expr(const GD& g, const adapter_set<T>& set, const mixed_context<T>& ctx)
       : g_(g), set_(&set), context_(&ctx) {
     detail::check_mixed_upstream("vera::mixed_parameter_gradients", g, set, ctx);
   }
 
+  /// \brief Use `ws` for scratch memory instead of allocating.
   mixed_parameter_gradient_expr using_workspace(mixed_workspace<T>& ws) const {
     mixed_parameter_gradient_expr copy(*this);
     copy.workspace_ = &ws;
@@ -94,21 +97,29 @@ class mixed_parameter_gradient_expr {
   }
 
   /// \brief Writes (or adds) the gradients into `out`, which is resized only on overwrite.
+  /// \throws state_error when the context no longer matches the set; shape_error when
+  ///         accumulating into buffers not sized out x k and rank x k.
   void eval_to(mixed_gradients<T>& out, assign_mode mode = assign_mode::overwrite) const {
     detail::check_mixed_upstream("vera::mixed_parameter_gradients", g_, *set_, *context_);
     detail::prepare_gradients(out, *set_, mode);
     evaluate(Exec{}, *this, out, mode);
   }
+  /// \brief Evaluates into fresh mixed_gradients<T>.
   mixed_gradients<T> eval() const {
     mixed_gradients<T> out;
     eval_to(out);
     return out;
   }
+  /// \brief Evaluates into fresh mixed_gradients<T>, for `mixed_gradients<T> g = expr;`.
   operator mixed_gradients<T>() const { return eval(); }  // NOLINT: evaluation on conversion is the point
 
+  /// \brief G = dL/dY, n x out.
   const detail::closure_t<GD>& upstream() const noexcept { return g_; }
+  /// \brief The adapter set.
   const adapter_set<T>& set() const noexcept { return *set_; }
+  /// \brief The context of the mixed training forward.
   const mixed_context<T>& context() const noexcept { return *context_; }
+  /// \brief The workspace set by using_workspace(), or null.
   mixed_workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
@@ -118,6 +129,8 @@ class mixed_parameter_gradient_expr {
   mixed_workspace<T>* workspace_ = nullptr;
 };
 
+/// \brief `grads += mixed_parameter_gradients(...)`: accumulates into existing buffers.
+/// \throws shape_error when `out` is not out x k and rank x k; state_error as eval_to.
 template <class Exec, class GD, class T>
 mixed_gradients<T>& operator+=(mixed_gradients<T>& out, const mixed_parameter_gradient_expr<Exec, GD, T>& e) {
   e.eval_to(out, assign_mode::accumulate);
@@ -134,6 +147,8 @@ class mixed_input_gradient_expr
   static_assert(scalar_matches<WD, T>, "vera::mixed_input_gradient: W0 must have the set's scalar type");
 
  public:
+  /// \brief Checks G, W0 and the context; see vera::mixed_input_gradient.
+  /// \throws state_error, shape_error as vera::mixed_input_gradient.
   mixed_input_gradient_expr(const GD& g, const WD& w0, const adapter_set<T>& set,
                             const mixed_context<T>& ctx)
       : g_(g), w0_(w0), set_(&set), context_(&ctx) {
@@ -141,20 +156,28 @@ class mixed_input_gradient_expr
     detail::check_set_weight("W0", w0, set);
   }
 
+  /// \brief n, the rows of G.
   Eigen::Index rows() const { return g_.rows(); }
+  /// \brief in, the layer's input features.
   Eigen::Index cols() const { return set_->in_features(); }
 
+  /// \brief Use `ws` for scratch memory instead of allocating.
   mixed_input_gradient_expr using_workspace(mixed_workspace<T>& ws) const {
     mixed_input_gradient_expr copy(*this);
     copy.workspace_ = &ws;
     return copy;
   }
 
+  /// \brief Eigen's hook for `dX = expr`: overwrites dX (n x in).
+  /// \throws state_error when the context no longer matches the set; aliasing_error when dX
+  ///         overlaps G or W0.
   template <class Dst>
   void evalTo(Dst& dst) const {
     detail::check_mixed_upstream("vera::mixed_input_gradient", g_, *set_, *context_);
     evaluate(Exec{}, *this, dst, assign_mode::overwrite);
   }
+  /// \brief dX += expr without a temporary; dX must already be n x in.
+  /// \throws shape_error when dX is not n x in; otherwise as evalTo.
   template <class Dst>
   void add_to(Eigen::MatrixBase<Dst>& dst) const {
     detail::check_mixed_upstream("vera::mixed_input_gradient", g_, *set_, *context_);
@@ -162,10 +185,15 @@ class mixed_input_gradient_expr
     evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
   }
 
+  /// \brief G = dL/dY, n x out.
   const detail::closure_t<GD>& upstream() const noexcept { return g_; }
+  /// \brief W0, out x in (in x out with fan_in_fan_out).
   const detail::closure_t<WD>& w0() const noexcept { return w0_; }
+  /// \brief The adapter set.
   const adapter_set<T>& set() const noexcept { return *set_; }
+  /// \brief The context of the mixed training forward.
   const mixed_context<T>& context() const noexcept { return *context_; }
+  /// \brief The workspace set by using_workspace(), or null.
   mixed_workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
@@ -186,12 +214,15 @@ class mixed_backward_expr {
   static_assert(scalar_matches<WD, T>, "vera::mixed_backward: W0 must have the set's scalar type");
 
  public:
+  /// \brief Checks G, W0 and the context; see vera::mixed_backward.
+  /// \throws state_error, shape_error as vera::mixed_input_gradient.
   mixed_backward_expr(const GD& g, const WD& w0, const adapter_set<T>& set, const mixed_context<T>& ctx)
       : g_(g), w0_(w0), set_(&set), context_(&ctx) {
     detail::check_mixed_upstream("vera::mixed_backward", g, set, ctx);
     detail::check_set_weight("W0", w0, set);
   }
 
+  /// \brief Use `ws` for scratch memory instead of allocating.
   mixed_backward_expr using_workspace(mixed_workspace<T>& ws) const {
     mixed_backward_expr copy(*this);
     copy.workspace_ = &ws;
@@ -200,6 +231,9 @@ class mixed_backward_expr {
 
   /// \brief Writes (or adds) the gradients into `grads` and dL/dX (n x in) into `dx`; dx must
   ///        not share memory with G or W0. A plain matrix dx is resized on overwrite.
+  /// \throws state_error when the context no longer matches the set; shape_error for a dx
+  ///         that is not n x in or (accumulating) gradients of the wrong size; aliasing_error
+  ///         when dx overlaps G or W0.
   template <class DX>
   void eval_to(mixed_gradients<T>& grads, Eigen::MatrixBase<DX>& dx,
                assign_mode mode = assign_mode::overwrite) const {
@@ -214,10 +248,15 @@ class mixed_backward_expr {
     evaluate(Exec{}, *this, grads, dx.derived(), mode);
   }
 
+  /// \brief G = dL/dY, n x out.
   const detail::closure_t<GD>& upstream() const noexcept { return g_; }
+  /// \brief W0, out x in (in x out with fan_in_fan_out).
   const detail::closure_t<WD>& w0() const noexcept { return w0_; }
+  /// \brief The adapter set.
   const adapter_set<T>& set() const noexcept { return *set_; }
+  /// \brief The context of the mixed training forward.
   const mixed_context<T>& context() const noexcept { return *context_; }
+  /// \brief The workspace set by using_workspace(), or null.
   mixed_workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
@@ -229,13 +268,16 @@ class mixed_backward_expr {
 };
 
 /// \brief Lazy gradients of every adapter's lambda_b and lambda_d. Shapes: G n x out, ctx from
-///        the mixed training forward of the same n rows over the same, unchanged set.
-///        Throws state_error if ctx holds no such forward.
+///        the mixed training forward of the same n rows over the same, unchanged set; the result
+///        is out x k and rank x k (k = set.columns()).
+/// \throws state_error if ctx holds no such forward (none, another set, the set changed since,
+///         or an adapter is merged); shape_error for G of another shape.
 template <class Exec, class GD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
 mixed_parameter_gradient_expr<Exec, GD, T> mixed_parameter_gradients(
     Exec, const Eigen::MatrixBase<GD>& g, const adapter_set<T>& set, const mixed_context<T>& ctx) {
   return {g.derived(), set, ctx};
 }
+/// \brief Lazy gradients of every adapter on the default (CPU) policy; as the overload above.
 template <class GD, class T>
 mixed_parameter_gradient_expr<exec::default_policy, GD, T> mixed_parameter_gradients(
     const Eigen::MatrixBase<GD>& g, const adapter_set<T>& set, const mixed_context<T>& ctx) {
@@ -245,7 +287,9 @@ template <class GD, class T>
 void mixed_parameter_gradients(const Eigen::MatrixBase<GD>&, adapter_set<T>&&,
                                const mixed_context<T>&) = delete;
 
-/// \brief Lazy dL/dX. Shapes: G n x out, W0 as in vera::mixed_forward.
+/// \brief Lazy dL/dX (n x in). Shapes: G n x out, W0 as in vera::mixed_forward.
+/// \throws state_error, shape_error as mixed_parameter_gradients; shape_error for W0 of another
+///         shape.
 template <class Exec, class GD, class WD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
 mixed_input_gradient_expr<Exec, GD, WD, T> mixed_input_gradient(Exec, const Eigen::MatrixBase<GD>& g,
                                                                 const Eigen::MatrixBase<WD>& w0,
@@ -253,6 +297,7 @@ mixed_input_gradient_expr<Exec, GD, WD, T> mixed_input_gradient(Exec, const Eige
                                                                 const mixed_context<T>& ctx) {
   return {g.derived(), w0.derived(), set, ctx};
 }
+/// \brief Lazy dL/dX on the default (CPU) policy; as the overload above.
 template <class GD, class WD, class T>
 mixed_input_gradient_expr<exec::default_policy, GD, WD, T> mixed_input_gradient(
     const Eigen::MatrixBase<GD>& g, const Eigen::MatrixBase<WD>& w0, const adapter_set<T>& set,
@@ -264,6 +309,7 @@ void mixed_input_gradient(const Eigen::MatrixBase<GD>&, const Eigen::MatrixBase<
                           const mixed_context<T>&) = delete;
 
 /// \brief Lazy parameter and input gradients in one pass. Shapes as in the two calls above.
+/// \throws as mixed_input_gradient.
 template <class Exec, class GD, class WD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
 mixed_backward_expr<Exec, GD, WD, T> mixed_backward(Exec, const Eigen::MatrixBase<GD>& g,
                                                     const Eigen::MatrixBase<WD>& w0,
@@ -271,6 +317,7 @@ mixed_backward_expr<Exec, GD, WD, T> mixed_backward(Exec, const Eigen::MatrixBas
                                                     const mixed_context<T>& ctx) {
   return {g.derived(), w0.derived(), set, ctx};
 }
+/// \brief Both gradients in one pass on the default (CPU) policy; as the overload above.
 template <class GD, class WD, class T>
 mixed_backward_expr<exec::default_policy, GD, WD, T> mixed_backward(const Eigen::MatrixBase<GD>& g,
                                                                     const Eigen::MatrixBase<WD>& w0,

@@ -20,7 +20,7 @@ namespace vera {
 template <class T>
 class mixed_context {
  public:
-  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;  ///< Storage of P.
 
   /// \brief `dropout_seed` makes dropout masks reproducible; each training forward is a new step.
   explicit mixed_context(std::uint64_t dropout_seed = 0) { key_.seed = dropout_seed; }
@@ -36,8 +36,9 @@ class mixed_context {
   /// \brief Seed and step of the last forward's mask; the probability field is unused (each row
   ///        takes its adapter's dropout).
   const dropout_key& mask_key() const noexcept { return key_; }
-  /// \brief The set that filled the context and its version then (see adapter_set::version).
+  /// \brief The set that filled the context (see owner_version()).
   const void* owner() const noexcept { return owner_; }
+  /// \brief The owner's adapter_set::version() when the context was filled.
   std::uint64_t owner_version() const noexcept { return owner_version_; }
 
   /// \brief Starts a training step: sizes P and the row columns (no allocation when the sizes

@@ -67,6 +67,8 @@ class mixed_forward_expr : public Eigen::ReturnByValue<mixed_forward_expr<Exec, 
   static_assert(scalar_matches<WD, T>, "vera::mixed_forward: W0 must have the set's scalar type");
 
  public:
+  /// \brief Checks the operands and the row assignment; see vera::mixed_forward.
+  /// \throws shape_error, value_error, state_error as vera::mixed_forward.
   mixed_forward_expr(const XD& x, const WD& w0, const Bias& bias, const adapter_set<T>& set,
                      const row_assignment& ids)
       : x_(x), w0_(w0), bias_(bias), set_(&set), ids_(ids) {
@@ -80,7 +82,9 @@ class mixed_forward_expr : public Eigen::ReturnByValue<mixed_forward_expr<Exec, 
     (void)resolve_rows(set, ids, x.rows(), nullptr, "vera::mixed_forward");
   }
 
+  /// \brief n, the rows of X.
   Eigen::Index rows() const { return x_.rows(); }
+  /// \brief out, the layer's output features.
   Eigen::Index cols() const { return set_->out_features(); }
 
   /// \brief Training forward: per-adapter dropout on, P and the row columns saved in `ctx`.
@@ -96,24 +100,35 @@ class mixed_forward_expr : public Eigen::ReturnByValue<mixed_forward_expr<Exec, 
     return copy;
   }
 
-  /// \brief Eigen's hook for `Y = expr`: overwrites Y.
+  /// \brief Eigen's hook for `Y = expr`: overwrites Y (n x out).
+  /// \throws aliasing_error when Y overlaps X, W0 or bias; state_error when an adapter of the
+  ///         set was merged after the expression was built; value_error when a row's adapter
+  ///         was removed since.
   template <class Dst>
   void evalTo(Dst& dst) const {
     evaluate(Exec{}, *this, dst, assign_mode::overwrite);
   }
   /// \brief Y += expr without a temporary; Y must already be n x out.
+  /// \throws shape_error when Y is not n x out; otherwise as evalTo.
   template <class Dst>
   void add_to(Eigen::MatrixBase<Dst>& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
   }
 
+  /// \brief X, n x in.
   const detail::closure_t<XD>& x() const noexcept { return x_; }
+  /// \brief W0, out x in (in x out with fan_in_fan_out).
   const detail::closure_t<WD>& w0() const noexcept { return w0_; }
+  /// \brief The bias (out elements) or vera::no_bias.
   const detail::bias_closure_t<Bias>& bias() const noexcept { return bias_; }
+  /// \brief The adapter set.
   const adapter_set<T>& set() const noexcept { return *set_; }
+  /// \brief The per-row adapter ids.
   const row_assignment& assignment() const noexcept { return ids_; }
+  /// \brief The context set by train(), or null for an inference forward.
   mixed_context<T>* context() const noexcept { return context_; }
+  /// \brief The workspace set by using_workspace(), or null.
   mixed_workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
@@ -130,8 +145,10 @@ class mixed_forward_expr : public Eigen::ReturnByValue<mixed_forward_expr<Exec, 
 ///
 /// Shapes: X n x in, W0 out x in (in x out with fan_in_fan_out), bias out (or vera::no_bias),
 /// ids n adapter ids (std::vector<int>, a contiguous Eigen int vector or a row_assignment).
-/// Throws shape_error naming the operand for a wrong shape, value_error naming the row for an id
-/// that is not in the set, state_error while an adapter of the set is merged.
+/// The result is n x out. A temporary set is refused at compile time.
+/// \throws shape_error naming the operand for a wrong shape (ids included), value_error naming
+///         the row for an id that is not in the set, state_error while an adapter of the set is
+///         merged.
 template <class Exec, class XD, class WD, class Bias, class T,
           class = std::enable_if_t<std::is_empty_v<Exec>>>
 mixed_forward_expr<Exec, XD, WD, Bias, T> mixed_forward(Exec, const Eigen::MatrixBase<XD>& x,
@@ -153,7 +170,9 @@ mixed_forward_expr<exec::default_policy, XD, WD, Bias, T> mixed_forward(
   return mixed_forward(exec::default_policy{}, x, w0, bias, set, ids);
 }
 
-/// \brief Single-adapter call: every row uses the set's active adapter (see adapter_set::select).
+/// \brief Single-adapter call: every row uses the set's active adapter (see adapter_set::select);
+///        with no active adapter every row runs the base model.
+/// \throws as the overload with ids.
 template <class XD, class WD, class Bias, class T>
 mixed_forward_expr<exec::default_policy, XD, WD, Bias, T> mixed_forward(
     const Eigen::MatrixBase<XD>& x, const Eigen::MatrixBase<WD>& w0, const Bias& bias,

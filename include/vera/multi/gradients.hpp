@@ -17,11 +17,13 @@ namespace vera {
 /// disabled adapters and free columns get zero on overwrite and are left as is on accumulate.
 template <class T>
 struct mixed_gradients {
+  /// Column-major, one column per set column.
   using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
 
-  matrix lambda_b;
-  matrix lambda_d;
+  matrix lambda_b;  ///< dL/d lambda_b, out x k
+  matrix lambda_d;  ///< dL/d lambda_d, rank x k
 
+  /// \brief Empty buffers; the first `grads = mixed_parameter_gradients(...)` sizes them.
   mixed_gradients() = default;
   /// \brief Zero gradients sized for `set` (out x k and rank x k).
   explicit mixed_gradients(const adapter_set<T>& set)
@@ -35,11 +37,16 @@ struct mixed_gradients {
     e.eval_to(*this);
     return *this;
   }
+  /// \brief Copies both buffers (their sizes follow the source).
   mixed_gradients& operator=(const mixed_gradients&) = default;
+  /// \brief Moves both buffers (their sizes follow the source).
   mixed_gradients& operator=(mixed_gradients&&) noexcept = default;
+  /// \brief Copies both buffers.
   mixed_gradients(const mixed_gradients&) = default;
+  /// \brief Moves both buffers.
   mixed_gradients(mixed_gradients&&) noexcept = default;
 
+  /// \brief Zeroes both matrices in place, keeping their sizes.
   void set_zero() {
     lambda_b.setZero();
     lambda_d.setZero();

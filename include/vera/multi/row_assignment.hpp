@@ -31,6 +31,7 @@ class row_assignment {
       : data_(ids.data()), size_(static_cast<index>(ids.size())) {}
 
   /// \brief Views a contiguous Eigen vector of int (a column or a row).
+  /// \throws shape_error for a matrix that is not a vector.
   template <class D>
   row_assignment(const Eigen::DenseBase<D>& ids)  // NOLINT: implicit, as above
       : size_(ids.size()) {
@@ -55,8 +56,11 @@ class row_assignment {
     return all;
   }
 
+  /// \brief Number of rows the assignment covers.
   index size() const noexcept { return size_; }
+  /// \brief True for an assignment made by uniform().
   bool is_uniform() const noexcept { return data_ == nullptr; }
+  /// \brief The adapter id of `row` (no_adapter for a base-model row); `row` is not checked.
   adapter_id operator[](index row) const noexcept { return data_ != nullptr ? data_[row] : uniform_; }
 
  private:

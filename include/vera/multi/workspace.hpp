@@ -16,8 +16,9 @@ namespace vera {
 template <class T>
 class mixed_workspace {
  public:
+  /// Column-major buffer type of each matrix slot.
   using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
-  static constexpr int matrix_slots = 8;
+  static constexpr int matrix_slots = 8;  ///< number of matrix slots of get()
   static constexpr int row_slots = 3;  ///< of each per-row buffer kind
 
   /// \brief A rows x cols scratch matrix in slot `slot` (0..7); contents are unspecified.

@@ -14,10 +14,10 @@ namespace vera::optim {
 
 /// \brief Settings of adamw; the defaults are PyTorch's.
 struct adamw_options {
-  double lr = 1e-3;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
+  double lr = 1e-3;  ///< learning rate, >= 0
+  double beta1 = 0.9;  ///< first-moment decay, in [0, 1)
+  double beta2 = 0.999;  ///< second-moment decay, in [0, 1)
+  double eps = 1e-8;  ///< added to the denominator, > 0
   /// Decoupled: p *= 1 - lr * weight_decay before the Adam step, for parameters with decay.
   double weight_decay = 1e-2;
 };
@@ -32,6 +32,8 @@ struct adamw_options {
 template <class T>
 class adamw {
  public:
+  /// \brief An optimizer with no parameters yet; register them with add().
+  /// \throws value_error for an option out of range (named in the message).
   explicit adamw(const adamw_options& options = {}) : options_(options) { validate(options_); }
 
   /// \brief Registers buffers; see parameter_list::add for the overloads and their checks.
@@ -40,6 +42,9 @@ class adamw {
     parameters_.add(std::forward<Args>(args)...);
   }
 
+  /// \brief One AdamW step over every registered parameter.
+  /// \throws state_error for a locked parameter (a merged vera::linear), value_error for a
+  ///         non-finite gradient element; both before any value changes.
   void step() {
     parameters_.check_step("vera::optim::adamw::step");
     slots_.grow(parameters_);
@@ -72,6 +77,8 @@ class adamw {
   /// \brief Restores what state() returned (parameters matched by name, in any order), so that
   ///        training resumes exactly. Checks everything first (see parameter_list::match_state);
   ///        on error the optimizer is unchanged.
+  /// \throws value_error for a missing or extra parameter or a non-finite value; shape_error
+  ///         for a buffer of the wrong size.
   void load_state(const std::vector<slot_state<T>>& saved) {
     slots_.load(parameters_, saved, "vera::optim::adamw::load_state");
     steps_ = static_cast<std::size_t>(slots_.max_count());
@@ -82,8 +89,11 @@ class adamw {
     detail::check_rate("vera::optim::adamw", "lr", lr, 0.0, true, HUGE_VAL, false);
     options_.lr = lr;
   }
+  /// \brief The current settings (lr as last set by set_lr).
   const adamw_options& options() const noexcept { return options_; }
+  /// \brief The registered parameters.
   const parameter_list<T>& parameters() const noexcept { return parameters_; }
+  /// \brief Steps taken (after load_state: the most steps any parameter took).
   std::size_t steps() const noexcept { return steps_; }
 
  private:

@@ -29,12 +29,12 @@ namespace vera::optim {
 /// true answer makes the step throw state_error (a vera::linear that is merged, for example).
 template <class T>
 struct parameter {
-  std::string name;
-  T* value = nullptr;
-  const T* gradient = nullptr;
-  index size = 0;
-  bool decay = true;
-  std::function<bool()> locked;
+  std::string name;  ///< unique within one optimizer; keys the saved state
+  T* value = nullptr;  ///< `size` contiguous values, updated in place
+  const T* gradient = nullptr;  ///< `size` contiguous gradient values, read by step()
+  index size = 0;  ///< number of elements
+  bool decay = true;  ///< whether weight decay applies
+  std::function<bool()> locked;  ///< optional; true refuses a step (state_error)
 };
 
 namespace detail {
@@ -58,10 +58,10 @@ bool contiguous(const Eigen::DenseBase<D>& m) {
 ///        `second` empty). Buffers are empty before the parameter's first step.
 template <class T>
 struct slot_state {
-  std::string parameter;
-  std::uint64_t steps = 0;
-  std::vector<T> first;
-  std::vector<T> second;
+  std::string parameter;  ///< the parameter's name
+  std::uint64_t steps = 0;  ///< steps this parameter took (0: buffers empty)
+  std::vector<T> first;  ///< AdamW: first moment; SGD: momentum buffer
+  std::vector<T> second;  ///< AdamW: second moment; SGD: empty
 };
 
 /// \brief The parameters of one optimizer, in registration order.
@@ -88,20 +88,28 @@ class parameter_list {
 
   /// \brief Registers the trained vectors of `ad` (lambda_b if train_b, lambda_d if train_d) as
   ///        "<name>.lambda_b" / "<name>.lambda_d" with gradients from `grads`.
+  ///
+  /// `grads` must already be sized for `ad` (out, rank): gradients<T>(ad).
+  /// \throws shape_error when `grads` is not sized for `ad`; value_error for an empty or
+  ///         repeated name. On error nothing is registered.
   void add(const std::string& name, adapter<T>& ad, const gradients<T>& grads, bool decay = true) {
     add_adapter(name, ad, grads, decay, {});
   }
 
   /// \brief Registers the adapter of `layer`; a step while the layer is merged throws
   ///        state_error, since changing b or d then would make unmerge() subtract another ΔW.
+  /// \throws state_error when the layer is merged already; otherwise as the adapter overload.
   void add(const std::string& name, linear<T>& layer, const gradients<T>& grads,
            bool decay = true) {
     const linear<T>* watched = &layer;
     add_adapter(name, layer.vera_adapter(), grads, decay, [watched] { return watched->merged(); });
   }
 
+  /// \brief The registered parameters, in registration order.
   const std::vector<parameter<T>>& items() const noexcept { return items_; }
+  /// \brief Number of registered parameters (not scalars; see scalars()).
   std::size_t size() const noexcept { return items_.size(); }
+  /// \brief True when nothing is registered.
   bool empty() const noexcept { return items_.empty(); }
   /// \brief Total number of trained scalars.
   index scalars() const noexcept {
@@ -110,13 +118,12 @@ class parameter_list {
     return total;
   }
 
-  /// \brief Throws (state_error for a locked parameter, value_error for a non-finite gradient
-  ///        element, naming parameter and position) before any value changes; `who` prefixes
-  ///        the message.
   /// \brief Checks `saved` against the registered parameters before an optimizer adopts it:
   ///        one entry per parameter, by name, in any order; a buffer the optimizer uses is of
   ///        the parameter's size after its first step and empty before, an unused one is empty;
   ///        values finite. Returns, for each registered parameter, the index of its entry.
+  /// \throws value_error for a missing or extra entry or a non-finite value; shape_error for a
+  ///         buffer of the wrong size. `who` prefixes the message.
   std::vector<std::size_t> match_state(const char* who, const std::vector<slot_state<T>>& saved,
                                        bool first_used, bool second_used) const {
     if (saved.size() != items_.size()) {
@@ -153,6 +160,9 @@ class parameter_list {
     return order;
   }
 
+  /// \brief Throws (state_error for a locked parameter, value_error for a non-finite gradient
+  ///        element, naming parameter and position) before any value changes; `who` prefixes
+  ///        the message.
   void check_step(const char* who) const {
     for (const auto& p : items_) {
       if (p.locked && p.locked()) {
@@ -241,8 +251,11 @@ class slot_store {
     }
   }
 
+  /// \brief Step count of parameter k (registration order); grow() must have covered k.
   std::uint64_t& count(std::size_t k) { return counts_[k]; }
+  /// \brief First buffer of parameter k (`size` values), or null when the optimizer keeps none.
   T* first(std::size_t k) { return first_[k].data(); }
+  /// \brief Second buffer of parameter k (`size` values), or null when the optimizer keeps none.
   T* second(std::size_t k) { return second_[k].data(); }
   /// \brief The most steps any parameter took.
   std::uint64_t max_count() const {

@@ -15,12 +15,12 @@ namespace vera::optim {
 
 /// \brief Settings of sgd; the defaults are plain SGD at lr 0.01.
 struct sgd_options {
-  double lr = 0.01;
-  double momentum = 0.0;
-  double dampening = 0.0;
+  double lr = 0.01;  ///< learning rate, >= 0
+  double momentum = 0.0;  ///< >= 0; 0 keeps no momentum buffer
+  double dampening = 0.0;  ///< in [0, 1]
   /// L2 penalty added to the gradient (coupled, as PyTorch's SGD), for parameters with decay.
   double weight_decay = 0.0;
-  bool nesterov = false;
+  bool nesterov = false;  ///< needs momentum > 0 and dampening 0
 };
 
 /// \brief SGD over registered buffers: per element, with g the gradient,
@@ -34,6 +34,8 @@ struct sgd_options {
 template <class T>
 class sgd {
  public:
+  /// \brief An optimizer with no parameters yet; register them with add().
+  /// \throws value_error for an option out of range (named in the message).
   explicit sgd(const sgd_options& options = {})
       : options_(options), slots_(options.momentum != 0.0, false) {
     validate(options_);
@@ -45,6 +47,9 @@ class sgd {
     parameters_.add(std::forward<Args>(args)...);
   }
 
+  /// \brief One SGD step over every registered parameter.
+  /// \throws state_error for a locked parameter (a merged vera::linear), value_error for a
+  ///         non-finite gradient element; both before any value changes.
   void step() {
     parameters_.check_step("vera::optim::sgd::step");
     slots_.grow(parameters_);
@@ -76,6 +81,8 @@ class sgd {
   std::vector<slot_state<T>> state() const { return slots_.save(parameters_); }
   /// \brief Restores what state() returned (parameters matched by name, in any order). Checks
   ///        everything first; on error the optimizer is unchanged.
+  /// \throws value_error for a missing or extra parameter or a non-finite value; shape_error
+  ///         for a buffer of the wrong size.
   void load_state(const std::vector<slot_state<T>>& saved) {
     slots_.load(parameters_, saved, "vera::optim::sgd::load_state");
     steps_ = static_cast<std::size_t>(slots_.max_count());
@@ -86,8 +93,11 @@ class sgd {
     detail::check_rate("vera::optim::sgd", "lr", lr, 0.0, true, HUGE_VAL, false);
     options_.lr = lr;
   }
+  /// \brief The current settings (lr as last set by set_lr).
   const sgd_options& options() const noexcept { return options_; }
+  /// \brief The registered parameters.
   const parameter_list<T>& parameters() const noexcept { return parameters_; }
+  /// \brief Steps taken (after load_state: the most steps any parameter took).
   std::size_t steps() const noexcept { return steps_; }
 
  private:

@@ -35,7 +35,8 @@ auto adapt_vector(Scalar* data, index size) {
 ///
 /// Holds a vera::gradients<T>, so the shared evaluator writes into it directly and a reused
 /// object allocates nothing. The views returned by lambda_b() and lambda_d() point into this
-/// object: take them again after an overwriting evaluation that changed the adapter's sizes.
+/// object: take them again after an overwriting evaluation into empty gradients (which sizes
+/// them).
 template <class T>
 class gradients {
  public:
@@ -45,17 +46,20 @@ class gradients {
 
   /// \brief dL/d lambda_b, out elements, writable.
   auto lambda_b() { return detail::adapt_vector(values_.lambda_b.data(), values_.lambda_b.size()); }
+  /// \brief dL/d lambda_b, out elements, read-only.
   auto lambda_b() const {
     return detail::adapt_vector<const T>(values_.lambda_b.data(), values_.lambda_b.size());
   }
   /// \brief dL/d lambda_d, rank elements, writable.
   auto lambda_d() { return detail::adapt_vector(values_.lambda_d.data(), values_.lambda_d.size()); }
+  /// \brief dL/d lambda_d, rank elements, read-only.
   auto lambda_d() const {
     return detail::adapt_vector<const T>(values_.lambda_d.data(), values_.lambda_d.size());
   }
 
   /// \brief The same values as the Eigen front-end's type (shared storage, no copy).
   vera::gradients<T>& eigen() noexcept { return values_; }
+  /// \brief The same values as the Eigen front-end's type, read-only.
   const vera::gradients<T>& eigen() const noexcept { return values_; }
 
   /// \brief `grads = vera::xt::parameter_gradients(...)`: evaluates in place, reusing the buffers.
@@ -74,6 +78,7 @@ class gradients {
     return *this;
   }
 
+  /// \brief Zeroes both vectors in place, keeping their sizes.
   void set_zero() { values_.set_zero(); }
 
  private:
@@ -93,6 +98,9 @@ class parameter_gradient_expr {
   using settings_type = vera::parameter_gradient_expr<Exec, detail::extents_map<T>, T>;
 
  public:
+  /// \brief Holds G and checks it against the adapter and the context; see
+  ///        vera::xt::parameter_gradients.
+  /// \throws as vera::xt::parameter_gradients.
   template <class GA>
   parameter_gradient_expr(GA&& g, const adapter<T>& ad, const forward_context<T>& ctx)
       : g_(std::forward<GA>(g)), settings_(validated(g_, ad, ctx)) {}
@@ -102,7 +110,9 @@ class parameter_gradient_expr {
     return {*this, settings_.using_workspace(ws)};
   }
 
-  /// \brief Writes (or adds) the gradients into `out`, which is resized only on overwrite.
+  /// \brief Writes (or adds) the gradients into `out`. On overwrite, empty buffers are sized;
+  ///        buffers of another size throw shape_error, as vera::parameter_gradient_expr::eval_to.
+  /// \throws shape_error as described; state_error, rank_error as vera::parameter_gradients.
   void eval_to(gradients<T>& out, assign_mode mode = assign_mode::overwrite) const {
     const detail::input_matrix<T> g(g_);
     const auto e = vera::parameter_gradients(Exec{}, g.map(), settings_.layer(), settings_.context());
@@ -115,6 +125,7 @@ class parameter_gradient_expr {
     eval_to(out);
     return out;
   }
+  /// \brief Evaluates into a fresh gradients<T>, for `vera::xt::gradients<T> g = expr;`.
   operator gradients<T>() const { return eval(); }  // NOLINT: evaluation on conversion is the point
 
  private:
@@ -133,8 +144,9 @@ class parameter_gradient_expr {
 
 /// \brief dL/dX (n x in) = G (W0 + ΔW), with the dropout mask on the adapter term, lazily.
 ///
-/// Evaluated like vera::xt::forward_expr: `eval()`, conversion, `assign_to(dx)` overwrite;
-/// `add_to(dx)` accumulates.
+/// Evaluated like vera::xt::forward_expr: `eval()`, conversion, `assign_to(dx)` overwrite (an
+/// xt::xtensor or xt::xarray is resized; other destinations must be n x in, dense row-major);
+/// `add_to(dx)` accumulates. Evaluation throws aliasing_error when dX overlaps G or W0.
 template <class Exec, class G, class W, class T>
 class input_gradient_expr : public detail::matrix_result<input_gradient_expr<Exec, G, W, T>, T> {
   static_assert(detail::holds_scalar<G, T>,
@@ -147,21 +159,29 @@ class input_gradient_expr : public detail::matrix_result<input_gradient_expr<Exe
       vera::input_gradient_expr<Exec, detail::extents_map<T>, detail::extents_map<T>, T>;
 
  public:
+  /// \brief Holds G and W0 and checks them against the adapter and the context; see
+  ///        vera::xt::input_gradient.
+  /// \throws as vera::xt::input_gradient.
   template <class GA, class WA>
   input_gradient_expr(GA&& g, WA&& w0, const adapter<T>& ad, const forward_context<T>& ctx)
       : g_(std::forward<GA>(g)), w0_(std::forward<WA>(w0)), settings_(validated(g_, w0_, ad, ctx)) {}
 
+  /// \brief n, the rows of G.
   index rows() const { return settings_.rows(); }
+  /// \brief in, the layer's input features.
   index cols() const { return settings_.cols(); }
 
+  /// \brief Use `ws` for scratch memory instead of allocating.
   input_gradient_expr using_workspace(workspace<T>& ws) const {
     return {*this, settings_.using_workspace(ws)};
   }
+  /// \brief Force an association order instead of the cost model's choice.
   input_gradient_expr with_order(order requested) const {
     return {*this, settings_.with_order(requested)};
   }
 
   /// \brief dx += expr; dx must already be n x in and dense row-major.
+  /// \throws shape_error otherwise.
   template <class Y>
   void add_to(Y&& dx) const {
     this->accumulate_into(dx);
@@ -196,13 +216,15 @@ class input_gradient_expr : public detail::matrix_result<input_gradient_expr<Exe
 };
 
 /// \brief Lazy gradients of lambda_b and lambda_d. Shapes: G n x out (2-D), ctx from the
-///        training forward of the same n rows. Throws state_error if ctx holds no training
-///        forward, shape_error for a wrong G.
+///        training forward of the same n rows. A temporary adapter is refused at compile time.
+/// \throws state_error if ctx holds no training forward; shape_error for a G that is not 2-D
+///         n x out; rank_error when ctx was filled at another rank.
 template <class Exec, class G, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
 parameter_gradient_expr<Exec, G, T> parameter_gradients(Exec, G&& g, const adapter<T>& ad,
                                                         const forward_context<T>& ctx) {
   return {std::forward<G>(g), ad, ctx};
 }
+/// \brief Lazy gradients on the default (CPU) policy; as the overload above.
 template <class G, class T>
 parameter_gradient_expr<exec::default_policy, G, T> parameter_gradients(
     G&& g, const adapter<T>& ad, const forward_context<T>& ctx) {
@@ -211,12 +233,15 @@ parameter_gradient_expr<exec::default_policy, G, T> parameter_gradients(
 template <class G, class T>
 void parameter_gradients(G&&, adapter<T>&&, const forward_context<T>&) = delete;
 
-/// \brief Lazy gradient of the layer input. Shapes: G n x out, W0 as in vera::xt::forward.
+/// \brief Lazy gradient of the layer input (n x in). Shapes: G n x out, W0 as in
+///        vera::xt::forward. A temporary adapter is refused at compile time.
+/// \throws as vera::xt::parameter_gradients; shape_error also for W0.
 template <class Exec, class G, class W, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
 input_gradient_expr<Exec, G, W, T> input_gradient(Exec, G&& g, W&& w0, const adapter<T>& ad,
                                                   const forward_context<T>& ctx) {
   return {std::forward<G>(g), std::forward<W>(w0), ad, ctx};
 }
+/// \brief Lazy gradient of the layer input on the default (CPU) policy; as the overload above.
 template <class G, class W, class T>
 input_gradient_expr<exec::default_policy, G, W, T> input_gradient(G&& g, W&& w0,
                                                                   const adapter<T>& ad,

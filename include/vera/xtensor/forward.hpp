@@ -23,7 +23,10 @@ namespace vera::xt {
 /// becomes a row-major Eigen map (a copy first if it is not dense row-major memory) and the
 /// Eigen front-end's expression computes straight into the destination.
 /// `xt::xtensor<T, 2> y = expr;`, `expr.eval()`, `expr.assign_to(y)` overwrite; `expr.add_to(y)`
-/// accumulates.
+/// accumulates. `eval()`, the conversion and `assign_to()` come from an internal base: an
+/// xt::xtensor or xt::xarray destination of another shape is given fresh memory, any other
+/// destination must be n x out and dense row-major, or shape_error is thrown before anything is
+/// written. Evaluation throws aliasing_error as vera::forward_expr does.
 template <class Exec, class X, class W, class Bias, class T>
 class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias, T>, T> {
   static_assert(detail::holds_scalar<X, T>, "vera::xt::forward: X must hold the adapter's scalar type");
@@ -38,12 +41,17 @@ class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias,
                              std::declval<const adapter<T>&>()));
 
  public:
+  /// \brief Holds the operands (lvalues by reference, temporaries by value) and checks their
+  ///        shapes; see vera::xt::forward.
+  /// \throws shape_error naming the operand for a wrong dimension count or shape.
   template <class XA, class WA, class BA>
   forward_expr(XA&& x, WA&& w0, BA&& bias, const adapter<T>& ad)
       : x_(std::forward<XA>(x)), w0_(std::forward<WA>(w0)), bias_(std::forward<BA>(bias)),
         settings_(validated(x_, w0_, bias_, ad)) {}
 
+  /// \brief n, the rows of X.
   index rows() const { return settings_.rows(); }
+  /// \brief out, the layer's output features.
   index cols() const { return settings_.cols(); }
 
   /// \brief Training forward: dropout on, P saved in `ctx` for backward.
@@ -56,6 +64,7 @@ class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias,
   forward_expr with_order(order requested) const { return {*this, settings_.with_order(requested)}; }
 
   /// \brief y += expr; y must already be n x out and dense row-major.
+  /// \throws shape_error otherwise.
   template <class Y>
   void add_to(Y&& y) const {
     this->accumulate_into(y);
@@ -101,14 +110,15 @@ class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias,
 /// vera::no_bias. Any xtensor expression of the adapter's scalar type is accepted: dense
 /// row-major memory (xt::xtensor, xt::xarray, adaptors, contiguous views) is read in place,
 /// anything else is copied once at evaluation. Lvalues are held by reference, temporaries by
-/// value. Throws shape_error naming the operand when a dimension count or shape is wrong.
+/// value. A temporary adapter is refused at compile time.
+/// \throws shape_error naming the operand when a dimension count or shape is wrong.
 template <class Exec, class X, class W, class Bias, class T,
           class = std::enable_if_t<std::is_empty_v<Exec>>>
 forward_expr<Exec, X, W, Bias, T> forward(Exec, X&& x, W&& w0, Bias&& bias, const adapter<T>& ad) {
   return {std::forward<X>(x), std::forward<W>(w0), std::forward<Bias>(bias), ad};
 }
 
-/// \brief Lazy forward on the default (CPU) policy.
+/// \brief Lazy forward on the default (CPU) policy; as the overload above.
 template <class X, class W, class Bias, class T>
 forward_expr<exec::default_policy, X, W, Bias, T> forward(X&& x, W&& w0, Bias&& bias,
                                                          const adapter<T>& ad) {

@@ -17,13 +17,17 @@ namespace vera::xt {
 /// \brief ΔW = Λb B Λd A (out x in; in x out with fan_in_fan_out) as an xtensor, lazily.
 ///
 /// `eval()`, conversion and `assign_to(w)` overwrite; `add_to(w)` is a merge and
-/// `subtract_from(w)` an unmerge, one GEMM into w with no temporary of w's size.
+/// `subtract_from(w)` an unmerge, one GEMM into w with no temporary of w's size. `eval()`, the
+/// conversion and `assign_to()` come from an internal base, as for vera::xt::forward_expr.
 template <class Exec, class T>
 class delta_weight_expr : public detail::matrix_result<delta_weight_expr<Exec, T>, T> {
  public:
+  /// \brief Refers to `ad`, which must outlive the expression; see vera::xt::delta_weight.
   explicit delta_weight_expr(const adapter<T>& ad) : delta_(ad) {}
 
+  /// \brief out (in with fan_in_fan_out).
   index rows() const { return delta_.rows(); }
+  /// \brief in (out with fan_in_fan_out).
   index cols() const { return delta_.cols(); }
 
   /// \brief Use `ws` for the small Λb B Λd buffer instead of allocating it.
@@ -32,11 +36,13 @@ class delta_weight_expr : public detail::matrix_result<delta_weight_expr<Exec, T
   }
 
   /// \brief w += ΔW; w must have ΔW's shape and be dense row-major.
+  /// \throws shape_error otherwise.
   template <class Y>
   void add_to(Y&& w) const {
     this->accumulate_into(w);
   }
   /// \brief w -= ΔW; w must have ΔW's shape and be dense row-major.
+  /// \throws shape_error otherwise.
   template <class Y>
   void subtract_from(Y&& w) const {
     auto dst = detail::writable<T>("destination", w, rows(), cols());
@@ -57,19 +63,26 @@ class delta_weight_expr : public detail::matrix_result<delta_weight_expr<Exec, T
 };
 
 /// \brief W0 + ΔW as an xtensor, lazily; W0 has the layout the adapter's options say.
+///
+/// Evaluated through `eval()`, the conversion or `assign_to(w)`, as vera::xt::forward_expr;
+/// evaluation throws aliasing_error when the destination overlaps W0.
 template <class Exec, class W, class T>
 class merged_weight_expr : public detail::matrix_result<merged_weight_expr<Exec, W, T>, T> {
   static_assert(detail::holds_scalar<W, T>,
                 "vera::xt::merged_weight: W0 must hold the adapter's scalar type");
 
  public:
+  /// \brief Holds W0 and checks it against the adapter; see vera::xt::merged_weight.
+  /// \throws shape_error when W0 is not 2-D or not the adapter's shape.
   template <class WA>
   merged_weight_expr(WA&& w0, const adapter<T>& ad) : w0_(std::forward<WA>(w0)), adapter_(&ad) {
     detail::check_dimension<2>("W0", w0_);
     (void)vera::merged_weight<Exec>(detail::shape_only<T>(w0_), ad);
   }
 
+  /// \brief Rows of W0.
   index rows() const { return detail::extent(w0_, 0); }
+  /// \brief Columns of W0.
   index cols() const { return detail::extent(w0_, 1); }
 
  private:
@@ -92,6 +105,7 @@ delta_weight_expr<Exec, T> delta_weight(const adapter<T>& ad) {
 }
 
 /// \brief Lazy W0 + ΔW. Shapes: W0 as in vera::xt::forward.
+/// \throws shape_error when W0 is not 2-D or not the adapter's shape.
 template <class Exec = exec::default_policy, class W, class T>
 merged_weight_expr<Exec, W, T> merged_weight(W&& w0, const adapter<T>& ad) {
   return {std::forward<W>(w0), ad};
@@ -118,6 +132,7 @@ auto writable_weight(W& w0, const adapter<T>& ad) {
 /// \brief W0 += ΔW in place. W0 (out x in, in x out with fan_in_fan_out) must be dense
 ///        row-major memory: an xt::xtensor, xt::xarray, adaptor or contiguous view.
 ///        `ws` (optional) avoids allocating.
+/// \throws shape_error when W0 is not 2-D, of another shape, or not dense row-major.
 template <class W, class T>
 void merge(W&& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
   auto w = detail::writable_weight(w0, ad);
@@ -125,6 +140,7 @@ void merge(W&& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
 }
 
 /// \brief W0 -= ΔW in place; undoes merge up to rounding. W0 as in vera::xt::merge.
+/// \throws shape_error as vera::xt::merge.
 template <class W, class T>
 void unmerge(W&& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
   auto w = detail::writable_weight(w0, ad);
@@ -133,6 +149,7 @@ void unmerge(W&& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
 
 /// \brief W0 += ΔW only if every merged element is finite; otherwise throws value_error and
 ///        leaves W0 untouched. W0 as in vera::xt::merge.
+/// \throws shape_error as vera::xt::merge; value_error for a non-finite merged element.
 template <class W, class T>
 void safe_merge(W&& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
   auto w = detail::writable_weight(w0, ad);

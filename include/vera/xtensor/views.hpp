@@ -76,6 +76,7 @@ template <class T>
 auto lambda_b(adapter<T>& ad) {
   return detail::adapt_vector(ad.lambda_b().data(), ad.out_features());
 }
+/// \brief lambda_b (out elements) as a read-only 1-D xtensor view of the adapter's storage.
 template <class T>
 auto lambda_b(const adapter<T>& ad) {
   return detail::adapt_vector(ad.lambda_b().data(), ad.out_features());
@@ -85,6 +86,7 @@ template <class T>
 auto lambda_d(adapter<T>& ad) {
   return detail::adapt_vector(ad.lambda_d().data(), ad.rank());
 }
+/// \brief lambda_d (rank elements) as a read-only 1-D xtensor view of the adapter's storage.
 template <class T>
 auto lambda_d(const adapter<T>& ad) {
   return detail::adapt_vector(ad.lambda_d().data(), ad.rank());

@@ -33,6 +33,10 @@ std::size_t input_gradient_workspace_bytes(const layer_ref<T>& layer, index n, b
 /// and grad_d[k] = sum_o M[o,k] b[o] B[o,k] in one deterministic reduction (fixed order, no
 /// float atomics): the same bits on every run. A null grad_b or grad_d is not computed (a frozen
 /// vector). accumulate adds to the outputs instead of overwriting them.
+/// ws: at least parameter_gradient_workspace_bytes(layer).
+/// \throws shape_error, rank_error or value_error (extents, strides, null pointers, a workspace
+///         too small) before any device work; cuda_error when a launch or a cuBLAS call
+///         fails.
 template <class T>
 void parameter_gradients(const stream_context& ctx, const layer_ref<T>& layer,
                          input_ref<T> g, input_ref<T> projected, float* grad_b,
@@ -77,6 +81,9 @@ void parameter_gradients(const stream_context& ctx, const layer_ref<T>& layer,
 /// g: n x out; w0: out x in (in x out with fan_in_fan_out); mask: the forward's dropout key
 /// (null or p = 0: none); ws: at least input_gradient_workspace_bytes(layer, n, dropout on).
 /// accumulate adds to grad_x instead of overwriting it.
+/// \throws shape_error, rank_error or value_error (extents, strides, null pointers, a workspace
+///         too small, a dropout probability outside [0, 1)) before any device work;
+///         cuda_error when a launch or a cuBLAS call fails.
 template <class T>
 void input_gradient(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> g,
                     input_ref<T> w0, matrix_ref<T> grad_x, workspace_ref ws,

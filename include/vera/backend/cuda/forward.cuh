@@ -87,6 +87,7 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
 /// x: n x in; w0: out x in (in x out with fan_in_fan_out); bias: out elements or null;
 /// ws: at least forward_workspace_bytes(layer, n, false, false). Throws shape_error /
 /// rank_error / value_error before any device work; returns without synchronising.
+/// \throws cuda_error when a launch or a cuBLAS call fails.
 template <class T>
 void forward(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> x,
              input_ref<T> w0, nondeduced<const T*> bias, matrix_ref<T> y, workspace_ref ws) {
@@ -96,7 +97,10 @@ void forward(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> 
 /// \brief Training forward: as forward(), and keeps projected = drop(x) A^T (n x rank) for the
 ///        backward pass. `mask` (null or p = 0: none) is the CPU's counter-based dropout mask.
 ///
-/// ws: at least forward_workspace_bytes(layer, n, true, dropout on).
+/// ws: at least forward_workspace_bytes(layer, n, true, dropout on); projected: n x rank.
+/// \throws shape_error, rank_error or value_error (extents, strides, null pointers, a workspace
+///         too small, a dropout probability outside [0, 1)) before any device work;
+///         cuda_error when a launch or a cuBLAS call fails.
 template <class T>
 void forward_train(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> x,
                    input_ref<T> w0, nondeduced<const T*> bias, matrix_ref<T> y, matrix_ref<T> projected,

@@ -20,11 +20,15 @@ template <class T>
 class device_buffer {
  public:
   device_buffer() = default;
+  /// \brief Allocates `count` elements (none for 0); contents are uninitialised.
+  /// \throws cuda_error when cudaMalloc fails.
   explicit device_buffer(std::size_t count) : count_(count) {
     if (count != 0) check(cudaMalloc(reinterpret_cast<void**>(&data_), count * sizeof(T)), "cudaMalloc");
   }
+  /// \brief Takes over `other`'s memory; `other` is left empty.
   device_buffer(device_buffer&& other) noexcept
       : data_(std::exchange(other.data_, nullptr)), count_(std::exchange(other.count_, 0)) {}
+  /// \brief Frees this buffer's memory and takes over `other`'s.
   device_buffer& operator=(device_buffer&& other) noexcept {
     if (this != &other) {
       release();
@@ -37,8 +41,11 @@ class device_buffer {
   device_buffer& operator=(const device_buffer&) = delete;
   ~device_buffer() { release(); }
 
+  /// \brief Device pointer to the elements (null when empty).
   T* data() noexcept { return data_; }
+  /// \brief Device pointer to the elements, read-only.
   const T* data() const noexcept { return data_; }
+  /// \brief Number of elements.
   std::size_t size() const noexcept { return count_; }
 
  private:
@@ -54,10 +61,13 @@ class device_buffer {
 class workspace {
  public:
   /// \brief Grows to at least `bytes` (synchronising, like any cudaMalloc); never shrinks.
+  /// \throws cuda_error when the allocation fails.
   void reserve(std::size_t bytes) {
     if (bytes > buffer_.size()) buffer_ = device_buffer<unsigned char>(bytes);
   }
+  /// \brief The reserved memory as the operations take it.
   workspace_ref ref() noexcept { return {buffer_.data(), buffer_.size()}; }
+  /// \brief Bytes reserved.
   std::size_t bytes() const noexcept { return buffer_.size(); }
 
  private:
@@ -71,6 +81,8 @@ class handle {
   /// Enough for cuBLAS's largest recommended workspace (Hopper).
   static constexpr std::size_t cublas_workspace_bytes = std::size_t{32} << 20;
 
+  /// \brief Creates a cuBLAS handle on `stream` with a cuBLAS workspace of cublas_workspace_bytes.
+  /// \throws cuda_error when allocation or a cuBLAS call fails.
   explicit handle(cudaStream_t stream, bool allow_tf32 = false)
       : cublas_workspace_(cublas_workspace_bytes) {
     check(cublasCreate(&context_.cublas), "cublasCreate");

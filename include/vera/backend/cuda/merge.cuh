@@ -59,6 +59,9 @@ void merge_signed(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
 ///
 /// The rounding to T happens once per element, after float32 accumulation. Tracking whether a
 /// layer is merged is the caller's job (as in the CPU's vera::linear).
+/// \throws shape_error, rank_error or value_error (extents, strides, null pointers, a workspace
+///         too small) before any device work; cuda_error when a launch or a cuBLAS call
+///         fails.
 template <class T>
 void merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
            workspace_ref ws) {
@@ -79,6 +82,9 @@ void unmerge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T>
 /// finite (w0 is then left unchanged). Its value is known only once the stream reaches this
 /// point: the caller synchronises (or records an event) before reading it, and must not treat
 /// the layer as merged until then. ws: at least merge_workspace_bytes(layer, true).
+/// \throws shape_error, rank_error or value_error (extents, strides, null pointers, a workspace
+///         too small, a null `rejected`) before any device work; cuda_error when a launch or
+///         a cuBLAS call fails.
 template <class T>
 void safe_merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
                 workspace_ref ws, int* rejected) {
@@ -108,6 +114,7 @@ void safe_merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref
 ///
 /// `rejected` is a device int as for safe_merge(). Use it where a blocking call is acceptable,
 /// e.g. when exporting a merged model.
+/// \throws value_error as described; otherwise as safe_merge().
 template <class T>
 void safe_merge_sync(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
                      workspace_ref ws, int* rejected) {

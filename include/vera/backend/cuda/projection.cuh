@@ -61,6 +61,8 @@ void upload_matrix(cudaStream_t stream, const float* host, index rows, index col
 /// (seed, matrix, i, j), computed by the same function as on the CPU, so float32 results are
 /// bit-identical to generate_projection(). Throws value_error for generator::peft, whose mt19937
 /// stream is sequential: generate that on the host and use upload_projection().
+/// \throws value_error also for a bad spec; shape_error for targets of the wrong shape;
+///         cuda_error when a launch fails.
 template <class T>
 void generate_projection(cudaStream_t stream, const projection_spec& spec, matrix_ref<T> a,
                          matrix_ref<T> b) {
@@ -85,6 +87,8 @@ void generate_projection(cudaStream_t stream, const projection_spec& spec, matri
 
 /// \brief Copies a host projection (row-major float32, A rank x max_in, B max_out x rank, as
 ///        generate_projection() on the CPU makes it) to the device, rounding to T there.
+/// \throws value_error for a bad spec or null host pointers; shape_error for targets of the
+///         wrong shape; cuda_error when a copy, launch or synchronisation fails.
 ///
 /// Set-up, not hot path: it synchronises `stream` before returning, so the host arrays may be
 /// freed at once.
@@ -108,6 +112,8 @@ class device_projection {
  public:
   /// \brief Allocates and fills A and B for `spec`: philox on the device (no wait), PEFT on the
   ///        host followed by one upload (which synchronises `stream`).
+  /// \throws value_error for a bad spec; cuda_error when allocation, a launch or the upload
+  ///         fails.
   device_projection(const projection_spec& spec, cudaStream_t stream)
       : spec_((validate(spec), spec)),
         a_(static_cast<std::size_t>(spec.rank * spec.max_in)),
@@ -122,7 +128,9 @@ class device_projection {
     upload_projection<T>(stream, spec, host_a.data(), host_b.data(), a_view(), b_view());
   }
 
+  /// \brief The spec A and B were generated from.
   const projection_spec& spec() const noexcept { return spec_; }
+  /// \brief A and B as layers refer to them; valid while this object lives.
   projection_ref<T> view() const noexcept {
     return {a_.data(), b_.data(), spec_.rank, spec_.max_in, spec_.max_out};
   }

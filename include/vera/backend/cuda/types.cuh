@@ -19,16 +19,18 @@ namespace vera::cuda {
 /// A view never owns memory; T may be const-qualified for inputs.
 template <class T>
 struct matrix_ref {
-  T* data = nullptr;
-  index rows = 0;
-  index cols = 0;
-  index stride = 0;
+  T* data = nullptr;  ///< element (0, 0); null for an empty or absent operand
+  index rows = 0;  ///< number of rows
+  index cols = 0;  ///< number of columns
+  index stride = 0;  ///< elements between the starts of consecutive rows, >= cols
 
   /// A writable view converts to a read-only one.
   template <class U, class = std::enable_if_t<std::is_same_v<const U, T> && !std::is_const_v<U>>>
   matrix_ref(const matrix_ref<U>& other)  // NOLINT(google-explicit-constructor)
       : data(other.data), rows(other.rows), cols(other.cols), stride(other.stride) {}
   matrix_ref() = default;
+  /// \brief Views `r` x `c` elements at `d` with row stride `s`; nothing is checked here (the
+  ///        operations validate their operands).
   matrix_ref(T* d, index r, index c, index s) : data(d), rows(r), cols(c), stride(s) {}
 };
 
@@ -54,18 +56,18 @@ struct storage;
 
 template <>
 struct storage<float> {
-  static constexpr cudaDataType_t type = CUDA_R_32F;
-  static constexpr const char* name = "float32";
+  static constexpr cudaDataType_t type = CUDA_R_32F;  ///< cuBLAS data type
+  static constexpr const char* name = "float32";  ///< name used in messages
 };
 template <>
 struct storage<__half> {
-  static constexpr cudaDataType_t type = CUDA_R_16F;
-  static constexpr const char* name = "float16";
+  static constexpr cudaDataType_t type = CUDA_R_16F;  ///< cuBLAS data type
+  static constexpr const char* name = "float16";  ///< name used in messages
 };
 template <>
 struct storage<__nv_bfloat16> {
-  static constexpr cudaDataType_t type = CUDA_R_16BF;
-  static constexpr const char* name = "bfloat16";
+  static constexpr cudaDataType_t type = CUDA_R_16BF;  ///< cuBLAS data type
+  static constexpr const char* name = "bfloat16";  ///< name used in messages
 };
 
 /// \brief True for the storage types the backend supports.
@@ -77,11 +79,11 @@ inline constexpr bool is_storage = std::is_same_v<T, float> || std::is_same_v<T,
 ///        dense row-major, in storage type T. A layer reads A[:r, :in] and B[:out, :r].
 template <class T>
 struct projection_ref {
-  const T* a = nullptr;
-  const T* b = nullptr;
-  index rank = 0;
-  index max_in = 0;
-  index max_out = 0;
+  const T* a = nullptr;  ///< A, rank x max_in, dense row-major
+  const T* b = nullptr;  ///< B, max_out x rank, dense row-major
+  index rank = 0;  ///< rows of A, columns of B
+  index max_in = 0;  ///< columns of A
+  index max_out = 0;  ///< rows of B
 };
 
 /// \brief One adapted layer on the device: its extents, the shared projection and the trainable
@@ -90,13 +92,13 @@ struct projection_ref {
 /// With fan_in_fan_out the base weight is stored in x out (GPT-2 Conv1D) instead of out x in.
 template <class T>
 struct layer_ref {
-  projection_ref<T> projection;
-  index in = 0;
-  index out = 0;
-  index rank = 0;
-  const float* lambda_b = nullptr;
-  const float* lambda_d = nullptr;
-  bool fan_in_fan_out = false;
+  projection_ref<T> projection;  ///< the shared A and B
+  index in = 0;  ///< input features (<= projection.max_in)
+  index out = 0;  ///< output features (<= projection.max_out)
+  index rank = 0;  ///< this layer's rank (<= projection.rank)
+  const float* lambda_b = nullptr;  ///< out floats on the device
+  const float* lambda_d = nullptr;  ///< rank floats on the device
+  bool fan_in_fan_out = false;  ///< W0 stored in x out
 };
 
 /// \brief Where work is queued: the caller's stream and a cuBLAS handle bound to it.
@@ -104,15 +106,15 @@ struct layer_ref {
 /// Every call enqueues on `stream` and returns without waiting; allow_tf32 lets float32 GEMMs
 /// use TF32 tensor cores (off by default, as in PyTorch for matmul).
 struct stream_context {
-  cudaStream_t stream = nullptr;
-  cublasHandle_t cublas = nullptr;
-  bool allow_tf32 = false;
+  cudaStream_t stream = nullptr;  ///< the stream every call enqueues on
+  cublasHandle_t cublas = nullptr;  ///< a cuBLAS handle bound to `stream`
+  bool allow_tf32 = false;  ///< let float32 GEMMs use TF32 tensor cores
 };
 
 /// \brief Caller-owned scratch memory on the device (see workspace_bytes).
 struct workspace_ref {
-  void* data = nullptr;
-  std::size_t bytes = 0;
+  void* data = nullptr;  ///< device memory, 256-byte aligned as cudaMalloc returns it
+  std::size_t bytes = 0;  ///< size of the memory at `data`
 };
 
 }  // namespace vera::cuda
