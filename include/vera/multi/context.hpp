@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// What a mixed training forward keeps for backward: P (n x rank) and each row's adapter column.
+// What a mixed training forward keeps for backward: P (n x rank), each row's adapter column and,
+// when the batch mixed several adapters, the n x out product whose rows grad_b sums.
 #pragma once
 
 #include <cstdint>
@@ -16,7 +17,12 @@ namespace vera {
 ///
 /// Holds P = drop(X) A^T (n x rank), the column each row's adapter occupies (-1 for base-model
 /// rows and disabled adapters) and the dropout key; never the n x in input. Row i's dropout
-/// probability is that of its adapter. Reuse one context per layer: its buffers are kept.
+/// probability is that of its adapter. When the batch mixed several adapters it also keeps
+/// Z = (P ⊙ s_a(i) d_a(i)) B^T (n x out), which the forward computes anyway and from which
+/// grad_b is a segment sum: the backward then needs one GEMM fewer, for n x out more memory.
+/// The backward therefore takes lambda_d and the scales as they were in the forward; change
+/// adapter values only between a backward and the next forward (as autograd requires too).
+/// Reuse one context per layer: its buffers are kept.
 template <class T>
 class mixed_context {
  public:
@@ -31,6 +37,10 @@ class mixed_context {
   index rows() const noexcept { return projected_.rows(); }
   /// \brief P = drop(X) A^T, rows x rank.
   const matrix& projected() const noexcept { return projected_; }
+  /// \brief True when the forward kept Z = (P ⊙ s_a(i) d_a(i)) B^T (it mixed several adapters).
+  bool has_products() const noexcept { return has_products_; }
+  /// \brief Z = (P ⊙ s_a(i) d_a(i)) B^T, rows x out; meaningful only when has_products().
+  const matrix& products() const noexcept { return products_; }
   /// \brief Per row: the set column of its adapter, or -1 when the row ran the base model only.
   const std::vector<index>& row_columns() const noexcept { return columns_; }
   /// \brief Seed and step of the last forward's mask; the probability field is unused (each row
@@ -47,9 +57,17 @@ class mixed_context {
     key_.step = next_step_++;
     key_.probability = 0.0;
     ready_ = false;
+    has_products_ = false;
     projected_.resize(rows, rank);
     columns_.resize(static_cast<std::size_t>(rows));
     return projected_;
+  }
+  /// \brief Sizes Z for the current step and marks it kept (no allocation when the size
+  ///        repeats). Used by evaluators.
+  matrix& keep_products(index rows, index out) {
+    products_.resize(rows, out);
+    has_products_ = true;
+    return products_;
   }
   /// \brief Row columns buffer of the current step. Used by evaluators.
   index* columns_buffer() noexcept { return columns_.data(); }
@@ -62,12 +80,14 @@ class mixed_context {
 
  private:
   matrix projected_;
+  matrix products_;
   std::vector<index> columns_;
   dropout_key key_;
   std::uint64_t next_step_ = 0;
   const void* owner_ = nullptr;
   std::uint64_t owner_version_ = 0;
   bool ready_ = false;
+  bool has_products_ = false;
 };
 
 }  // namespace vera

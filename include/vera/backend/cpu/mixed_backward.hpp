@@ -81,7 +81,8 @@ void backward_one_adapter(const adapter_set<T>& set, const mixed_context<T>& ctx
 
 /// Everything a mixed backward computes, sharing T = (G ⊙ b_a(i)) B between grad_d and dX:
 ///   grad_d[a] += s_a Σ_{i in a} T_i ⊙ P_i                         (pass over n x rank)
-///   grad_b[a] += Σ_{i in a} G_i ⊙ Q_i,  Q = (P ⊙ s d_a(i)) B^T    (GEMM + pass over n x out)
+///   grad_b[a] += Σ_{i in a} G_i ⊙ Q_i,  Q = (P ⊙ s d_a(i)) B^T    (GEMM + pass over n x out;
+///                                           the pass only when the forward kept Q as Z)
 ///   dX (+)= G W0 + drop((T ⊙ s d_a(i)) A)                           (two GEMMs)
 /// `grads` and `dx` may be null; gradients must be sized by the caller. On overwrite every
 /// gradient column is written (zero where nothing flows).
@@ -148,22 +149,28 @@ void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const
     scale_by_b(g, plan, gb);
     t.noalias() = gb * set.b();
   }
-  auto s = ws.get(slot_projected, want_b ? n : 0, rank);
+  // S (and from it Q = S B^T) only when the forward did not keep Q as Z.
+  const bool need_s = want_b && !ctx.has_products();
+  auto s = ws.get(slot_projected, need_s ? n : 0, rank);
   auto d_sums = ws.get(slot_sums, want_d ? plan.present() + 1 : 0, rank);
   d_sums.setZero();
   using thin = decltype(t);
   rank_pass(p, plan, need_t ? &t : static_cast<thin*>(nullptr), dx != nullptr,
-            want_d ? &d_sums : static_cast<thin*>(nullptr), want_b ? &s : static_cast<thin*>(nullptr));
+            want_d ? &d_sums : static_cast<thin*>(nullptr), need_s ? &s : static_cast<thin*>(nullptr));
   if (want_d) {
     add_segment_sums(d_sums, plan, true, [&](index c) { return set.column_options(c).train_d; }, mode,
                      grads->lambda_d);
   }
   if (want_b) {
-    auto q = ws.get(slot_wide, n, out);
-    q.noalias() = s * set.b().transpose();
     auto b_sums = ws.get(slot_sums, plan.present() + 1, out);
     b_sums.setZero();
-    segment_sums(g, q, plan, b_sums);
+    if (need_s) {
+      auto q = ws.get(slot_wide, n, out);
+      q.noalias() = s * set.b().transpose();
+      segment_sums(g, q, plan, b_sums);
+    } else {
+      segment_sums(g, ctx.products(), plan, b_sums);
+    }
     add_segment_sums(b_sums, plan, false, [&](index c) { return set.column_options(c).train_b; },
                      mode, grads->lambda_b);
   }

@@ -313,17 +313,38 @@ void segment_sums(const X& x, const Y& y, const row_plan<T>& plan, Sums& sums) {
 
 /// grad.col(c) (+)= f_c sums.row(u)^T for every adapter present whose vector trains, with
 /// f_c = the adapter's scale when `apply_scale`, else 1; assigned on overwrite.
+///
+/// `sums` is column-major, so one adapter's row is strided by the number of adapters present;
+/// reading it row by row misses the cache on every element once a thousand adapters are present.
+/// Going a block of adapters at a time reads each column's block contiguously and writes the
+/// block's gradient columns as that many sequential streams.
 template <class Sums, class T, class Trains, class Grad>
 void add_segment_sums(const Sums& sums, const row_plan<T>& plan, bool apply_scale, Trains&& trains,
                       assign_mode mode, Grad& grad) {
-  for (index u = 0; u < plan.present(); ++u) {
-    const index column = plan.present_column(u);
-    if (!trains(column)) continue;
-    const T factor = apply_scale ? plan.scale(column) : T(1);
-    if (mode == assign_mode::overwrite) {
-      grad.col(column) = factor * sums.row(u).transpose();
-    } else {
-      grad.col(column) += factor * sums.row(u).transpose();
+  constexpr index block = 16;
+  index rows[block];
+  index columns[block];
+  T factors[block];
+  for (index first = 0; first < plan.present(); first += block) {
+    const index count = std::min(block, plan.present() - first);
+    index live = 0;
+    for (index q = 0; q < count; ++q) {
+      const index column = plan.present_column(first + q);
+      if (!trains(column)) continue;
+      rows[live] = first + q;
+      columns[live] = column;
+      factors[live] = apply_scale ? plan.scale(column) : T(1);
+      ++live;
+    }
+    for (index j = 0; j < sums.cols(); ++j) {
+      for (index q = 0; q < live; ++q) {
+        const T value = factors[q] * sums(rows[q], j);
+        if (mode == assign_mode::overwrite) {
+          grad(j, columns[q]) = value;
+        } else {
+          grad(j, columns[q]) += value;
+        }
+      }
     }
   }
 }

@@ -117,8 +117,13 @@ void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, 
       using thin = decltype(s);
       cpu::mixed::rank_pass(p, plan, static_cast<thin*>(nullptr), false,
                             static_cast<thin*>(nullptr), &s);
-      // Z in the destination's layout, so the gather pass runs along both in storage order.
-      if constexpr (cpu::mixed::row_major<Dst>) {
+      if (ctx != nullptr) {
+        // Kept in the context: grad_b is a segment sum of G ⊙ Z, so the backward skips a GEMM.
+        auto& z = ctx->keep_products(n, set.out_features());
+        z.noalias() = s * set.b().transpose();
+        cpu::mixed::add_scaled_by_b(z, plan, y);
+      } else if constexpr (cpu::mixed::row_major<Dst>) {
+        // Z in the destination's layout, so the gather pass runs along both in storage order.
         auto z = ws.get(cpu::mixed::slot_wide, set.out_features(), n).transpose();
         z.noalias() = s * set.b().transpose();
         cpu::mixed::add_scaled_by_b(z, plan, y);
