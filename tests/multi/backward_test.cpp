@@ -316,6 +316,15 @@ TEST_CASE("bad mixed backward inputs throw before anything is written", "[multi]
     CHECK(grads.lambda_b == start_b);
     CHECK(dx_bad.isZero());
   }
+  SECTION("a block or map destination of the wrong shape") {
+    // The block is one column short inside a wider matrix: an unchecked write would land there.
+    matrix<T> wide = matrix<T>::Zero(s.rows, s.in + 3);
+    REQUIRE_THROWS_WITH(wide.leftCols(s.in - 1) = vera::mixed_input_gradient(g, w0, set, ctx),
+                        Catch::Contains("destination: expected 67 x 23, got 67 x 22"));
+    Eigen::Map<matrix<T>> map(wide.data(), s.rows - 1, s.in);
+    REQUIRE_THROWS_AS(map = vera::mixed_input_gradient(g, w0, set, ctx), vera::shape_error);
+    CHECK(wide.isZero());
+  }
   SECTION("a context from another set, or from before the set changed") {
     vera::adapter_set<T> other(multi_test::make_projection<T>(s), s.in, s.out, {s.rank});
     other.add();

@@ -169,11 +169,13 @@ class mixed_input_gradient_expr
   }
 
   /// \brief Eigen's hook for `dX = expr`: overwrites dX (n x in).
-  /// \throws state_error when the context no longer matches the set; aliasing_error when dX
-  ///         overlaps G or W0.
+  /// \throws state_error when the context no longer matches the set; shape_error when dX is not
+  ///         n x in; aliasing_error when dX overlaps G or W0.
   template <class Dst>
   void evalTo(Dst& dst) const {
     detail::check_mixed_upstream("vera::mixed_input_gradient", g_, *set_, *context_);
+    // A resizable destination already has this shape; a block or map may not.
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst, assign_mode::overwrite);
   }
   /// \brief dX += expr without a temporary; dX must already be n x in.
