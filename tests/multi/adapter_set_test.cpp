@@ -51,6 +51,11 @@ TEST_CASE("adapters get increasing ids, the lowest free column, and never a reus
   REQUIRE_THROWS_WITH(set.lambda_b(b), Catch::Contains("adapter id 1") && Catch::Contains("removed"));
   REQUIRE_THROWS_WITH(set.remove(17), Catch::Contains("never added") && Catch::Contains("0..3"));
   REQUIRE_THROWS_AS(set.remove(-4), vera::value_error);
+  // A column out of range is the library's error, with the index and the valid range.
+  REQUIRE_THROWS_AS(set.id_at(3), vera::value_error);
+  REQUIRE_THROWS_WITH(set.id_at(3), Catch::Contains("adapter_set::id_at") && Catch::Contains("[0, 3)") &&
+                                        Catch::Contains("got 3"));
+  REQUIRE_THROWS_WITH(set.id_at(-1), Catch::Contains("got -1"));
 
   set.remove(a);
   CHECK(set.active() == vera::no_adapter);  // removing the active adapter leaves none active

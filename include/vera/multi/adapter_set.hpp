@@ -156,8 +156,14 @@ class adapter_set {
   /// \brief The column holding adapter `id`; throws value_error for an id not in the set.
   index column(adapter_id id) const { return column_of(id, "adapter_set::column"); }
   /// \brief The adapter in `column`, or no_adapter for a free column.
-  /// \throws std::out_of_range for a column outside [0, columns()).
-  adapter_id id_at(index column) const { return columns_.at(static_cast<std::size_t>(column)).id; }
+  /// \throws value_error for a column outside [0, columns()).
+  adapter_id id_at(index column) const {
+    if (column < 0 || column >= columns()) {
+      throw value_error("adapter_set::id_at: expected a column in [0, " + std::to_string(columns()) +
+                        "), got " + std::to_string(column));
+    }
+    return columns_[static_cast<std::size_t>(column)].id;
+  }
   /// \brief Ids of the adapters in the set, in column order.
   std::vector<adapter_id> ids() const {
     std::vector<adapter_id> live;
