@@ -241,7 +241,12 @@ TEST_CASE("merge state is guarded: one at a time, no removal or disabling while 
   set.merge(w, a);
   REQUIRE_THROWS_WITH(set.merge(w, b), Catch::Contains("already merged"));
   REQUIRE_THROWS_WITH(set.remove(a), Catch::Contains("merged"));
-  REQUIRE_THROWS_WITH(set.disable(a), Catch::Contains("merged"));
+  REQUIRE_THROWS_WITH(set.disable(a), Catch::StartsWith("adapter_set::disable:") && Catch::Contains("merged"));
+  // The message names the function the caller used.
+  REQUIRE_THROWS_WITH(set.set_enabled(a, false),
+                      Catch::StartsWith("adapter_set::set_enabled:") && Catch::Contains("merged"));
+  REQUIRE_THROWS_WITH(set.enable(17), Catch::StartsWith("adapter_set::enable:"));
+  CHECK(set.enabled(a));
   set.unmerge(w);
   set.remove(a);
 

@@ -189,19 +189,14 @@ class adapter_set {
   /// \throws value_error for an id not in the set; state_error when disabling the merged
   ///         adapter.
   void set_enabled(adapter_id id, bool enabled) {
-    const index column = column_of(id, "adapter_set::set_enabled");
-    if (!enabled && merged_id_ == id) {
-      throw state_error("adapter_set::disable: adapter " + std::to_string(id) +
-                        " is merged into W0; unmerge it first");
-    }
-    entry& e = columns_[static_cast<std::size_t>(column)];
-    if (e.enabled != enabled) ++version_;
-    e.enabled = enabled;
+    set_enabled_as(id, enabled, "adapter_set::set_enabled");
   }
   /// \brief set_enabled(id, true).
-  void enable(adapter_id id) { set_enabled(id, true); }
+  /// \throws value_error for an id not in the set.
+  void enable(adapter_id id) { set_enabled_as(id, true, "adapter_set::enable"); }
   /// \brief set_enabled(id, false).
-  void disable(adapter_id id) { set_enabled(id, false); }
+  /// \throws value_error for an id not in the set; state_error for the merged adapter.
+  void disable(adapter_id id) { set_enabled_as(id, false, "adapter_set::disable"); }
   /// \brief Whether adapter `id` is enabled.
   /// \throws value_error for an id not in the set.
   bool enabled(adapter_id id) const {
@@ -362,6 +357,18 @@ class adapter_set {
                         " is not in the set (" + describe_missing(id) + ")");
     }
     return id_to_column_[static_cast<std::size_t>(id)];
+  }
+
+  // `operation` is the public function the caller used, so that errors name it.
+  void set_enabled_as(adapter_id id, bool enabled, const char* operation) {
+    const index column = column_of(id, operation);
+    if (!enabled && merged_id_ == id) {
+      throw state_error(std::string(operation) + ": adapter " + std::to_string(id) +
+                        " is merged into W0; unmerge it first");
+    }
+    entry& e = columns_[static_cast<std::size_t>(column)];
+    if (e.enabled != enabled) ++version_;
+    e.enabled = enabled;
   }
 
   // The lowest free column, so that column numbers stay small and deterministic.
