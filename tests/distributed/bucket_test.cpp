@@ -55,6 +55,25 @@ TEST_CASE("bucket registration is checked and layouts hash by name and size", "[
   CHECK(one.layout_hash() != three.layout_hash());
 }
 
+TEST_CASE("an adapter whose registration fails leaves the bucket as it was", "[distributed]") {
+  const vera::projection<float> shared({1, 4, 6, 5});
+  vera::adapter<float> ad(shared, 6, 5);
+  vera::gradients<float> g(ad);
+  Eigen::VectorXf taken(3);
+  vera::distributed::gradient_bucket<float> bucket;
+  bucket.add("layer.lambda_d", taken);
+  const std::uint64_t before = bucket.layout_hash();
+  // lambda_b's name is free and lambda_d's is taken: neither may be registered.
+  CHECK_THROWS_WITH(bucket.add("layer", ad, g), Catch::Contains("'layer.lambda_d' is registered twice"));
+  CHECK(bucket.entries().size() == 1);
+  CHECK(bucket.size() == 3);
+  CHECK(bucket.layout_hash() == before);
+  // With a free name the same adapter registers both vectors.
+  bucket.add("other", ad, g);
+  CHECK(bucket.entries().size() == 3);
+  CHECK(bucket.size() == 3 + 5 + 4);
+}
+
 TEST_CASE("projection fingerprints name the first differing field", "[distributed]") {
   using vera::distributed::describe_difference;
   using vera::distributed::fingerprint;

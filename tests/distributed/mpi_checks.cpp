@@ -5,7 +5,10 @@
 
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <Eigen/Core>
 
@@ -64,6 +67,36 @@ void test_allreduce_mean() {
   expect(vera::distributed::mean_over_ranks(rank) == (ranks - 1) / 2.0, "mean_over_ranks");
 }
 
+void test_chunked_reduction() {
+  using pieces = std::vector<std::pair<vera::index, vera::index>>;
+  const auto split = [](vera::index total, vera::index limit) {
+    pieces out;
+    vera::distributed::detail::for_each_chunk(total, limit, [&](vera::index offset, vera::index count) {
+      out.emplace_back(offset, count);
+    });
+    return out;
+  };
+  expect(split(10, 4) == pieces{{0, 4}, {4, 4}, {8, 2}}, "10 elements in pieces of at most 4");
+  expect(split(8, 4) == pieces{{0, 4}, {4, 4}}, "8 elements in pieces of 4");
+  expect(split(3, 4) == pieces{{0, 3}}, "3 elements in one piece");
+  expect(split(0, 4).empty(), "no elements, no piece");
+  // A fused buffer past MPI's int count: only the pieces are computed, nothing is allocated.
+  const vera::index int_max = std::numeric_limits<int>::max();
+  expect(split(int_max + 6, int_max) == pieces{{0, int_max}, {int_max, 6}},
+         "2^31 + 5 elements in pieces of at most INT_MAX");
+
+  // The reduction itself, in pieces of 3: rank r holds r + i, the sum is ranks (ranks - 1) / 2 + ranks i.
+  std::vector<double> values(11);
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = rank + static_cast<double>(i);
+  vera::distributed::detail::allreduce_sum(values.data(), static_cast<vera::index>(values.size()),
+                                           MPI_COMM_WORLD, 3);
+  bool exact = true;
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    exact &= values[i] == ranks * (ranks - 1) / 2.0 + ranks * static_cast<double>(i);
+  }
+  expect(exact, "a reduction in pieces of 3 sums every element");
+}
+
 void test_projection_check() {
   const vera::projection<float> same({3, 8, 10, 12});
   try {
@@ -113,6 +146,7 @@ int main(int argc, char** argv) {
   }
   try {
     test_allreduce_mean();
+    test_chunked_reduction();
     test_projection_check();
     test_layout_and_parameter_checks();
   } catch (const std::exception& e) {

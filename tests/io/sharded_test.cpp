@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Tests of sharded models: the index reader, shapes across shards, and merging shard by shard.
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -135,4 +136,30 @@ TEST_CASE("a failed sharded merge leaves no output and never overwrites", "[io][
   CHECK_THROWS_AS(vera::io::merge_sharded_model(index, loaded.model, dir / "out"), vera::format_error);
   CHECK(dir.entries() == before);
   CHECK_FALSE(std::filesystem::exists(dir / "out"));
+}
+
+TEST_CASE("a sharded merge whose final rename fails throws io_error naming the output", "[io][shards][errors]") {
+  scratch_dir dir;
+  const auto index = vera::io::read_shard_index(make_sharded(dir));
+  const auto loaded = vera::io::load_peft_adapter<float>(fixtures / "linear_seed", linear_shapes());
+  const auto out = dir / "out";
+  auto expected = dir.entries();
+  expected.push_back("out");
+  std::sort(expected.begin(), expected.end());
+
+  // Someone fills `out` while the shards are written: the final step cannot replace it.
+  std::string message;
+  try {
+    vera::io::merge_sharded_model(index, loaded.model, out, {}, [&](std::size_t, std::size_t) {
+      std::filesystem::create_directories(out);
+      write_text(out / "keep.txt", "mine");
+    });
+  } catch (const vera::io_error& e) {
+    message = e.what();
+  }
+  CHECK_THAT(message, Catch::Contains("'" + out.string() + "'"));
+  CHECK(std::filesystem::exists(out / "keep.txt"));
+  auto after = dir.entries();
+  std::sort(after.begin(), after.end());
+  CHECK(after == expected);  // the staging directory is gone
 }

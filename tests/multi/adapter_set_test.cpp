@@ -51,6 +51,11 @@ TEST_CASE("adapters get increasing ids, the lowest free column, and never a reus
   REQUIRE_THROWS_WITH(set.lambda_b(b), Catch::Contains("adapter id 1") && Catch::Contains("removed"));
   REQUIRE_THROWS_WITH(set.remove(17), Catch::Contains("never added") && Catch::Contains("0..3"));
   REQUIRE_THROWS_AS(set.remove(-4), vera::value_error);
+  // A column out of range is the library's error, with the index and the valid range.
+  REQUIRE_THROWS_AS(set.id_at(3), vera::value_error);
+  REQUIRE_THROWS_WITH(set.id_at(3), Catch::Contains("adapter_set::id_at") && Catch::Contains("[0, 3)") &&
+                                        Catch::Contains("got 3"));
+  REQUIRE_THROWS_WITH(set.id_at(-1), Catch::Contains("got -1"));
 
   set.remove(a);
   CHECK(set.active() == vera::no_adapter);  // removing the active adapter leaves none active
@@ -236,7 +241,12 @@ TEST_CASE("merge state is guarded: one at a time, no removal or disabling while 
   set.merge(w, a);
   REQUIRE_THROWS_WITH(set.merge(w, b), Catch::Contains("already merged"));
   REQUIRE_THROWS_WITH(set.remove(a), Catch::Contains("merged"));
-  REQUIRE_THROWS_WITH(set.disable(a), Catch::Contains("merged"));
+  REQUIRE_THROWS_WITH(set.disable(a), Catch::StartsWith("adapter_set::disable:") && Catch::Contains("merged"));
+  // The message names the function the caller used.
+  REQUIRE_THROWS_WITH(set.set_enabled(a, false),
+                      Catch::StartsWith("adapter_set::set_enabled:") && Catch::Contains("merged"));
+  REQUIRE_THROWS_WITH(set.enable(17), Catch::StartsWith("adapter_set::enable:"));
+  CHECK(set.enabled(a));
   set.unmerge(w);
   set.remove(a);
 

@@ -316,6 +316,44 @@ TEST_CASE("bad mixed backward inputs throw before anything is written", "[multi]
     CHECK(grads.lambda_b == start_b);
     CHECK(dx_bad.isZero());
   }
+  SECTION("overwriting keeps the gradient buffers: only empty ones are sized") {
+    // An optimizer may hold the buffers' addresses, so a wrong size is refused, not reallocated.
+    vera::mixed_gradients<T> stale;
+    stale.lambda_b = matrix<T>::Constant(s.out, set.columns() - 1, T(3));
+    stale.lambda_d = matrix<T>::Constant(s.rank, set.columns() - 1, T(3));
+    const T* b_data = stale.lambda_b.data();
+    REQUIRE_THROWS_WITH(stale = vera::mixed_parameter_gradients(g, set, ctx),
+                        Catch::Contains("gradients.lambda_b: expected 19 x 6, got 19 x 5"));
+    matrix<T> dx;
+    REQUIRE_THROWS_AS(vera::mixed_backward(g, w0, set, ctx).eval_to(stale, dx), vera::shape_error);
+    CHECK(stale.lambda_b.data() == b_data);
+    CHECK(stale.lambda_b.cols() == set.columns() - 1);
+    CHECK((stale.lambda_b.array() == T(3)).all());
+    CHECK((stale.lambda_d.array() == T(3)).all());
+    CHECK(dx.size() == 0);
+    stale.lambda_b.resize(s.out, set.columns());
+    REQUIRE_THROWS_WITH(stale = vera::mixed_parameter_gradients(g, set, ctx),
+                        Catch::Contains("gradients.lambda_d: expected 11 x 6, got 11 x 5"));
+
+    vera::mixed_gradients<T> empty;
+    empty = vera::mixed_parameter_gradients(g, set, ctx);
+    CHECK(empty.lambda_b.rows() == s.out);
+    CHECK(empty.lambda_b.cols() == set.columns());
+    CHECK(empty.lambda_d.rows() == s.rank);
+    CHECK(empty.lambda_d.cols() == set.columns());
+    const T* sized = empty.lambda_b.data();
+    empty = vera::mixed_parameter_gradients(g, set, ctx);
+    CHECK(empty.lambda_b.data() == sized);
+  }
+  SECTION("a block or map destination of the wrong shape") {
+    // The block is one column short inside a wider matrix: an unchecked write would land there.
+    matrix<T> wide = matrix<T>::Zero(s.rows, s.in + 3);
+    REQUIRE_THROWS_WITH(wide.leftCols(s.in - 1) = vera::mixed_input_gradient(g, w0, set, ctx),
+                        Catch::Contains("destination: expected 67 x 23, got 67 x 22"));
+    Eigen::Map<matrix<T>> map(wide.data(), s.rows - 1, s.in);
+    REQUIRE_THROWS_AS(map = vera::mixed_input_gradient(g, w0, set, ctx), vera::shape_error);
+    CHECK(wide.isZero());
+  }
   SECTION("a context from another set, or from before the set changed") {
     vera::adapter_set<T> other(multi_test::make_projection<T>(s), s.in, s.out, {s.rank});
     other.add();

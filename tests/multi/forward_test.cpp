@@ -307,6 +307,16 @@ TEST_CASE("bad mixed forward inputs throw before anything is written", "[multi][
     REQUIRE_THROWS_WITH(vera::mixed_forward(x, w0, bias, set, ids).add_to(y_bad),
                         Catch::Contains("destination"));
   }
+  SECTION("a block or map destination of the wrong shape") {
+    // Eigen resizes a plain matrix before evalTo but cannot resize a block or a map. The block
+    // is one column short inside a wider matrix, so an unchecked write would land in `wide`.
+    matrix<T> wide = matrix<T>::Zero(s.rows, s.out + 3);
+    REQUIRE_THROWS_WITH(wide.leftCols(s.out - 1) = vera::mixed_forward(x, w0, bias, set, ids),
+                        Catch::Contains("destination: expected 67 x 19, got 67 x 18"));
+    Eigen::Map<matrix<T>> map(wide.data(), s.rows - 1, s.out);
+    REQUIRE_THROWS_AS(map = vera::mixed_forward(x, w0, bias, set, ids), vera::shape_error);
+    CHECK(wide.isZero());
+  }
   SECTION("ids that are not in the set name the row and the id") {
     std::vector<int> bad = ids;
     bad[5] = 99;

@@ -46,12 +46,15 @@ class gradient_bucket {
   /// \brief Registers the gradients of the vectors `ad` trains, as "<name>.lambda_b" and
   ///        "<name>.lambda_d" (the names optimizers use for the same adapter).
   /// \throws shape_error when `grads` is not sized for `ad` (out, rank); value_error for an empty
-  ///         or repeated name.
+  ///         or repeated name. On error nothing is registered.
   void add(const std::string& name, const adapter<T>& ad, gradients<T>& grads) {
     check_size(("'" + name + "' gradients lambda_b").c_str(), ad.out_features(), grads.lambda_b.size());
     check_size(("'" + name + "' gradients lambda_d").c_str(), ad.rank(), grads.lambda_d.size());
-    if (ad.options().train_b) add_buffer(name + ".lambda_b", grads.lambda_b);
-    if (ad.options().train_d) add_buffer(name + ".lambda_d", grads.lambda_d);
+    // Both names are checked before either is registered, so an error leaves no half adapter.
+    if (ad.options().train_b) check_buffer(name + ".lambda_b", grads.lambda_b);
+    if (ad.options().train_d) check_buffer(name + ".lambda_d", grads.lambda_d);
+    if (ad.options().train_b) register_buffer(name + ".lambda_b", grads.lambda_b);
+    if (ad.options().train_d) register_buffer(name + ".lambda_d", grads.lambda_d);
   }
 
   /// \brief The registered buffers, in registration (and packing) order.
@@ -103,6 +106,12 @@ class gradient_bucket {
  private:
   template <class GD>
   void add_buffer(std::string name, GD& gradient) {
+    check_buffer(name, gradient);
+    register_buffer(std::move(name), gradient);
+  }
+
+  template <class GD>
+  void check_buffer(const std::string& name, const GD& gradient) const {
     static_assert(std::is_same_v<typename GD::Scalar, T>,
                   "vera::distributed: the gradient must have the bucket's scalar type");
     static_assert(optim::detail::direct_access_v<GD>,
@@ -115,6 +124,10 @@ class gradient_bucket {
       throw shape_error("vera::distributed: gradient '" + name +
                         "' must be a contiguous buffer (no strided views)");
     }
+  }
+
+  template <class GD>
+  void register_buffer(std::string name, GD& gradient) {
     entries_.push_back({std::move(name), gradient.data(), gradient.size()});
     fused_.resize(fused_.size() + static_cast<std::size_t>(gradient.size()));
   }

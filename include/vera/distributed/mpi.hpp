@@ -5,7 +5,9 @@
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -25,6 +27,12 @@ class consistency_error : public value_error {
 };
 
 /// \brief An MPI call failed; the message carries MPI's own.
+///
+/// MPI returns failures only under the MPI_ERRORS_RETURN error handler; under its default,
+/// MPI_ERRORS_ARE_FATAL, a failing call aborts the job before the library sees it. The library
+/// leaves the handler of the communicator it is given alone (it is the caller's); to get this
+/// exception, call `MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN)` on that communicator or on a
+/// duplicate kept for training.
 class communication_error : public error {
  public:
   using error::error;
@@ -46,6 +54,29 @@ MPI_Datatype mpi_type() {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "vera::distributed: float or double gradients");
   return std::is_same_v<T, float> ? MPI_FLOAT : MPI_DOUBLE;
+}
+
+// Calls piece(offset, count) for consecutive pieces of at most `limit` elements covering
+// [0, total): MPI counts are int, so a larger buffer is reduced in several calls.
+template <class F>
+void for_each_chunk(index total, index limit, F&& piece) {
+  for (index offset = 0; offset < total;) {
+    const index count = std::min(limit, total - offset);
+    piece(offset, count);
+    offset += count;
+  }
+}
+
+// In-place sum over the ranks of `total` values, in MPI_Allreduce calls of at most `limit`
+// (<= INT_MAX) elements each.
+template <class T>
+void allreduce_sum(T* data, index total, MPI_Comm comm,
+                   index limit = std::numeric_limits<int>::max()) {
+  for_each_chunk(total, limit, [&](index offset, index count) {
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, data + offset, static_cast<int>(count), mpi_type<T>(),
+                            MPI_SUM, comm),
+              "MPI_Allreduce");
+  });
 }
 
 inline int rank_of(MPI_Comm comm) {
@@ -134,16 +165,15 @@ void check_parameters(const optim::parameter_list<T>& parameters, MPI_Comm comm 
 }
 
 /// \brief Collective: replaces every registered gradient by its mean over the ranks, with one
-///        in-place MPI_Allreduce over the fused buffer. Allocation-free.
+///        in-place MPI_Allreduce over the fused buffer (one per INT_MAX elements, MPI's count
+///        being an int). Allocation-free.
 /// \throws communication_error when an MPI call reports failure.
 template <class T>
 void allreduce_mean(gradient_bucket<T>& bucket, MPI_Comm comm = MPI_COMM_WORLD) {
   int ranks = 1;
   detail::check_mpi(MPI_Comm_size(comm, &ranks), "MPI_Comm_size");
   bucket.pack();
-  detail::check_mpi(MPI_Allreduce(MPI_IN_PLACE, bucket.data(), static_cast<int>(bucket.size()),
-                                  detail::mpi_type<T>(), MPI_SUM, comm),
-                    "MPI_Allreduce");
+  detail::allreduce_sum(bucket.data(), bucket.size(), comm);
   bucket.unpack(static_cast<T>(1) / static_cast<T>(ranks));
 }
 

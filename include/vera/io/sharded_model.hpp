@@ -100,8 +100,8 @@ inline layer_shapes layer_shapes_from_shards(const shard_index& index,
 /// directory (io_error otherwise). `progress(done, total)` is called with shards written.
 /// \throws format_error when the index has no shard for an adapted layer's weight or a shard is
 ///         malformed or does not fit the model; value_error for a non-finite merged weight;
-///         io_error when a file cannot be read or written; std::filesystem::filesystem_error
-///         when the final rename into `out` fails.
+///         io_error naming the path when a file cannot be read or written, or when the final
+///         rename into `out` fails (e.g. `out` was filled meanwhile; it is left as it is).
 template <class T>
 void merge_sharded_model(const shard_index& index, const model_adapter<T>& model,
                          const std::filesystem::path& out, const merge_options& options = {},
@@ -144,8 +144,16 @@ void merge_sharded_model(const shard_index& index, const model_adapter<T>& model
     const std::string text = read_text_file(index.path, std::size_t{64} << 20);
     index_copy.write(text.data(), text.size());
     index_copy.commit();
-    if (fs::exists(out, ec)) fs::remove(out);  // the empty directory checked above
-    fs::rename(staging, out);
+    // The empty directory checked above; the error_code overloads keep failures io_errors.
+    if (fs::exists(out, ec)) {
+      fs::remove(out, ec);
+      if (ec) throw io_error("cannot replace " + detail::quoted(out) + ": " + ec.message());
+    }
+    fs::rename(staging, out, ec);
+    if (ec) {
+      throw io_error("cannot rename " + detail::quoted(staging) + " to " + detail::quoted(out) + ": " +
+                     ec.message());
+    }
   } catch (...) {
     fs::remove_all(staging, ec);
     throw;

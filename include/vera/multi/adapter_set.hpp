@@ -156,8 +156,14 @@ class adapter_set {
   /// \brief The column holding adapter `id`; throws value_error for an id not in the set.
   index column(adapter_id id) const { return column_of(id, "adapter_set::column"); }
   /// \brief The adapter in `column`, or no_adapter for a free column.
-  /// \throws std::out_of_range for a column outside [0, columns()).
-  adapter_id id_at(index column) const { return columns_.at(static_cast<std::size_t>(column)).id; }
+  /// \throws value_error for a column outside [0, columns()).
+  adapter_id id_at(index column) const {
+    if (column < 0 || column >= columns()) {
+      throw value_error("adapter_set::id_at: expected a column in [0, " + std::to_string(columns()) +
+                        "), got " + std::to_string(column));
+    }
+    return columns_[static_cast<std::size_t>(column)].id;
+  }
   /// \brief Ids of the adapters in the set, in column order.
   std::vector<adapter_id> ids() const {
     std::vector<adapter_id> live;
@@ -183,19 +189,14 @@ class adapter_set {
   /// \throws value_error for an id not in the set; state_error when disabling the merged
   ///         adapter.
   void set_enabled(adapter_id id, bool enabled) {
-    const index column = column_of(id, "adapter_set::set_enabled");
-    if (!enabled && merged_id_ == id) {
-      throw state_error("adapter_set::disable: adapter " + std::to_string(id) +
-                        " is merged into W0; unmerge it first");
-    }
-    entry& e = columns_[static_cast<std::size_t>(column)];
-    if (e.enabled != enabled) ++version_;
-    e.enabled = enabled;
+    set_enabled_as(id, enabled, "adapter_set::set_enabled");
   }
   /// \brief set_enabled(id, true).
-  void enable(adapter_id id) { set_enabled(id, true); }
+  /// \throws value_error for an id not in the set.
+  void enable(adapter_id id) { set_enabled_as(id, true, "adapter_set::enable"); }
   /// \brief set_enabled(id, false).
-  void disable(adapter_id id) { set_enabled(id, false); }
+  /// \throws value_error for an id not in the set; state_error for the merged adapter.
+  void disable(adapter_id id) { set_enabled_as(id, false, "adapter_set::disable"); }
   /// \brief Whether adapter `id` is enabled.
   /// \throws value_error for an id not in the set.
   bool enabled(adapter_id id) const {
@@ -356,6 +357,18 @@ class adapter_set {
                         " is not in the set (" + describe_missing(id) + ")");
     }
     return id_to_column_[static_cast<std::size_t>(id)];
+  }
+
+  // `operation` is the public function the caller used, so that errors name it.
+  void set_enabled_as(adapter_id id, bool enabled, const char* operation) {
+    const index column = column_of(id, operation);
+    if (!enabled && merged_id_ == id) {
+      throw state_error(std::string(operation) + ": adapter " + std::to_string(id) +
+                        " is merged into W0; unmerge it first");
+    }
+    entry& e = columns_[static_cast<std::size_t>(column)];
+    if (e.enabled != enabled) ++version_;
+    e.enabled = enabled;
   }
 
   // The lowest free column, so that column numbers stay small and deterministic.

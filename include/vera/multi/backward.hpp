@@ -56,9 +56,11 @@ void check_mixed_upstream(const char* operation, const GD& g, const adapter_set<
   check_rows("G", ctx.rows(), g.rows(), "rows of the training forward");
 }
 
+// As the core's gradients<T>: empty buffers are sized on overwrite; buffers of another size throw
+// rather than being reallocated under whoever holds their address (an optimizer, a bucket).
 template <class T>
 void prepare_gradients(mixed_gradients<T>& out, const adapter_set<T>& set, assign_mode mode) {
-  if (mode == assign_mode::overwrite) {
+  if (mode == assign_mode::overwrite && out.lambda_b.size() == 0 && out.lambda_d.size() == 0) {
     out.lambda_b.resize(set.out_features(), set.columns());
     out.lambda_d.resize(set.rank(), set.columns());
   } else {
@@ -96,9 +98,11 @@ class mixed_parameter_gradient_expr {
     return copy;
   }
 
-  /// \brief Writes (or adds) the gradients into `out`, which is resized only on overwrite.
-  /// \throws state_error when the context no longer matches the set; shape_error when
-  ///         accumulating into buffers not sized out x k and rank x k.
+  /// \brief Writes (or adds) the gradients into `out`. On overwrite, empty buffers (a
+  ///        default-constructed mixed_gradients<T>) are sized out x k and rank x k; buffers of
+  ///        another size are never reallocated.
+  /// \throws state_error when the context no longer matches the set; shape_error when `out`
+  ///         holds buffers not sized out x k and rank x k (k = set.columns()).
   void eval_to(mixed_gradients<T>& out, assign_mode mode = assign_mode::overwrite) const {
     detail::check_mixed_upstream("vera::mixed_parameter_gradients", g_, *set_, *context_);
     detail::prepare_gradients(out, *set_, mode);
@@ -169,11 +173,13 @@ class mixed_input_gradient_expr
   }
 
   /// \brief Eigen's hook for `dX = expr`: overwrites dX (n x in).
-  /// \throws state_error when the context no longer matches the set; aliasing_error when dX
-  ///         overlaps G or W0.
+  /// \throws state_error when the context no longer matches the set; shape_error when dX is not
+  ///         n x in; aliasing_error when dX overlaps G or W0.
   template <class Dst>
   void evalTo(Dst& dst) const {
     detail::check_mixed_upstream("vera::mixed_input_gradient", g_, *set_, *context_);
+    // A resizable destination already has this shape; a block or map may not.
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst, assign_mode::overwrite);
   }
   /// \brief dX += expr without a temporary; dX must already be n x in.
@@ -230,21 +236,24 @@ class mixed_backward_expr {
   }
 
   /// \brief Writes (or adds) the gradients into `grads` and dL/dX (n x in) into `dx`; dx must
-  ///        not share memory with G or W0. A plain matrix dx is resized on overwrite.
+  ///        not share memory with G or W0. A plain matrix dx is resized on overwrite; `grads`
+  ///        is sized on overwrite only when empty, as in mixed_parameter_gradient_expr::eval_to.
   /// \throws state_error when the context no longer matches the set; shape_error for a dx
-  ///         that is not n x in or (accumulating) gradients of the wrong size; aliasing_error
-  ///         when dx overlaps G or W0.
+  ///         that is not n x in or non-empty gradients not sized out x k and rank x k (nothing
+  ///         is resized then); aliasing_error when dx overlaps G or W0.
   template <class DX>
   void eval_to(mixed_gradients<T>& grads, Eigen::MatrixBase<DX>& dx,
                assign_mode mode = assign_mode::overwrite) const {
     detail::check_mixed_upstream("vera::mixed_backward", g_, *set_, *context_);
     const index rows = g_.rows();
     const index cols = set_->in_features();
-    if constexpr (std::is_base_of_v<Eigen::PlainObjectBase<DX>, DX>) {
+    constexpr bool resizable = std::is_base_of_v<Eigen::PlainObjectBase<DX>, DX>;
+    if (!resizable || mode != assign_mode::overwrite) check_shape("dX", rows, cols, dx.rows(), dx.cols());
+    // The gradients are checked before dx is resized, so a refused call leaves both as they were.
+    detail::prepare_gradients(grads, *set_, mode);
+    if constexpr (resizable) {
       if (mode == assign_mode::overwrite) dx.derived().resize(rows, cols);
     }
-    check_shape("dX", rows, cols, dx.rows(), dx.cols());
-    detail::prepare_gradients(grads, *set_, mode);
     evaluate(Exec{}, *this, grads, dx.derived(), mode);
   }
 

@@ -101,11 +101,13 @@ class mixed_forward_expr : public Eigen::ReturnByValue<mixed_forward_expr<Exec, 
   }
 
   /// \brief Eigen's hook for `Y = expr`: overwrites Y (n x out).
-  /// \throws aliasing_error when Y overlaps X, W0 or bias; state_error when an adapter of the
-  ///         set was merged after the expression was built; value_error when a row's adapter
-  ///         was removed since.
+  /// \throws shape_error when Y is not n x out; aliasing_error when Y overlaps X, W0 or bias;
+  ///         state_error when an adapter of the set was merged after the expression was built;
+  ///         value_error when a row's adapter was removed since.
   template <class Dst>
   void evalTo(Dst& dst) const {
+    // A resizable destination already has this shape; a block or map may not.
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst, assign_mode::overwrite);
   }
   /// \brief Y += expr without a temporary; Y must already be n x out.

@@ -15,6 +15,10 @@ namespace vera {
 /// Column c belongs to set.id_at(c), as in adapter_set::lambda_b_matrix(), so one optimizer
 /// step can update every adapter at once. Adapters without rows in the batch, frozen vectors,
 /// disabled adapters and free columns get zero on overwrite and are left as is on accumulate.
+/// As with the core's gradients<T>, an evaluation never reallocates non-empty buffers (an
+/// optimizer may hold their address): after add() gives the set a new column, evaluating into
+/// buffers sized for the old k throws shape_error; size them again, e.g.
+/// `grads = mixed_gradients<T>(set)`, and reset any per-column optimizer state.
 template <class T>
 struct mixed_gradients {
   /// Column-major, one column per set column.
@@ -30,7 +34,8 @@ struct mixed_gradients {
       : lambda_b(matrix::Zero(set.out_features(), set.columns())),
         lambda_d(matrix::Zero(set.rank(), set.columns())) {}
 
-  /// \brief `grads = vera::mixed_parameter_gradients(...)`: evaluates in place, reusing buffers.
+  /// \brief `grads = vera::mixed_parameter_gradients(...)`: evaluates in place, reusing buffers
+  ///        (empty ones are sized; others must already be out x k and rank x k).
   template <class Expr, class = decltype(std::declval<const Expr&>().eval_to(
                             std::declval<mixed_gradients&>()))>
   mixed_gradients& operator=(const Expr& e) {
