@@ -13,6 +13,7 @@
 #include "vera/multi/resolve.hpp"
 #include "vera/multi/row_assignment.hpp"
 #include "vera/multi/sibling_backward.hpp"
+#include "vera/multi/sibling_context.hpp"
 #include "vera/multi/sibling_forward.hpp"
 #include "vera/multi/sibling_group.hpp"
 #include "vera/multi/workspace.hpp"

@@ -219,6 +219,96 @@ TEMPLATE_TEST_CASE("sibling backward equals the single-adapter backward of each 
   }
 }
 
+TEMPLATE_TEST_CASE("the one-pass backward from kept Q equals the separate backward calls", "[multi][siblings]",
+                   float, double) {
+  using T = TestType;
+  for (const double dropout : {0.0, 0.3}) {
+    trio<T> t(dropout);
+    const auto group = t.group();
+    vera::workspace<T> ws;
+    vera::sibling_context<T> kept(9);
+    for (const vera::index rows : {1, 67, 127, 300}) {
+      INFO("rows " << rows << ", dropout " << dropout);
+      const auto seed = static_cast<std::uint32_t>(rows);
+      const matrix<T> x = multi_test::random_matrix<T>(rows, trio<T>::in, 100 + seed);
+      const matrix<T> gq = multi_test::random_matrix<T>(rows, trio<T>::out_q, 101 + seed);
+      const matrix<T> gk = multi_test::random_matrix<T>(rows, trio<T>::out_k, 102 + seed);
+      const matrix<T> gv = multi_test::random_matrix<T>(rows, trio<T>::out_v, 103 + seed);
+
+      // The reference context follows the kept one's dropout steps.
+      vera::forward_context<T> ctx(9);
+      ctx.resume_at(kept.projection().next_step());
+      matrix<T> yq, yk, yv, rq, rk, rv;
+      vera::forward(x, group).train(kept).using_workspace(ws).eval_to(yq, yk, yv);
+      vera::forward(x, group).train(ctx).eval_to(rq, rk, rv);
+      REQUIRE(kept.ready());
+      CHECK(kept.siblings() == 3);
+      CHECK(same_bits(kept.projection().projected(), ctx.projected()));
+      CHECK(relative_gap(yq, rq) <= multi_test::tolerance<T>());
+      CHECK(relative_gap(yk, rk) <= multi_test::tolerance<T>());
+      CHECK(relative_gap(yv, rv) <= multi_test::tolerance<T>());
+
+      vera::gradients<T> grad_q, grad_k, grad_v, ref_q, ref_k, ref_v;
+      matrix<T> dx;
+      vera::backward(group, kept, gq, gk, gv).using_workspace(ws).eval_to(dx, grad_q, grad_k, grad_v);
+      vera::parameter_gradients(group, ctx, gq, gk, gv).eval_to(ref_q, ref_k, ref_v);
+      const matrix<T> ref_dx = vera::input_gradient(group, ctx, gq, gk, gv);
+      CHECK(relative_gap(dx, ref_dx) <= multi_test::tolerance<T>());
+      CHECK(relative_gap(grad_q.lambda_b, ref_q.lambda_b) <= multi_test::tolerance<T>());
+      CHECK(relative_gap(grad_q.lambda_d, ref_q.lambda_d) <= multi_test::tolerance<T>());
+      CHECK(relative_gap(grad_k.lambda_b, ref_k.lambda_b) <= multi_test::tolerance<T>());
+      CHECK(relative_gap(grad_k.lambda_d, ref_k.lambda_d) <= multi_test::tolerance<T>());
+      CHECK(relative_gap(grad_v.lambda_b, ref_v.lambda_b) <= multi_test::tolerance<T>());
+      CHECK(relative_gap(grad_v.lambda_d, ref_v.lambda_d) <= multi_test::tolerance<T>());
+
+      // Accumulating adds the same amounts again; P alone still serves the separate calls.
+      vera::backward(group, kept, gq, gk, gv).add_to(dx, grad_q, grad_k, grad_v);
+      CHECK(relative_gap(dx, (2 * ref_dx).eval()) <= multi_test::tolerance<T>());
+      CHECK(relative_gap(grad_k.lambda_d, (2 * ref_k.lambda_d).eval()) <= multi_test::tolerance<T>());
+      CHECK(relative_gap(grad_v.lambda_b, (2 * ref_v.lambda_b).eval()) <= multi_test::tolerance<T>());
+      const vera::gradients<T> single_q = vera::parameter_gradients(gq, t.q, kept.projection());
+      CHECK(same_bits(single_q.lambda_b, ref_q.lambda_b));
+    }
+  }
+}
+
+TEST_CASE("the one-pass backward honours frozen vectors and checks its context", "[multi][siblings]") {
+  using T = double;
+  trio<T> t;
+  vera::adapter_options frozen = trio<T>::options(14, 0.0, false);
+  frozen.train_b = false;
+  vera::adapter<T> q_frozen_b(t.shared, trio<T>::in, trio<T>::out_q, frozen);
+  const auto group = vera::siblings(vera::sibling(t.wq, t.bq, q_frozen_b), vera::sibling(t.wv, vera::no_bias, t.v));
+  const vera::index rows = 67;
+  const matrix<T> x = multi_test::random_matrix<T>(rows, trio<T>::in, 110);
+  const matrix<T> gq = multi_test::random_matrix<T>(rows, trio<T>::out_q, 111);
+  const matrix<T> gv = multi_test::random_matrix<T>(rows, trio<T>::out_v, 112);
+  vera::sibling_context<T> kept;
+  vera::gradients<T> grad_q(q_frozen_b), grad_v(t.v);
+  matrix<T> dx;
+  CHECK_THROWS_AS(vera::backward(group, kept, gq, gv), vera::state_error);
+
+  matrix<T> yq, yv;
+  vera::forward(x, group).train(kept).eval_to(yq, yv);
+  grad_q.lambda_b.setConstant(3);
+  vera::backward(group, kept, gq, gv).add_to(dx = matrix<T>::Zero(rows, trio<T>::in), grad_q, grad_v);
+  CHECK((grad_q.lambda_b.array() == 3).all());
+  vera::backward(group, kept, gq, gv).eval_to(dx, grad_q, grad_v);
+  CHECK((grad_q.lambda_b.array() == 0).all());
+  CHECK(grad_q.lambda_d.cwiseAbs().maxCoeff() > 0);
+
+  // A context filled by a group of another size, and a dX of the wrong fixed shape.
+  const auto pair = vera::siblings(vera::sibling(t.wq, t.bq, t.q), vera::sibling(t.wk, t.bk, t.k), vera::sibling(t.wv, vera::no_bias, t.v));
+  const matrix<T> gk = multi_test::random_matrix<T>(rows, trio<T>::out_k, 113);
+  CHECK_THROWS_AS(vera::backward(pair, kept, gq, gk, gv), vera::shape_error);
+  matrix<T> storage = matrix<T>::Constant(rows, trio<T>::in + 1, T(4));
+  Eigen::Map<matrix<T>> wrong(storage.data(), rows, trio<T>::in + 1);
+  grad_v.lambda_d.setConstant(6);
+  CHECK_THROWS_AS(vera::backward(group, kept, gq, gv).eval_to(wrong, grad_q, grad_v), vera::shape_error);
+  CHECK((storage.array() == 4).all());
+  CHECK((grad_v.lambda_d.array() == 6).all());
+}
+
 TEMPLATE_TEST_CASE("a group of one sibling is the single-adapter API bit for bit", "[multi][siblings]", float,
                    double) {
   using T = TestType;
@@ -277,10 +367,18 @@ TEST_CASE("sibling gradients agree with finite differences (double)", "[multi][s
   const auto close = [](double analytic, double estimate) {
     return std::abs(analytic - estimate) <= 1e-7 * std::max(1.0, std::abs(estimate));
   };
+  // The one-pass backward from kept Q as well.
+  vera::sibling_context<T> kept;
+  vera::forward(x, group).train(kept).eval_to(yq, yk, yv);
+  vera::gradients<T> kept_q, kept_k, kept_v;
+  matrix<T> kept_dx;
+  vera::backward(group, kept, gq, gk, gv).eval_to(kept_dx, kept_q, kept_k, kept_v);
   for (vera::index i = 0; i < x.rows(); ++i) {
     for (vera::index j = 0; j < x.cols(); ++j) {
       INFO("X(" << i << ", " << j << ")");
-      CHECK(close(dx(i, j), numeric(x(i, j))));
+      const double estimate = numeric(x(i, j));
+      CHECK(close(dx(i, j), estimate));
+      CHECK(close(kept_dx(i, j), estimate));
     }
   }
   const auto check_adapter = [&](vera::adapter<T>& ad, const vera::gradients<T>& g, const char* which) {
@@ -296,6 +394,9 @@ TEST_CASE("sibling gradients agree with finite differences (double)", "[multi][s
   check_adapter(t.q, grad_q, "q");
   check_adapter(t.k, grad_k, "k");
   check_adapter(t.v, grad_v, "v");
+  check_adapter(t.q, kept_q, "q, one pass");
+  check_adapter(t.k, kept_k, "k, one pass");
+  check_adapter(t.v, kept_v, "v, one pass");
 }
 
 TEST_CASE("sibling groups refuse bad siblings with the sibling named", "[multi][siblings]") {

@@ -15,6 +15,7 @@
 #include "vera/expr/backward.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/operand.hpp"
+#include "vera/multi/sibling_context.hpp"
 #include "vera/multi/sibling_forward.hpp"
 #include "vera/multi/sibling_group.hpp"
 
@@ -185,6 +186,119 @@ class sibling_input_gradient_expr : public Eigen::ReturnByValue<sibling_input_gr
   workspace<T>* workspace_ = nullptr;
   order order_ = order::automatic;
 };
+
+/// \brief Every sibling's dL/d lambda_b, dL/d lambda_d and the group's dL/dX in one pass, from
+///        a forward that kept Q_i (`.train(sibling_context&)`), lazily:
+///
+///     grad_b_i = colsum(G_i ⊙ Q_i),  U_i = G_i Λb_i B_i,  grad_d_i = colsum(U_i ⊙ P),
+///     dX = sum_i G_i W_i + mask ⊙ ((sum_i U_i Λd_i) A) / (1 - p).
+///
+/// Per sibling that is one out x n x rank GEMM (U_i) where parameter_gradients + input_gradient
+/// need two (G_i^T P and G_i Λb_i B_i Λd_i). `.eval_to(dX, g_0, ..., g_{N-1})` overwrites (a
+/// plain matrix dX is resized), `.add_to(...)` accumulates; everything is checked first.
+template <class Exec, class Group, class... GD>
+class sibling_backward_expr {
+  using T = typename Group::scalar;
+
+ public:
+  sibling_backward_expr(const Group& group, const sibling_context<T>& ctx, const GD&... g)
+      : group_(group), context_(&ctx), upstream_(g...) {
+    if (!ctx.ready()) {
+      throw state_error("vera::backward (siblings): the sibling context holds no training forward; evaluate "
+                        "vera::forward(X, group).train(sibling_ctx) first");
+    }
+    if (ctx.siblings() != Group::size) {
+      throw shape_error("sibling context: holds " + std::to_string(ctx.siblings()) + " siblings, the group has " +
+                        std::to_string(Group::size));
+    }
+    detail::check_sibling_upstream(group, ctx.projection(), g...);
+    detail::for_each_index<Group::size>([&](auto i) {
+      const adapter<T>& ad = group.template member<decltype(i)::value>().layer();
+      if (ctx.kept(i).cols() != ad.out_features()) {
+        check_cols(detail::sibling_operand(i, "Q in the sibling context").c_str(), ad.out_features(),
+                   ctx.kept(i).cols(), "its out_features; the context was filled by another group");
+      }
+    });
+  }
+
+  sibling_backward_expr using_workspace(workspace<T>& ws) const {
+    sibling_backward_expr copy(*this);
+    copy.workspace_ = &ws;
+    return copy;
+  }
+
+  template <class DX, class... Out>
+  void eval_to(DX&& dx, Out&... grads) const {
+    run(assign_mode::overwrite, dx, grads...);
+  }
+  template <class DX, class... Out>
+  void add_to(DX&& dx, Out&... grads) const {
+    run(assign_mode::accumulate, dx, grads...);
+  }
+
+  const Group& group() const noexcept { return group_; }
+  const sibling_context<T>& context() const noexcept { return *context_; }
+  const std::tuple<detail::closure_t<GD>...>& upstream() const noexcept { return upstream_; }
+  workspace<T>* scratch() const noexcept { return workspace_; }
+
+ private:
+  template <class DX, class... Out>
+  void run(assign_mode mode, DX& dx, Out&... grads) const {
+    static_assert(sizeof...(Out) == Group::size, "vera::backward (siblings): dX, then one gradients<T> per sibling");
+    static_assert((std::is_same_v<Out, gradients<T>> && ...),
+                  "vera::backward (siblings): parameter destinations must be vera::gradients<T>");
+    static_assert(scalar_matches<std::decay_t<DX>, T>, "vera::backward (siblings): dX must have the siblings' scalar type");
+    detail::for_each_index<Group::size>([&](auto i) {
+      constexpr std::size_t I = decltype(i)::value;
+      detail::check_no_alias_named("vera::backward (siblings)", dx, [] { return detail::sibling_operand(I, "G"); },
+                                   std::get<I>(upstream_));
+      detail::check_no_alias_named("vera::backward (siblings)", dx, [] { return detail::sibling_operand(I, "W0"); },
+                                   group_.template member<I>().w0());
+    });
+    const index rows = context_->rows();
+    const bool resize = mode == assign_mode::overwrite && detail::is_resizable<DX> &&
+                        (dx.rows() != rows || dx.cols() != group_.in_features());
+    if (!resize) check_shape("dX", rows, group_.in_features(), dx.rows(), dx.cols());
+    auto outs = std::forward_as_tuple(grads...);
+    bool sizing[Group::size];
+    detail::for_each_index<Group::size>([&](auto i) {
+      constexpr std::size_t I = decltype(i)::value;
+      sizing[I] = detail::gradient_buffers_need_sizing(std::get<I>(outs), group_.template member<I>().layer(), mode,
+                                                       [] { return detail::sibling_operand(I, "gradients"); });
+    });
+    // Every check has passed: only now is anything resized or written.
+    if constexpr (detail::is_resizable<DX>) {
+      if (resize) dx.resize(rows, group_.in_features());
+    }
+    detail::for_each_index<Group::size>([&](auto i) {
+      constexpr std::size_t I = decltype(i)::value;
+      if (sizing[I]) {
+        const adapter<T>& ad = group_.template member<I>().layer();
+        std::get<I>(outs).lambda_b.resize(ad.out_features());
+        std::get<I>(outs).lambda_d.resize(ad.rank());
+      }
+    });
+    evaluate(Exec{}, *this, dx, outs, mode);
+  }
+
+  Group group_;
+  const sibling_context<T>* context_;
+  std::tuple<detail::closure_t<GD>...> upstream_;
+  workspace<T>* workspace_ = nullptr;
+};
+
+/// \brief Lazy backward of the whole group in one pass (see sibling_backward_expr). Shapes:
+///        G_i n x out_i in the group's order; ctx from the group's `.train(sibling_context&)`.
+template <class Exec, class... Layers, class T, class... GD, class = std::enable_if_t<std::is_empty_v<Exec>>>
+sibling_backward_expr<Exec, sibling_group<Layers...>, GD...> backward(
+    Exec, const sibling_group<Layers...>& group, const sibling_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
+  return {group, ctx, g.derived()...};
+}
+template <class... Layers, class T, class... GD>
+sibling_backward_expr<exec::default_policy, sibling_group<Layers...>, GD...> backward(
+    const sibling_group<Layers...>& group, const sibling_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
+  return {group, ctx, g.derived()...};
+}
 
 /// \brief Lazy gradients of every sibling's lambda_b and lambda_d. Shapes: G_i n x out_i, in
 ///        the group's order; ctx from the group's training forward of the same n rows.

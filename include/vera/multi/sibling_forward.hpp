@@ -14,6 +14,7 @@
 #include "vera/backend/exec.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/operand.hpp"
+#include "vera/multi/sibling_context.hpp"
 #include "vera/multi/sibling_group.hpp"
 
 namespace vera {
@@ -79,6 +80,14 @@ class sibling_forward_expr {
     copy.context_ = &ctx;
     return copy;
   }
+  /// \brief Training forward that also keeps each sibling's Q_i = (P Λd_i) B_i^T in `ctx`, for
+  ///        vera::backward(group, ctx, G...). Runs every sibling in the low-rank order.
+  sibling_forward_expr train(sibling_context<T>& ctx) const {
+    sibling_forward_expr copy(*this);
+    copy.context_ = nullptr;
+    copy.sibling_context_ = &ctx;
+    return copy;
+  }
   /// \brief Use `ws` for scratch memory instead of allocating.
   sibling_forward_expr using_workspace(workspace<T>& ws) const {
     sibling_forward_expr copy(*this);
@@ -106,6 +115,7 @@ class sibling_forward_expr {
   const detail::closure_t<XD>& x() const noexcept { return x_; }
   const Group& group() const noexcept { return group_; }
   forward_context<T>* context() const noexcept { return context_; }
+  sibling_context<T>* kept_context() const noexcept { return sibling_context_; }
   workspace<T>* scratch() const noexcept { return workspace_; }
   order requested_order() const noexcept { return order_; }
 
@@ -138,6 +148,7 @@ class sibling_forward_expr {
   detail::closure_t<XD> x_;
   Group group_;
   forward_context<T>* context_ = nullptr;
+  sibling_context<T>* sibling_context_ = nullptr;
   workspace<T>* workspace_ = nullptr;
   order order_ = order::automatic;
 };

@@ -49,4 +49,40 @@ void evaluate(Exec, const sibling_input_gradient_expr<Exec, Group, GD...>& e, Ds
   if (any_low_rank) cpu::add_back_projection(t, group.lead().a(), key, dx, ws);
 }
 
+/// \brief The one-pass group backward from a context that kept Q_i (see sibling_backward_expr).
+template <class Exec, class Group, class... GD, class DX, class... Out,
+          class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
+void evaluate(Exec, const sibling_backward_expr<Exec, Group, GD...>& e, DX& dx, std::tuple<Out&...> grads,
+              assign_mode mode) {
+  using T = typename Group::scalar;
+  const Group& group = e.group();
+  const auto& upstream = e.upstream();
+  const forward_context<T>& shared = e.context().projection();
+  const auto& p = shared.projected();
+  cpu::scratch<T> scratch(e.scratch());
+  workspace<T>& ws = scratch.get();
+
+  if (mode == assign_mode::overwrite) dx.setZero();
+  auto s = ws.get(cpu::slot_thin, p.rows(), p.cols());
+  detail::for_each_index<Group::size>([&](auto i) {
+    constexpr std::size_t I = decltype(i)::value;
+    const auto& member = group.template member<I>();
+    const adapter<T>& ad = member.layer();
+    const auto& g = std::get<I>(upstream);
+    gradients<T>& out = std::get<I>(grads);
+    if (mode == assign_mode::overwrite) out.set_zero();
+    if (ad.options().train_b) out.lambda_b.noalias() += g.cwiseProduct(e.context().kept(I)).colwise().sum().transpose();
+    auto u = ws.get(cpu::slot_weight, p.rows(), p.cols());
+    u.noalias() = g * cpu::half_scaled_b(ad, /*lambda_d=*/false, ws);  // U = G Λb B
+    if (ad.options().train_d) out.lambda_d.noalias() += u.cwiseProduct(p).colwise().sum().transpose();
+    if constexpr (I == 0) {
+      s = u * ad.lambda_d().asDiagonal();
+    } else {
+      s += u * ad.lambda_d().asDiagonal();
+    }
+    cpu::with_weight(ad, member.w0(), [&](const auto& w) { dx.noalias() += g * w; });
+  });
+  cpu::add_back_projection(s, group.lead().a(), shared.mask_key(), dx, ws);
+}
+
 }  // namespace vera

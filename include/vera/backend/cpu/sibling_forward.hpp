@@ -41,10 +41,12 @@ void evaluate(Exec, const sibling_forward_expr<Exec, XD, Group>& e, std::tuple<D
   cpu::scratch<T> scratch(e.scratch());
   workspace<T>& ws = scratch.get();
 
-  forward_context<T>* ctx = e.context();
+  sibling_context<T>* kept = e.kept_context();
+  forward_context<T>* ctx = kept != nullptr ? &kept->begin_step(Group::size) : e.context();
   const double dropout = ctx != nullptr ? group.dropout() : 0.0;
+  // Keeping Q_i means running the low-rank order.
   const auto chosen = choose_sibling_orders(e.requested_order(), cpu::sibling_extents(group, x.rows()),
-                                            ctx != nullptr, scratch.reused(), dropout == 0.0);
+                                            ctx != nullptr, scratch.reused(), dropout == 0.0 && kept == nullptr);
   bool any_low_rank = false;
   for (const order o : chosen) any_low_rank = any_low_rank || o == order::low_rank;
 
@@ -65,9 +67,21 @@ void evaluate(Exec, const sibling_forward_expr<Exec, XD, Group>& e, std::tuple<D
   detail::for_each_index<Group::size>([&](auto i) {
     constexpr std::size_t I = decltype(i)::value;
     const auto& member = group.template member<I>();
-    cpu::adapted_product(x, p, member.w0(), member.bias(), member.layer(), chosen[I], std::get<I>(ys), mode, ws);
+    const adapter<T>& ad = member.layer();
+    auto& y = std::get<I>(ys);
+    if (kept == nullptr) {
+      cpu::adapted_product(x, p, member.w0(), member.bias(), ad, chosen[I], y, mode, ws);
+      return;
+    }
+    // Q_i = (P Λd_i) B_i^T is kept for backward; Λb_i is applied on the way into Y_i.
+    auto& q = kept->kept_buffer(I, x.rows(), ad.out_features());
+    q.noalias() = p * cpu::half_scaled_b(ad, /*lambda_d=*/true, ws).transpose();
+    cpu::initialise_output(y, member.bias(), mode);
+    cpu::with_weight(ad, member.w0(), [&](const auto& w) { y.noalias() += x * w.transpose(); });
+    y += q * ad.lambda_b().asDiagonal();
   });
   if (ctx != nullptr) ctx->finish_step();
+  if (kept != nullptr) kept->finish_step();
 }
 
 }  // namespace vera
