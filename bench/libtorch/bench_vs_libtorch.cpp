@@ -208,6 +208,25 @@ void vera_qkv_case(benchmark::State& state, const shape& s) {
   }
 }
 
+// The sibling group with a context that keeps Q_i: the one-pass backward, no G_iᵀ P GEMMs.
+void vera_qkv_kept_case(benchmark::State& state, const shape& s) {
+  qkv_data d(s);
+  const auto group = vera::siblings(vera::sibling(d.w0[0], d.bias[0], d.layers[0]),
+                                    vera::sibling(d.w0[1], d.bias[1], d.layers[1]),
+                                    vera::sibling(d.w0[2], d.bias[2], d.layers[2]));
+  vera::sibling_context<float> ctx;
+  vera::workspace<float> ws;
+  vera::gradients<float> gq(d.layers[0]), gk(d.layers[1]), gv(d.layers[2]);
+  matrix yq(s.n, s.out), yk(s.n, s.out), yv(s.n, s.out), dx(s.n, s.in);
+  for (auto _ : state) {
+    vera::forward(d.x, group).train(ctx).using_workspace(ws).eval_to(yq, yk, yv);
+    vera::backward(group, ctx, d.g[0], d.g[1], d.g[2]).using_workspace(ws).eval_to(dx, gq, gk, gv);
+    benchmark::DoNotOptimize(yv.data());
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  }
+}
+
 // The same three layers through the single-adapter API: nothing shared.
 void vera_separate_qkv_case(benchmark::State& state, const shape& s) {
   qkv_data d(s);
@@ -271,9 +290,10 @@ void torch_qkv_case(benchmark::State& state, const shape& s) {
   }
 }
 
-// The GEMMs of the shared math alone: Y_i = X W_iᵀ, P = X Aᵀ once, Y_i += P Bbd_iᵀ; M_i = G_iᵀ P;
-// dX = Σ G_i W_i, S = Σ G_i Bbd_i, dX += S A once.
-void floor_qkv_case(benchmark::State& state, const shape& s) {
+// The GEMMs of the shared math alone: Y_i = X W_iᵀ, P = X Aᵀ once, Y_i += P Bbd_iᵀ;
+// dX = Σ G_i W_i, S = Σ G_i Bbd_i, dX += S A once; that is the minimum (grad_b from a kept Q,
+// grad_d from G_i Bbd_i). `with_m` adds M_i = G_iᵀ P, which a backward from P alone needs.
+void floor_qkv_case(benchmark::State& state, const shape& s, bool with_m) {
   qkv_data d(s);
   const row_matrix a = d.shared.a().topLeftCorner(s.rank, s.in);
   std::array<matrix, siblings> bbd, y, m;
@@ -290,7 +310,7 @@ void floor_qkv_case(benchmark::State& state, const shape& s) {
       y[i].noalias() += p * bbd[i].transpose();
     }
     for (int i = 0; i < siblings; ++i) {
-      m[i].noalias() = d.g[i].transpose() * p;
+      if (with_m) m[i].noalias() = d.g[i].transpose() * p;
       if (i == 0) {
         dx.noalias() = d.g[i] * d.w0[i];
         t.noalias() = d.g[i] * bbd[i];
@@ -352,9 +372,11 @@ int main(int argc, char** argv) {
   for (const auto& s : qkv_shapes) {
     const std::string suffix = std::string("qkv_train_bdx/") + s.name;
     benchmark::RegisterBenchmark(("vera_group/" + suffix).c_str(), vera_qkv_case, s)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("vera_group_kept_q/" + suffix).c_str(), vera_qkv_kept_case, s)->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("vera_separate/" + suffix).c_str(), vera_separate_qkv_case, s)->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("libtorch/" + suffix).c_str(), torch_qkv_case, s)->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark(("floor/" + suffix).c_str(), floor_qkv_case, s)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("floor/" + suffix).c_str(), floor_qkv_case, s, false)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("floor_with_m/" + suffix).c_str(), floor_qkv_case, s, true)->Unit(benchmark::kMillisecond);
   }
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
