@@ -326,6 +326,86 @@ void floor_qkv_case(benchmark::State& state, const shape& s, bool with_m) {
   }
 }
 
+// VeRA against LoRA on a Llama-like q+v block (4096 x 4096 each, n = 512): VeRA r = 256 as a
+// sibling group (one-pass backward), LoRA r = 32 with lora_alpha = 8 (PEFT's usual settings),
+// both on vera's GEMM (Eigen, or BLAS under VERA_USE_BLAS) and the same threads. One training
+// step: forward, then the trained parameters' gradients and grad_X.
+const shape qv_vera_shape{"llama_qv_4096", 512, 4096, 4096, 256};
+constexpr Eigen::Index lora_rank = 32;
+constexpr float lora_scale = 8.0f / static_cast<float>(lora_rank);
+
+struct qv_data {
+  explicit qv_data(const shape& s) : x(matrix::Random(s.n, s.in)) {
+    for (int i = 0; i < 2; ++i) {
+      w0[i] = matrix::Random(s.out, s.in) * 0.05f;
+      bias[i] = Eigen::VectorXf::Random(s.out);
+      g[i] = matrix::Random(s.n, s.out);
+    }
+  }
+  matrix x;
+  std::array<matrix, 2> w0, g;
+  std::array<Eigen::VectorXf, 2> bias;
+};
+
+void vera_qv_case(benchmark::State& state, const shape& s) {
+  qv_data d(s);
+  const vera::projection<float> shared({7, s.rank, s.in, s.out});
+  const vera::adapter<float> q(shared, s.in, s.out, layer_data::random_init());
+  const vera::adapter<float> v(shared, s.in, s.out, layer_data::random_init());
+  const auto group = vera::siblings(vera::sibling(d.w0[0], d.bias[0], q), vera::sibling(d.w0[1], d.bias[1], v));
+  vera::sibling_context<float> ctx;
+  vera::workspace<float> ws;
+  vera::gradients<float> gq(q), gv(v);
+  matrix yq(s.n, s.out), yv(s.n, s.out), dx(s.n, s.in);
+  for (auto _ : state) {
+    vera::forward(d.x, group).train(ctx).using_workspace(ws).eval_to(yq, yv);
+    vera::backward(group, ctx, d.g[0], d.g[1]).using_workspace(ws).eval_to(dx, gq, gv);
+    benchmark::DoNotOptimize(yv.data());
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+// LoRA's step written with the same GEMMs: H_i = X A_iᵀ, Y_i = X W_iᵀ + bias_i + s H_i B_iᵀ;
+// grad B_i = s G_iᵀ H_i, T_i = s G_i B_i, grad A_i = T_iᵀ X, dX = Σ G_i W_i + Σ T_i A_i.
+void lora_qv_case(benchmark::State& state, const shape& s) {
+  qv_data d(s);
+  std::array<matrix, 2> a, b, h, t, grad_a, grad_b, y;
+  for (int i = 0; i < 2; ++i) {
+    a[i] = matrix::Random(lora_rank, s.in) * 0.05f;
+    b[i] = matrix::Random(s.out, lora_rank) * 0.05f;
+    h[i].resize(s.n, lora_rank);
+    t[i].resize(s.n, lora_rank);
+    grad_a[i].resize(lora_rank, s.in);
+    grad_b[i].resize(s.out, lora_rank);
+    y[i].resize(s.n, s.out);
+  }
+  matrix dx(s.n, s.in);
+  for (auto _ : state) {
+    for (int i = 0; i < 2; ++i) {
+      h[i].noalias() = d.x * a[i].transpose();
+      y[i].rowwise() = d.bias[i].transpose();
+      y[i].noalias() += d.x * d.w0[i].transpose();
+      y[i].noalias() += lora_scale * (h[i] * b[i].transpose());
+    }
+    for (int i = 0; i < 2; ++i) {
+      grad_b[i].noalias() = lora_scale * (d.g[i].transpose() * h[i]);
+      t[i].noalias() = lora_scale * (d.g[i] * b[i]);
+      grad_a[i].noalias() = t[i].transpose() * d.x;
+      if (i == 0) {
+        dx.noalias() = d.g[i] * d.w0[i];
+      } else {
+        dx.noalias() += d.g[i] * d.w0[i];
+      }
+      dx.noalias() += t[i] * a[i];
+    }
+    benchmark::DoNotOptimize(y[1].data());
+    benchmark::DoNotOptimize(grad_a[1].data());
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  }
+}
+
 std::string cpu_model() {
   std::ifstream info("/proc/cpuinfo");
   std::string line;
@@ -378,6 +458,10 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("floor/" + suffix).c_str(), floor_qkv_case, s, false)->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("floor_with_m/" + suffix).c_str(), floor_qkv_case, s, true)->Unit(benchmark::kMillisecond);
   }
+  benchmark::RegisterBenchmark("vera_group_kept_q/qv_train/llama_qv_4096_r256", vera_qv_case, qv_vera_shape)
+      ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("lora/qv_train/llama_qv_4096_r32", lora_qv_case, qv_vera_shape)
+      ->Unit(benchmark::kMillisecond);
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
