@@ -8,6 +8,9 @@ packages=("$@" cmake ninja-build g++ libeigen3-dev catch2 libbenchmark-dev ccach
   zlib1g-dev dataset-fashion-mnist libopenmpi-dev openmpi-bin)
 # The optional xtensor front-end (xtl comes with libxtensor-dev; xtensor-dev is its transitional name).
 packages+=(libxtensor-dev libxsimd-dev)
+# OpenBLAS for the release-blas preset (without it, CMake finds the slow reference BLAS) and for
+# LibTorch's GEMMs in bench/libtorch.
+packages+=(libopenblas-dev)
 
 missing=()
 for pkg in "${packages[@]}"; do

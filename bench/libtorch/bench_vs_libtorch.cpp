@@ -1,19 +1,30 @@
 // SPDX-License-Identifier: Apache-2.0
 // vera against LibTorch autograd doing the same VeRA math, and the floor of the GEMMs that math
-// needs, in one run: forward, forward+backward (b, d) and (b, d, X), and merge.
+// needs, in one run: forward, forward+backward (b, d) and (b, d, X), and merge; and a q/k/v block
+// of three sibling layers on one input (a vera sibling group against three LibTorch layers).
 //
-// Threads are pinned for both sides: torch::set_num_threads(1) and one BLAS thread (set
-// OPENBLAS_NUM_THREADS=1). Which GEMM each side runs is printed: LibTorch calls the system BLAS;
-// vera calls Eigen's own GEMM, or the same BLAS when built with VERA_USE_BLAS (EIGEN_USE_BLAS).
+// Threads are pinned for both sides to OPENBLAS_NUM_THREADS (1 when unset): the BLAS threads of
+// both and torch::set_num_threads. Which GEMM each side runs is printed: LibTorch calls the system
+// BLAS; vera calls Eigen's own GEMM, or the same BLAS when built with VERA_USE_BLAS
+// (EIGEN_USE_BLAS). vera's elementwise passes run on one thread.
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <vector>
 
+#include <vera/multi.hpp>
 #include <vera/vera.hpp>
+
+// OpenBLAS reports the kernel it picked for this CPU; weak, so the program also links without it.
+extern "C" {
+char* openblas_get_corename() __attribute__((weak));
+char* openblas_get_config() __attribute__((weak));
+}
 
 namespace {
 
@@ -154,6 +165,247 @@ void floor_case(benchmark::State& state, const shape& s, work what) {
   }
 }
 
+// q/k/v: three sibling layers (in x out each) that read the same X and share one projection.
+const shape qkv_shapes[] = {{"roberta_qkv_r1024", 512, 768, 768, 1024}, {"roberta_qkv_r256", 512, 768, 768, 256}};
+constexpr int siblings = 3;
+
+struct qkv_data {
+  explicit qkv_data(const shape& s) : shared({7, s.rank, s.in, s.out}), x(matrix::Random(s.n, s.in)) {
+    layers.reserve(siblings);  // the group points at these adapters: no reallocation after this
+    for (int i = 0; i < siblings; ++i) {
+      vera::adapter_options o = layer_data::random_init();
+      o.init_seed = static_cast<std::uint64_t>(i);
+      layers.emplace_back(shared, s.in, s.out, o);
+      w0[i] = matrix::Random(s.out, s.in) * 0.05f;
+      bias[i] = Eigen::VectorXf::Random(s.out);
+      g[i] = matrix::Random(s.n, s.out);
+    }
+  }
+  vera::projection<float> shared;
+  std::vector<vera::adapter<float>> layers;
+  matrix x;
+  std::array<matrix, siblings> w0, g;
+  std::array<Eigen::VectorXf, siblings> bias;
+};
+
+// The sibling group: P = X Aᵀ once, grad_X's adapter terms in one GEMM against A.
+void vera_qkv_case(benchmark::State& state, const shape& s) {
+  qkv_data d(s);
+  const auto group = vera::siblings(vera::sibling(d.w0[0], d.bias[0], d.layers[0]),
+                                    vera::sibling(d.w0[1], d.bias[1], d.layers[1]),
+                                    vera::sibling(d.w0[2], d.bias[2], d.layers[2]));
+  vera::forward_context<float> ctx;
+  vera::workspace<float> ws;
+  vera::gradients<float> gq(d.layers[0]), gk(d.layers[1]), gv(d.layers[2]);
+  matrix yq(s.n, s.out), yk(s.n, s.out), yv(s.n, s.out), dx(s.n, s.in);
+  for (auto _ : state) {
+    vera::forward(d.x, group).train(ctx).using_workspace(ws).eval_to(yq, yk, yv);
+    vera::parameter_gradients(group, ctx, d.g[0], d.g[1], d.g[2]).using_workspace(ws).eval_to(gq, gk, gv);
+    dx = vera::input_gradient(group, ctx, d.g[0], d.g[1], d.g[2]).using_workspace(ws);
+    benchmark::DoNotOptimize(yv.data());
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+// The sibling group with a context that keeps Q_i: the one-pass backward, no G_iᵀ P GEMMs.
+void vera_qkv_kept_case(benchmark::State& state, const shape& s) {
+  qkv_data d(s);
+  const auto group = vera::siblings(vera::sibling(d.w0[0], d.bias[0], d.layers[0]),
+                                    vera::sibling(d.w0[1], d.bias[1], d.layers[1]),
+                                    vera::sibling(d.w0[2], d.bias[2], d.layers[2]));
+  vera::sibling_context<float> ctx;
+  vera::workspace<float> ws;
+  vera::gradients<float> gq(d.layers[0]), gk(d.layers[1]), gv(d.layers[2]);
+  matrix yq(s.n, s.out), yk(s.n, s.out), yv(s.n, s.out), dx(s.n, s.in);
+  for (auto _ : state) {
+    vera::forward(d.x, group).train(ctx).using_workspace(ws).eval_to(yq, yk, yv);
+    vera::backward(group, ctx, d.g[0], d.g[1], d.g[2]).using_workspace(ws).eval_to(dx, gq, gk, gv);
+    benchmark::DoNotOptimize(yv.data());
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+// The same three layers through the single-adapter API: nothing shared.
+void vera_separate_qkv_case(benchmark::State& state, const shape& s) {
+  qkv_data d(s);
+  std::array<vera::forward_context<float>, siblings> ctx;
+  vera::workspace<float> ws;
+  std::array<vera::gradients<float>, siblings> grads;
+  std::array<matrix, siblings> y;
+  matrix dx(s.n, s.in);
+  for (auto _ : state) {
+    for (int i = 0; i < siblings; ++i) {
+      y[i] = vera::forward(d.x, d.w0[i], d.bias[i], d.layers[i]).train(ctx[i]).using_workspace(ws);
+    }
+    for (int i = 0; i < siblings; ++i) {
+      grads[i] = vera::parameter_gradients(d.g[i], d.layers[i], ctx[i]).using_workspace(ws);
+      const auto term = vera::input_gradient(d.g[i], d.w0[i], d.layers[i], ctx[i]).using_workspace(ws);
+      if (i == 0) {
+        dx = term;
+      } else {
+        term.add_to(dx);
+      }
+    }
+    benchmark::DoNotOptimize(y[2].data());
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+// Three PEFT VeRA layers on one input, as a model holds them: each computes its own x Aᵀ;
+// autograd sums the three contributions to grad x.
+void torch_qkv_case(benchmark::State& state, const shape& s) {
+  qkv_data d(s);
+  torch::NoGradGuard outer_no_grad;
+  const auto a = torch::from_blob(const_cast<float*>(d.shared.a().data()), {s.rank, d.shared.max_in()})
+                     .narrow(1, 0, s.in).contiguous();
+  const auto b_full = torch::from_blob(const_cast<float*>(d.shared.b().data()), {d.shared.max_out(), s.rank});
+  const auto bmat = b_full.narrow(0, 0, s.out).contiguous();
+  auto x_in = tensor_of(d.x).set_requires_grad(true);
+  std::vector<torch::Tensor> w0, bias, g, lambda_b, lambda_d;
+  for (int i = 0; i < siblings; ++i) {
+    const auto& ad = d.layers[static_cast<std::size_t>(i)];
+    w0.push_back(tensor_of(d.w0[i]));
+    bias.push_back(torch::from_blob(d.bias[i].data(), {s.out}).clone());
+    g.push_back(tensor_of(d.g[i]));
+    lambda_b.push_back(torch::from_blob(const_cast<float*>(ad.lambda_b().data()), {s.out}).clone().set_requires_grad(true));
+    lambda_d.push_back(torch::from_blob(const_cast<float*>(ad.lambda_d().data()), {s.rank}).clone().set_requires_grad(true));
+  }
+  for (auto _ : state) {
+    torch::AutoGradMode mode(true);
+    std::vector<torch::Tensor> y;
+    for (int i = 0; i < siblings; ++i) {
+      const auto h = torch::matmul(x_in, a.t()) * lambda_d[i];
+      y.push_back(torch::addmm(bias[i], x_in, w0[i].t()) + torch::matmul(h, bmat.t()) * lambda_b[i]);
+    }
+    torch::autograd::backward(y, g);
+    benchmark::DoNotOptimize(x_in.grad().data_ptr());
+    for (int i = 0; i < siblings; ++i) {
+      lambda_b[i].mutable_grad().reset();
+      lambda_d[i].mutable_grad().reset();
+    }
+    x_in.mutable_grad().reset();
+  }
+}
+
+// The GEMMs of the shared math alone: Y_i = X W_iᵀ, P = X Aᵀ once, Y_i += P Bbd_iᵀ;
+// dX = Σ G_i W_i, S = Σ G_i Bbd_i, dX += S A once; that is the minimum (grad_b from a kept Q,
+// grad_d from G_i Bbd_i). `with_m` adds M_i = G_iᵀ P, which a backward from P alone needs.
+void floor_qkv_case(benchmark::State& state, const shape& s, bool with_m) {
+  qkv_data d(s);
+  const row_matrix a = d.shared.a().topLeftCorner(s.rank, s.in);
+  std::array<matrix, siblings> bbd, y, m;
+  for (int i = 0; i < siblings; ++i) {
+    bbd[i] = matrix::Random(s.out, s.rank);
+    y[i].resize(s.n, s.out);
+    m[i].resize(s.out, s.rank);
+  }
+  matrix p(s.n, s.rank), t(s.n, s.rank), dx(s.n, s.in);
+  for (auto _ : state) {
+    p.noalias() = d.x * a.transpose();
+    for (int i = 0; i < siblings; ++i) {
+      y[i].noalias() = d.x * d.w0[i].transpose();
+      y[i].noalias() += p * bbd[i].transpose();
+    }
+    for (int i = 0; i < siblings; ++i) {
+      if (with_m) m[i].noalias() = d.g[i].transpose() * p;
+      if (i == 0) {
+        dx.noalias() = d.g[i] * d.w0[i];
+        t.noalias() = d.g[i] * bbd[i];
+      } else {
+        dx.noalias() += d.g[i] * d.w0[i];
+        t.noalias() += d.g[i] * bbd[i];
+      }
+    }
+    dx.noalias() += t * a;
+    benchmark::DoNotOptimize(y[2].data());
+    benchmark::DoNotOptimize(m[2].data());
+    benchmark::DoNotOptimize(dx.data());
+  }
+}
+
+// VeRA against LoRA on a Llama-like q+v block (4096 x 4096 each, n = 512): VeRA r = 256 as a
+// sibling group (one-pass backward), LoRA r = 32 with lora_alpha = 8 (PEFT's usual settings),
+// both on vera's GEMM (Eigen, or BLAS under VERA_USE_BLAS) and the same threads. One training
+// step: forward, then the trained parameters' gradients and grad_X.
+const shape qv_vera_shape{"llama_qv_4096", 512, 4096, 4096, 256};
+constexpr Eigen::Index lora_rank = 32;
+constexpr float lora_scale = 8.0f / static_cast<float>(lora_rank);
+
+struct qv_data {
+  explicit qv_data(const shape& s) : x(matrix::Random(s.n, s.in)) {
+    for (int i = 0; i < 2; ++i) {
+      w0[i] = matrix::Random(s.out, s.in) * 0.05f;
+      bias[i] = Eigen::VectorXf::Random(s.out);
+      g[i] = matrix::Random(s.n, s.out);
+    }
+  }
+  matrix x;
+  std::array<matrix, 2> w0, g;
+  std::array<Eigen::VectorXf, 2> bias;
+};
+
+void vera_qv_case(benchmark::State& state, const shape& s) {
+  qv_data d(s);
+  const vera::projection<float> shared({7, s.rank, s.in, s.out});
+  const vera::adapter<float> q(shared, s.in, s.out, layer_data::random_init());
+  const vera::adapter<float> v(shared, s.in, s.out, layer_data::random_init());
+  const auto group = vera::siblings(vera::sibling(d.w0[0], d.bias[0], q), vera::sibling(d.w0[1], d.bias[1], v));
+  vera::sibling_context<float> ctx;
+  vera::workspace<float> ws;
+  vera::gradients<float> gq(q), gv(v);
+  matrix yq(s.n, s.out), yv(s.n, s.out), dx(s.n, s.in);
+  for (auto _ : state) {
+    vera::forward(d.x, group).train(ctx).using_workspace(ws).eval_to(yq, yv);
+    vera::backward(group, ctx, d.g[0], d.g[1]).using_workspace(ws).eval_to(dx, gq, gv);
+    benchmark::DoNotOptimize(yv.data());
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+// LoRA's step written with the same GEMMs: H_i = X A_iᵀ, Y_i = X W_iᵀ + bias_i + s H_i B_iᵀ;
+// grad B_i = s G_iᵀ H_i, T_i = s G_i B_i, grad A_i = T_iᵀ X, dX = Σ G_i W_i + Σ T_i A_i.
+void lora_qv_case(benchmark::State& state, const shape& s) {
+  qv_data d(s);
+  std::array<matrix, 2> a, b, h, t, grad_a, grad_b, y;
+  for (int i = 0; i < 2; ++i) {
+    a[i] = matrix::Random(lora_rank, s.in) * 0.05f;
+    b[i] = matrix::Random(s.out, lora_rank) * 0.05f;
+    h[i].resize(s.n, lora_rank);
+    t[i].resize(s.n, lora_rank);
+    grad_a[i].resize(lora_rank, s.in);
+    grad_b[i].resize(s.out, lora_rank);
+    y[i].resize(s.n, s.out);
+  }
+  matrix dx(s.n, s.in);
+  for (auto _ : state) {
+    for (int i = 0; i < 2; ++i) {
+      h[i].noalias() = d.x * a[i].transpose();
+      y[i].rowwise() = d.bias[i].transpose();
+      y[i].noalias() += d.x * d.w0[i].transpose();
+      y[i].noalias() += lora_scale * (h[i] * b[i].transpose());
+    }
+    for (int i = 0; i < 2; ++i) {
+      grad_b[i].noalias() = lora_scale * (d.g[i].transpose() * h[i]);
+      t[i].noalias() = lora_scale * (d.g[i] * b[i]);
+      grad_a[i].noalias() = t[i].transpose() * d.x;
+      if (i == 0) {
+        dx.noalias() = d.g[i] * d.w0[i];
+      } else {
+        dx.noalias() += d.g[i] * d.w0[i];
+      }
+      dx.noalias() += t[i] * a[i];
+    }
+    benchmark::DoNotOptimize(y[1].data());
+    benchmark::DoNotOptimize(grad_a[1].data());
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  }
+}
+
 std::string cpu_model() {
   std::ifstream info("/proc/cpuinfo");
   std::string line;
@@ -166,19 +418,24 @@ std::string cpu_model() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  torch::set_num_threads(1);
   const char* blas_threads = std::getenv("OPENBLAS_NUM_THREADS");
+  const int threads = blas_threads != nullptr && std::atoi(blas_threads) > 0 ? std::atoi(blas_threads) : 1;
+  torch::set_num_threads(threads);
   const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
   std::printf("CPU: %s\nLibTorch %s, %d intra-op thread(s), system BLAS (OpenBLAS: "
-              "OPENBLAS_NUM_THREADS=%s, OPENBLAS_CORETYPE=%s)\nvera GEMM: %s\n",
+              "OPENBLAS_NUM_THREADS=%s, OPENBLAS_CORETYPE=%s, OMP_WAIT_POLICY=%s)\nvera GEMM: %s\n",
               cpu_model().c_str(), TORCH_VERSION, torch::get_num_threads(),
               blas_threads ? blas_threads : "unset", coretype ? coretype : "unset (auto)",
+              wait_policy ? wait_policy : "unset",
 #ifdef EIGEN_USE_BLAS
               "the same BLAS (EIGEN_USE_BLAS)"
 #else
               "Eigen's own"
 #endif
   );
+  std::printf("BLAS kernel: %s (%s)\n", openblas_get_corename ? openblas_get_corename() : "unknown (not OpenBLAS)",
+              openblas_get_config ? openblas_get_config() : "-");
   const std::pair<work, const char*> works[] = {{work::forward, "forward"},
                                                 {work::train_bd, "train_bd"},
                                                 {work::train_bdx, "train_bdx"},
@@ -192,6 +449,19 @@ int main(int argc, char** argv) {
       benchmark::RegisterBenchmark(("floor/" + suffix).c_str(), floor_case, s, what)->Unit(benchmark::kMillisecond);
     }
   }
+  for (const auto& s : qkv_shapes) {
+    const std::string suffix = std::string("qkv_train_bdx/") + s.name;
+    benchmark::RegisterBenchmark(("vera_group/" + suffix).c_str(), vera_qkv_case, s)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("vera_group_kept_q/" + suffix).c_str(), vera_qkv_kept_case, s)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("vera_separate/" + suffix).c_str(), vera_separate_qkv_case, s)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("libtorch/" + suffix).c_str(), torch_qkv_case, s)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("floor/" + suffix).c_str(), floor_qkv_case, s, false)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("floor_with_m/" + suffix).c_str(), floor_qkv_case, s, true)->Unit(benchmark::kMillisecond);
+  }
+  benchmark::RegisterBenchmark("vera_group_kept_q/qv_train/llama_qv_4096_r256", vera_qv_case, qv_vera_shape)
+      ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("lora/qv_train/llama_qv_4096_r32", lora_qv_case, qv_vera_shape)
+      ->Unit(benchmark::kMillisecond);
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

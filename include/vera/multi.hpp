@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// Opt-in umbrella for many adapters per layer: adapter sets and mixed-adapter batches. Includes only.
+// Opt-in umbrella for many adapters per layer (adapter sets, mixed-adapter batches) and for sibling
+// layers that read one input (q/k/v). Includes only.
 #pragma once
 
 #include "vera/vera.hpp"
@@ -11,4 +12,8 @@
 #include "vera/multi/gradients.hpp"
 #include "vera/multi/resolve.hpp"
 #include "vera/multi/row_assignment.hpp"
+#include "vera/multi/sibling_backward.hpp"
+#include "vera/multi/sibling_context.hpp"
+#include "vera/multi/sibling_forward.hpp"
+#include "vera/multi/sibling_group.hpp"
 #include "vera/multi/workspace.hpp"

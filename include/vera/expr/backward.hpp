@@ -50,6 +50,21 @@ void check_upstream(const GD& g, const adapter<T>& ad, const forward_context<T>&
   }
 }
 
+// Gradient buffers: empty ones (a default-constructed gradients<T>) are sized on overwrite, so
+// the answer is true; buffers of another size throw shape_error naming the operand, which
+// `name()` spells only then (no string is built on the normal path).
+template <class T, class Name>
+bool gradient_buffers_need_sizing(const gradients<T>& out, const adapter<T>& ad, assign_mode mode, Name&& name) {
+  if (mode == assign_mode::overwrite && out.lambda_b.size() == 0 && out.lambda_d.size() == 0) return true;
+  if (out.lambda_b.size() != ad.out_features()) {
+    check_size((name() + ".lambda_b").c_str(), ad.out_features(), out.lambda_b.size());
+  }
+  if (out.lambda_d.size() != ad.rank()) {
+    check_size((name() + ".lambda_d").c_str(), ad.rank(), out.lambda_d.size());
+  }
+  return false;
+}
+
 }  // namespace detail
 
 /// \brief dL/d lambda_b and dL/d lambda_d from G = dL/dY and the saved context, lazily.
@@ -81,12 +96,9 @@ class parameter_gradient_expr {
   ///        shape_error rather than being reallocated under whoever holds their address (an
   ///        optimizer, a gradient bucket).
   void eval_to(gradients<T>& out, assign_mode mode = assign_mode::overwrite) const {
-    if (mode == assign_mode::overwrite && out.lambda_b.size() == 0 && out.lambda_d.size() == 0) {
+    if (detail::gradient_buffers_need_sizing(out, *adapter_, mode, [] { return std::string("gradients"); })) {
       out.lambda_b.resize(adapter_->out_features());
       out.lambda_d.resize(adapter_->rank());
-    } else {
-      check_size("gradients.lambda_b", adapter_->out_features(), out.lambda_b.size());
-      check_size("gradients.lambda_d", adapter_->rank(), out.lambda_d.size());
     }
     evaluate(Exec{}, *this, out, mode);
   }

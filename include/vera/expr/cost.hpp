@@ -2,6 +2,9 @@
 // Cost model that picks the association order of an adapted product from the shapes.
 #pragma once
 
+#include <array>
+#include <cstddef>
+
 #include "vera/core/shape.hpp"
 
 namespace vera {
@@ -81,6 +84,45 @@ inline order choose_order(order requested, const order_costs& costs, bool merged
   if (!merged_valid) return order::low_rank;
   if (requested != order::automatic) return requested;
   return costs.merged < costs.low_rank ? order::merged : order::low_rank;
+}
+
+/// \brief Orders for sibling layers that read the same input (same rows, in and rank) and
+///        share one thin product, P = X A^T in a forward or (sum_i T_i Λd_i) A for grad_X
+///        (2 n r in either way), paid once when any sibling runs low-rank, or anyway when
+///        `shared_paid` (a training forward keeps P).
+///
+/// Beyond its base GEMM, sibling i then costs 2 n r out_i low-rank (P B_i^T, or G_i B_i) or
+/// the build of W_i + ΔW_i merged. With the shared product paid each sibling takes its cheaper
+/// order; the alternative is every sibling merged, which skips it. For one sibling this is
+/// exactly forward_costs / input_gradient_costs. A requested order applies to every sibling.
+template <std::size_t N>
+std::array<order, N> choose_sibling_orders(order requested, const std::array<product_extents, N>& siblings,
+                                           bool shared_paid, bool workspace_reused, bool merged_valid) {
+  static_assert(N >= 1, "vera::choose_sibling_orders: a group needs at least one sibling");
+  std::array<order, N> chosen{};
+  if (!merged_valid || requested != order::automatic) {
+    chosen.fill(merged_valid ? requested : order::low_rank);
+    return chosen;
+  }
+  const product_extents& lead = siblings[0];
+  const double shared = 2.0 * static_cast<double>(lead.rows) * static_cast<double>(lead.rank) *
+                        static_cast<double>(lead.in);
+  double mixed = shared_paid ? 0.0 : shared;
+  double all_merged = 0.0;
+  bool any_low_rank = false;
+  for (std::size_t i = 0; i < N; ++i) {
+    const product_extents& e = siblings[i];
+    const double low_rank = 2.0 * static_cast<double>(e.rows) * static_cast<double>(e.rank) *
+                            static_cast<double>(e.out);
+    const double merged = detail::merged_build_cost(e, workspace_reused);
+    const bool low = low_rank <= merged;
+    chosen[i] = low ? order::low_rank : order::merged;
+    any_low_rank = any_low_rank || low;
+    mixed += low ? low_rank : merged;
+    all_merged += merged;
+  }
+  if (any_low_rank && !shared_paid && all_merged < mixed) chosen.fill(order::merged);
+  return chosen;
 }
 
 }  // namespace vera

@@ -9,6 +9,66 @@
 
 namespace vera {
 
+namespace cpu {
+
+/// dX += G W0 and, in the merged order, G ΔW. In the low-rank order the adapter term is left in
+/// `t` (n x rank): t = (or +=, per `t_mode`) T Λd with T = (G Λb) B, for add_back_projection to
+/// finish. Sibling groups sum t over siblings and project back once.
+template <class G, class W, class T, class Dx, class Thin>
+void input_gradient_terms(const G& g, const W& w0, const adapter<T>& ad, order chosen, Dx& dx,
+                          Thin& t, assign_mode t_mode, workspace<T>& ws) {
+  with_weight(ad, w0, [&](const auto& w) {
+    if (chosen == order::merged) {
+      const auto bbd = scaled_b(ad, ws);
+      auto merged = ws.get(slot_weight, ad.out_features(), ad.in_features());
+      merged = w;
+      merged.noalias() += bbd * ad.a();
+      dx.noalias() += g * merged;
+      return;
+    }
+    dx.noalias() += g * w;
+    if (scale_thin_sides(g.rows(), ad)) {
+      // T Λd with T = (G Λb) B, the scales on the thin sides; the weight and tile slots are
+      // free until add_back_projection.
+      auto gb = ws.get(slot_weight, g.rows(), ad.out_features());
+      gb = g * ad.lambda_b().asDiagonal();
+      auto product = ws.get(slot_tile, g.rows(), ad.rank());
+      product.noalias() = gb * ad.b();
+      if (t_mode == assign_mode::overwrite) {
+        t = product * ad.lambda_d().asDiagonal();
+      } else {
+        t += product * ad.lambda_d().asDiagonal();
+      }
+      return;
+    }
+    const auto bbd = scaled_b(ad, ws);
+    if (t_mode == assign_mode::overwrite) {
+      t.noalias() = g * bbd;
+    } else {
+      t.noalias() += g * bbd;
+    }
+  });
+}
+
+/// dX += mask ⊙ (t A) / (1 - p): the adapter input's share of grad_X, with the forward's dropout
+/// mask (tile by tile, so the masked product never exists as a whole n x in matrix).
+template <class Thin, class A, class Dx, class T>
+void add_back_projection(const Thin& t, const A& a, const dropout_key& key, Dx& dx, workspace<T>& ws) {
+  if (key.probability == 0.0) {
+    dx.noalias() += t * a;
+    return;
+  }
+  for (index first = 0; first < t.rows(); first += dropout_tile_rows) {
+    const index rows = std::min(dropout_tile_rows, t.rows() - first);
+    auto tile = ws.get(slot_tile, rows, a.cols());
+    tile.noalias() = t.middleRows(first, rows) * a;
+    mask_tile(first, key, tile);
+    dx.middleRows(first, rows) += tile;
+  }
+}
+
+}  // namespace cpu
+
 /// \brief grad_b and grad_d from one GEMM, M = G^T P (out x rank):
 ///        grad_b[j] = sum_k B[j,k] d[k] M[j,k],  grad_d[k] = sum_j b[j] B[j,k] M[j,k].
 ///
@@ -56,38 +116,9 @@ void evaluate(Exec, const input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx, assi
                                     input_gradient_costs(extents, scratch.reused()),
                                     key.probability == 0.0);
   if (mode == assign_mode::overwrite) dx.setZero();
-  cpu::with_weight(ad, e.w0(), [&](const auto& w) {
-    if (chosen == order::merged) {
-      const auto bbd = cpu::scaled_b(ad, ws);
-      auto merged = ws.get(cpu::slot_weight, ad.out_features(), ad.in_features());
-      merged = w;
-      merged.noalias() += bbd * ad.a();
-      dx.noalias() += g * merged;
-      return;
-    }
-    dx.noalias() += g * w;
-    auto t = ws.get(cpu::slot_thin, g.rows(), ad.rank());
-    if (cpu::scale_thin_sides(g.rows(), ad)) {
-      // T Λd with T = (G Λb) B, scales on the thin sides (the weight slot is free here).
-      auto gb = ws.get(cpu::slot_weight, g.rows(), ad.out_features());
-      gb = g * ad.lambda_b().asDiagonal();
-      t.noalias() = gb * ad.b();
-      t = t * ad.lambda_d().asDiagonal();
-    } else {
-      t.noalias() = g * cpu::scaled_b(ad, ws);  // T Λd, with T = (G Λb) B
-    }
-    if (key.probability == 0.0) {
-      dx.noalias() += t * ad.a();
-      return;
-    }
-    for (index first = 0; first < g.rows(); first += cpu::dropout_tile_rows) {
-      const index rows = std::min(cpu::dropout_tile_rows, g.rows() - first);
-      auto tile = ws.get(cpu::slot_tile, rows, ad.in_features());
-      tile.noalias() = t.middleRows(first, rows) * ad.a();
-      cpu::mask_tile(first, key, tile);
-      dx.middleRows(first, rows) += tile;
-    }
-  });
+  auto t = ws.get(cpu::slot_thin, chosen == order::low_rank ? g.rows() : 0, ad.rank());
+  cpu::input_gradient_terms(g, e.w0(), ad, chosen, dx, t, assign_mode::overwrite, ws);
+  if (chosen == order::low_rank) cpu::add_back_projection(t, ad.a(), key, dx, ws);
 }
 
 }  // namespace vera

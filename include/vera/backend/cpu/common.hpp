@@ -58,6 +58,20 @@ bool scale_thin_sides(index rows, const adapter<T>& ad) {
   return rows * (ad.rank() + ad.out_features()) < ad.out_features() * ad.rank();
 }
 
+/// B with one of its two scales, in the same slot and layout as scaled_b: B Λd (`lambda_d`
+/// true) or Λb B. For evaluators that keep the other scale apart, e.g. to keep Q = (P Λd) B^T.
+template <class T>
+Eigen::Map<row_matrix<T>> half_scaled_b(const adapter<T>& ad, bool lambda_d, workspace<T>& ws) {
+  auto buffer = ws.get(slot_scaled_b, ad.out_features(), ad.rank());
+  Eigen::Map<row_matrix<T>> out(buffer.data(), ad.out_features(), ad.rank());
+  if (lambda_d) {
+    out = ad.b() * ad.lambda_d().asDiagonal();
+  } else {
+    out = ad.lambda_b().asDiagonal() * ad.b();
+  }
+  return out;
+}
+
 /// Calls f with the base weight seen as out x in, whatever its storage layout.
 template <class T, class W, class F>
 decltype(auto) with_weight(const adapter<T>& ad, const W& w0, F&& f) {

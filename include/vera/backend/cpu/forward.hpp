@@ -47,6 +47,36 @@ void project_input(const X& x, const A& a, const dropout_key* key, P& p, workspa
   }
 }
 
+/// Y = (or +=) X W0^T + bias + adapter term, in `chosen` order. The low-rank order reads
+/// P = drop(X) A^T, which the caller has filled; the merged order does not read it. Sibling
+/// groups call this once per sibling with their shared P.
+template <class X, class P, class W, class Bias, class T, class Y>
+void adapted_product(const X& x, const P& p, const W& w0, const Bias& bias, const adapter<T>& ad,
+                     order chosen, Y& y, assign_mode mode, workspace<T>& ws) {
+  initialise_output(y, bias, mode);
+  with_weight(ad, w0, [&](const auto& w) {
+    if (chosen == order::merged) {
+      const auto bbd = scaled_b(ad, ws);
+      auto merged = ws.get(slot_weight, ad.out_features(), ad.in_features());
+      merged = w;
+      merged.noalias() += bbd * ad.a();
+      y.noalias() += x * merged.transpose();
+      return;
+    }
+    y.noalias() += x * w.transpose();
+    if (scale_thin_sides(x.rows(), ad)) {
+      // Y += ((P Λd) Bᵀ) Λb: the scaled-B slot and the weight slot are free in this order.
+      auto s = ws.get(slot_scaled_b, x.rows(), ad.rank());
+      s = p * ad.lambda_d().asDiagonal();
+      auto z = ws.get(slot_weight, x.rows(), ad.out_features());
+      z.noalias() = s * ad.b().transpose();
+      y += z * ad.lambda_b().asDiagonal();
+      return;
+    }
+    y.noalias() += p * scaled_b(ad, ws).transpose();
+  });
+}
+
 }  // namespace cpu
 
 /// \brief Evaluates a forward expression into `y` on the CPU.
@@ -85,29 +115,7 @@ void evaluate(Exec, const forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign
     cpu::project_input(x, ad.a(), key, p, ws);
   }
 
-  cpu::initialise_output(y, e.bias(), mode);
-  cpu::with_weight(ad, e.w0(), [&](const auto& w) {
-    if (chosen == order::merged) {
-      const auto bbd = cpu::scaled_b(ad, ws);
-      auto merged = ws.get(cpu::slot_weight, ad.out_features(), ad.in_features());
-      merged = w;
-      merged.noalias() += bbd * ad.a();
-      y.noalias() += x * merged.transpose();
-      return;
-    }
-    y.noalias() += x * w.transpose();
-    if (cpu::scale_thin_sides(x.rows(), ad)) {
-      // Y += ((P Λd) Bᵀ) Λb: the scaled-B slot and the weight slot are free in this order.
-      auto s = ws.get(cpu::slot_scaled_b, x.rows(), ad.rank());
-      s = p * ad.lambda_d().asDiagonal();
-      auto z = ws.get(cpu::slot_weight, x.rows(), ad.out_features());
-      z.noalias() = s * ad.b().transpose();
-      y += z * ad.lambda_b().asDiagonal();
-      return;
-    }
-    const auto bbd = cpu::scaled_b(ad, ws);
-    y.noalias() += p * bbd.transpose();
-  });
+  cpu::adapted_product(x, p, e.w0(), e.bias(), ad, chosen, y, mode, ws);
   if (ctx != nullptr) ctx->finish_step();
 }
 

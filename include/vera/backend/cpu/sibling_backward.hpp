@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: Apache-2.0
+// CPU evaluator of a sibling group's grad_X: each sibling's G_i W_i, one GEMM against A.
+#pragma once
+
+#include <tuple>
+
+#include <Eigen/Core>
+
+#include "vera/backend/cpu/backward.hpp"
+#include "vera/backend/cpu/common.hpp"
+#include "vera/backend/cpu/sibling_forward.hpp"
+#include "vera/multi/sibling_backward.hpp"
+
+namespace vera {
+
+/// \brief grad_X = sum_i G_i W_i + mask ⊙ ((sum_i G_i Λb_i B_i Λd_i) A) / (1 - p): the thin
+///        n x rank terms of the low-rank siblings are summed first, then projected back once.
+template <class Exec, class Group, class... GD, class Dst, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
+void evaluate(Exec, const sibling_input_gradient_expr<Exec, Group, GD...>& e, Dst& dx, assign_mode mode) {
+  using T = typename Group::scalar;
+  const Group& group = e.group();
+  const auto& upstream = e.upstream();
+  detail::for_each_index<Group::size>([&](auto i) {
+    constexpr std::size_t I = decltype(i)::value;
+    detail::check_no_alias_named("vera::input_gradient (siblings)", dx,
+                                 [] { return detail::sibling_operand(I, "G"); }, std::get<I>(upstream));
+    detail::check_no_alias_named("vera::input_gradient (siblings)", dx,
+                                 [] { return detail::sibling_operand(I, "W0"); }, group.template member<I>().w0());
+  });
+
+  const index rows = e.rows();
+  const dropout_key& key = e.context().mask_key();
+  cpu::scratch<T> scratch(e.scratch());
+  workspace<T>& ws = scratch.get();
+  const auto chosen = choose_sibling_orders(e.requested_order(), cpu::sibling_extents(group, rows),
+                                            /*shared_paid=*/false, scratch.reused(), key.probability == 0.0);
+  bool any_low_rank = false;
+  for (const order o : chosen) any_low_rank = any_low_rank || o == order::low_rank;
+
+  if (mode == assign_mode::overwrite) dx.setZero();
+  auto t = ws.get(cpu::slot_thin, any_low_rank ? rows : 0, group.rank());
+  assign_mode t_mode = assign_mode::overwrite;
+  detail::for_each_index<Group::size>([&](auto i) {
+    constexpr std::size_t I = decltype(i)::value;
+    const auto& member = group.template member<I>();
+    cpu::input_gradient_terms(std::get<I>(upstream), member.w0(), member.layer(), chosen[I], dx, t, t_mode, ws);
+    if (chosen[I] == order::low_rank) t_mode = assign_mode::accumulate;
+  });
+  if (any_low_rank) cpu::add_back_projection(t, group.lead().a(), key, dx, ws);
+}
+
+/// \brief The one-pass group backward from a context that kept Q_i (see sibling_backward_expr).
+template <class Exec, class Group, class... GD, class DX, class... Out,
+          class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
+void evaluate(Exec, const sibling_backward_expr<Exec, Group, GD...>& e, DX& dx, std::tuple<Out&...> grads,
+              assign_mode mode) {
+  using T = typename Group::scalar;
+  const Group& group = e.group();
+  const auto& upstream = e.upstream();
+  const forward_context<T>& shared = e.context().projection();
+  const auto& p = shared.projected();
+  cpu::scratch<T> scratch(e.scratch());
+  workspace<T>& ws = scratch.get();
+
+  if (mode == assign_mode::overwrite) dx.setZero();
+  auto s = ws.get(cpu::slot_thin, p.rows(), p.cols());
+  detail::for_each_index<Group::size>([&](auto i) {
+    constexpr std::size_t I = decltype(i)::value;
+    const auto& member = group.template member<I>();
+    const adapter<T>& ad = member.layer();
+    const auto& g = std::get<I>(upstream);
+    gradients<T>& out = std::get<I>(grads);
+    if (mode == assign_mode::overwrite) out.set_zero();
+    if (ad.options().train_b) out.lambda_b.noalias() += g.cwiseProduct(e.context().kept(I)).colwise().sum().transpose();
+    auto u = ws.get(cpu::slot_weight, p.rows(), p.cols());
+    u.noalias() = g * cpu::half_scaled_b(ad, /*lambda_d=*/false, ws);  // U = G Λb B
+    if (ad.options().train_d) out.lambda_d.noalias() += u.cwiseProduct(p).colwise().sum().transpose();
+    if constexpr (I == 0) {
+      s = u * ad.lambda_d().asDiagonal();
+    } else {
+      s += u * ad.lambda_d().asDiagonal();
+    }
+    cpu::with_weight(ad, member.w0(), [&](const auto& w) { dx.noalias() += g * w; });
+  });
+  cpu::add_back_projection(s, group.lead().a(), shared.mask_key(), dx, ws);
+}
+
+}  // namespace vera

@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: Apache-2.0
+// CPU evaluator of the sibling-group forward: one P = drop(X) A^T, then each sibling's product.
+#pragma once
+
+#include <array>
+#include <tuple>
+
+#include <Eigen/Core>
+
+#include "vera/backend/cpu/common.hpp"
+#include "vera/backend/cpu/forward.hpp"
+#include "vera/expr/cost.hpp"
+#include "vera/multi/sibling_forward.hpp"
+
+namespace vera {
+
+namespace cpu {
+
+/// Each sibling's extents, for the group cost model.
+template <class Group>
+std::array<product_extents, Group::size> sibling_extents(const Group& group, index rows) {
+  std::array<product_extents, Group::size> extents{};
+  detail::for_each_index<Group::size>([&](auto i) {
+    const auto& ad = group.template member<decltype(i)::value>().layer();
+    extents[i] = product_extents{rows, ad.in_features(), ad.out_features(), ad.rank()};
+  });
+  return extents;
+}
+
+}  // namespace cpu
+
+/// \brief Evaluates a sibling-group forward into one destination per sibling on the CPU.
+template <class Exec, class XD, class Group, class... Dst, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
+void evaluate(Exec, const sibling_forward_expr<Exec, XD, Group>& e, std::tuple<Dst&...> ys, assign_mode mode) {
+  using T = typename Group::scalar;
+  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  const Group& group = e.group();
+  const adapter<T>& lead = group.lead();
+  // Evaluate an expression-valued X once: it feeds every sibling.
+  const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.x())>, 4>::type x(e.x());
+  cpu::scratch<T> scratch(e.scratch());
+  workspace<T>& ws = scratch.get();
+
+  sibling_context<T>* kept = e.kept_context();
+  forward_context<T>* ctx = kept != nullptr ? &kept->begin_step(Group::size) : e.context();
+  const double dropout = ctx != nullptr ? group.dropout() : 0.0;
+  // Keeping Q_i means running the low-rank order.
+  const auto chosen = choose_sibling_orders(e.requested_order(), cpu::sibling_extents(group, x.rows()),
+                                            ctx != nullptr, scratch.reused(), dropout == 0.0 && kept == nullptr);
+  bool any_low_rank = false;
+  for (const order o : chosen) any_low_rank = any_low_rank || o == order::low_rank;
+
+  // P is needed for backward (training) and by every low-rank sibling: computed once.
+  T* p_data = nullptr;
+  if (ctx != nullptr) {
+    p_data = ctx->begin_step(x.rows(), lead.rank(), dropout).data();
+  } else if (any_low_rank) {
+    p_data = ws.get(cpu::slot_thin, x.rows(), lead.rank()).data();
+  }
+  const bool has_p = p_data != nullptr;
+  Eigen::Map<matrix> p(p_data, has_p ? x.rows() : 0, has_p ? lead.rank() : 0);
+  if (has_p) {
+    const dropout_key* key = ctx != nullptr ? &ctx->mask_key() : nullptr;
+    cpu::project_input(x, lead.a(), key, p, ws);
+  }
+
+  detail::for_each_index<Group::size>([&](auto i) {
+    constexpr std::size_t I = decltype(i)::value;
+    const auto& member = group.template member<I>();
+    const adapter<T>& ad = member.layer();
+    auto& y = std::get<I>(ys);
+    if (kept == nullptr) {
+      cpu::adapted_product(x, p, member.w0(), member.bias(), ad, chosen[I], y, mode, ws);
+      return;
+    }
+    // Q_i = (P Λd_i) B_i^T is kept for backward; Λb_i is applied on the way into Y_i.
+    auto& q = kept->kept_buffer(I, x.rows(), ad.out_features());
+    q.noalias() = p * cpu::half_scaled_b(ad, /*lambda_d=*/true, ws).transpose();
+    cpu::initialise_output(y, member.bias(), mode);
+    cpu::with_weight(ad, member.w0(), [&](const auto& w) { y.noalias() += x * w.transpose(); });
+    y += q * ad.lambda_b().asDiagonal();
+  });
+  if (ctx != nullptr) ctx->finish_step();
+  if (kept != nullptr) kept->finish_step();
+}
+
+}  // namespace vera

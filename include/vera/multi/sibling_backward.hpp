@@ -1,0 +1,330 @@
+// SPDX-License-Identifier: Apache-2.0
+// Lazy backward of a sibling group: each sibling's grad_b, grad_d, and one grad_X for the group.
+#pragma once
+
+#include <string>
+#include <tuple>
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "vera/adapter/context.hpp"
+#include "vera/adapter/gradients.hpp"
+#include "vera/adapter/workspace.hpp"
+#include "vera/backend/exec.hpp"
+#include "vera/expr/backward.hpp"
+#include "vera/expr/cost.hpp"
+#include "vera/expr/operand.hpp"
+#include "vera/multi/sibling_context.hpp"
+#include "vera/multi/sibling_forward.hpp"
+#include "vera/multi/sibling_group.hpp"
+
+namespace vera {
+
+template <class Exec, class Group, class... GD>
+class sibling_input_gradient_expr;
+
+}  // namespace vera
+
+namespace Eigen::internal {
+template <class Exec, class Group, class... GD>
+struct traits<vera::sibling_input_gradient_expr<Exec, Group, GD...>> {
+  using ReturnType = Eigen::Matrix<typename Group::scalar, Eigen::Dynamic, Eigen::Dynamic>;
+};
+}  // namespace Eigen::internal
+
+namespace vera {
+
+namespace detail {
+
+// The group's upstream gradients against the context of its training forward: G_i is
+// n x out_i, with n the forward's rows, and the context holds the group's rank.
+template <class Group, class T, class... GD>
+void check_sibling_upstream(const Group& group, const forward_context<T>& ctx, const GD&... g) {
+  static_assert(sizeof...(GD) == Group::size, "vera siblings backward: one upstream gradient G per sibling");
+  static_assert((scalar_matches<GD, T> && ...), "vera siblings backward: G must have the siblings' scalar type");
+  if (!ctx.ready()) {
+    throw state_error("vera siblings backward: the forward context holds no training forward; evaluate "
+                      "vera::forward(X, group).train(ctx) first");
+  }
+  if (ctx.projected().cols() != group.rank()) {
+    throw rank_error("forward context: holds rank " + std::to_string(ctx.projected().cols()) +
+                     ", the siblings have rank " + std::to_string(group.rank()));
+  }
+  const auto gs = std::forward_as_tuple(g...);
+  for_each_index<Group::size>([&](auto i) {
+    const auto& gi = std::get<decltype(i)::value>(gs);
+    const adapter<T>& ad = group.template member<decltype(i)::value>().layer();
+    if (gi.cols() != ad.out_features()) {
+      check_cols(sibling_operand(i, "G").c_str(), ad.out_features(), gi.cols(), "its out_features");
+    }
+    if (gi.rows() != ctx.rows()) {
+      check_rows(sibling_operand(i, "G").c_str(), ctx.rows(), gi.rows(), "rows of the training forward");
+    }
+  });
+}
+
+}  // namespace detail
+
+/// \brief Each sibling's dL/d lambda_b and dL/d lambda_d from its G_i = dL/dY_i and the group's
+///        context, lazily: the single-adapter gradients of every sibling (same P, same numbers).
+///
+/// `.eval_to(g_0, ..., g_{N-1})` overwrites, `.add_to(...)` accumulates, one vera::gradients<T>
+/// per sibling. Every buffer is checked before any is written.
+template <class Exec, class Group, class... GD>
+class sibling_parameter_gradient_expr {
+  using T = typename Group::scalar;
+
+ public:
+  sibling_parameter_gradient_expr(const Group& group, const forward_context<T>& ctx, const GD&... g)
+      : group_(group), context_(&ctx), upstream_(g...) {
+    detail::check_sibling_upstream(group, ctx, g...);
+  }
+
+  sibling_parameter_gradient_expr using_workspace(workspace<T>& ws) const {
+    sibling_parameter_gradient_expr copy(*this);
+    copy.workspace_ = &ws;
+    return copy;
+  }
+
+  template <class... Out>
+  void eval_to(Out&... out) const {
+    run(assign_mode::overwrite, out...);
+  }
+  template <class... Out>
+  void add_to(Out&... out) const {
+    run(assign_mode::accumulate, out...);
+  }
+
+ private:
+  template <class... Out>
+  void run(assign_mode mode, Out&... out) const {
+    static_assert(sizeof...(Out) == Group::size, "vera siblings parameter gradients: one gradients<T> per sibling");
+    static_assert((std::is_same_v<Out, gradients<T>> && ...),
+                  "vera siblings parameter gradients: destinations must be vera::gradients<T>");
+    auto outs = std::forward_as_tuple(out...);
+    bool sizing[Group::size];
+    detail::for_each_index<Group::size>([&](auto i) {
+      constexpr std::size_t I = decltype(i)::value;
+      sizing[I] = detail::gradient_buffers_need_sizing(std::get<I>(outs), group_.template member<I>().layer(), mode,
+                                                       [] { return detail::sibling_operand(I, "gradients"); });
+    });
+    detail::for_each_index<Group::size>([&](auto i) {
+      constexpr std::size_t I = decltype(i)::value;
+      const adapter<T>& ad = group_.template member<I>().layer();
+      gradients<T>& target = std::get<I>(outs);
+      if (sizing[I]) {
+        target.lambda_b.resize(ad.out_features());
+        target.lambda_d.resize(ad.rank());
+      }
+      // The single-adapter expression over the shared P: the group adds nothing to this part.
+      const auto single = parameter_gradients(Exec{}, std::get<I>(upstream_), ad, *context_);
+      if (workspace_ != nullptr) {
+        single.using_workspace(*workspace_).eval_to(target, mode);
+      } else {
+        single.eval_to(target, mode);
+      }
+    });
+  }
+
+  Group group_;
+  const forward_context<T>* context_;
+  std::tuple<detail::closure_t<GD>...> upstream_;
+  workspace<T>* workspace_ = nullptr;
+};
+
+/// \brief dL/dX (n x in) = sum_i G_i W_i + mask ⊙ ((sum_i T_i Λd_i) A) / (1 - p), lazily, with
+///        T_i = (G_i Λb_i) B_i: the adapter terms of all siblings meet in ONE GEMM against A.
+///
+/// `dX = expr;` overwrites, `expr.add_to(dX)` accumulates. Each sibling's order comes from the
+/// cost model (the product against A charged once); `.with_order()` forces one for all.
+template <class Exec, class Group, class... GD>
+class sibling_input_gradient_expr : public Eigen::ReturnByValue<sibling_input_gradient_expr<Exec, Group, GD...>> {
+  using T = typename Group::scalar;
+
+ public:
+  sibling_input_gradient_expr(const Group& group, const forward_context<T>& ctx, const GD&... g)
+      : group_(group), context_(&ctx), upstream_(g...) {
+    detail::check_sibling_upstream(group, ctx, g...);
+  }
+
+  Eigen::Index rows() const { return std::get<0>(upstream_).rows(); }
+  Eigen::Index cols() const { return group_.in_features(); }
+
+  sibling_input_gradient_expr using_workspace(workspace<T>& ws) const {
+    sibling_input_gradient_expr copy(*this);
+    copy.workspace_ = &ws;
+    return copy;
+  }
+  sibling_input_gradient_expr with_order(order requested) const {
+    sibling_input_gradient_expr copy(*this);
+    copy.order_ = requested;
+    return copy;
+  }
+
+  template <class Dst>
+  void evalTo(Dst& dst) const {
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    evaluate(Exec{}, *this, dst, assign_mode::overwrite);
+  }
+  template <class Dst>
+  void add_to(Eigen::MatrixBase<Dst>& dst) const {
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
+  }
+
+  const Group& group() const noexcept { return group_; }
+  const forward_context<T>& context() const noexcept { return *context_; }
+  const std::tuple<detail::closure_t<GD>...>& upstream() const noexcept { return upstream_; }
+  workspace<T>* scratch() const noexcept { return workspace_; }
+  order requested_order() const noexcept { return order_; }
+
+ private:
+  Group group_;
+  const forward_context<T>* context_;
+  std::tuple<detail::closure_t<GD>...> upstream_;
+  workspace<T>* workspace_ = nullptr;
+  order order_ = order::automatic;
+};
+
+/// \brief Every sibling's dL/d lambda_b, dL/d lambda_d and the group's dL/dX in one pass, from
+///        a forward that kept Q_i (`.train(sibling_context&)`), lazily:
+///
+///     grad_b_i = colsum(G_i ⊙ Q_i),  U_i = G_i Λb_i B_i,  grad_d_i = colsum(U_i ⊙ P),
+///     dX = sum_i G_i W_i + mask ⊙ ((sum_i U_i Λd_i) A) / (1 - p).
+///
+/// Per sibling that is one out x n x rank GEMM (U_i) where parameter_gradients + input_gradient
+/// need two (G_i^T P and G_i Λb_i B_i Λd_i). `.eval_to(dX, g_0, ..., g_{N-1})` overwrites (a
+/// plain matrix dX is resized), `.add_to(...)` accumulates; everything is checked first.
+template <class Exec, class Group, class... GD>
+class sibling_backward_expr {
+  using T = typename Group::scalar;
+
+ public:
+  sibling_backward_expr(const Group& group, const sibling_context<T>& ctx, const GD&... g)
+      : group_(group), context_(&ctx), upstream_(g...) {
+    if (!ctx.ready()) {
+      throw state_error("vera::backward (siblings): the sibling context holds no training forward; evaluate "
+                        "vera::forward(X, group).train(sibling_ctx) first");
+    }
+    if (ctx.siblings() != Group::size) {
+      throw shape_error("sibling context: holds " + std::to_string(ctx.siblings()) + " siblings, the group has " +
+                        std::to_string(Group::size));
+    }
+    detail::check_sibling_upstream(group, ctx.projection(), g...);
+    detail::for_each_index<Group::size>([&](auto i) {
+      const adapter<T>& ad = group.template member<decltype(i)::value>().layer();
+      if (ctx.kept(i).cols() != ad.out_features()) {
+        check_cols(detail::sibling_operand(i, "Q in the sibling context").c_str(), ad.out_features(),
+                   ctx.kept(i).cols(), "its out_features; the context was filled by another group");
+      }
+    });
+  }
+
+  sibling_backward_expr using_workspace(workspace<T>& ws) const {
+    sibling_backward_expr copy(*this);
+    copy.workspace_ = &ws;
+    return copy;
+  }
+
+  template <class DX, class... Out>
+  void eval_to(DX&& dx, Out&... grads) const {
+    run(assign_mode::overwrite, dx, grads...);
+  }
+  template <class DX, class... Out>
+  void add_to(DX&& dx, Out&... grads) const {
+    run(assign_mode::accumulate, dx, grads...);
+  }
+
+  const Group& group() const noexcept { return group_; }
+  const sibling_context<T>& context() const noexcept { return *context_; }
+  const std::tuple<detail::closure_t<GD>...>& upstream() const noexcept { return upstream_; }
+  workspace<T>* scratch() const noexcept { return workspace_; }
+
+ private:
+  template <class DX, class... Out>
+  void run(assign_mode mode, DX& dx, Out&... grads) const {
+    static_assert(sizeof...(Out) == Group::size, "vera::backward (siblings): dX, then one gradients<T> per sibling");
+    static_assert((std::is_same_v<Out, gradients<T>> && ...),
+                  "vera::backward (siblings): parameter destinations must be vera::gradients<T>");
+    static_assert(scalar_matches<std::decay_t<DX>, T>, "vera::backward (siblings): dX must have the siblings' scalar type");
+    detail::for_each_index<Group::size>([&](auto i) {
+      constexpr std::size_t I = decltype(i)::value;
+      detail::check_no_alias_named("vera::backward (siblings)", dx, [] { return detail::sibling_operand(I, "G"); },
+                                   std::get<I>(upstream_));
+      detail::check_no_alias_named("vera::backward (siblings)", dx, [] { return detail::sibling_operand(I, "W0"); },
+                                   group_.template member<I>().w0());
+    });
+    const index rows = context_->rows();
+    const bool resize = mode == assign_mode::overwrite && detail::is_resizable<DX> &&
+                        (dx.rows() != rows || dx.cols() != group_.in_features());
+    if (!resize) check_shape("dX", rows, group_.in_features(), dx.rows(), dx.cols());
+    auto outs = std::forward_as_tuple(grads...);
+    bool sizing[Group::size];
+    detail::for_each_index<Group::size>([&](auto i) {
+      constexpr std::size_t I = decltype(i)::value;
+      sizing[I] = detail::gradient_buffers_need_sizing(std::get<I>(outs), group_.template member<I>().layer(), mode,
+                                                       [] { return detail::sibling_operand(I, "gradients"); });
+    });
+    // Every check has passed: only now is anything resized or written.
+    if constexpr (detail::is_resizable<DX>) {
+      if (resize) dx.resize(rows, group_.in_features());
+    }
+    detail::for_each_index<Group::size>([&](auto i) {
+      constexpr std::size_t I = decltype(i)::value;
+      if (sizing[I]) {
+        const adapter<T>& ad = group_.template member<I>().layer();
+        std::get<I>(outs).lambda_b.resize(ad.out_features());
+        std::get<I>(outs).lambda_d.resize(ad.rank());
+      }
+    });
+    evaluate(Exec{}, *this, dx, outs, mode);
+  }
+
+  Group group_;
+  const sibling_context<T>* context_;
+  std::tuple<detail::closure_t<GD>...> upstream_;
+  workspace<T>* workspace_ = nullptr;
+};
+
+/// \brief Lazy backward of the whole group in one pass (see sibling_backward_expr). Shapes:
+///        G_i n x out_i in the group's order; ctx from the group's `.train(sibling_context&)`.
+template <class Exec, class... Layers, class T, class... GD, class = std::enable_if_t<std::is_empty_v<Exec>>>
+sibling_backward_expr<Exec, sibling_group<Layers...>, GD...> backward(
+    Exec, const sibling_group<Layers...>& group, const sibling_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
+  return {group, ctx, g.derived()...};
+}
+template <class... Layers, class T, class... GD>
+sibling_backward_expr<exec::default_policy, sibling_group<Layers...>, GD...> backward(
+    const sibling_group<Layers...>& group, const sibling_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
+  return {group, ctx, g.derived()...};
+}
+
+/// \brief Lazy gradients of every sibling's lambda_b and lambda_d. Shapes: G_i n x out_i, in
+///        the group's order; ctx from the group's training forward of the same n rows.
+template <class Exec, class... Layers, class T, class... GD, class = std::enable_if_t<std::is_empty_v<Exec>>>
+sibling_parameter_gradient_expr<Exec, sibling_group<Layers...>, GD...> parameter_gradients(
+    Exec, const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
+  return {group, ctx, g.derived()...};
+}
+template <class... Layers, class T, class... GD>
+sibling_parameter_gradient_expr<exec::default_policy, sibling_group<Layers...>, GD...> parameter_gradients(
+    const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
+  return {group, ctx, g.derived()...};
+}
+
+/// \brief Lazy gradient of the group's shared input X. Shapes as for parameter_gradients.
+template <class Exec, class... Layers, class T, class... GD, class = std::enable_if_t<std::is_empty_v<Exec>>>
+sibling_input_gradient_expr<Exec, sibling_group<Layers...>, GD...> input_gradient(
+    Exec, const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
+  return {group, ctx, g.derived()...};
+}
+template <class... Layers, class T, class... GD>
+sibling_input_gradient_expr<exec::default_policy, sibling_group<Layers...>, GD...> input_gradient(
+    const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
+  return {group, ctx, g.derived()...};
+}
+
+}  // namespace vera
+
+#include "vera/backend/cpu/sibling_backward.hpp"
