@@ -76,21 +76,31 @@ class sibling_parameter_gradient_expr {
   using T = typename Group::scalar;
 
  public:
+  /// \brief Checks every G_i against its sibling and the context; see vera::parameter_gradients.
+  /// \throws state_error when ctx holds no training forward; rank_error when ctx was filled at
+  ///         another rank; shape_error when a G_i is not n x out_i (n: rows of that forward).
   sibling_parameter_gradient_expr(const Group& group, const forward_context<T>& ctx, const GD&... g)
       : group_(group), context_(&ctx), upstream_(g...) {
     detail::check_sibling_upstream(group, ctx, g...);
   }
 
+  /// \brief Use `ws` for scratch memory instead of allocating.
   sibling_parameter_gradient_expr using_workspace(workspace<T>& ws) const {
     sibling_parameter_gradient_expr copy(*this);
     copy.workspace_ = &ws;
     return copy;
   }
 
+  /// \brief Writes sibling i's gradients into `out_i`, one vera::gradients<T> per sibling in the
+  ///        group's order (checked at compile time). Empty buffers are sized (out_i, rank);
+  ///        a frozen vector (train_b / train_d false) gets zero.
+  /// \throws shape_error naming the sibling when a non-empty buffer is not sized (out_i, rank).
   template <class... Out>
   void eval_to(Out&... out) const {
     run(assign_mode::overwrite, out...);
   }
+  /// \brief Adds sibling i's gradients to `out_i`; a frozen vector is left as is.
+  /// \throws shape_error naming the sibling when a buffer is not sized (out_i, rank).
   template <class... Out>
   void add_to(Out&... out) const {
     run(assign_mode::accumulate, out...);
@@ -143,40 +153,57 @@ class sibling_input_gradient_expr : public Eigen::ReturnByValue<sibling_input_gr
   using T = typename Group::scalar;
 
  public:
+  /// \brief Checks every G_i against its sibling and the context; see vera::input_gradient.
+  /// \throws state_error when ctx holds no training forward; rank_error when ctx was filled at
+  ///         another rank; shape_error when a G_i is not n x out_i (n: rows of that forward).
   sibling_input_gradient_expr(const Group& group, const forward_context<T>& ctx, const GD&... g)
       : group_(group), context_(&ctx), upstream_(g...) {
     detail::check_sibling_upstream(group, ctx, g...);
   }
 
+  /// \brief n, the rows of every G_i.
   Eigen::Index rows() const { return std::get<0>(upstream_).rows(); }
+  /// \brief in, the siblings' shared input features.
   Eigen::Index cols() const { return group_.in_features(); }
 
+  /// \brief Use `ws` for scratch memory instead of allocating.
   sibling_input_gradient_expr using_workspace(workspace<T>& ws) const {
     sibling_input_gradient_expr copy(*this);
     copy.workspace_ = &ws;
     return copy;
   }
+  /// \brief Force one association order on every sibling instead of the cost model's choice;
+  ///        ignored (low-rank) when the forward applied dropout.
   sibling_input_gradient_expr with_order(order requested) const {
     sibling_input_gradient_expr copy(*this);
     copy.order_ = requested;
     return copy;
   }
 
+  /// \brief Eigen's hook for `dX = expr`: overwrites dX.
+  /// \throws shape_error when dX is not n x in; aliasing_error when dX overlaps a G_i or a W0.
   template <class Dst>
   void evalTo(Dst& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst, assign_mode::overwrite);
   }
+  /// \brief dX += expr without a temporary; dX must already be n x in.
+  /// \throws shape_error when dX is not n x in; aliasing_error when dX overlaps a G_i or a W0.
   template <class Dst>
   void add_to(Eigen::MatrixBase<Dst>& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
   }
 
+  /// \brief The sibling group.
   const Group& group() const noexcept { return group_; }
+  /// \brief The context of the group's training forward.
   const forward_context<T>& context() const noexcept { return *context_; }
+  /// \brief G_i = dL/dY_i, n x out_i, one per sibling in the group's order.
   const std::tuple<detail::closure_t<GD>...>& upstream() const noexcept { return upstream_; }
+  /// \brief The workspace set by using_workspace(), or null.
   workspace<T>* scratch() const noexcept { return workspace_; }
+  /// \brief The order set by with_order() (order::automatic by default).
   order requested_order() const noexcept { return order_; }
 
  private:
@@ -201,6 +228,10 @@ class sibling_backward_expr {
   using T = typename Group::scalar;
 
  public:
+  /// \brief Checks the context and every G_i; see vera::backward(group, ctx, G...).
+  /// \throws state_error when ctx holds no training forward; shape_error when ctx was filled by
+  ///         a group of another size or of other out_i, or a G_i is not n x out_i (n: rows of
+  ///         that forward); rank_error when ctx was filled at another rank.
   sibling_backward_expr(const Group& group, const sibling_context<T>& ctx, const GD&... g)
       : group_(group), context_(&ctx), upstream_(g...) {
     if (!ctx.ready()) {
@@ -221,24 +252,39 @@ class sibling_backward_expr {
     });
   }
 
+  /// \brief Use `ws` for scratch memory instead of allocating.
   sibling_backward_expr using_workspace(workspace<T>& ws) const {
     sibling_backward_expr copy(*this);
     copy.workspace_ = &ws;
     return copy;
   }
 
+  /// \brief Overwrites dX (n x in; a plain matrix of another shape is resized) and sibling i's
+  ///        gradients in `grads_i`, one vera::gradients<T> per sibling in the group's order
+  ///        (checked at compile time). Empty buffers are sized (out_i, rank); a frozen vector
+  ///        (train_b / train_d false) gets zero.
+  /// \throws shape_error when dX cannot be resized and is not n x in, or a non-empty buffer is
+  ///         not sized (out_i, rank); aliasing_error when dX overlaps a G_i or a W0. Nothing is
+  ///         resized or written unless every check passes.
   template <class DX, class... Out>
   void eval_to(DX&& dx, Out&... grads) const {
     run(assign_mode::overwrite, dx, grads...);
   }
+  /// \brief dX += the input gradient and grads_i += sibling i's gradients; dX must already be
+  ///        n x in and each buffer sized (out_i, rank). A frozen vector is left as is.
+  /// \throws shape_error when dX or a buffer has another shape; aliasing_error as eval_to.
   template <class DX, class... Out>
   void add_to(DX&& dx, Out&... grads) const {
     run(assign_mode::accumulate, dx, grads...);
   }
 
+  /// \brief The sibling group.
   const Group& group() const noexcept { return group_; }
+  /// \brief The context of the group's training forward, with P and every Q_i.
   const sibling_context<T>& context() const noexcept { return *context_; }
+  /// \brief G_i = dL/dY_i, n x out_i, one per sibling in the group's order.
   const std::tuple<detail::closure_t<GD>...>& upstream() const noexcept { return upstream_; }
+  /// \brief The workspace set by using_workspace(), or null.
   workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
@@ -289,11 +335,15 @@ class sibling_backward_expr {
 
 /// \brief Lazy backward of the whole group in one pass (see sibling_backward_expr). Shapes:
 ///        G_i n x out_i in the group's order; ctx from the group's `.train(sibling_context&)`.
+///        The results are dX n x in and one (out_i, rank) gradients<T> per sibling.
+/// \throws state_error if ctx holds no training forward; shape_error for a G_i of another shape
+///         or a ctx filled by another group; rank_error when ctx was filled at another rank.
 template <class Exec, class... Layers, class T, class... GD, class = std::enable_if_t<std::is_empty_v<Exec>>>
 sibling_backward_expr<Exec, sibling_group<Layers...>, GD...> backward(
     Exec, const sibling_group<Layers...>& group, const sibling_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }
+/// \brief Lazy one-pass backward of the group on the default (CPU) policy; as the overload above.
 template <class... Layers, class T, class... GD>
 sibling_backward_expr<exec::default_policy, sibling_group<Layers...>, GD...> backward(
     const sibling_group<Layers...>& group, const sibling_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
@@ -301,24 +351,34 @@ sibling_backward_expr<exec::default_policy, sibling_group<Layers...>, GD...> bac
 }
 
 /// \brief Lazy gradients of every sibling's lambda_b and lambda_d. Shapes: G_i n x out_i, in
-///        the group's order; ctx from the group's training forward of the same n rows.
+///        the group's order; ctx from the group's training forward of the same n rows. The
+///        result is one (out_i, rank) gradients<T> per sibling.
+/// \throws state_error if ctx holds no training forward; shape_error for a G_i of another shape;
+///         rank_error when ctx was filled by a forward of another rank.
 template <class Exec, class... Layers, class T, class... GD, class = std::enable_if_t<std::is_empty_v<Exec>>>
 sibling_parameter_gradient_expr<Exec, sibling_group<Layers...>, GD...> parameter_gradients(
     Exec, const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }
+/// \brief Lazy gradients of every sibling's lambda_b and lambda_d on the default (CPU) policy;
+///        as the overload above.
 template <class... Layers, class T, class... GD>
 sibling_parameter_gradient_expr<exec::default_policy, sibling_group<Layers...>, GD...> parameter_gradients(
     const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }
 
-/// \brief Lazy gradient of the group's shared input X. Shapes as for parameter_gradients.
+/// \brief Lazy gradient of the group's shared input X. Shapes as for parameter_gradients;
+///        the result dX is n x in.
+/// \throws state_error if ctx holds no training forward; shape_error for a G_i of another shape;
+///         rank_error when ctx was filled by a forward of another rank.
 template <class Exec, class... Layers, class T, class... GD, class = std::enable_if_t<std::is_empty_v<Exec>>>
 sibling_input_gradient_expr<Exec, sibling_group<Layers...>, GD...> input_gradient(
     Exec, const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }
+/// \brief Lazy gradient of the group's shared input X on the default (CPU) policy; as the
+///        overload above.
 template <class... Layers, class T, class... GD>
 sibling_input_gradient_expr<exec::default_policy, sibling_group<Layers...>, GD...> input_gradient(
     const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {

@@ -23,6 +23,7 @@ namespace vera {
 template <class T>
 class sibling_context {
  public:
+  /// Column-major buffer type of each kept Q_i.
   using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
 
   /// \brief `dropout_seed` makes dropout masks reproducible; each training forward is a new step.

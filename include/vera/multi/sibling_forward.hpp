@@ -70,6 +70,8 @@ class sibling_forward_expr {
   static_assert(scalar_matches<XD, T>, "vera::forward: X must have the siblings' scalar type");
 
  public:
+  /// \brief Checks X against the group and keeps the operands; see vera::forward(X, group).
+  /// \throws shape_error when X does not have the siblings' in_features columns.
   sibling_forward_expr(const XD& x, const Group& group) : x_(x), group_(group) {
     check_cols("X", group.in_features(), x.cols(), "the siblings' in_features");
   }
@@ -101,22 +103,34 @@ class sibling_forward_expr {
     return copy;
   }
 
-  /// \brief Y_i = sibling i's output, one destination per sibling, in the group's order.
+  /// \brief Y_i = sibling i's output, one destination per sibling, in the group's order. A plain
+  ///        matrix of another shape is resized to n x out_i; any other destination must fit.
+  ///        Their number and scalar type are checked at compile time.
+  /// \throws shape_error when a destination that cannot be resized is not n x out_i;
+  ///         aliasing_error when a destination overlaps X, a sibling's W0 or bias, or another
+  ///         destination. Nothing is resized or written unless every destination passes.
   template <class... Dst>
   void eval_to(Dst&&... ys) const {
     run(assign_mode::overwrite, ys...);
   }
   /// \brief Y_i += sibling i's output; each Y_i must already be n x out_i.
+  /// \throws shape_error when a Y_i is not n x out_i; aliasing_error as eval_to.
   template <class... Dst>
   void add_to(Dst&&... ys) const {
     run(assign_mode::accumulate, ys...);
   }
 
+  /// \brief X, n x in (as held: by reference or by value, see the aliasing rule).
   const detail::closure_t<XD>& x() const noexcept { return x_; }
+  /// \brief The sibling group.
   const Group& group() const noexcept { return group_; }
+  /// \brief The forward_context set by train(forward_context&), or null.
   forward_context<T>* context() const noexcept { return context_; }
+  /// \brief The sibling_context set by train(sibling_context&), or null.
   sibling_context<T>* kept_context() const noexcept { return sibling_context_; }
+  /// \brief The workspace set by using_workspace(), or null.
   workspace<T>* scratch() const noexcept { return workspace_; }
+  /// \brief The order set by with_order() (order::automatic by default).
   order requested_order() const noexcept { return order_; }
 
  private:
@@ -154,12 +168,17 @@ class sibling_forward_expr {
 };
 
 /// \brief Lazy forward of every sibling of `group` on X (n x in) on policy `Exec`.
+///
+/// Shapes: X n x in (the siblings' in_features); the results are Y_i n x out_i, one per
+/// sibling in the group's order. X must have the siblings' scalar type (checked at compile time).
+/// \throws shape_error naming X when its columns are not in (when the expression is built).
 template <class Exec, class XD, class... Layers, class = std::enable_if_t<std::is_empty_v<Exec>>>
 sibling_forward_expr<Exec, XD, sibling_group<Layers...>> forward(Exec, const Eigen::MatrixBase<XD>& x,
                                                                  const sibling_group<Layers...>& group) {
   return {x.derived(), group};
 }
-/// \brief Lazy forward of every sibling of `group` on X (n x in) on the default (CPU) policy.
+/// \brief Lazy forward of every sibling of `group` on X (n x in) on the default (CPU) policy;
+///        as the overload above.
 template <class XD, class... Layers>
 sibling_forward_expr<exec::default_policy, XD, sibling_group<Layers...>> forward(
     const Eigen::MatrixBase<XD>& x, const sibling_group<Layers...>& group) {

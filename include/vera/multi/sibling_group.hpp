@@ -25,10 +25,12 @@ class sibling_layer {
   static_assert(scalar_matches<WD, T>, "vera::sibling: W0 must have the adapter's scalar type");
 
  public:
-  using scalar = T;
-  using weight_type = WD;
-  using bias_type = Bias;
+  using scalar = T;  ///< Element type of W0, the bias and the adapter.
+  using weight_type = WD;  ///< Expression type of W0 as given to vera::sibling.
+  using bias_type = Bias;  ///< Expression type of the bias, or vera::no_bias_t.
 
+  /// \brief Keeps the operands; use vera::sibling. Only the scalar types and that the bias is a
+  ///        vector are checked here (at compile time); shapes are checked by sibling_group.
   sibling_layer(const WD& w0, const Bias& bias, const adapter<T>& ad) : w0_(w0), bias_(bias), adapter_(&ad) {
     if constexpr (!std::is_same_v<Bias, no_bias_t>) {
       static_assert(scalar_matches<Bias, T>, "vera::sibling: bias must have the adapter's scalar type");
@@ -37,8 +39,11 @@ class sibling_layer {
     }
   }
 
+  /// \brief W0, out x in (in x out with fan_in_fan_out).
   const detail::closure_t<WD>& w0() const noexcept { return w0_; }
+  /// \brief The bias (out elements) or vera::no_bias.
   const detail::bias_closure_t<Bias>& bias() const noexcept { return bias_; }
+  /// \brief The adapter.
   const adapter<T>& layer() const noexcept { return *adapter_; }
 
  private:
@@ -100,8 +105,8 @@ class sibling_group {
   using first = std::tuple_element_t<0, std::tuple<Layers...>>;
 
  public:
-  using scalar = typename first::scalar;
-  static constexpr std::size_t size = sizeof...(Layers);
+  using scalar = typename first::scalar;  ///< Element type, the same for every sibling.
+  static constexpr std::size_t size = sizeof...(Layers);  ///< Number of siblings, at least 1.
   static_assert((std::is_same_v<typename Layers::scalar, scalar> && ...),
                 "vera::siblings: every sibling must have the same scalar type");
 
@@ -147,8 +152,11 @@ class sibling_group {
   }
   /// \brief Sibling 0's adapter; in_features, rank, A and dropout are the same for all.
   const adapter<scalar>& lead() const noexcept { return std::get<0>(layers_).layer(); }
+  /// \brief in, the columns of the shared input X.
   index in_features() const noexcept { return lead().in_features(); }
+  /// \brief r, the shared rank: the columns of P = X A^T.
   index rank() const noexcept { return lead().rank(); }
+  /// \brief The shared dropout probability, applied as one mask on X in a training forward.
   double dropout() const noexcept { return lead().options().dropout; }
 
  private:
