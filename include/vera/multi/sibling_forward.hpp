@@ -80,6 +80,7 @@ class sibling_forward_expr {
   sibling_forward_expr train(forward_context<T>& ctx) const {
     sibling_forward_expr copy(*this);
     copy.context_ = &ctx;
+    copy.sibling_context_ = nullptr;  // the last train() call decides which context is filled
     return copy;
   }
   /// \brief Training forward that also keeps each sibling's Q_i = (P Λd_i) B_i^T in `ctx`, for
