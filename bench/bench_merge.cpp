@@ -47,6 +47,12 @@ void vera_merge(benchmark::State& state, const merge_shape& s) {
   time_loop(
       state, s, [&] { vera::merge(op.w0, op.ad); }, op.w0.data());
 }
+void vera_merge_workspace(benchmark::State& state, const merge_shape& s) {
+  merge_operands op(s);
+  vera::workspace<float> ws;
+  time_loop(
+      state, s, [&] { vera::merge(op.w0, op.ad, &ws); }, op.w0.data());
+}
 void plain_merge(benchmark::State& state, const merge_shape& s) {
   merge_operands op(s);
   time_loop(
@@ -126,6 +132,20 @@ void check_agreement(const merge_shape& s) {
   require_close(where + " delta_weight", dw, expected_delta);
 }
 
+// The machine's GEMM rate with the GEMM this build uses (Eigen's, or BLAS under VERA_USE_BLAS):
+// a square product large enough to run at the kernel's peak, the yardstick for merge's rate.
+void gemm_peak(benchmark::State& state, Eigen::Index size) {
+  const matrix a = uniform_matrix(size, size, 1.0f, 3);
+  const matrix b = uniform_matrix(size, size, 1.0f, 4);
+  matrix c(size, size);
+  for (auto _ : state) {
+    c.noalias() = a * b;
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  report_flops(state, 2.0 * double(size) * double(size) * double(size));
+}
+
 template <class F>
 void add(const std::string& name, const merge_shape& s, F&& f) {
   auto* b = add_benchmark(name, std::forward<F>(f));
@@ -135,9 +155,11 @@ void add(const std::string& name, const merge_shape& s, F&& f) {
 }
 
 void register_benchmarks() {
+  add_benchmark("gemm_peak/2048", [](benchmark::State& st) { gemm_peak(st, 2048); });
   for (const merge_shape& s : merge_shapes()) {
     const std::string shape = "/" + s.name();
     add("merge/vera" + shape, s, [s](benchmark::State& st) { vera_merge(st, s); });
+    add("merge/vera_workspace" + shape, s, [s](benchmark::State& st) { vera_merge_workspace(st, s); });
     add("merge/plain" + shape, s, [s](benchmark::State& st) { plain_merge(st, s); });
     add("merge/floor" + shape, s, [s](benchmark::State& st) { floor_merge(st, s); });
     add("safe_merge/vera" + shape, s, [s](benchmark::State& st) { vera_safe_merge(st, s); });
