@@ -273,6 +273,26 @@ TEMPLATE_TEST_CASE("the one-pass backward from kept Q equals the separate backwa
   }
 }
 
+TEST_CASE("the last train() call decides which context a sibling forward fills", "[multi][siblings]") {
+  using T = double;
+  trio<T> t;
+  const auto group = t.group();
+  const matrix<T> x = multi_test::random_matrix<T>(5, trio<T>::in, 120);
+  matrix<T> yq, yk, yv;
+
+  vera::sibling_context<T> kept;
+  vera::forward_context<T> plain;
+  vera::forward(x, group).train(kept).train(plain).eval_to(yq, yk, yv);
+  CHECK(plain.ready());
+  CHECK_FALSE(kept.ready());
+
+  vera::sibling_context<T> kept_last;
+  vera::forward_context<T> plain_first;
+  vera::forward(x, group).train(plain_first).train(kept_last).eval_to(yq, yk, yv);
+  CHECK(kept_last.ready());
+  CHECK_FALSE(plain_first.ready());
+}
+
 TEST_CASE("the one-pass backward honours frozen vectors and checks its context", "[multi][siblings]") {
   using T = double;
   trio<T> t;
