@@ -57,7 +57,8 @@ void evaluate(Exec, const sibling_forward_expr<Exec, XD, Group>& e, std::tuple<D
   } else if (any_low_rank) {
     p_data = ws.get(cpu::slot_thin, x.rows(), lead.rank()).data();
   }
-  const bool has_p = p_data != nullptr;
+  // Not p_data != nullptr: an empty batch gets a null pointer, yet P must be 0 x rank.
+  const bool has_p = ctx != nullptr || any_low_rank;
   Eigen::Map<matrix> p(p_data, has_p ? x.rows() : 0, has_p ? lead.rank() : 0);
   if (has_p) {
     const dropout_key* key = ctx != nullptr ? &ctx->mask_key() : nullptr;
