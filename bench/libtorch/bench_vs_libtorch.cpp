@@ -93,6 +93,24 @@ void vera_case(benchmark::State& state, const shape& s, work what) {
   }
 }
 
+// One layer as a group of one trained with a sibling_context: Q = (P Λd) Bᵀ is kept, and one
+// backward call gives grad_b, grad_d and grad_X with T = (G Λb) B computed once, as autograd does.
+void vera_kept_q_case(benchmark::State& state, const shape& s) {
+  layer_data d(s);
+  const auto group = vera::siblings(vera::sibling(d.w0, d.bias, d.ad));
+  vera::sibling_context<float> ctx;
+  vera::workspace<float> ws;
+  vera::gradients<float> grads(d.ad);
+  matrix y(s.n, s.out), dx(s.n, s.in);
+  for (auto _ : state) {
+    vera::forward(d.x, group).train(ctx).using_workspace(ws).eval_to(y);
+    vera::backward(group, ctx, d.g).using_workspace(ws).eval_to(dx, grads);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  }
+}
+
 torch::Tensor tensor_of(const matrix& m) {
   const row_matrix r = m;
   return torch::from_blob(const_cast<float*>(r.data()), {r.rows(), r.cols()}).clone();
@@ -456,6 +474,9 @@ int main(int argc, char** argv) {
       benchmark::RegisterBenchmark(("vera/" + suffix).c_str(), vera_case, s, what)->Apply(timing);
       benchmark::RegisterBenchmark(("libtorch/" + suffix).c_str(), torch_case, s, what)->Apply(timing);
       benchmark::RegisterBenchmark(("floor/" + suffix).c_str(), floor_case, s, what)->Apply(timing);
+      if (what == work::train_bdx) {
+        benchmark::RegisterBenchmark(("vera_kept_q/" + suffix).c_str(), vera_kept_q_case, s)->Apply(timing);
+      }
     }
   }
   for (const auto& s : qkv_shapes) {

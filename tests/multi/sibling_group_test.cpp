@@ -353,6 +353,41 @@ TEMPLATE_TEST_CASE("a group of one sibling is the single-adapter API bit for bit
   }
 }
 
+TEMPLATE_TEST_CASE("a group of one sibling with kept Q matches the single-adapter training step",
+                   "[multi][siblings]", float, double) {
+  using T = TestType;
+  for (const double dropout : {0.0, 0.3}) {
+    trio<T> t(dropout);
+    const auto group = vera::siblings(vera::sibling(t.wv, vera::no_bias, t.v));
+    vera::workspace<T> ws;
+    vera::sibling_context<T> kept(5);
+    // Rows 1 and 2 scale the thin sides; 67 and 127 build B Λd and Λb B.
+    for (const vera::index rows : {1, 2, 67, 127}) {
+      INFO("rows " << rows << ", dropout " << dropout);
+      const auto seed = static_cast<std::uint32_t>(rows);
+      const matrix<T> x = multi_test::random_matrix<T>(rows, trio<T>::in, 140 + seed);
+      const matrix<T> g = multi_test::random_matrix<T>(rows, trio<T>::out_v, 141 + seed);
+      vera::forward_context<T> ctx(5);
+      ctx.resume_at(kept.projection().next_step());
+      matrix<T> y;
+      vera::forward(x, group).train(kept).using_workspace(ws).eval_to(y);
+      const matrix<T> r = vera::forward(x, t.wv, vera::no_bias, t.v).train(ctx);
+      CHECK(relative_gap(y, r) <= multi_test::tolerance<T>());
+      CHECK(relative_gap(kept.kept(0), (ctx.projected() * t.v.lambda_d().asDiagonal() * t.v.b().transpose()).eval()) <=
+            multi_test::tolerance<T>());
+
+      vera::gradients<T> grads;
+      matrix<T> dx;
+      vera::backward(group, kept, g).using_workspace(ws).eval_to(dx, grads);
+      const vera::gradients<T> ref = vera::parameter_gradients(g, t.v, ctx);
+      const matrix<T> ref_dx = vera::input_gradient(g, t.wv, t.v, ctx);
+      CHECK(relative_gap(dx, ref_dx) <= multi_test::tolerance<T>());
+      CHECK(relative_gap(grads.lambda_b, ref.lambda_b) <= multi_test::tolerance<T>());
+      CHECK(relative_gap(grads.lambda_d, ref.lambda_d) <= multi_test::tolerance<T>());
+    }
+  }
+}
+
 TEST_CASE("sibling gradients agree with finite differences (double)", "[multi][siblings]") {
   using T = double;
   trio<T> t;

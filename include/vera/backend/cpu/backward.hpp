@@ -73,7 +73,9 @@ void add_back_projection(const Thin& t, const A& a, const dropout_key& key, Dx& 
 ///        grad_b[j] = sum_k B[j,k] d[k] M[j,k],  grad_d[k] = sum_j b[j] B[j,k] M[j,k].
 ///
 /// Both follow from Q = P Λd B^T and T = (G Λb) B; the n x out product G ⊙ Q of the textbook
-/// form is never built, and the elementwise work is out x rank, independent of n.
+/// form is never built, and the elementwise work is out x rank, independent of n. Batches small
+/// enough that n (rank + out) < out x rank take the textbook form instead: Q and T are then
+/// thin, and building M would cost more than both.
 template <class Exec, class GD, class T, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
 void evaluate(Exec, const parameter_gradient_expr<Exec, GD, T>& e, gradients<T>& out,
               assign_mode mode) {
@@ -84,10 +86,34 @@ void evaluate(Exec, const parameter_gradient_expr<Exec, GD, T>& e, gradients<T>&
   if (!train_b && !train_d) return;
 
   cpu::scratch<T> scratch(e.scratch());
+  const auto& p = e.context().projected();
+  // Evaluate an expression-valued G once: the small-batch path reads it twice.
+  const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.upstream())>, 2>::type g(e.upstream());
+  if (cpu::scale_thin_sides(p.rows(), ad)) {
+    // Small batches: grad_b = colsum(G ⊙ Q) with Q = (P Λd) B^T, grad_d = colsum(T ⊙ P) with
+    // T = (G Λb) B. Two n x out x rank products read B twice, cheaper than writing and reading
+    // the out x rank M when n (rank + out) < out x rank.
+    workspace<T>& ws = scratch.get();
+    if (train_b) {
+      auto pd = ws.get(cpu::slot_scaled_b, p.rows(), ad.rank());
+      pd = p * ad.lambda_d().asDiagonal();
+      auto q = ws.get(cpu::slot_weight, p.rows(), ad.out_features());
+      q.noalias() = pd * ad.b().transpose();
+      out.lambda_b.noalias() += g.cwiseProduct(q).colwise().sum().transpose();
+    }
+    if (train_d) {
+      auto gb = ws.get(cpu::slot_scaled_b, p.rows(), ad.out_features());
+      gb = g * ad.lambda_b().asDiagonal();
+      auto t = ws.get(cpu::slot_weight, p.rows(), ad.rank());
+      t.noalias() = gb * ad.b();
+      out.lambda_d.noalias() += t.cwiseProduct(p).colwise().sum().transpose();
+    }
+    return;
+  }
   auto m_buffer = scratch.get().get(cpu::slot_weight, ad.out_features(), ad.rank());
   // Row-major view of the same memory, so each row of M pairs with a contiguous row of B.
   Eigen::Map<row_matrix<T>> m(m_buffer.data(), ad.out_features(), ad.rank());
-  m.noalias() = e.upstream().transpose() * e.context().projected();
+  m.noalias() = g.transpose() * p;
 
   const auto b_full = ad.b();
   const auto lambda_b = ad.lambda_b();

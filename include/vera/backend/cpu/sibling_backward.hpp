@@ -73,7 +73,14 @@ void evaluate(Exec, const sibling_backward_expr<Exec, Group, GD...>& e, DX& dx, 
     if (mode == assign_mode::overwrite) out.set_zero();
     if (ad.options().train_b) out.lambda_b.noalias() += g.cwiseProduct(e.context().kept(I)).colwise().sum().transpose();
     auto u = ws.get(cpu::slot_weight, p.rows(), p.cols());
-    u.noalias() = g * cpu::half_scaled_b(ad, /*lambda_d=*/false, ws);  // U = G Λb B
+    if (cpu::scale_thin_sides(p.rows(), ad)) {
+      // U = (G Λb) B: small batches scale the thin n x out side instead of building Λb B.
+      auto gb = ws.get(cpu::slot_scaled_b, p.rows(), ad.out_features());
+      gb = g * ad.lambda_b().asDiagonal();
+      u.noalias() = gb * ad.b();
+    } else {
+      u.noalias() = g * cpu::half_scaled_b(ad, /*lambda_d=*/false, ws);  // U = G Λb B
+    }
     if (ad.options().train_d) out.lambda_d.noalias() += u.cwiseProduct(p).colwise().sum().transpose();
     if constexpr (I == 0) {
       s = u * ad.lambda_d().asDiagonal();

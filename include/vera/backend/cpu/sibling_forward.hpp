@@ -76,7 +76,14 @@ void evaluate(Exec, const sibling_forward_expr<Exec, XD, Group>& e, std::tuple<D
     }
     // Q_i = (P Λd_i) B_i^T is kept for backward; Λb_i is applied on the way into Y_i.
     auto& q = kept->kept_buffer(I, x.rows(), ad.out_features());
-    q.noalias() = p * cpu::half_scaled_b(ad, /*lambda_d=*/true, ws).transpose();
+    if (cpu::scale_thin_sides(x.rows(), ad)) {
+      // Small batches scale the thin n x rank side instead of building B Λd.
+      auto pd = ws.get(cpu::slot_scaled_b, x.rows(), ad.rank());
+      pd = p * ad.lambda_d().asDiagonal();
+      q.noalias() = pd * ad.b().transpose();
+    } else {
+      q.noalias() = p * cpu::half_scaled_b(ad, /*lambda_d=*/true, ws).transpose();
+    }
     cpu::initialise_output(y, member.bias(), mode);
     cpu::with_weight(ad, member.w0(), [&](const auto& w) { y.noalias() += x * w.transpose(); });
     y += q * ad.lambda_b().asDiagonal();
