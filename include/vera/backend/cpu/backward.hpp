@@ -73,9 +73,8 @@ void add_back_projection(const Thin& t, const A& a, const dropout_key& key, Dx& 
 ///        grad_b[j] = sum_k B[j,k] d[k] M[j,k],  grad_d[k] = sum_j b[j] B[j,k] M[j,k].
 ///
 /// Both follow from Q = P Λd B^T and T = (G Λb) B; the n x out product G ⊙ Q of the textbook
-/// form is never built, and the elementwise work is out x rank, independent of n. Batches small
-/// enough that n (rank + out) < out x rank take the textbook form instead: Q and T are then
-/// thin, and building M would cost more than both.
+/// form is never built, and the elementwise work is out x rank, independent of n. A single row
+/// takes the textbook form instead: Q and T are then vectors, and forming M would cost more.
 template <class Exec, class GD, class T, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
 void evaluate(Exec, const parameter_gradient_expr<Exec, GD, T>& e, gradients<T>& out,
               assign_mode mode) {
@@ -87,12 +86,13 @@ void evaluate(Exec, const parameter_gradient_expr<Exec, GD, T>& e, gradients<T>&
 
   cpu::scratch<T> scratch(e.scratch());
   const auto& p = e.context().projected();
-  // Evaluate an expression-valued G once: the small-batch path reads it twice.
+  // Evaluate an expression-valued G once: the single-row path reads it twice.
   const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.upstream())>, 2>::type g(e.upstream());
-  if (cpu::scale_thin_sides(p.rows(), ad)) {
-    // Small batches: grad_b = colsum(G ⊙ Q) with Q = (P Λd) B^T, grad_d = colsum(T ⊙ P) with
-    // T = (G Λb) B. Two n x out x rank products read B twice, cheaper than writing and reading
-    // the out x rank M when n (rank + out) < out x rank.
+  if (p.rows() == 1) {
+    // One row: grad_b = colsum(G ⊙ Q) with Q = (P Λd) B^T, grad_d = colsum(T ⊙ P) with
+    // T = (G Λb) B. Two matrix-vector products read B twice, cheaper than writing the out x rank
+    // outer product M and reading it back. From two rows on, the GEMM that forms M costs less
+    // than two products against B (measured with Eigen's GEMM and OpenBLAS).
     workspace<T>& ws = scratch.get();
     if (train_b) {
       auto pd = ws.get(cpu::slot_scaled_b, p.rows(), ad.rank());
