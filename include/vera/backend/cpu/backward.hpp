@@ -19,21 +19,17 @@ void input_gradient_terms(const G& g, const W& w0, const adapter<T>& ad, order c
                           Thin& t, assign_mode t_mode, workspace<T>& ws) {
   with_weight(ad, w0, [&](const auto& w) {
     if (chosen == order::merged) {
-      const auto bbd = scaled_b(ad, ws);
       auto merged = ws.get(slot_weight, ad.out_features(), ad.in_features());
-      merged = w;
-      merged.noalias() += bbd * ad.a();
+      fold_into_weight(w, scaled_b(ad, ws), ad.a(), merged);
       dx.noalias() += g * merged;
       return;
     }
     dx.noalias() += g * w;
     if (scale_thin_sides(g.rows(), ad)) {
-      // T Λd with T = (G Λb) B, the scales on the thin sides; the weight and tile slots are
-      // free until add_back_projection.
-      auto gb = ws.get(slot_weight, g.rows(), ad.out_features());
-      gb = g * ad.lambda_b().asDiagonal();
-      auto product = ws.get(slot_tile, g.rows(), ad.rank());
-      product.noalias() = gb * ad.b();
+      // T Λd with T = (G Λb) B, the scales on the thin sides; the scaled-B and weight slots
+      // are free in this order.
+      auto product = ws.get(slot_weight, g.rows(), ad.rank());
+      thin_t(g, ad, ws, product);
       if (t_mode == assign_mode::overwrite) {
         t = product * ad.lambda_d().asDiagonal();
       } else {
@@ -95,17 +91,13 @@ void evaluate(Exec, const parameter_gradient_expr<Exec, GD, T>& e, gradients<T>&
     // than two products against B (measured with Eigen's GEMM and OpenBLAS).
     workspace<T>& ws = scratch.get();
     if (train_b) {
-      auto pd = ws.get(cpu::slot_scaled_b, p.rows(), ad.rank());
-      pd = p * ad.lambda_d().asDiagonal();
       auto q = ws.get(cpu::slot_weight, p.rows(), ad.out_features());
-      q.noalias() = pd * ad.b().transpose();
+      cpu::thin_q(p, ad, ws, q);
       out.lambda_b.noalias() += g.cwiseProduct(q).colwise().sum().transpose();
     }
     if (train_d) {
-      auto gb = ws.get(cpu::slot_scaled_b, p.rows(), ad.out_features());
-      gb = g * ad.lambda_b().asDiagonal();
       auto t = ws.get(cpu::slot_weight, p.rows(), ad.rank());
-      t.noalias() = gb * ad.b();
+      cpu::thin_t(g, ad, ws, t);
       out.lambda_d.noalias() += t.cwiseProduct(p).colwise().sum().transpose();
     }
     return;

@@ -72,6 +72,33 @@ Eigen::Map<row_matrix<T>> half_scaled_b(const adapter<T>& ad, bool lambda_d, wor
   return out;
 }
 
+/// merged = W0 + (Λb B Λd) A, the merged order's weight (out x in), built in a workspace slot.
+/// `w` is W0 seen as out x in, `folded` is Λb B Λd (out x rank).
+template <class W, class Folded, class A, class Merged>
+void fold_into_weight(const W& w, const Folded& folded, const A& a, Merged& merged) {
+  merged = w;
+  merged.noalias() += folded * a;
+}
+
+/// q = (P Λd) B^T (rows x out): the low-rank output term before Λb, with Λd applied to the thin
+/// rows x rank side. For small batches, where building B Λd would cost more than scaling P.
+/// Uses the scaled-B slot; `q` must not live in it.
+template <class P, class T, class Q>
+void thin_q(const P& p, const adapter<T>& ad, workspace<T>& ws, Q& q) {
+  auto pd = ws.get(slot_scaled_b, p.rows(), ad.rank());
+  pd = p * ad.lambda_d().asDiagonal();
+  q.noalias() = pd * ad.b().transpose();
+}
+
+/// u = (G Λb) B (rows x rank): the low-rank input-gradient term before Λd, with Λb applied to
+/// the thin rows x out side. Uses the scaled-B slot; `u` must not live in it.
+template <class G, class T, class U>
+void thin_t(const G& g, const adapter<T>& ad, workspace<T>& ws, U& u) {
+  auto gb = ws.get(slot_scaled_b, g.rows(), ad.out_features());
+  gb = g * ad.lambda_b().asDiagonal();
+  u.noalias() = gb * ad.b();
+}
+
 /// Calls f with the base weight seen as out x in, whatever its storage layout.
 template <class T, class W, class F>
 decltype(auto) with_weight(const adapter<T>& ad, const W& w0, F&& f) {

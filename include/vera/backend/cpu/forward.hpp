@@ -56,20 +56,16 @@ void adapted_product(const X& x, const P& p, const W& w0, const Bias& bias, cons
   initialise_output(y, bias, mode);
   with_weight(ad, w0, [&](const auto& w) {
     if (chosen == order::merged) {
-      const auto bbd = scaled_b(ad, ws);
       auto merged = ws.get(slot_weight, ad.out_features(), ad.in_features());
-      merged = w;
-      merged.noalias() += bbd * ad.a();
+      fold_into_weight(w, scaled_b(ad, ws), ad.a(), merged);
       y.noalias() += x * merged.transpose();
       return;
     }
     y.noalias() += x * w.transpose();
     if (scale_thin_sides(x.rows(), ad)) {
       // Y += ((P Λd) Bᵀ) Λb: the scaled-B slot and the weight slot are free in this order.
-      auto s = ws.get(slot_scaled_b, x.rows(), ad.rank());
-      s = p * ad.lambda_d().asDiagonal();
       auto z = ws.get(slot_weight, x.rows(), ad.out_features());
-      z.noalias() = s * ad.b().transpose();
+      thin_q(p, ad, ws, z);
       y += z * ad.lambda_b().asDiagonal();
       return;
     }

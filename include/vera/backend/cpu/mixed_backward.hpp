@@ -59,8 +59,7 @@ void backward_one_adapter(const adapter_set<T>& set, const mixed_context<T>& ctx
   with_weight(set, *w0, [&](const auto& w) {
     if (chosen == order::merged) {
       auto merged = ws.get(slot_wide, out, set.in_features());
-      merged = w;
-      merged.noalias() += bbd * set.a();
+      fold_into_weight(w, bbd, set.a(), merged);
       if (mode == assign_mode::overwrite) {
         dx->noalias() = g * merged;
       } else {

@@ -89,10 +89,8 @@ void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, 
   cpu::initialise_output(y, e.bias(), mode);
   cpu::mixed::with_weight(set, e.w0(), [&](const auto& w) {
     if (merged_order) {
-      const auto bbd = cpu::mixed::folded_b(set, rows.single_column, ws);
       auto merged = ws.get(cpu::mixed::slot_wide, set.out_features(), set.in_features());
-      merged = w;
-      merged.noalias() += bbd * set.a();
+      cpu::fold_into_weight(w, cpu::mixed::folded_b(set, rows.single_column, ws), set.a(), merged);
       y.noalias() += x * merged.transpose();
       return;
     }

@@ -74,10 +74,7 @@ void evaluate(Exec, const sibling_backward_expr<Exec, Group, GD...>& e, DX& dx, 
     if (ad.options().train_b) out.lambda_b.noalias() += g.cwiseProduct(e.context().kept(I)).colwise().sum().transpose();
     auto u = ws.get(cpu::slot_weight, p.rows(), p.cols());
     if (cpu::scale_thin_sides(p.rows(), ad)) {
-      // U = (G Λb) B: small batches scale the thin n x out side instead of building Λb B.
-      auto gb = ws.get(cpu::slot_scaled_b, p.rows(), ad.out_features());
-      gb = g * ad.lambda_b().asDiagonal();
-      u.noalias() = gb * ad.b();
+      cpu::thin_t(g, ad, ws, u);  // U = (G Λb) B, small batches: Λb on the thin side
     } else {
       u.noalias() = g * cpu::half_scaled_b(ad, /*lambda_d=*/false, ws);  // U = G Λb B
     }

@@ -77,10 +77,7 @@ void evaluate(Exec, const sibling_forward_expr<Exec, XD, Group>& e, std::tuple<D
     // Q_i = (P Λd_i) B_i^T is kept for backward; Λb_i is applied on the way into Y_i.
     auto& q = kept->kept_buffer(I, x.rows(), ad.out_features());
     if (cpu::scale_thin_sides(x.rows(), ad)) {
-      // Small batches scale the thin n x rank side instead of building B Λd.
-      auto pd = ws.get(cpu::slot_scaled_b, x.rows(), ad.rank());
-      pd = p * ad.lambda_d().asDiagonal();
-      q.noalias() = pd * ad.b().transpose();
+      cpu::thin_q(p, ad, ws, q);  // small batches: Λd on the thin side
     } else {
       q.noalias() = p * cpu::half_scaled_b(ad, /*lambda_d=*/true, ws).transpose();
     }
