@@ -65,22 +65,26 @@ struct layer_data {
   matrix g;
 };
 
+// `Matrix` is the storage of X, W0, G, Y and grad_X: column-major (Eigen's default), or
+// row-major, the layout of LibTorch's tensors.
+template <class Matrix>
 void vera_case(benchmark::State& state, const shape& s, work what) {
   layer_data d(s);
+  const Matrix x = d.x, w0 = d.w0, g = d.g;
   vera::forward_context<float> ctx;
   vera::workspace<float> ws;
   vera::gradients<float> grads(d.ad);
-  matrix y(s.n, s.out), dx(s.n, s.in), w = d.w0;
+  Matrix y(s.n, s.out), dx(s.n, s.in), w = d.w0;
   for (auto _ : state) {
     switch (what) {
       case work::forward:
-        y = vera::forward(d.x, d.w0, d.bias, d.ad).using_workspace(ws);
+        y = vera::forward(x, w0, d.bias, d.ad).using_workspace(ws);
         break;
       case work::train_bd:
       case work::train_bdx:
-        y = vera::forward(d.x, d.w0, d.bias, d.ad).train(ctx).using_workspace(ws);
-        grads = vera::parameter_gradients(d.g, d.ad, ctx).using_workspace(ws);
-        if (what == work::train_bdx) dx = vera::input_gradient(d.g, d.w0, d.ad, ctx).using_workspace(ws);
+        y = vera::forward(x, w0, d.bias, d.ad).train(ctx).using_workspace(ws);
+        grads = vera::parameter_gradients(g, d.ad, ctx).using_workspace(ws);
+        if (what == work::train_bdx) dx = vera::input_gradient(g, w0, d.ad, ctx).using_workspace(ws);
         break;
       case work::merge:
         vera::merge(w, d.ad, &ws);
@@ -156,25 +160,27 @@ void torch_case(benchmark::State& state, const shape& s, work what) {
 // The GEMMs the math needs, alone, with vera's GEMM (Eigen, or BLAS under VERA_USE_BLAS):
 // forward: X W0ᵀ, X Aᵀ, P Bbdᵀ; + backward (b, d): Gᵀ P (or keep Q = P Bbdᵀ); + X: G W0, G Bbd,
 // (G Bbd) A; merge: Bbd A. Elementwise work is left out: this is a lower bound.
+// `Matrix` as in vera_case: the storage of X, W0, G, Y, grad_X, and here of P, T and M too.
+template <class Matrix>
 void floor_case(benchmark::State& state, const shape& s, work what) {
   layer_data d(s);
   const row_matrix a = d.shared.a().topLeftCorner(s.rank, s.in);
   const matrix bbd = matrix::Random(s.out, s.rank);
-  matrix y(s.n, s.out), p(s.n, s.rank), q(s.n, s.out), m(s.out, s.rank), t(s.n, s.rank),
-      dx(s.n, s.in), w = d.w0;
+  const Matrix x = d.x, w0 = d.w0, g = d.g;
+  Matrix y(s.n, s.out), p(s.n, s.rank), m(s.out, s.rank), t(s.n, s.rank), dx(s.n, s.in), w = d.w0;
   for (auto _ : state) {
     if (what == work::merge) {
       w.noalias() += bbd * a;
       benchmark::DoNotOptimize(w.data());
       continue;
     }
-    y.noalias() = d.x * d.w0.transpose();
-    p.noalias() = d.x * a.transpose();
+    y.noalias() = x * w0.transpose();
+    p.noalias() = x * a.transpose();
     y.noalias() += p * bbd.transpose();
-    if (what != work::forward) m.noalias() = d.g.transpose() * p;
+    if (what != work::forward) m.noalias() = g.transpose() * p;
     if (what == work::train_bdx) {
-      dx.noalias() = d.g * d.w0;
-      t.noalias() = d.g * bbd;
+      dx.noalias() = g * w0;
+      t.noalias() = g * bbd;
       dx.noalias() += t * a;
     }
     benchmark::DoNotOptimize(y.data());
@@ -471,9 +477,11 @@ int main(int argc, char** argv) {
     for (const auto& [what, label] : works) {
       if (what == work::merge && s.n != 512) continue;  // merge does not depend on n
       const std::string suffix = std::string(label) + "/" + s.name;
-      benchmark::RegisterBenchmark(("vera/" + suffix).c_str(), vera_case, s, what)->Apply(timing);
+      benchmark::RegisterBenchmark(("vera/" + suffix).c_str(), vera_case<matrix>, s, what)->Apply(timing);
+      benchmark::RegisterBenchmark(("vera_row/" + suffix).c_str(), vera_case<row_matrix>, s, what)->Apply(timing);
       benchmark::RegisterBenchmark(("libtorch/" + suffix).c_str(), torch_case, s, what)->Apply(timing);
-      benchmark::RegisterBenchmark(("floor/" + suffix).c_str(), floor_case, s, what)->Apply(timing);
+      benchmark::RegisterBenchmark(("floor/" + suffix).c_str(), floor_case<matrix>, s, what)->Apply(timing);
+      benchmark::RegisterBenchmark(("floor_row/" + suffix).c_str(), floor_case<row_matrix>, s, what)->Apply(timing);
       if (what == work::train_bdx) {
         benchmark::RegisterBenchmark(("vera_kept_q/" + suffix).c_str(), vera_kept_q_case, s)->Apply(timing);
       }
