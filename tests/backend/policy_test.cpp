@@ -99,3 +99,27 @@ TEMPLATE_TEST_CASE("explicit and derived CPU policies give the default policy's 
     }
   }
 }
+
+TEST_CASE("the GEMM thread setting picks the small-batch arrangement", "[backend][threads]") {
+  using col = vera_test::matrix<float>;
+  using row = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  {
+    const vera_test::gemm_threads_scope scope(2);
+    CHECK(vera::gemm_threads() == 2);
+    CHECK(vera::cpu::transposed_small_batch<col>(2));
+    CHECK(vera::cpu::transposed_small_batch<col>(64));
+    CHECK_FALSE(vera::cpu::transposed_small_batch<col>(1));
+    CHECK_FALSE(vera::cpu::transposed_small_batch<col>(65));
+    CHECK_FALSE(vera::cpu::transposed_small_batch<row>(16));  // row-major Y is already transposed
+  }
+  {
+    const vera_test::gemm_threads_scope scope(1);
+    CHECK(vera::gemm_threads() == 1);
+    CHECK_FALSE(vera::cpu::transposed_small_batch<col>(16));
+  }
+  CHECK(vera::gemm_threads() >= 1);  // 0 asks the GEMM library, which runs at least one thread
+  CHECK_THROWS_AS(vera::set_gemm_threads(-1), vera::value_error);
+  CHECK_THROWS_WITH(vera::set_gemm_threads(-1),
+                    Catch::Contains("threads must be >= 0") && Catch::Contains("got -1"));
+  CHECK(vera::gemm_threads() >= 1);  // the rejected value was not stored
+}

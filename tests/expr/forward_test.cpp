@@ -44,6 +44,10 @@ wide tolerance(const layer_shape& s) {
 
 TEMPLATE_TEST_CASE("forward matches the reference in every order, layout and bias setting",
                    "[expr][forward]", float, double) {
+  // 2 GEMM threads send batches of 2-64 rows through the transposed arrangement.
+  const int gemm_threads = GENERATE(1, 2);
+  const vera_test::gemm_threads_scope threads_scope(gemm_threads);
+  INFO("GEMM threads " << gemm_threads);
   using T = TestType;
   using matrix = vera_test::matrix<T>;
   std::uint32_t seed = 100;
@@ -83,6 +87,10 @@ TEMPLATE_TEST_CASE("forward matches the reference in every order, layout and bia
 
 TEMPLATE_TEST_CASE("training forward matches the reference and saves P for backward",
                    "[expr][forward]", float, double) {
+  // 2 GEMM threads send batches of 2-64 rows through the transposed arrangement.
+  const int gemm_threads = GENERATE(1, 2);
+  const vera_test::gemm_threads_scope threads_scope(gemm_threads);
+  INFO("GEMM threads " << gemm_threads);
   using T = TestType;
   using matrix = vera_test::matrix<T>;
   std::uint32_t seed = 200;

@@ -12,6 +12,7 @@
 
 #include <vera/multi.hpp>
 
+#include "../support/gemm_threads_scope.hpp"
 #include "loop_reference.hpp"
 
 using multi_test::matrix;
@@ -93,14 +94,18 @@ const char* name(vera::order o) {
 TEMPLATE_TEST_CASE("sibling forward equals each sibling's single-adapter forward", "[multi][siblings]", float,
                    double) {
   using T = TestType;
+  // 2 GEMM threads send the 16-row batch through the transposed arrangement.
+  const int gemm_threads = GENERATE(1, 2);
+  const vera_test::gemm_threads_scope threads_scope(gemm_threads);
   trio<T> t;
   const auto group = t.group();
   vera::workspace<T> ws;
-  for (const vera::index rows : {0, 1, 67, 127}) {
+  for (const vera::index rows : {0, 1, 16, 67, 127}) {
     const matrix<T> x = multi_test::random_matrix<T>(rows, trio<T>::in, 40 + static_cast<std::uint32_t>(rows));
     for (const bool training : {false, true}) {
       for (const vera::order o : orders) {
-        INFO("rows " << rows << ", training " << training << ", order " << name(o));
+        INFO("GEMM threads " << gemm_threads << ", rows " << rows << ", training " << training << ", order "
+                             << name(o));
         vera::forward_context<T> group_ctx, ctx_q, ctx_k, ctx_v;
         matrix<T> yq, yk, yv;
         const auto expr = vera::forward(x, group).using_workspace(ws).with_order(o);

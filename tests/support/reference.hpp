@@ -16,6 +16,8 @@
 
 #include <vera/vera.hpp>
 
+#include "gemm_threads_scope.hpp"
+
 namespace vera_test {
 
 using vera::index;

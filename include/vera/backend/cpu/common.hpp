@@ -9,6 +9,7 @@
 
 #include "vera/adapter/adapter.hpp"
 #include "vera/adapter/workspace.hpp"
+#include "vera/backend/cpu/gemm_threads.hpp"
 #include "vera/core/dropout.hpp"
 
 namespace vera::cpu {
@@ -56,6 +57,26 @@ Eigen::Map<row_matrix<T>> scaled_b(const adapter<T>& ad, workspace<T>& ws) {
 template <class T>
 bool scale_thin_sides(index rows, const adapter<T>& ad) {
   return rows * (ad.rank() + ad.out_features()) < ad.out_features() * ad.rank();
+}
+
+/// True when the forward's low-rank order over `rows` rows is faster issued transposed,
+/// Y^T = W0 X^T + Λb B Λd P^T into an out x rows scratch that is then added to Y: a threaded BLAS
+/// splits a GEMM between threads along the output's leading side, and with only 2-64 rows there
+/// the second thread gained little (OpenBLAS 0.3.21, 2 threads, 768 x 768: X W0^T 0.233 ms against
+/// W0 X^T 0.155 ms at 16 rows, 0.440 against 0.368 ms at 64, the other way from 128 rows on).
+/// On one thread, and with Eigen's own GEMM under OpenMP, the direct order was as fast or faster.
+template <class Y>
+bool transposed_small_batch(index rows) {
+  if constexpr (std::decay_t<Y>::IsRowMajor) {
+    return false;  // a row-major Y already puts the long side first
+  } else {
+#if defined(EIGEN_USE_BLAS)
+    return rows > 1 && rows <= 64 && gemm_threads() > 1;
+#else
+    // Eigen's own GEMM is only switched by an explicit set_gemm_threads, as for the tests.
+    return rows > 1 && rows <= 64 && detail::gemm_threads_setting.load(std::memory_order_relaxed) > 1;
+#endif
+  }
 }
 
 /// B with one of its two scales, in the same slot and layout as scaled_b: B Λd (`lambda_d`

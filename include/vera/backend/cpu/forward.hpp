@@ -61,6 +61,22 @@ void adapted_product(const X& x, const P& p, const W& w0, const Bias& bias, cons
       y.noalias() += x * merged.transpose();
       return;
     }
+    if (transposed_small_batch<Y>(x.rows())) {
+      // Y += (W0 X^T + Λb B Λd P^T)^T: every GEMM has the output's long side first.
+      auto yt = ws.get(slot_weight, ad.out_features(), x.rows());
+      yt.noalias() = w * x.transpose();
+      if (scale_thin_sides(x.rows(), ad)) {
+        auto pt = ws.get(slot_scaled_b, ad.rank(), x.rows());
+        pt = ad.lambda_d().asDiagonal() * p.transpose();
+        auto zt = ws.get(slot_tile, ad.out_features(), x.rows());
+        zt.noalias() = ad.b() * pt;
+        y += (yt + ad.lambda_b().asDiagonal() * zt).transpose();
+      } else {
+        yt.noalias() += scaled_b(ad, ws) * p.transpose();
+        y += yt.transpose();
+      }
+      return;
+    }
     y.noalias() += x * w.transpose();
     if (scale_thin_sides(x.rows(), ad)) {
       // Y += ((P Λd) Bᵀ) Λb: the scaled-B slot and the weight slot are free in this order.
