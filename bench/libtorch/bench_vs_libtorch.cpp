@@ -10,6 +10,7 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -120,41 +121,97 @@ torch::Tensor tensor_of(const matrix& m) {
   return torch::from_blob(const_cast<float*>(r.data()), {r.rows(), r.cols()}).clone();
 }
 
-// PEFT's VeRA forward, written with torch operations: y = x W0ᵀ + bias + ((x Aᵀ) * d) Bᵀ * b.
+// One layer's operands as LibTorch tensors (copies of layer_data's), and PEFT's VeRA forward
+// written with torch operations: y = x W0ᵀ + bias + ((x Aᵀ) * d) Bᵀ * b.
+struct torch_layer {
+  torch_layer(const layer_data& d, const shape& s)
+      : a(torch::from_blob(const_cast<float*>(d.shared.a().data()), {s.rank, d.shared.max_in()})
+              .narrow(1, 0, s.in)
+              .contiguous()),
+        bmat(torch::from_blob(const_cast<float*>(d.shared.b().data()), {d.shared.max_out(), s.rank})
+                 .narrow(0, 0, s.out)
+                 .contiguous()),
+        x(tensor_of(d.x)),
+        w0(tensor_of(d.w0)),
+        g(tensor_of(d.g)),
+        bias(torch::from_blob(const_cast<float*>(d.bias.data()), {s.out}).clone()),
+        lambda_b(torch::from_blob(const_cast<float*>(d.ad.lambda_b().data()), {s.out}).clone()),
+        lambda_d(torch::from_blob(const_cast<float*>(d.ad.lambda_d().data()), {s.rank}).clone()) {}
+
+  torch::Tensor forward(const torch::Tensor& x_in) const {
+    const auto h = torch::matmul(x_in, a.t()) * lambda_d;
+    return torch::addmm(bias, x_in, w0.t()) + torch::matmul(h, bmat.t()) * lambda_b;
+  }
+
+  torch::Tensor a, bmat, x, w0, g, bias, lambda_b, lambda_d;
+};
+
 void torch_case(benchmark::State& state, const shape& s, work what) {
   layer_data d(s);
   torch::NoGradGuard outer_no_grad;
-  const auto a = torch::from_blob(const_cast<float*>(d.shared.a().data()), {s.rank, d.shared.max_in()})
-                     .narrow(1, 0, s.in).contiguous();
-  const auto b_full = torch::from_blob(const_cast<float*>(d.shared.b().data()), {d.shared.max_out(), s.rank});
-  const auto bmat = b_full.narrow(0, 0, s.out).contiguous();
-  const auto x = tensor_of(d.x), w0 = tensor_of(d.w0), g = tensor_of(d.g);
-  const auto bias = torch::from_blob(d.bias.data(), {s.out}).clone();
-  auto lambda_b = torch::from_blob(const_cast<float*>(d.ad.lambda_b().data()), {s.out}).clone();
-  auto lambda_d = torch::from_blob(const_cast<float*>(d.ad.lambda_d().data()), {s.rank}).clone();
-  auto w = w0.clone();
+  torch_layer t(d, s);
+  auto w = t.w0.clone();
   const bool grads = what == work::train_bd || what == work::train_bdx;
-  lambda_b.set_requires_grad(grads);
-  lambda_d.set_requires_grad(grads);
-  auto x_in = x.clone().set_requires_grad(what == work::train_bdx);
+  t.lambda_b.set_requires_grad(grads);
+  t.lambda_d.set_requires_grad(grads);
+  auto x_in = t.x.clone().set_requires_grad(what == work::train_bdx);
   for (auto _ : state) {
     if (what == work::merge) {
-      w.add_(torch::matmul(bmat * lambda_b.unsqueeze(1) * lambda_d.unsqueeze(0), a));
+      w.add_(torch::matmul(t.bmat * t.lambda_b.unsqueeze(1) * t.lambda_d.unsqueeze(0), t.a));
       benchmark::DoNotOptimize(w.data_ptr());
       continue;
     }
     torch::AutoGradMode mode(grads);
-    const auto h = torch::matmul(x_in, a.t()) * lambda_d;
-    const auto y = torch::addmm(bias, x_in, w0.t()) + torch::matmul(h, bmat.t()) * lambda_b;
+    const auto y = t.forward(x_in);
     if (grads) {
-      y.backward(g);
-      benchmark::DoNotOptimize(lambda_b.grad().data_ptr());
-      lambda_b.mutable_grad().reset();
-      lambda_d.mutable_grad().reset();
+      y.backward(t.g);
+      benchmark::DoNotOptimize(t.lambda_b.grad().data_ptr());
+      t.lambda_b.mutable_grad().reset();
+      t.lambda_d.mutable_grad().reset();
       if (what == work::train_bdx) x_in.mutable_grad().reset();
     }
     benchmark::DoNotOptimize(y.data_ptr());
   }
+}
+
+// Largest |ours - theirs| over the largest |theirs|; `theirs` is a contiguous float tensor.
+template <class Ours>
+double relative_gap(const Ours& ours, const torch::Tensor& theirs) {
+  const auto t = theirs.contiguous();
+  const Eigen::Map<const row_matrix> reference(t.data_ptr<float>(), ours.rows(), ours.cols());
+  const double scale = std::max(1e-30, static_cast<double>(reference.cwiseAbs().maxCoeff()));
+  return static_cast<double>((ours - reference).cwiseAbs().maxCoeff()) / scale;
+}
+
+// Before any timing: one training step of vera (column- and row-major) and of LibTorch on every
+// shape gives the same Y, grad_b, grad_d and grad_X, so the contenders time the same math.
+// Returns false, after saying where, when a gap exceeds float32's rounding over these sums.
+template <class Matrix>
+bool same_math(const shape& s, const char* layout) {
+  layer_data d(s);
+  const Matrix x = d.x, w0 = d.w0, g = d.g;
+  vera::forward_context<float> ctx;
+  vera::gradients<float> grads(d.ad);
+  const Matrix y = vera::forward(x, w0, d.bias, d.ad).train(ctx);
+  grads = vera::parameter_gradients(g, d.ad, ctx);
+  const Matrix dx = vera::input_gradient(g, w0, d.ad, ctx);
+
+  torch_layer t(d, s);
+  t.lambda_b.set_requires_grad(true);
+  t.lambda_d.set_requires_grad(true);
+  const auto x_in = t.x.clone().set_requires_grad(true);
+  const auto y_torch = t.forward(x_in);
+  y_torch.backward(t.g);
+
+  const double gaps[] = {relative_gap(y, y_torch.detach()),
+                         relative_gap(grads.lambda_b.transpose(), t.lambda_b.grad().unsqueeze(0)),
+                         relative_gap(grads.lambda_d.transpose(), t.lambda_d.grad().unsqueeze(0)),
+                         relative_gap(dx, x_in.grad())};
+  const double worst = *std::max_element(std::begin(gaps), std::end(gaps));
+  constexpr double limit = 1e-4;
+  std::printf("check %-14s %-9s vera vs libtorch, relative gap: Y %.1e, grad_b %.1e, grad_d %.1e, grad_X %.1e%s\n",
+              s.name, layout, gaps[0], gaps[1], gaps[2], gaps[3], worst <= limit ? "" : "  <-- over 1e-4");
+  return worst <= limit;
 }
 
 // The GEMMs the math needs, alone, with vera's GEMM (Eigen, or BLAS under VERA_USE_BLAS):
@@ -469,6 +526,15 @@ int main(int argc, char** argv) {
   wall_clock = threads > 1;
   std::printf("BLAS kernel: %s (%s)\n", openblas_get_corename ? openblas_get_corename() : "unknown (not OpenBLAS)",
               openblas_get_config ? openblas_get_config() : "-");
+  bool agree = true;
+  for (const auto& s : shapes) {
+    agree = same_math<matrix>(s, "col-major") && agree;
+    agree = same_math<row_matrix>(s, "row-major") && agree;
+  }
+  if (!agree) {
+    std::fprintf(stderr, "bench_vs_libtorch: vera and LibTorch disagree (above); not timing\n");
+    return 1;
+  }
   const std::pair<work, const char*> works[] = {{work::forward, "forward"},
                                                 {work::train_bd, "train_bd"},
                                                 {work::train_bdx, "train_bdx"},
