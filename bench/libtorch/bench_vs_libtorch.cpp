@@ -2,6 +2,9 @@
 // vera against LibTorch autograd doing the same VeRA math, and the floor of the GEMMs that math
 // needs, in one run: forward, forward+backward (b, d) and (b, d, X), and merge; and a q/k/v block
 // of three sibling layers on one input (a vera sibling group against three LibTorch layers).
+// vera and the floor run on column-major operands (Eigen's default) and, as vera_row and
+// floor_row, on row-major ones (LibTorch's layout). Nothing is timed unless one training step
+// of each side gives the same results first (same_math).
 //
 // Threads are pinned for both sides to OPENBLAS_NUM_THREADS (1 when unset): the BLAS threads of
 // both and torch::set_num_threads. Which GEMM each side runs is printed: LibTorch calls the system
