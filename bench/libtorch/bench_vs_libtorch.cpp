@@ -124,16 +124,20 @@ torch::Tensor tensor_of(const matrix& m) {
   return torch::from_blob(const_cast<float*>(r.data()), {r.rows(), r.cols()}).clone();
 }
 
+// A (rank x in) and B (out x rank) of a projection as LibTorch tensors: copies of the slices.
+torch::Tensor a_tensor(const vera::projection<float>& shared, const shape& s) {
+  return torch::from_blob(const_cast<float*>(shared.a().data()), {s.rank, shared.max_in()}).narrow(1, 0, s.in).contiguous();
+}
+torch::Tensor b_tensor(const vera::projection<float>& shared, const shape& s) {
+  return torch::from_blob(const_cast<float*>(shared.b().data()), {shared.max_out(), s.rank}).narrow(0, 0, s.out).contiguous();
+}
+
 // One layer's operands as LibTorch tensors (copies of layer_data's), and PEFT's VeRA forward
 // written with torch operations: y = x W0ᵀ + bias + ((x Aᵀ) * d) Bᵀ * b.
 struct torch_layer {
   torch_layer(const layer_data& d, const shape& s)
-      : a(torch::from_blob(const_cast<float*>(d.shared.a().data()), {s.rank, d.shared.max_in()})
-              .narrow(1, 0, s.in)
-              .contiguous()),
-        bmat(torch::from_blob(const_cast<float*>(d.shared.b().data()), {d.shared.max_out(), s.rank})
-                 .narrow(0, 0, s.out)
-                 .contiguous()),
+      : a(a_tensor(d.shared, s)),
+        bmat(b_tensor(d.shared, s)),
         x(tensor_of(d.x)),
         w0(tensor_of(d.w0)),
         g(tensor_of(d.g)),
@@ -186,35 +190,46 @@ double relative_gap(const Ours& ours, const torch::Tensor& theirs) {
   return static_cast<double>((ours - reference).cwiseAbs().maxCoeff()) / scale;
 }
 
-// Before any timing: one training step of vera (column- and row-major) and of LibTorch on every
-// shape gives the same Y, grad_b, grad_d and grad_X, so the contenders time the same math.
-// Returns false, after saying where, when a gap exceeds float32's rounding over these sums.
+// One vera training step with X, W0, G, Y and grad_X stored as `Matrix`; returns the relative gaps
+// of Y, grad_b, grad_d and grad_X against LibTorch's results for the same layer.
 template <class Matrix>
-bool same_math(const shape& s, const char* layout) {
-  layer_data d(s);
+std::array<double, 4> vera_gaps(const layer_data& d, const torch::Tensor& y_ref, const torch_layer& ref,
+                                const torch::Tensor& dx_ref) {
   const Matrix x = d.x, w0 = d.w0, g = d.g;
   vera::forward_context<float> ctx;
   vera::gradients<float> grads(d.ad);
   const Matrix y = vera::forward(x, w0, d.bias, d.ad).train(ctx);
   grads = vera::parameter_gradients(g, d.ad, ctx);
   const Matrix dx = vera::input_gradient(g, w0, d.ad, ctx);
+  return {relative_gap(y, y_ref), relative_gap(grads.lambda_b.transpose(), ref.lambda_b.grad().unsqueeze(0)),
+          relative_gap(grads.lambda_d.transpose(), ref.lambda_d.grad().unsqueeze(0)), relative_gap(dx, dx_ref)};
+}
 
+// Before any timing: one training step of vera (column- and row-major) and of LibTorch on the
+// shape gives the same Y, grad_b, grad_d and grad_X, so the contenders time the same math.
+// Returns false, after saying where, when a gap exceeds float32's rounding over these sums.
+bool same_math(const shape& s) {
+  const layer_data d(s);
   torch_layer t(d, s);
   t.lambda_b.set_requires_grad(true);
   t.lambda_d.set_requires_grad(true);
   const auto x_in = t.x.clone().set_requires_grad(true);
-  const auto y_torch = t.forward(x_in);
-  y_torch.backward(t.g);
+  const auto y_out = t.forward(x_in);
+  y_out.backward(t.g);
+  const auto y_torch = y_out.detach();
 
-  const double gaps[] = {relative_gap(y, y_torch.detach()),
-                         relative_gap(grads.lambda_b.transpose(), t.lambda_b.grad().unsqueeze(0)),
-                         relative_gap(grads.lambda_d.transpose(), t.lambda_d.grad().unsqueeze(0)),
-                         relative_gap(dx, x_in.grad())};
-  const double worst = *std::max_element(std::begin(gaps), std::end(gaps));
   constexpr double limit = 1e-4;
-  std::printf("check %-14s %-9s vera vs libtorch, relative gap: Y %.1e, grad_b %.1e, grad_d %.1e, grad_X %.1e%s\n",
-              s.name, layout, gaps[0], gaps[1], gaps[2], gaps[3], worst <= limit ? "" : "  <-- over 1e-4");
-  return worst <= limit;
+  bool agree = true;
+  const std::pair<const char*, std::array<double, 4>> layouts[] = {
+      {"col-major", vera_gaps<matrix>(d, y_torch, t, x_in.grad())},
+      {"row-major", vera_gaps<row_matrix>(d, y_torch, t, x_in.grad())}};
+  for (const auto& [layout, gaps] : layouts) {
+    const double worst = *std::max_element(gaps.begin(), gaps.end());
+    std::printf("check %-14s %-9s vera vs libtorch, relative gap: Y %.1e, grad_b %.1e, grad_d %.1e, grad_X %.1e%s\n",
+                s.name, layout, gaps[0], gaps[1], gaps[2], gaps[3], worst <= limit ? "" : "  <-- over 1e-4");
+    agree = agree && worst <= limit;
+  }
+  return agree;
 }
 
 // The GEMMs the math needs, alone, with vera's GEMM (Eigen, or BLAS under VERA_USE_BLAS):
@@ -343,10 +358,8 @@ void vera_separate_qkv_case(benchmark::State& state, const shape& s) {
 void torch_qkv_case(benchmark::State& state, const shape& s) {
   qkv_data d(s);
   torch::NoGradGuard outer_no_grad;
-  const auto a = torch::from_blob(const_cast<float*>(d.shared.a().data()), {s.rank, d.shared.max_in()})
-                     .narrow(1, 0, s.in).contiguous();
-  const auto b_full = torch::from_blob(const_cast<float*>(d.shared.b().data()), {d.shared.max_out(), s.rank});
-  const auto bmat = b_full.narrow(0, 0, s.out).contiguous();
+  const auto a = a_tensor(d.shared, s);
+  const auto bmat = b_tensor(d.shared, s);
   auto x_in = tensor_of(d.x).set_requires_grad(true);
   std::vector<torch::Tensor> w0, bias, g, lambda_b, lambda_d;
   for (int i = 0; i < siblings; ++i) {
@@ -530,10 +543,7 @@ int main(int argc, char** argv) {
   std::printf("BLAS kernel: %s (%s)\n", openblas_get_corename ? openblas_get_corename() : "unknown (not OpenBLAS)",
               openblas_get_config ? openblas_get_config() : "-");
   bool agree = true;
-  for (const auto& s : shapes) {
-    agree = same_math<matrix>(s, "col-major") && agree;
-    agree = same_math<row_matrix>(s, "row-major") && agree;
-  }
+  for (const auto& s : shapes) agree = same_math(s) && agree;
   if (!agree) {
     std::fprintf(stderr, "bench_vs_libtorch: vera and LibTorch disagree (above); not timing\n");
     return 1;
