@@ -608,8 +608,62 @@ TEST_CASE("sibling evaluations check everything before writing anything", "[mult
     const matrix<T> before = gv_and_dx;
     CHECK_THROWS_AS(vera::input_gradient(group, ctx, gq, gk, gv_and_dx.leftCols(trio<T>::out_v)).add_to(overlapping),
                     vera::aliasing_error);
+    CHECK_THROWS_AS(overlapping = vera::input_gradient(group, ctx, gq, gk, gv_and_dx.leftCols(trio<T>::out_v)),
+                    vera::aliasing_error);
     CHECK(gv_and_dx == before);
   }
+}
+
+TEST_CASE("sibling gradients need one object per sibling; kept() checks its index", "[multi][siblings]") {
+  using T = double;
+  trio<T> t;
+  const auto group = t.group();
+  const vera::index rows = 9;
+  const matrix<T> x = multi_test::random_matrix<T>(rows, trio<T>::in, 130);
+  const matrix<T> gq = multi_test::random_matrix<T>(rows, trio<T>::out_q, 131);
+  const matrix<T> gk = multi_test::random_matrix<T>(rows, trio<T>::out_k, 132);
+  const matrix<T> gv = multi_test::random_matrix<T>(rows, trio<T>::out_v, 133);
+  vera::sibling_context<T> kept;
+  matrix<T> yq, yk, yv;
+  vera::forward(x, group).train(kept).eval_to(yq, yk, yv);
+
+  // Sibling 0 and sibling 2 given the same object: an error naming both, nothing written.
+  vera::gradients<T> shared(t.q), grad_k(t.k);
+  shared.lambda_b.setConstant(5);
+  shared.lambda_d.setConstant(5);
+  grad_k.lambda_d.setConstant(5);
+  matrix<T> dx = matrix<T>::Constant(rows, trio<T>::in, T(4));
+  std::string message;
+  try {
+    vera::backward(group, kept, gq, gk, gv).add_to(dx, shared, grad_k, shared);
+  } catch (const vera::aliasing_error& e) {
+    message = e.what();
+  }
+  CHECK(message.find("sibling 0 gradients and sibling 2 gradients") != std::string::npos);
+  CHECK_THROWS_AS(vera::backward(group, kept, gq, gk, gv).eval_to(dx, grad_k, grad_k, shared), vera::aliasing_error);
+  CHECK_THROWS_AS(vera::parameter_gradients(group, kept.projection(), gq, gk, gv).eval_to(shared, grad_k, shared),
+                  vera::aliasing_error);
+  CHECK_THROWS_AS(vera::parameter_gradients(group, kept.projection(), gq, gk, gv).add_to(shared, shared, grad_k),
+                  vera::aliasing_error);
+  CHECK((dx.array() == T(4)).all());
+  CHECK(shared.lambda_b.size() == trio<T>::out_q);
+  CHECK((shared.lambda_b.array() == T(5)).all());
+  CHECK((shared.lambda_d.array() == T(5)).all());
+  CHECK((grad_k.lambda_d.array() == T(5)).all());
+
+  // Distinct objects still work, and each Q_i is reachable by index, no further.
+  vera::gradients<T> grad_q(t.q), grad_v(t.v);
+  vera::backward(group, kept, gq, gk, gv).eval_to(dx, grad_q, grad_k, grad_v);
+  CHECK(grad_v.lambda_b.size() == trio<T>::out_v);
+  CHECK(kept.kept(2).cols() == trio<T>::out_v);
+  message.clear();
+  try {
+    (void)kept.kept(3);
+  } catch (const vera::value_error& e) {
+    message = e.what();
+  }
+  CHECK(message == "sibling_context::kept: sibling 3 requested, the context holds 3 siblings");
+  CHECK_THROWS_AS(vera::sibling_context<T>().kept(0), vera::value_error);
 }
 
 TEST_CASE("the group cost model charges the shared product once", "[multi][siblings]") {

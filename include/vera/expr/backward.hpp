@@ -166,7 +166,9 @@ class input_gradient_expr : public Eigen::ReturnByValue<input_gradient_expr<Exec
     copy.workspace_ = &ws;
     return copy;
   }
-  /// \brief Force an association order instead of the cost model's choice.
+  /// \brief Force an association order instead of the cost model's choice. After a forward with
+  ///        dropout the low-rank order runs whatever is requested: the mask applies to the
+  ///        adapter's term only, which a merged weight cannot express.
   input_gradient_expr with_order(order requested) const {
     input_gradient_expr copy(*this);
     copy.order_ = requested;

@@ -108,7 +108,9 @@ class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias
     copy.workspace_ = &ws;
     return copy;
   }
-  /// \brief Force an association order instead of the cost model's choice.
+  /// \brief Force an association order instead of the cost model's choice. A training forward
+  ///        with dropout runs the low-rank order whatever is requested: the mask applies to the
+  ///        adapter's input only, which a merged weight cannot express.
   forward_expr with_order(order requested) const {
     forward_expr copy(*this);
     copy.order_ = requested;

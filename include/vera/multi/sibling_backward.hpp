@@ -64,6 +64,32 @@ void check_sibling_upstream(const Group& group, const forward_context<T>& ctx, c
   });
 }
 
+// dX must not overlap any sibling's G_i or W0: both are read after dX is first written.
+template <class Group, class DX, class Upstream>
+void check_dx_against_siblings(const char* operation, const Group& group, const DX& dx, const Upstream& upstream) {
+  for_each_index<Group::size>([&](auto i) {
+    constexpr std::size_t I = decltype(i)::value;
+    check_no_alias_named(operation, dx, [] { return sibling_operand(I, "G"); }, std::get<I>(upstream));
+    check_no_alias_named(operation, dx, [] { return sibling_operand(I, "W0"); }, group.template member<I>().w0());
+  });
+}
+
+// One vera::gradients object per sibling: the same object passed for two siblings would end up
+// holding one sibling's gradients (or, accumulating, their sum) with no sign of it.
+template <class... Out>
+void check_distinct_gradients(const char* operation, const Out&... out) {
+  const void* const addresses[] = {static_cast<const void*>(&out)...};
+  for (std::size_t i = 0; i < sizeof...(Out); ++i) {
+    for (std::size_t j = i + 1; j < sizeof...(Out); ++j) {
+      if (addresses[i] == addresses[j]) {
+        throw aliasing_error(std::string(operation) + ": " + sibling_operand(i, "gradients") + " and " +
+                             sibling_operand(j, "gradients") +
+                             " are the same vera::gradients object; pass one object per sibling");
+      }
+    }
+  }
+}
+
 }  // namespace detail
 
 /// \brief Each sibling's dL/d lambda_b and dL/d lambda_d from its G_i = dL/dY_i and the group's
@@ -94,13 +120,15 @@ class sibling_parameter_gradient_expr {
   /// \brief Writes sibling i's gradients into `out_i`, one vera::gradients<T> per sibling in the
   ///        group's order (checked at compile time). Empty buffers are sized (out_i, rank);
   ///        a frozen vector (train_b / train_d false) gets zero.
-  /// \throws shape_error naming the sibling when a non-empty buffer is not sized (out_i, rank).
+  /// \throws shape_error naming the sibling when a non-empty buffer is not sized (out_i, rank);
+  ///         aliasing_error when one object is passed for two siblings.
   template <class... Out>
   void eval_to(Out&... out) const {
     run(assign_mode::overwrite, out...);
   }
   /// \brief Adds sibling i's gradients to `out_i`; a frozen vector is left as is.
-  /// \throws shape_error naming the sibling when a buffer is not sized (out_i, rank).
+  /// \throws shape_error naming the sibling when a buffer is not sized (out_i, rank);
+  ///         aliasing_error when one object is passed for two siblings.
   template <class... Out>
   void add_to(Out&... out) const {
     run(assign_mode::accumulate, out...);
@@ -112,6 +140,7 @@ class sibling_parameter_gradient_expr {
     static_assert(sizeof...(Out) == Group::size, "vera siblings parameter gradients: one gradients<T> per sibling");
     static_assert((std::is_same_v<Out, gradients<T>> && ...),
                   "vera siblings parameter gradients: destinations must be vera::gradients<T>");
+    detail::check_distinct_gradients("vera::parameter_gradients (siblings)", out...);
     auto outs = std::forward_as_tuple(out...);
     bool sizing[Group::size];
     detail::for_each_index<Group::size>([&](auto i) {
@@ -185,6 +214,7 @@ class sibling_input_gradient_expr : public Eigen::ReturnByValue<sibling_input_gr
   template <class Dst>
   void evalTo(Dst& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    detail::check_dx_against_siblings("vera::input_gradient (siblings)", group_, dst, upstream_);
     evaluate(Exec{}, *this, dst, assign_mode::overwrite);
   }
   /// \brief dX += expr without a temporary; dX must already be n x in.
@@ -192,6 +222,7 @@ class sibling_input_gradient_expr : public Eigen::ReturnByValue<sibling_input_gr
   template <class Dst>
   void add_to(Eigen::MatrixBase<Dst>& dst) const {
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    detail::check_dx_against_siblings("vera::input_gradient (siblings)", group_, dst.derived(), upstream_);
     evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
   }
 
@@ -264,8 +295,9 @@ class sibling_backward_expr {
   ///        (checked at compile time). Empty buffers are sized (out_i, rank); a frozen vector
   ///        (train_b / train_d false) gets zero.
   /// \throws shape_error when dX cannot be resized and is not n x in, or a non-empty buffer is
-  ///         not sized (out_i, rank); aliasing_error when dX overlaps a G_i or a W0. Nothing is
-  ///         resized or written unless every check passes.
+  ///         not sized (out_i, rank); aliasing_error when dX overlaps a G_i or a W0, or one
+  ///         gradients object is passed for two siblings. Nothing is resized or written unless
+  ///         every check passes.
   template <class DX, class... Out>
   void eval_to(DX&& dx, Out&... grads) const {
     run(assign_mode::overwrite, dx, grads...);
@@ -294,13 +326,8 @@ class sibling_backward_expr {
     static_assert((std::is_same_v<Out, gradients<T>> && ...),
                   "vera::backward (siblings): parameter destinations must be vera::gradients<T>");
     static_assert(scalar_matches<std::decay_t<DX>, T>, "vera::backward (siblings): dX must have the siblings' scalar type");
-    detail::for_each_index<Group::size>([&](auto i) {
-      constexpr std::size_t I = decltype(i)::value;
-      detail::check_no_alias_named("vera::backward (siblings)", dx, [] { return detail::sibling_operand(I, "G"); },
-                                   std::get<I>(upstream_));
-      detail::check_no_alias_named("vera::backward (siblings)", dx, [] { return detail::sibling_operand(I, "W0"); },
-                                   group_.template member<I>().w0());
-    });
+    detail::check_dx_against_siblings("vera::backward (siblings)", group_, dx, upstream_);
+    detail::check_distinct_gradients("vera::backward (siblings)", grads...);
     const index rows = context_->rows();
     const bool resize = mode == assign_mode::overwrite && detail::is_resizable<DX> &&
                         (dx.rows() != rows || dx.cols() != group_.in_features());

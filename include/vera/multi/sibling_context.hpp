@@ -4,11 +4,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include <Eigen/Core>
 
 #include "vera/adapter/context.hpp"
+#include "vera/core/error.hpp"
 #include "vera/core/shape.hpp"
 
 namespace vera {
@@ -39,7 +41,14 @@ class sibling_context {
   ///        and with vera::parameter_gradients / vera::input_gradient on the group.
   const forward_context<T>& projection() const noexcept { return projection_; }
   /// \brief Q_i = (P Λd_i) B_i^T of sibling i, rows x out_i.
-  const matrix& kept(std::size_t i) const { return kept_[i]; }
+  /// \throws value_error when `i` is not below siblings().
+  const matrix& kept(std::size_t i) const {
+    if (i >= kept_.size()) {
+      throw value_error("sibling_context::kept: sibling " + std::to_string(i) + " requested, the context holds " +
+                        std::to_string(kept_.size()) + " sibling" + (kept_.size() == 1 ? "" : "s"));
+    }
+    return kept_[i];
+  }
 
   /// \brief Starts a training step for `siblings` siblings. Used by evaluators.
   forward_context<T>& begin_step(std::size_t siblings) {

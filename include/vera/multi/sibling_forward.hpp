@@ -98,6 +98,8 @@ class sibling_forward_expr {
     return copy;
   }
   /// \brief Force one association order on every sibling instead of the cost model's choice.
+  ///        A training forward with dropout, or one that keeps Q_i (`.train(sibling_context&)`),
+  ///        runs the low-rank order whatever is requested: a merged weight can express neither.
   sibling_forward_expr with_order(order requested) const {
     sibling_forward_expr copy(*this);
     copy.order_ = requested;

@@ -175,7 +175,8 @@ class input_gradient_expr : public detail::matrix_result<input_gradient_expr<Exe
   input_gradient_expr using_workspace(workspace<T>& ws) const {
     return {*this, settings_.using_workspace(ws)};
   }
-  /// \brief Force an association order instead of the cost model's choice.
+  /// \brief Force an association order instead of the cost model's choice; as the Eigen
+  ///        front-end, dropout keeps the low-rank order whatever is requested.
   input_gradient_expr with_order(order requested) const {
     return {*this, settings_.with_order(requested)};
   }

@@ -60,7 +60,8 @@ class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias,
   forward_expr using_workspace(workspace<T>& ws) const {
     return {*this, settings_.using_workspace(ws)};
   }
-  /// \brief Force an association order instead of the cost model's choice.
+  /// \brief Force an association order instead of the cost model's choice; as the Eigen
+  ///        front-end, dropout keeps the low-rank order whatever is requested.
   forward_expr with_order(order requested) const { return {*this, settings_.with_order(requested)}; }
 
   /// \brief y += expr; y must already be n x out and dense row-major.

@@ -70,12 +70,14 @@ bool transposed_small_batch(index rows) {
   if constexpr (std::decay_t<Y>::IsRowMajor) {
     return false;  // a row-major Y already puts the long side first
   } else {
+    if (rows <= 1 || rows > 64) return false;
 #if defined(EIGEN_USE_BLAS)
-    return rows > 1 && rows <= 64 && gemm_threads() > 1;
+    const int threads = gemm_threads();
 #else
     // Eigen's own GEMM is only switched by an explicit set_gemm_threads, as for the tests.
-    return rows > 1 && rows <= 64 && detail::gemm_threads_setting.load(std::memory_order_relaxed) > 1;
+    const int threads = detail::gemm_threads_setting.load(std::memory_order_relaxed);
 #endif
+    return threads > 1;
   }
 }
 
@@ -103,9 +105,10 @@ void fold_into_weight(const W& w, const Folded& folded, const A& a, Merged& merg
 
 /// q = (P Λd) B^T (rows x out): the low-rank output term before Λb, with Λd applied to the thin
 /// rows x rank side. For small batches, where building B Λd would cost more than scaling P.
-/// Uses the scaled-B slot; `q` must not live in it.
+/// Uses the scaled-B slot; `q` must not live in it. `q` may be a view, e.g. the transpose of an
+/// out x rows buffer when the caller works on Y^T.
 template <class P, class T, class Q>
-void thin_q(const P& p, const adapter<T>& ad, workspace<T>& ws, Q& q) {
+void thin_q(const P& p, const adapter<T>& ad, workspace<T>& ws, Q&& q) {
   auto pd = ws.get(slot_scaled_b, p.rows(), ad.rank());
   pd = p * ad.lambda_d().asDiagonal();
   q.noalias() = pd * ad.b().transpose();

@@ -66,10 +66,8 @@ void adapted_product(const X& x, const P& p, const W& w0, const Bias& bias, cons
       auto yt = ws.get(slot_weight, ad.out_features(), x.rows());
       yt.noalias() = w * x.transpose();
       if (scale_thin_sides(x.rows(), ad)) {
-        auto pt = ws.get(slot_scaled_b, ad.rank(), x.rows());
-        pt = ad.lambda_d().asDiagonal() * p.transpose();
         auto zt = ws.get(slot_tile, ad.out_features(), x.rows());
-        zt.noalias() = ad.b() * pt;
+        thin_q(p, ad, ws, zt.transpose());
         y += (yt + ad.lambda_b().asDiagonal() * zt).transpose();
       } else {
         yt.noalias() += scaled_b(ad, ws) * p.transpose();

@@ -56,3 +56,5 @@ inline int gemm_threads() {
 }
 
 }  // namespace vera
+
+#undef VERA_DETAIL_ASK_OPENBLAS
