@@ -80,7 +80,10 @@ def main():
         print("SKIPPED: no CUDA device")
         return 0
     dtype = getattr(torch, args.dtype)
-    print(f"torch {torch.__version__}, device {torch.cuda.get_device_name()}")
+    import peft
+
+    print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), peft {peft.__version__}, "
+          f"device {torch.cuda.get_device_name()}")
     run("roberta", 4096, 768, 768, 1024, dtype, args.repeats)
     run("llama", 4096, 4096, 4096, 256, dtype, args.repeats)
     return 0

@@ -6,8 +6,11 @@
 #error "<vera/cuda.hpp> holds CUDA kernels: include it from a .cu file compiled by nvcc"
 #endif
 
+#include <algorithm>
+
 #include "vera/config.hpp"
 
+#include "vera/backend/cuda/adapted_weight.cuh"
 #include "vera/backend/cuda/backward.cuh"
 #include "vera/backend/cuda/error.cuh"
 #include "vera/backend/cuda/forward.cuh"
@@ -18,16 +21,18 @@
 
 namespace vera::cuda {
 
-/// \brief Workspace bytes that cover every operation of one training step of `layer` with n rows
-///        (dropout included) and a safe merge: reserve this once up front.
+/// \brief Workspace bytes that cover every operation of `layer` with n rows, in either order,
+///        with or without dropout, and a safe merge: reserve this once up front.
 template <class T>
 std::size_t workspace_bytes(const layer_ref<T>& layer, index n) {
-  std::size_t bytes = forward_workspace_bytes(layer, n, false, false);
-  const std::size_t others[] = {forward_workspace_bytes(layer, n, true, true),
-                                parameter_gradient_workspace_bytes(layer),
-                                input_gradient_workspace_bytes(layer, n, true),
-                                merge_workspace_bytes(layer, true)};
-  for (std::size_t b : others) bytes = b > bytes ? b : bytes;
+  std::size_t bytes = std::max(parameter_gradient_workspace_bytes(layer), merge_workspace_bytes(layer, true));
+  for (const order o : {order::low_rank, order::merged}) {
+    for (const bool dropout : {false, true}) {
+      bytes = std::max({bytes, forward_workspace_bytes(layer, n, true, dropout, o),
+                        input_gradient_workspace_bytes(layer, n, dropout, o)});
+    }
+    bytes = std::max(bytes, forward_workspace_bytes(layer, n, false, false, o));
+  }
   return bytes;
 }
 

@@ -141,17 +141,35 @@ void run(const vc::handle& h, const scenario& s, double tolerance) {
   ws.reserve(vc::workspace_bytes(layer, s.n));
   const T* bias_data = s.bias ? bias.buffer.data() : nullptr;
 
-  vc::forward_train(ctx, layer, x.view(), w0.view(), bias_data, y.view(), projected.view(),
-                    ws.ref(), p.mask);
-  vc::parameter_gradients(ctx, layer, g.view(), projected.view(), grad_b.buffer.data(),
-                          grad_d.buffer.data(), ws.ref());
-  vc::input_gradient(ctx, layer, g.view(), w0.view(), grad_x.view(), ws.ref(), p.mask);
-  vc::check(cudaStreamSynchronize(ctx.stream), "sync");
-  VERA_CHECK(close("Y", y.download(), want.y, tolerance));
-  VERA_CHECK(close("P", projected.download(), want.p, tolerance));
-  VERA_CHECK(close("grad_b", grad_b.download(), want.grad_b, tolerance));
-  VERA_CHECK(close("grad_d", grad_d.download(), want.grad_d, tolerance));
-  VERA_CHECK(close("grad_X", grad_x.download(), want.grad_x, tolerance));
+  // Both association orders against the same reference; with dropout both run low-rank.
+  for (const vera::order o : {vera::order::low_rank, vera::order::merged}) {
+    std::printf("  order %s\n", o == vera::order::merged ? "merged" : "low-rank");
+    vc::forward_train(ctx, layer, x.view(), w0.view(), bias_data, y.view(), projected.view(),
+                      ws.ref(), p.mask, o);
+    vc::parameter_gradients(ctx, layer, g.view(), projected.view(), grad_b.buffer.data(),
+                            grad_d.buffer.data(), ws.ref());
+    vc::input_gradient(ctx, layer, g.view(), w0.view(), grad_x.view(), ws.ref(), p.mask, false, o);
+    vc::check(cudaStreamSynchronize(ctx.stream), "sync");
+    VERA_CHECK(close("Y", y.download(), want.y, tolerance));
+    VERA_CHECK(close("P", projected.download(), want.p, tolerance));
+    VERA_CHECK(close("grad_b", grad_b.download(), want.grad_b, tolerance));
+    VERA_CHECK(close("grad_d", grad_d.download(), want.grad_d, tolerance));
+    VERA_CHECK(close("grad_X", grad_x.download(), want.grad_x, tolerance));
+
+    // accumulate adds the same gradient again.
+    vc::input_gradient(ctx, layer, g.view(), w0.view(), grad_x.view(), ws.ref(), p.mask, true, o);
+    vc::check(cudaStreamSynchronize(ctx.stream), "sync");
+    std::vector<double> twice = want.grad_x;
+    for (double& v : twice) v *= 2;
+    VERA_CHECK(close("grad_X accumulated", grad_x.download(), twice, tolerance));
+
+    if (s.dropout == 0) {
+      device_array<T> y_inference(s.n, s.out);
+      vc::forward(ctx, layer, x.view(), w0.view(), bias_data, y_inference.view(), ws.ref(), o);
+      vc::check(cudaStreamSynchronize(ctx.stream), "sync");
+      VERA_CHECK(close("Y (inference)", y_inference.download(), want.y, tolerance));
+    }
+  }
 
   // Determinism: the reduction gives the same bits on a second run.
   const std::vector<double> first_b = grad_b.download(), first_d = grad_d.download();
@@ -159,13 +177,6 @@ void run(const vc::handle& h, const scenario& s, double tolerance) {
                           grad_d.buffer.data(), ws.ref());
   vc::check(cudaStreamSynchronize(ctx.stream), "sync");
   VERA_CHECK(grad_b.download() == first_b && grad_d.download() == first_d);
-
-  if (s.dropout == 0) {
-    device_array<T> y_inference(s.n, s.out);
-    vc::forward(ctx, layer, x.view(), w0.view(), bias_data, y_inference.view(), ws.ref());
-    vc::check(cudaStreamSynchronize(ctx.stream), "sync");
-    VERA_CHECK(close("Y (inference)", y_inference.download(), want.y, tolerance));
-  }
 
   // Merge, unmerge, safe merge (accepted, then rejected with a non-finite lambda_b).
   vc::merge(ctx, layer, w0.view(), ws.ref());

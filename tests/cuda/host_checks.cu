@@ -157,9 +157,59 @@ void workspace_size_checks() {
   // M (7 x 4 floats) and one chunk of partials (4 floats).
   VERA_CHECK(vera::cuda::parameter_gradient_workspace_bytes(layer) == 256 + 4 * 4);
   VERA_CHECK(vera::cuda::merge_workspace_bytes(layer, true) == 256 + 7 * 9 * 4);
+  // The merged order holds W0 + ΔW (7 x 9 floats) after scaled B, and no P of its own.
+  VERA_CHECK(vera::cuda::forward_workspace_bytes(layer, 5, false, false, vera::order::merged) ==
+             256 + 7 * 9 * 4);
+  VERA_CHECK(vera::cuda::input_gradient_workspace_bytes(layer, 5, false, vera::order::merged) ==
+             256 + 7 * 9 * 4);
+  // Low-rank grad_X: scaled B, then the n x rank thin product.
+  VERA_CHECK(vera::cuda::input_gradient_workspace_bytes(layer, 5, false, vera::order::low_rank) ==
+             256 + 5 * 4 * 4);
+  // Dropout keeps the low-rank plan whatever is requested.
+  VERA_CHECK(vera::cuda::input_gradient_workspace_bytes(layer, 5, true, vera::order::merged) ==
+             vera::cuda::input_gradient_workspace_bytes(layer, 5, true, vera::order::low_rank));
   const std::size_t all = vera::cuda::workspace_bytes(layer, 5);
-  VERA_CHECK(all >= vera::cuda::input_gradient_workspace_bytes(layer, 5, true));
-  VERA_CHECK(all >= vera::cuda::forward_workspace_bytes(layer, 5, true, true));
+  for (const vera::order o : {vera::order::automatic, vera::order::low_rank, vera::order::merged}) {
+    for (const bool dropout : {false, true}) {
+      VERA_CHECK(all >= vera::cuda::input_gradient_workspace_bytes(layer, 5, dropout, o));
+      VERA_CHECK(all >= vera::cuda::forward_workspace_bytes(layer, 5, true, dropout, o));
+    }
+    VERA_CHECK(all >= vera::cuda::forward_workspace_bytes(layer, 5, false, false, o));
+  }
+}
+
+// The device runs the order the CPU's cost model picks for the same extents.
+void order_checks() {
+  using vera::order;
+  vera::cuda::layer_ref<float> roberta = small_layer();
+  roberta.in = roberta.out = 768;
+  roberta.rank = 1024;
+  vera::cuda::layer_ref<float> llama = small_layer();
+  llama.in = llama.out = 4096;
+  llama.rank = 256;
+  for (const auto& layer : {roberta, llama}) {
+    for (const vera::index n : {vera::index{1}, vera::index{16}, vera::index{512}, vera::index{4096}}) {
+      const vera::product_extents e{n, layer.in, layer.out, layer.rank};
+      for (const bool keeps : {false, true}) {
+        VERA_CHECK(vera::cuda::forward_order(layer, n, keeps, false) ==
+                   vera::choose_order(order::automatic, vera::forward_costs(e, keeps, true), true));
+      }
+      VERA_CHECK(vera::cuda::input_gradient_order(layer, n, false) ==
+                 vera::choose_order(order::automatic, vera::input_gradient_costs(e, true), true));
+    }
+  }
+  // 4096 tokens: inference builds W0 + ΔW at both shapes, as does grad_X; single tokens never do.
+  VERA_CHECK(vera::cuda::forward_order(roberta, 4096, false, false) == order::merged);
+  VERA_CHECK(vera::cuda::forward_order(llama, 4096, false, false) == order::merged);
+  VERA_CHECK(vera::cuda::input_gradient_order(roberta, 4096, false) == order::merged);
+  VERA_CHECK(vera::cuda::input_gradient_order(llama, 4096, false) == order::merged);
+  VERA_CHECK(vera::cuda::forward_order(roberta, 1, false, false) == order::low_rank);
+  VERA_CHECK(vera::cuda::input_gradient_order(llama, 1, false) == order::low_rank);
+  // A requested order wins, except under dropout.
+  VERA_CHECK(vera::cuda::forward_order(roberta, 4096, false, false, order::low_rank) == order::low_rank);
+  VERA_CHECK(vera::cuda::forward_order(roberta, 1, true, false, order::merged) == order::merged);
+  VERA_CHECK(vera::cuda::forward_order(roberta, 4096, true, true, order::merged) == order::low_rank);
+  VERA_CHECK(vera::cuda::input_gradient_order(roberta, 4096, true) == order::low_rank);
 }
 
 }  // namespace
@@ -168,5 +218,6 @@ int main() {
   philox_checks();
   validation_checks();
   workspace_size_checks();
+  order_checks();
   return vera_test::summary("cuda host checks");
 }

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Backward pass on the device: grad_b and grad_d from one GEMM plus a fixed-order reduction,
-// and grad_X = G W0 + drop((G Λb B Λd) A).
+// and grad_X = G W0 + drop((G Λb B Λd) A), or G (W0 + ΔW) where the cost model says so.
 #pragma once
 
+#include "vera/backend/cuda/adapted_weight.cuh"
 #include "vera/backend/cuda/gemm.cuh"
 #include "vera/backend/cuda/kernels.cuh"
 #include "vera/backend/cuda/validate.cuh"
@@ -18,11 +19,14 @@ std::size_t parameter_gradient_workspace_bytes(const layer_ref<T>& layer) {
   return sizing.used();
 }
 
-/// \brief Workspace bytes input_gradient() needs for n rows.
+/// \brief Workspace bytes input_gradient() needs for n rows, in the order
+///        input_gradient_order() picks for the same arguments.
 template <class T>
-std::size_t input_gradient_workspace_bytes(const layer_ref<T>& layer, index n, bool dropout) {
+std::size_t input_gradient_workspace_bytes(const layer_ref<T>& layer, index n, bool dropout,
+                                           order requested = order::automatic) {
   detail::carver sizing;
-  (void)detail::input_gradient_plan<T>{sizing, layer, n, dropout};
+  (void)detail::input_gradient_plan<T>{sizing, layer, n, dropout,
+                                       input_gradient_order(layer, n, dropout, requested)};
   return sizing.used();
 }
 
@@ -79,15 +83,18 @@ void parameter_gradients(const stream_context& ctx, const layer_ref<T>& layer,
 /// \brief grad_x (n x in) = g W0 + drop((g Λb B Λd) A), enqueued on ctx.stream.
 ///
 /// g: n x out; w0: out x in (in x out with fan_in_fan_out); mask: the forward's dropout key
-/// (null or p = 0: none); ws: at least input_gradient_workspace_bytes(layer, n, dropout on).
-/// accumulate adds to grad_x instead of overwriting it.
+/// (null or p = 0: none); ws: at least input_gradient_workspace_bytes(layer, n, dropout on,
+/// requested). accumulate adds to grad_x instead of overwriting it. The order is
+/// input_gradient_order(layer, n, dropout on, requested): without dropout, large batches run
+/// g (W0 + ΔW) with the weight built in the workspace.
 /// \throws shape_error, rank_error or value_error (extents, strides, null pointers, a workspace
 ///         too small, a dropout probability outside [0, 1)) before any device work;
 ///         cuda_error when a launch or a cuBLAS call fails.
 template <class T>
 void input_gradient(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> g,
                     input_ref<T> w0, matrix_ref<T> grad_x, workspace_ref ws,
-                    const dropout_key* mask = nullptr, bool accumulate = false) {
+                    const dropout_key* mask = nullptr, bool accumulate = false,
+                    order requested = order::automatic) {
   static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
   detail::check_layer(layer);
   const index n = g.rows;
@@ -95,21 +102,27 @@ void input_gradient(const stream_context& ctx, const layer_ref<T>& layer, input_
   detail::check_weight(layer, "W0", w0);
   detail::check_matrix("grad_X", grad_x, n, layer.in);
   const bool dropout = detail::uses_dropout(mask);
+  const order chosen = input_gradient_order(layer, n, dropout, requested);
   detail::carver sizing;
-  (void)detail::input_gradient_plan<T>{sizing, layer, n, dropout};
+  (void)detail::input_gradient_plan<T>{sizing, layer, n, dropout, chosen};
   detail::check_workspace("input_gradient", ws, sizing.used());
   if (n == 0) return;
 
   detail::carver c(ws.data);
-  const detail::input_gradient_plan<T> plan(c, layer, n, dropout);
+  const detail::input_gradient_plan<T> plan(c, layer, n, dropout, chosen);
   const projection_ref<T>& proj = layer.projection;
-  kernels::scaled_b<T><<<kernels::grid_for(layer.out * layer.rank), kernels::block_threads, 0,
-                         ctx.stream>>>(proj.b, proj.rank, layer.lambda_b, layer.lambda_d,
-                                       layer.out, layer.rank, 1.0f, plan.scaled_b);
-  check_launch("vera::cuda::input_gradient scaled_b");
+  detail::launch_scaled_b(ctx, layer, 1.0f, plan.scaled_b, "vera::cuda::input_gradient scaled_b");
+  const float beta = accumulate ? 1.0f : 0.0f;
+  if (chosen == order::merged) {
+    detail::build_merged_weight(ctx, layer, w0, static_cast<const T*>(plan.scaled_b), plan.weight);
+    detail::gemm_row_major(ctx, false, layer.fan_in_fan_out, n, layer.in, layer.out, 1.0f, g.data,
+                           g.stride, static_cast<const T*>(plan.weight), detail::stored_cols(layer),
+                           beta, grad_x.data, grad_x.stride, "input_gradient G (W0 + ΔW)");
+    return;
+  }
   detail::gemm_row_major(ctx, false, layer.fan_in_fan_out, n, layer.in, layer.out, 1.0f, g.data,
-                         g.stride, w0.data, w0.stride, accumulate ? 1.0f : 0.0f, grad_x.data,
-                         grad_x.stride, "input_gradient G W0");
+                         g.stride, w0.data, w0.stride, beta, grad_x.data, grad_x.stride,
+                         "input_gradient G W0");
   detail::gemm_row_major(ctx, false, false, n, layer.rank, layer.out, 1.0f, g.data, g.stride,
                          static_cast<const T*>(plan.scaled_b), layer.rank, 0.0f, plan.thin,
                          layer.rank, "input_gradient G Λb B Λd");

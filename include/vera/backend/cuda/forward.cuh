@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// Forward pass on the device: Y = X W0^T + bias + (drop(X) A^T) (Λb B Λd)^T, low-rank order.
+// Forward pass on the device: Y = X W0^T + bias + (drop(X) A^T) (Λb B Λd)^T, in the low-rank
+// order or, where the cost model says so, as X (W0 + ΔW)^T.
 #pragma once
 
+#include "vera/backend/cuda/adapted_weight.cuh"
 #include "vera/backend/cuda/gemm.cuh"
 #include "vera/backend/cuda/kernels.cuh"
 #include "vera/backend/cuda/validate.cuh"
@@ -9,12 +11,15 @@
 
 namespace vera::cuda {
 
-/// \brief Workspace bytes forward() (keeps_context = false) or forward_train() needs for n rows.
+/// \brief Workspace bytes forward() (keeps_context = false) or forward_train() needs for n rows,
+///        in the order forward_order() picks for the same arguments (the merged order holds
+///        W0 + ΔW, out x in elements).
 template <class T>
 std::size_t forward_workspace_bytes(const layer_ref<T>& layer, index n, bool keeps_context,
-                                    bool dropout) {
+                                    bool dropout, order requested = order::automatic) {
   detail::carver sizing;
-  (void)detail::forward_plan<T>{sizing, layer, n, keeps_context, dropout};
+  (void)detail::forward_plan<T>{sizing, layer, n, keeps_context, dropout,
+                                forward_order(layer, n, keeps_context, dropout, requested)};
   return sizing.used();
 }
 
@@ -23,7 +28,8 @@ namespace detail {
 template <class T>
 void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<const T> x,
                   matrix_ref<const T> w0, const T* bias, matrix_ref<T> y,
-                  matrix_ref<T>* projected, const dropout_key* mask, workspace_ref ws) {
+                  matrix_ref<T>* projected, const dropout_key* mask, workspace_ref ws,
+                  order requested) {
   static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
   check_layer(layer);
   const index n = x.rows;
@@ -35,18 +41,17 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
   if (dropout && projected == nullptr) {
     throw value_error("dropout: only a training forward (forward_train) applies a mask");
   }
+  const bool keeps = projected != nullptr;
+  const order chosen = forward_order(layer, n, keeps, dropout, requested);
   carver sizing;
-  (void)forward_plan<T>{sizing, layer, n, projected != nullptr, dropout};
+  (void)forward_plan<T>{sizing, layer, n, keeps, dropout, chosen};
   check_workspace("forward", ws, sizing.used());
   if (n == 0) return;
 
   carver c(ws.data);
-  const forward_plan<T> plan(c, layer, n, projected != nullptr, dropout);
+  const forward_plan<T> plan(c, layer, n, keeps, dropout, chosen);
   const projection_ref<T>& proj = layer.projection;
-  const unsigned grid = kernels::grid_for(layer.out * layer.rank);
-  kernels::scaled_b<T><<<grid, kernels::block_threads, 0, ctx.stream>>>(
-      proj.b, proj.rank, layer.lambda_b, layer.lambda_d, layer.out, layer.rank, 1.0f, plan.scaled_b);
-  check_launch("vera::cuda::forward scaled_b");
+  launch_scaled_b(ctx, layer, 1.0f, plan.scaled_b, "vera::cuda::forward scaled_b");
 
   // The base GEMM either starts from the broadcast bias or overwrites Y.
   float beta = 0.0f;
@@ -56,6 +61,20 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
     check_launch("vera::cuda::forward bias");
     beta = 1.0f;
   }
+
+  if (chosen == order::merged) {
+    // Y = X (W0 + ΔW)^T: one out x rank x in GEMM builds the weight, one n-sized GEMM uses it.
+    build_merged_weight(ctx, layer, w0, static_cast<const T*>(plan.scaled_b), plan.weight);
+    gemm_row_major(ctx, false, !layer.fan_in_fan_out, n, layer.out, layer.in, 1.0f, x.data,
+                   x.stride, static_cast<const T*>(plan.weight), stored_cols(layer), beta, y.data,
+                   y.stride, "forward X (W0 + ΔW)^T");
+    if (keeps) {
+      gemm_row_major(ctx, false, true, n, layer.rank, layer.in, 1.0f, x.data, x.stride, proj.a,
+                     proj.max_in, 0.0f, projected->data, projected->stride, "forward P = X A^T");
+    }
+    return;
+  }
+
   gemm_row_major(ctx, false, !layer.fan_in_fan_out, n, layer.out, layer.in, 1.0f, x.data,
                  x.stride, w0.data, w0.stride, beta, y.data, y.stride, "forward X W0^T");
 
@@ -71,8 +90,8 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
     adapter_input = plan.masked_x;
     adapter_stride = layer.in;
   }
-  T* p = projected != nullptr ? projected->data : plan.projected;
-  const index p_stride = projected != nullptr ? projected->stride : layer.rank;
+  T* p = keeps ? projected->data : plan.projected;
+  const index p_stride = keeps ? projected->stride : layer.rank;
   gemm_row_major(ctx, false, true, n, layer.rank, layer.in, 1.0f, adapter_input, adapter_stride,
                  proj.a, proj.max_in, 0.0f, p, p_stride, "forward P = X A^T");
   gemm_row_major(ctx, false, true, n, layer.out, layer.rank, 1.0f, static_cast<const T*>(p),
@@ -85,27 +104,32 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
 /// \brief Inference: y (n x out) = x W0^T + bias + (x A^T)(Λb B Λd)^T, enqueued on ctx.stream.
 ///
 /// x: n x in; w0: out x in (in x out with fan_in_fan_out); bias: out elements or null;
-/// ws: at least forward_workspace_bytes(layer, n, false, false). Throws shape_error /
-/// rank_error / value_error before any device work; returns without synchronising.
+/// ws: at least forward_workspace_bytes(layer, n, false, false, requested). The order is
+/// forward_order(layer, n, false, false, requested): large batches build W0 + ΔW in the
+/// workspace and run one GEMM. Throws shape_error / rank_error / value_error before any device
+/// work; returns without synchronising.
 /// \throws cuda_error when a launch or a cuBLAS call fails.
 template <class T>
 void forward(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> x,
-             input_ref<T> w0, nondeduced<const T*> bias, matrix_ref<T> y, workspace_ref ws) {
-  detail::forward_impl<T>(ctx, layer, x, w0, bias, y, nullptr, nullptr, ws);
+             input_ref<T> w0, nondeduced<const T*> bias, matrix_ref<T> y, workspace_ref ws,
+             order requested = order::automatic) {
+  detail::forward_impl<T>(ctx, layer, x, w0, bias, y, nullptr, nullptr, ws, requested);
 }
 
 /// \brief Training forward: as forward(), and keeps projected = drop(x) A^T (n x rank) for the
 ///        backward pass. `mask` (null or p = 0: none) is the CPU's counter-based dropout mask.
 ///
-/// ws: at least forward_workspace_bytes(layer, n, true, dropout on); projected: n x rank.
+/// ws: at least forward_workspace_bytes(layer, n, true, dropout on, requested); projected:
+/// n x rank. With dropout the low-rank order runs whatever is requested.
 /// \throws shape_error, rank_error or value_error (extents, strides, null pointers, a workspace
 ///         too small, a dropout probability outside [0, 1)) before any device work;
 ///         cuda_error when a launch or a cuBLAS call fails.
 template <class T>
 void forward_train(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> x,
                    input_ref<T> w0, nondeduced<const T*> bias, matrix_ref<T> y, matrix_ref<T> projected,
-                   workspace_ref ws, const dropout_key* mask = nullptr) {
-  detail::forward_impl<T>(ctx, layer, x, w0, bias, y, &projected, mask, ws);
+                   workspace_ref ws, const dropout_key* mask = nullptr,
+                   order requested = order::automatic) {
+  detail::forward_impl<T>(ctx, layer, x, w0, bias, y, &projected, mask, ws, requested);
 }
 
 }  // namespace vera::cuda

@@ -2,6 +2,7 @@
 // Merge, unmerge and safe merge on the device: W0 ± (Λb B Λd) A as one out x rank x in GEMM.
 #pragma once
 
+#include "vera/backend/cuda/adapted_weight.cuh"
 #include "vera/backend/cuda/gemm.cuh"
 #include "vera/backend/cuda/kernels.cuh"
 #include "vera/backend/cuda/validate.cuh"
@@ -24,20 +25,8 @@ namespace detail {
 template <class T>
 void add_delta(const stream_context& ctx, const layer_ref<T>& layer, const merge_plan<T>& plan,
                float sign, T* target, index stride) {
-  const projection_ref<T>& proj = layer.projection;
-  kernels::scaled_b<T><<<kernels::grid_for(layer.out * layer.rank), kernels::block_threads, 0,
-                         ctx.stream>>>(proj.b, proj.rank, layer.lambda_b, layer.lambda_d,
-                                       layer.out, layer.rank, sign, plan.scaled_b);
-  check_launch("vera::cuda::merge scaled_b");
-  const T* bbd = plan.scaled_b;
-  if (layer.fan_in_fan_out) {
-    // in x out storage: ΔW^T = A^T (Λb B Λd)^T.
-    gemm_row_major(ctx, true, true, layer.in, layer.out, layer.rank, 1.0f, proj.a, proj.max_in,
-                   bbd, layer.rank, 1.0f, target, stride, "merge W0 += A^T (Λb B Λd)^T");
-  } else {
-    gemm_row_major(ctx, false, false, layer.out, layer.in, layer.rank, 1.0f, bbd, layer.rank,
-                   proj.a, proj.max_in, 1.0f, target, stride, "merge W0 += (Λb B Λd) A");
-  }
+  launch_scaled_b(ctx, layer, sign, plan.scaled_b, "vera::cuda::merge scaled_b");
+  add_delta_gemm(ctx, layer, static_cast<const T*>(plan.scaled_b), target, stride);
 }
 
 template <class T>

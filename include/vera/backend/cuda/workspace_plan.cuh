@@ -7,6 +7,7 @@
 
 #include "vera/backend/cuda/kernels.cuh"
 #include "vera/backend/cuda/types.cuh"
+#include "vera/expr/cost.hpp"
 
 namespace vera::cuda::detail {
 
@@ -33,12 +34,14 @@ class carver {
 
 template <class T>
 struct forward_plan {
-  T* scaled_b = nullptr;  // out x rank
-  T* projected = nullptr; // n x rank, only when the caller keeps no context
-  T* masked_x = nullptr;  // n x in, only with dropout
-  forward_plan(carver& c, const layer_ref<T>& layer, index n, bool keeps_context, bool dropout) {
+  T* scaled_b = nullptr;   // out x rank
+  T* weight = nullptr;     // W0 + ΔW as W0 is stored, merged order only
+  T* projected = nullptr;  // n x rank, low-rank order without a caller's context
+  T* masked_x = nullptr;   // n x in, only with dropout
+  forward_plan(carver& c, const layer_ref<T>& layer, index n, bool keeps_context, bool dropout, order chosen) {
     scaled_b = c.take<T>(layer.out * layer.rank);
-    if (!keeps_context) projected = c.take<T>(n * layer.rank);
+    if (chosen == order::merged) weight = c.take<T>(layer.out * layer.in);
+    if (!keeps_context && chosen == order::low_rank) projected = c.take<T>(n * layer.rank);
     if (dropout) masked_x = c.take<T>(n * layer.in);
   }
 };
@@ -58,11 +61,16 @@ struct parameter_gradient_plan {
 template <class T>
 struct input_gradient_plan {
   T* scaled_b = nullptr;  // out x rank
-  T* thin = nullptr;      // n x rank: (G Λb B) Λd
+  T* weight = nullptr;    // W0 + ΔW as W0 is stored, merged order only
+  T* thin = nullptr;      // n x rank: (G Λb B) Λd, low-rank order only
   T* tile = nullptr;      // n x in, only with dropout
-  input_gradient_plan(carver& c, const layer_ref<T>& layer, index n, bool dropout) {
+  input_gradient_plan(carver& c, const layer_ref<T>& layer, index n, bool dropout, order chosen) {
     scaled_b = c.take<T>(layer.out * layer.rank);
-    thin = c.take<T>(n * layer.rank);
+    if (chosen == order::merged) {
+      weight = c.take<T>(layer.out * layer.in);
+    } else {
+      thin = c.take<T>(n * layer.rank);
+    }
     if (dropout) tile = c.take<T>(n * layer.in);
   }
 };

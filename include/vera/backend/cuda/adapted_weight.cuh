@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: Apache-2.0
+// The pieces forward, backward and merge share: Λb B Λd folded into one small matrix, ΔW added to
+// a weight, and the association order each operation runs in.
+#pragma once
+
+#include "vera/backend/cuda/error.cuh"
+#include "vera/backend/cuda/gemm.cuh"
+#include "vera/backend/cuda/kernels.cuh"
+#include "vera/backend/cuda/types.cuh"
+#include "vera/expr/cost.hpp"
+
+namespace vera::cuda {
+
+/// \brief The order forward() (keeps_context false) or forward_train() runs for n rows: the
+///        CPU's cost model (vera::forward_costs) with a reused workspace, `requested` when not
+///        automatic, and always low-rank with dropout (a merged weight cannot apply the mask to
+///        the adapter's input alone).
+template <class T>
+order forward_order(const layer_ref<T>& layer, index n, bool keeps_context, bool dropout,
+                    order requested = order::automatic) {
+  const product_extents extents{n, layer.in, layer.out, layer.rank};
+  return choose_order(requested, forward_costs(extents, keeps_context, /*workspace_reused=*/true), !dropout);
+}
+
+/// \brief The order input_gradient() runs for n rows: low-rank (G Λb B Λd) A, or merged
+///        G (W0 + ΔW); chosen as forward_order() does, from vera::input_gradient_costs.
+template <class T>
+order input_gradient_order(const layer_ref<T>& layer, index n, bool dropout,
+                           order requested = order::automatic) {
+  const product_extents extents{n, layer.in, layer.out, layer.rank};
+  return choose_order(requested, input_gradient_costs(extents, /*workspace_reused=*/true), !dropout);
+}
+
+namespace detail {
+
+/// Elements of W0 as stored (out x in, or in x out with fan_in_fan_out): rows, then columns.
+template <class T>
+index stored_rows(const layer_ref<T>& layer) {
+  return layer.fan_in_fan_out ? layer.in : layer.out;
+}
+template <class T>
+index stored_cols(const layer_ref<T>& layer) {
+  return layer.fan_in_fan_out ? layer.out : layer.in;
+}
+
+/// dst (out x rank, dense) = sign Λb B Λd, enqueued on ctx.stream.
+template <class T>
+void launch_scaled_b(const stream_context& ctx, const layer_ref<T>& layer, float sign, T* dst,
+                     const char* operation) {
+  const projection_ref<T>& proj = layer.projection;
+  kernels::scaled_b<T><<<kernels::grid_for(layer.out * layer.rank), kernels::block_threads, 0,
+                         ctx.stream>>>(proj.b, proj.rank, layer.lambda_b, layer.lambda_d,
+                                       layer.out, layer.rank, sign, dst);
+  check_launch(operation);
+}
+
+/// target (stored as W0, row stride `stride`) += scaled A, with scaled = ± Λb B Λd (out x rank).
+template <class T>
+void add_delta_gemm(const stream_context& ctx, const layer_ref<T>& layer, const T* scaled, T* target,
+                    index stride) {
+  const projection_ref<T>& proj = layer.projection;
+  if (layer.fan_in_fan_out) {
+    // in x out storage: ΔW^T = A^T (Λb B Λd)^T.
+    gemm_row_major(ctx, true, true, layer.in, layer.out, layer.rank, 1.0f, proj.a, proj.max_in,
+                   scaled, layer.rank, 1.0f, target, stride, "W0 += A^T (Λb B Λd)^T");
+  } else {
+    gemm_row_major(ctx, false, false, layer.out, layer.in, layer.rank, 1.0f, scaled, layer.rank,
+                   proj.a, proj.max_in, 1.0f, target, stride, "W0 += (Λb B Λd) A");
+  }
+}
+
+/// weight (dense, W0's storage order) = W0 + ΔW, from scaled = Λb B Λd already in the workspace.
+template <class T>
+void build_merged_weight(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<const T> w0,
+                         const T* scaled, T* weight) {
+  const index cols = stored_cols(layer);
+  check(cudaMemcpy2DAsync(weight, sizeof(T) * cols, w0.data, sizeof(T) * w0.stride, sizeof(T) * cols,
+                          stored_rows(layer), cudaMemcpyDeviceToDevice, ctx.stream),
+        "merged weight cudaMemcpy2DAsync");
+  add_delta_gemm(ctx, layer, scaled, weight, cols);
+}
+
+}  // namespace detail
+
+}  // namespace vera::cuda
