@@ -178,6 +178,80 @@ void workspace_size_checks() {
   }
 }
 
+// Outputs and the workspace must not share memory with anything the call reads. Two stand-in
+// regions, the layer's and the operands', so that the only overlaps are the ones made here; every
+// call below must throw before any device work.
+float layer_memory[256];
+float operands[4096];
+
+void aliasing_checks() {
+  using vera::cuda::dense;
+  const vera::cuda::stream_context ctx{};
+  vera::cuda::layer_ref<float> layer;
+  layer.projection = {layer_memory, layer_memory + 96, 8, 12, 10};  // A [0, 96), B [96, 176)
+  layer.in = 9;
+  layer.out = 7;
+  layer.rank = 4;
+  layer.lambda_b = layer_memory + 200;  // [200, 207)
+  layer.lambda_d = layer_memory + 210;  // [210, 214)
+  float* x = operands;          // 5 x 9
+  float* w0 = operands + 64;    // 7 x 9
+  float* y = operands + 128;    // 5 x 7
+  float* p = operands + 192;    // 5 x 4
+  float* g = operands + 256;    // 5 x 7
+  float* dx = operands + 512;   // 5 x 9
+  float* grads = operands + 640;
+  const vera::cuda::workspace_ref ws{operands + 1024, vera::cuda::workspace_bytes(layer, 5)};
+
+  VERA_CHECK_THROWS(vera::cuda::forward(ctx, layer, dense(x, 5, 9), dense(w0, 7, 9), nullptr, dense(x + 9, 5, 7), ws),
+                    vera::aliasing_error, "vera::cuda::forward: Y overlaps X; an output needs memory of its own");
+  VERA_CHECK_THROWS(vera::cuda::forward(ctx, layer, dense(x, 5, 9), dense(w0, 7, 9), nullptr,
+                                        dense(layer_memory + 198, 5, 7), ws),
+                    vera::aliasing_error, "vera::cuda::forward: Y overlaps lambda_b");
+  VERA_CHECK_THROWS(vera::cuda::forward(ctx, layer, dense(x, 5, 9), dense(w0, 7, 9), y + 30, dense(y, 5, 7), ws),
+                    vera::aliasing_error, "vera::cuda::forward: Y overlaps bias");
+  VERA_CHECK_THROWS(vera::cuda::forward_train(ctx, layer, dense(x, 5, 9), dense(w0, 7, 9), nullptr, dense(y, 5, 7),
+                                              dense(w0 + 10, 5, 4), ws),
+                    vera::aliasing_error, "vera::cuda::forward_train: projected (P) overlaps W0");
+  VERA_CHECK_THROWS(vera::cuda::forward(ctx, layer, dense(x, 5, 9), dense(w0, 7, 9), nullptr, dense(y, 5, 7),
+                                        {layer_memory, ws.bytes}),
+                    vera::aliasing_error, "vera::cuda::forward: workspace overlaps projection A");
+
+  VERA_CHECK_THROWS(vera::cuda::parameter_gradients(ctx, layer, dense(g, 5, 7), dense(p, 5, 4), grads, grads + 3, ws),
+                    vera::aliasing_error, "vera::cuda::parameter_gradients: grad_b overlaps grad_d");
+  VERA_CHECK_THROWS(vera::cuda::parameter_gradients(ctx, layer, dense(g, 5, 7), dense(p, 5, 4), grads, p + 2, ws),
+                    vera::aliasing_error, "vera::cuda::parameter_gradients: grad_d overlaps projected (P)");
+  VERA_CHECK_THROWS(vera::cuda::input_gradient(ctx, layer, dense(g, 5, 7), dense(w0, 7, 9), dense(dx, 5, 9),
+                                               {g, ws.bytes}),
+                    vera::aliasing_error, "vera::cuda::input_gradient: workspace overlaps G (upstream gradient)");
+  VERA_CHECK_THROWS(vera::cuda::input_gradient(ctx, layer, dense(g, 5, 7), dense(w0, 7, 9),
+                                               vera::cuda::matrix_ref<float>{w0 - 30, 5, 9, 9}, ws),
+                    vera::aliasing_error, "vera::cuda::input_gradient: grad_X overlaps W0");
+
+  VERA_CHECK_THROWS(vera::cuda::merge(ctx, layer, dense(w0, 7, 9), {w0 + 60, ws.bytes}), vera::aliasing_error,
+                    "vera::cuda::merge: W0 overlaps workspace");
+  VERA_CHECK_THROWS(vera::cuda::unmerge(ctx, layer, dense(layer_memory + 150, 7, 9), ws), vera::aliasing_error,
+                    "vera::cuda::unmerge: W0 overlaps projection B");
+  int* flag_in_w0 = reinterpret_cast<int*>(w0 + 62);
+  VERA_CHECK_THROWS(vera::cuda::safe_merge(ctx, layer, dense(w0, 7, 9), ws, flag_in_w0), vera::aliasing_error,
+                    "vera::cuda::safe_merge: W0 overlaps rejected flag");
+  const vera::projection_spec philox{0, 8, 12, 10, vera::generator::philox};
+  VERA_CHECK_THROWS(vera::cuda::generate_projection<float>(nullptr, philox, dense(operands, 8, 12),
+                                                           dense(operands + 95, 10, 8)),
+                    vera::aliasing_error, "projection A overlaps projection B");
+
+  // The ranges themselves: a view ends at its last element, so touching is not overlapping, and
+  // the padding after the last row is not part of a strided view.
+  using vera::cuda::detail::range_of;
+  const auto strided = range_of("strided", vera::cuda::matrix_ref<float>{operands, 2, 3, 10});
+  VERA_CHECK(strided.end - strided.begin == 13 * sizeof(float));
+  vera::cuda::detail::check_disjoint("touching", range_of("a", operands, 10), {range_of("b", operands + 10, 5)});
+  vera::cuda::detail::check_disjoint("after the last row", strided, {range_of("b", operands + 13, 5)});
+  vera::cuda::detail::check_disjoint("empty", range_of("a", operands, 0), {range_of("b", operands, 5)});
+  VERA_CHECK_THROWS(vera::cuda::detail::check_disjoint("last element", strided, {range_of("b", operands + 12, 1)}),
+                    vera::aliasing_error, "last element: strided overlaps b");
+}
+
 // The device runs the order the CPU's cost model picks for the same extents.
 void order_checks() {
   using vera::order;
@@ -219,5 +293,6 @@ int main() {
   validation_checks();
   workspace_size_checks();
   order_checks();
+  aliasing_checks();
   return vera_test::summary("cuda host checks");
 }

@@ -38,6 +38,7 @@ std::size_t input_gradient_workspace_bytes(const layer_ref<T>& layer, index n, b
 /// float atomics): the same bits on every run. A null grad_b or grad_d is not computed (a frozen
 /// vector). accumulate adds to the outputs instead of overwriting them.
 /// ws: at least parameter_gradient_workspace_bytes(layer).
+/// \throws aliasing_error when an output, or the workspace it uses, overlaps what the call reads.
 /// \throws shape_error, rank_error or value_error (extents, strides, null pointers, a workspace
 ///         too small) before any device work; cuda_error when a launch or a cuBLAS call
 ///         fails.
@@ -53,6 +54,18 @@ void parameter_gradients(const stream_context& ctx, const layer_ref<T>& layer,
   detail::carver sizing;
   (void)detail::parameter_gradient_plan<T>{sizing, layer};
   detail::check_workspace("parameter_gradients", ws, sizing.used());
+  {
+    using detail::range_of;
+    const char* operation = "vera::cuda::parameter_gradients";
+    const detail::byte_range g_range = range_of("G (upstream gradient)", g);
+    const detail::byte_range p_range = range_of("projected (P)", projected);
+    const detail::byte_range scratch = range_of(ws, sizing.used());
+    const detail::byte_range b_out = range_of("grad_b", grad_b, static_cast<std::size_t>(layer.out));
+    const detail::byte_range d_out = range_of("grad_d", grad_d, static_cast<std::size_t>(layer.rank));
+    detail::check_written(operation, layer, b_out, {d_out, g_range, p_range, scratch});
+    detail::check_written(operation, layer, d_out, {g_range, p_range, scratch});
+    detail::check_written(operation, layer, scratch, {g_range, p_range});
+  }
   if (grad_b == nullptr && grad_d == nullptr) return;
 
   detail::carver c(ws.data);
@@ -87,6 +100,7 @@ void parameter_gradients(const stream_context& ctx, const layer_ref<T>& layer,
 /// requested). accumulate adds to grad_x instead of overwriting it. The order is
 /// input_gradient_order(layer, n, dropout on, requested): without dropout, large batches run
 /// g (W0 + ΔW) with the weight built in the workspace.
+/// \throws aliasing_error when an output, or the workspace it uses, overlaps what the call reads.
 /// \throws shape_error, rank_error or value_error (extents, strides, null pointers, a workspace
 ///         too small, a dropout probability outside [0, 1)) before any device work;
 ///         cuda_error when a launch or a cuBLAS call fails.
@@ -106,6 +120,15 @@ void input_gradient(const stream_context& ctx, const layer_ref<T>& layer, input_
   detail::carver sizing;
   (void)detail::input_gradient_plan<T>{sizing, layer, n, dropout, chosen};
   detail::check_workspace("input_gradient", ws, sizing.used());
+  {
+    using detail::range_of;
+    const char* operation = "vera::cuda::input_gradient";
+    const detail::byte_range g_range = range_of("G (upstream gradient)", g);
+    const detail::byte_range w_range = range_of("W0", w0);
+    const detail::byte_range scratch = range_of(ws, sizing.used());
+    detail::check_written(operation, layer, range_of("grad_X", grad_x), {g_range, w_range, scratch});
+    detail::check_written(operation, layer, scratch, {g_range, w_range});
+  }
   if (n == 0) return;
 
   detail::carver c(ws.data);

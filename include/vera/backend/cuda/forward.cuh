@@ -46,6 +46,14 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
   carver sizing;
   (void)forward_plan<T>{sizing, layer, n, keeps, dropout, chosen};
   check_workspace("forward", ws, sizing.used());
+  const char* operation = keeps ? "vera::cuda::forward_train" : "vera::cuda::forward";
+  const byte_range read[] = {range_of("X", x), range_of("W0", w0),
+                             range_of("bias", bias, bias != nullptr ? static_cast<std::size_t>(layer.out) : 0)};
+  const byte_range scratch = range_of(ws, sizing.used());
+  const byte_range kept = keeps ? range_of("projected (P)", *projected) : byte_range{};
+  check_written(operation, layer, range_of("Y", y), {read[0], read[1], read[2], kept, scratch});
+  check_written(operation, layer, kept, {read[0], read[1], read[2], scratch});
+  check_written(operation, layer, scratch, {read[0], read[1], read[2]});
   if (n == 0) return;
 
   carver c(ws.data);
@@ -108,6 +116,7 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
 /// forward_order(layer, n, false, false, requested): large batches build W0 + ΔW in the
 /// workspace and run one GEMM. Throws shape_error / rank_error / value_error before any device
 /// work; returns without synchronising.
+/// \throws aliasing_error when an output, or the workspace it uses, overlaps what the call reads.
 /// \throws cuda_error when a launch or a cuBLAS call fails.
 template <class T>
 void forward(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> x,
@@ -121,6 +130,7 @@ void forward(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> 
 ///
 /// ws: at least forward_workspace_bytes(layer, n, true, dropout on, requested); projected:
 /// n x rank. With dropout the low-rank order runs whatever is requested.
+/// \throws aliasing_error when an output, or the workspace it uses, overlaps what the call reads.
 /// \throws shape_error, rank_error or value_error (extents, strides, null pointers, a workspace
 ///         too small, a dropout probability outside [0, 1)) before any device work;
 ///         cuda_error when a launch or a cuBLAS call fails.

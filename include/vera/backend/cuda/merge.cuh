@@ -31,11 +31,15 @@ void add_delta(const stream_context& ctx, const layer_ref<T>& layer, const merge
 
 template <class T>
 void merge_signed(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
-                  workspace_ref ws, float sign, const char* operation) {
+                  workspace_ref ws, float sign, const char* operation, const char* qualified) {
   static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
   check_layer(layer);
   check_weight(layer, "W0", w0);
-  check_workspace(operation, ws, merge_workspace_bytes(layer, false));
+  const std::size_t needed = merge_workspace_bytes(layer, false);
+  check_workspace(operation, ws, needed);
+  const byte_range scratch = range_of(ws, needed);
+  check_written(qualified, layer, range_of("W0", w0), {scratch});
+  check_written(qualified, layer, scratch, {});
   carver c(ws.data);
   const merge_plan<T> plan(c, layer, false);
   add_delta(ctx, layer, plan, sign, w0.data, w0.stride);
@@ -48,20 +52,21 @@ void merge_signed(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
 ///
 /// The rounding to T happens once per element, after float32 accumulation. Tracking whether a
 /// layer is merged is the caller's job (as in the CPU's vera::linear).
+/// \throws aliasing_error when an output, or the workspace it uses, overlaps what the call reads.
 /// \throws shape_error, rank_error or value_error (extents, strides, null pointers, a workspace
 ///         too small) before any device work; cuda_error when a launch or a cuBLAS call
 ///         fails.
 template <class T>
 void merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
            workspace_ref ws) {
-  detail::merge_signed(ctx, layer, w0, ws, 1.0f, "merge");
+  detail::merge_signed(ctx, layer, w0, ws, 1.0f, "merge", "vera::cuda::merge");
 }
 
 /// \brief w0 -= ΔW, the inverse of merge() up to rounding; same contract.
 template <class T>
 void unmerge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
              workspace_ref ws) {
-  detail::merge_signed(ctx, layer, w0, ws, -1.0f, "unmerge");
+  detail::merge_signed(ctx, layer, w0, ws, -1.0f, "unmerge", "vera::cuda::unmerge");
 }
 
 /// \brief Builds w0 + ΔW in the workspace, checks it for NaN/Inf on the device and commits it to
@@ -71,6 +76,7 @@ void unmerge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T>
 /// finite (w0 is then left unchanged). Its value is known only once the stream reaches this
 /// point: the caller synchronises (or records an event) before reading it, and must not treat
 /// the layer as merged until then. ws: at least merge_workspace_bytes(layer, true).
+/// \throws aliasing_error when an output, or the workspace it uses, overlaps what the call reads.
 /// \throws shape_error, rank_error or value_error (extents, strides, null pointers, a workspace
 ///         too small, a null `rejected`) before any device work; cuda_error when a launch or
 ///         a cuBLAS call fails.
@@ -81,7 +87,16 @@ void safe_merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref
   detail::check_layer(layer);
   detail::check_weight(layer, "W0", w0);
   detail::check_pointer("rejected flag", rejected);
-  detail::check_workspace("safe_merge", ws, merge_workspace_bytes(layer, true));
+  const std::size_t needed = merge_workspace_bytes(layer, true);
+  detail::check_workspace("safe_merge", ws, needed);
+  {
+    const char* operation = "vera::cuda::safe_merge";
+    const detail::byte_range scratch = detail::range_of(ws, needed);
+    const detail::byte_range flag = detail::range_of("rejected flag", rejected, 1);
+    detail::check_written(operation, layer, detail::range_of("W0", w0), {scratch, flag});
+    detail::check_written(operation, layer, scratch, {flag});
+    detail::check_written(operation, layer, flag, {});
+  }
   detail::carver c(ws.data);
   const detail::merge_plan<T> plan(c, layer, true);
   check(cudaMemsetAsync(rejected, 0, sizeof(int), ctx.stream), "safe_merge cudaMemsetAsync");

@@ -34,6 +34,7 @@ void check_projection_targets(const projection_spec& spec, const matrix_ref<T>& 
   validate(spec);
   check_matrix("projection A", a, spec.rank, spec.max_in);
   check_matrix("projection B", b, spec.max_out, spec.rank);
+  check_disjoint("vera::cuda projection", range_of("projection A", a), {range_of("projection B", b)});
 }
 
 template <class T>
@@ -61,6 +62,7 @@ void upload_matrix(cudaStream_t stream, const float* host, index rows, index col
 /// (seed, matrix, i, j), computed by the same function as on the CPU, so float32 results are
 /// bit-identical to generate_projection(). Throws value_error for generator::peft, whose mt19937
 /// stream is sequential: generate that on the host and use upload_projection().
+/// \throws aliasing_error when A and B overlap.
 /// \throws value_error also for a bad spec; shape_error for targets of the wrong shape;
 ///         cuda_error when a launch fails.
 template <class T>
@@ -88,7 +90,8 @@ void generate_projection(cudaStream_t stream, const projection_spec& spec, matri
 /// \brief Copies a host projection (row-major float32, A rank x max_in, B max_out x rank, as
 ///        generate_projection() on the CPU makes it) to the device, rounding to T there.
 /// \throws value_error for a bad spec or null host pointers; shape_error for targets of the
-///         wrong shape; cuda_error when a copy, launch or synchronisation fails.
+///         wrong shape; aliasing_error when A and B overlap; cuda_error when a copy, launch or
+///         synchronisation fails.
 ///
 /// Set-up, not hot path: it synchronises `stream` before returning, so the host arrays may be
 /// freed at once.

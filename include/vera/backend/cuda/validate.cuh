@@ -2,9 +2,13 @@
 // Host-side checks at the API boundary: shapes, pointers and sizes, before any device work.
 #pragma once
 
+#include <array>
 #include <climits>
 #include <cstddef>
+#include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <type_traits>
 
 #include "vera/core/dropout.hpp"
 #include "vera/core/error.hpp"
@@ -89,6 +93,72 @@ inline void check_workspace(const char* operation, const workspace_ref& ws, std:
                       std::to_string(needed) + " bytes, got " + std::to_string(ws.bytes));
   }
   if (needed != 0) check_pointer("workspace", ws.data);
+}
+
+/// Bytes [begin, end) of device memory an operand covers, under the name messages use; empty
+/// (begin == end) for an absent operand.
+struct byte_range {
+  const char* name = "";
+  std::uintptr_t begin = 0;
+  std::uintptr_t end = 0;
+};
+
+/// The bytes a row-major view covers: from (0, 0) to the last element of its last row.
+template <class T>
+byte_range range_of(const char* name, const matrix_ref<T>& m) {
+  if (m.data == nullptr || m.rows == 0 || m.cols == 0) return {name, 0, 0};
+  const auto begin = reinterpret_cast<std::uintptr_t>(m.data);
+  const auto elements = static_cast<std::uintptr_t>((m.rows - 1) * m.stride + m.cols);
+  return {name, begin, begin + elements * sizeof(std::remove_const_t<T>)};
+}
+
+/// The bytes of `count` contiguous elements at `data` (null: empty).
+template <class T>
+byte_range range_of(const char* name, const T* data, std::size_t count) {
+  if (data == nullptr || count == 0) return {name, 0, 0};
+  const auto begin = reinterpret_cast<std::uintptr_t>(data);
+  return {name, begin, begin + count * sizeof(T)};
+}
+
+/// The part of the workspace an operation writes: its first `used` bytes.
+inline byte_range range_of(const workspace_ref& ws, std::size_t used) {
+  return range_of("workspace", static_cast<const unsigned char*>(ws.data), used);
+}
+
+/// What every operation reads from the layer: A, B (whole, as the projection holds them),
+/// lambda_b and lambda_d.
+template <class T>
+std::array<byte_range, 4> layer_ranges(const layer_ref<T>& layer) {
+  const projection_ref<T>& p = layer.projection;
+  return {range_of("projection A", p.a, static_cast<std::size_t>(p.rank * p.max_in)),
+          range_of("projection B", p.b, static_cast<std::size_t>(p.max_out * p.rank)),
+          range_of("lambda_b", layer.lambda_b, static_cast<std::size_t>(layer.out)),
+          range_of("lambda_d", layer.lambda_d, static_cast<std::size_t>(layer.rank))};
+}
+
+/// Throws aliasing_error when `written` shares a byte with any of `others`: the operations write
+/// their outputs (and the workspace) while still reading their inputs.
+template <class Ranges>
+void check_disjoint(const char* operation, const byte_range& written, const Ranges& others) {
+  if (written.begin == written.end) return;
+  for (const byte_range& other : others) {
+    if (other.begin < other.end && written.begin < other.end && other.begin < written.end) {
+      throw aliasing_error(std::string(operation) + ": " + written.name + " overlaps " + other.name +
+                           "; an output needs memory of its own");
+    }
+  }
+}
+inline void check_disjoint(const char* operation, const byte_range& written,
+                           std::initializer_list<byte_range> others) {
+  check_disjoint<std::initializer_list<byte_range>>(operation, written, others);
+}
+
+/// check_disjoint against `others` and against everything the layer holds.
+template <class T>
+void check_written(const char* operation, const layer_ref<T>& layer, const byte_range& written,
+                   std::initializer_list<byte_range> others) {
+  check_disjoint(operation, written, others);
+  check_disjoint(operation, written, layer_ranges(layer));
 }
 
 }  // namespace vera::cuda::detail
