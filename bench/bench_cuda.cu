@@ -10,8 +10,9 @@
 //   forward + backward  the forward's three, M = G^T P (float), G W0, T = G S, T A
 //   merge               W0 += S A
 // TFLOP/s always counts the low-rank math's FLOPs, so an order that skips work shows above the
-// GPU's rate. vera runs twice: in the order its cost model picks (at n = 4096 the merged one,
-// X (W0 + ΔW)^T, for inference and grad_X) and held to the low-rank order the floor and PEFT use.
+// GPU's rate. vera runs twice: in the order its cost model picks (at n = 4096 in float32 the
+// merged one, X (W0 + ΔW)^T, for inference and grad_X; bfloat16 stays low-rank) and held to the
+// low-rank order the floor and PEFT use.
 // Operands are random (zeros would flatter the GPU's GEMM clocks); bench/cuda_table.py turns this
 // output and cuda_vs_peft.py's into the table of docs/benchmarks.md.
 #include <algorithm>

@@ -284,6 +284,14 @@ void order_checks() {
   VERA_CHECK(vera::cuda::forward_order(roberta, 1, true, false, order::merged) == order::merged);
   VERA_CHECK(vera::cuda::forward_order(roberta, 4096, true, true, order::merged) == order::low_rank);
   VERA_CHECK(vera::cuda::input_gradient_order(roberta, 4096, true) == order::low_rank);
+  // 16-bit storage: low-rank unless merged is asked for (a rounded W0 + ΔW would lose ΔW).
+  vera::cuda::layer_ref<__nv_bfloat16> half_llama;
+  half_llama.in = half_llama.out = 4096;
+  half_llama.rank = 256;
+  VERA_CHECK(vera::cuda::forward_order(half_llama, 4096, false, false) == order::low_rank);
+  VERA_CHECK(vera::cuda::input_gradient_order(half_llama, 4096, false) == order::low_rank);
+  VERA_CHECK(vera::cuda::forward_order(half_llama, 4096, false, false, order::merged) == order::merged);
+  VERA_CHECK(vera::cuda::input_gradient_order(half_llama, 4096, true, order::merged) == order::low_rank);
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 // a weight, and the association order each operation runs in.
 #pragma once
 
+#include <type_traits>
+
 #include "vera/backend/cuda/error.cuh"
 #include "vera/backend/cuda/gemm.cuh"
 #include "vera/backend/cuda/kernels.cuh"
@@ -11,24 +13,44 @@
 
 namespace vera::cuda {
 
+namespace detail {
+
+/// order::automatic for float32 storage; 16-bit storage keeps the low-rank order unless told
+/// otherwise: W0 + ΔW rounded to 16 bits would lose most of a small ΔW (bfloat16 keeps 8
+/// significant bits, so an update under 1/256 of a weight would vanish), while the low-rank
+/// order adds the adapter's term in float32 accumulation.
+template <class T>
+order storage_default(order requested) {
+  if constexpr (!std::is_same_v<T, float>) {
+    if (requested == order::automatic) return order::low_rank;
+  }
+  return requested;
+}
+
+}  // namespace detail
+
 /// \brief The order forward() (keeps_context false) or forward_train() runs for n rows: the
 ///        CPU's cost model (vera::forward_costs) with a reused workspace, `requested` when not
 ///        automatic, and always low-rank with dropout (a merged weight cannot apply the mask to
-///        the adapter's input alone).
+///        the adapter's input alone). With 16-bit storage automatic means low-rank: a merged
+///        weight rounded to 16 bits would lose most of a small ΔW.
 template <class T>
 order forward_order(const layer_ref<T>& layer, index n, bool keeps_context, bool dropout,
                     order requested = order::automatic) {
   const product_extents extents{n, layer.in, layer.out, layer.rank};
-  return choose_order(requested, forward_costs(extents, keeps_context, /*workspace_reused=*/true), !dropout);
+  return choose_order(detail::storage_default<T>(requested),
+                      forward_costs(extents, keeps_context, /*workspace_reused=*/true), !dropout);
 }
 
 /// \brief The order input_gradient() runs for n rows: low-rank (G Λb B Λd) A, or merged
-///        G (W0 + ΔW); chosen as forward_order() does, from vera::input_gradient_costs.
+///        G (W0 + ΔW); chosen as forward_order() does (16-bit storage included), from
+///        vera::input_gradient_costs.
 template <class T>
 order input_gradient_order(const layer_ref<T>& layer, index n, bool dropout,
                            order requested = order::automatic) {
   const product_extents extents{n, layer.in, layer.out, layer.rank};
-  return choose_order(requested, input_gradient_costs(extents, /*workspace_reused=*/true), !dropout);
+  return choose_order(detail::storage_default<T>(requested),
+                      input_gradient_costs(extents, /*workspace_reused=*/true), !dropout);
 }
 
 namespace detail {
