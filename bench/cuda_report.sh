@@ -40,6 +40,14 @@ if [ ! -x "$build/tests/vera_test_cuda_device" ] || [ ! -x "$build/bench/bench_c
     cmake --build "$build" --target vera_test_cuda_device bench_cuda || exit 1
 fi
 
+# Programs built on another machine may not find the CUDA libraries where this loader looks:
+# then add the toolkit's folder and those of the CUDA wheels next to PyTorch.
+if ldd "$build/bench/bench_cuda" "$build/tests/vera_test_cuda_device" 2>/dev/null | grep -q "not found"; then
+  wheels=$(python3 -c 'import glob, os, nvidia; print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "*", "lib", "*.so*"))})))' 2>/dev/null || true)
+  export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${wheels}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "== library path: $LD_LIBRARY_PATH" >&2
+fi
+
 step "device tests" "$out/device_tests.txt" "$build/tests/vera_test_cuda_device"
 step "bench_cuda" "$out/vera.txt" "$build/bench/bench_cuda"
 for dtype in float32 bfloat16; do
