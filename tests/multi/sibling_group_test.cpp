@@ -70,6 +70,15 @@ struct trio {
     return vera::siblings(vera::sibling(wq, bq, q), vera::sibling(wk, bk, k), vera::sibling(wv, vera::no_bias, v));
   }
 
+  /// A random X (rows x in) and each sibling's G (rows x out_i), from seeds first, first + 1, ...
+  struct batch {
+    matrix<T> x, gq, gk, gv;
+  };
+  static batch random_batch(vera::index rows, std::uint32_t first) {
+    return {multi_test::random_matrix<T>(rows, in, first), multi_test::random_matrix<T>(rows, out_q, first + 1),
+            multi_test::random_matrix<T>(rows, out_k, first + 2), multi_test::random_matrix<T>(rows, out_v, first + 3)};
+  }
+
   vera::projection<T> shared;
   vera::adapter<T> q, k, v;
   matrix<T> wq;
@@ -526,10 +535,7 @@ TEST_CASE("sibling evaluations check everything before writing anything", "[mult
   trio<T> t;
   const auto group = t.group();
   const vera::index rows = 67;
-  const matrix<T> x = multi_test::random_matrix<T>(rows, trio<T>::in, 90);
-  const matrix<T> gq = multi_test::random_matrix<T>(rows, trio<T>::out_q, 91);
-  const matrix<T> gk = multi_test::random_matrix<T>(rows, trio<T>::out_k, 92);
-  const matrix<T> gv = multi_test::random_matrix<T>(rows, trio<T>::out_v, 93);
+  const auto [x, gq, gk, gv] = trio<T>::random_batch(rows, 90);
 
   SECTION("X with the wrong width") {
     const matrix<T> wide = matrix<T>::Zero(rows, trio<T>::in + 1);
@@ -619,10 +625,7 @@ TEST_CASE("sibling gradients need one object per sibling; kept() checks its inde
   trio<T> t;
   const auto group = t.group();
   const vera::index rows = 9;
-  const matrix<T> x = multi_test::random_matrix<T>(rows, trio<T>::in, 130);
-  const matrix<T> gq = multi_test::random_matrix<T>(rows, trio<T>::out_q, 131);
-  const matrix<T> gk = multi_test::random_matrix<T>(rows, trio<T>::out_k, 132);
-  const matrix<T> gv = multi_test::random_matrix<T>(rows, trio<T>::out_v, 133);
+  const auto [x, gq, gk, gv] = trio<T>::random_batch(rows, 130);
   vera::sibling_context<T> kept;
   matrix<T> yq, yk, yv;
   vera::forward(x, group).train(kept).eval_to(yq, yk, yv);
