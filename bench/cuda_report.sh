@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # On a machine with a CUDA GPU, PyTorch and PEFT: the CUDA backend's device tests, bench_cuda and
-# cuda_vs_peft.py (float32 and bfloat16), and the joined table, each written to OUT_DIR:
-#   system.txt  device_tests.txt  vera.txt  peft_float32.txt  peft_bfloat16.txt  table.md
+# cuda_vs_peft.py (float32 and bfloat16), the joined table and the CUDA quickstart's run, each
+# written to OUT_DIR:
+#   system.txt  device_tests.txt  quickstart.txt  vera.txt  peft_float32.txt  peft_bfloat16.txt
+#   table.md
 #
 # Usage: bash bench/cuda_report.sh [BUILD_DIR] [OUT_DIR]     (defaults: build/cuda, cuda-report)
-# BUILD_DIR must hold tests/vera_test_cuda_device and bench/bench_cuda; when it does not, they are
-# built with the `cuda` preset first (which needs the library's build dependencies, Eigen included).
+# BUILD_DIR must hold tests/vera_test_cuda_device, examples/cuda_quickstart and bench/bench_cuda;
+# when it does not, they are built with the `cuda` preset first (which needs the library's build
+# dependencies, Eigen included).
 # Every step runs even when an earlier one fails; the exit status is that of the first failure.
 set -uo pipefail
 
@@ -34,21 +37,26 @@ system_info() {
 }
 step "system" "$out/system.txt" system_info
 
-if [ ! -x "$build/tests/vera_test_cuda_device" ] || [ ! -x "$build/bench/bench_cuda" ]; then
-  echo "== building the CUDA targets in $build" >&2
-  cmake --preset cuda -B "$build" >/dev/null &&
-    cmake --build "$build" --target vera_test_cuda_device bench_cuda || exit 1
-fi
+programs=("$build/tests/vera_test_cuda_device" "$build/examples/cuda_quickstart" "$build/bench/bench_cuda")
+for program in "${programs[@]}"; do
+  if [ ! -x "$program" ]; then
+    echo "== building the CUDA targets in $build" >&2
+    cmake --preset cuda -B "$build" >/dev/null &&
+      cmake --build "$build" --target vera_test_cuda_device cuda_quickstart bench_cuda || exit 1
+    break
+  fi
+done
 
 # Programs built on another machine may not find the CUDA libraries where this loader looks:
 # then add the toolkit's folder and those of the CUDA wheels next to PyTorch.
-if ldd "$build/bench/bench_cuda" "$build/tests/vera_test_cuda_device" 2>/dev/null | grep -q "not found"; then
+if ldd "${programs[@]}" 2>/dev/null | grep -q "not found"; then
   wheels=$(python3 -c 'import glob, os, nvidia; print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "*", "lib", "*.so*"))})))' 2>/dev/null || true)
   export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${wheels}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   echo "== library path: $LD_LIBRARY_PATH" >&2
 fi
 
 step "device tests" "$out/device_tests.txt" "$build/tests/vera_test_cuda_device"
+step "cuda_quickstart" "$out/quickstart.txt" "$build/examples/cuda_quickstart"
 step "bench_cuda" "$out/vera.txt" "$build/bench/bench_cuda"
 for dtype in float32 bfloat16; do
   step "cuda_vs_peft $dtype" "$out/peft_$dtype.txt" python3 bench/cuda_vs_peft.py --dtype "$dtype"
