@@ -75,11 +75,12 @@ std::uint32_t bits_of(float v) {
   return bits;
 }
 
-void philox_on_device(cudaStream_t stream) {
-  const vera::projection_spec spec{0x0123456789abcdefull, 37, 129, 67, vera::generator::philox};
+// A and B on the device, generated there (philox) or uploaded (PEFT's mt19937), against the CPU.
+void projection_on_device(cudaStream_t stream, vera::generator kind) {
+  const vera::projection_spec spec{0x0123456789abcdefull, 37, 129, 67, kind};
   const vera_test::host_projection cpu = vera_test::cpu_projection(spec);
   vc::device_projection<float> device(spec, stream);
-  vc::check(cudaStreamSynchronize(stream), "philox sync");
+  vc::check(cudaStreamSynchronize(stream), "projection sync");
   std::vector<float> a(cpu.a.size()), b(cpu.b.size());
   vc::check(cudaMemcpy(a.data(), device.view().a, sizeof(float) * a.size(), cudaMemcpyDeviceToHost), "a");
   vc::check(cudaMemcpy(b.data(), device.view().b, sizeof(float) * b.size(), cudaMemcpyDeviceToHost), "b");
@@ -95,6 +96,7 @@ struct scenario {
   bool fan_in_fan_out;
   double dropout;
   bool bias;
+  vera::generator kind = vera::generator::philox;
 };
 
 template <class T>
@@ -102,7 +104,7 @@ void run(const vc::handle& h, const scenario& s, double tolerance) {
   std::printf("%s (%s)\n", s.name, vc::storage<T>::name);
   const vc::stream_context& ctx = h.context();
   // The layer uses a slice of a larger projection, as PEFT layers do.
-  const vera::projection_spec spec{11, s.rank + 3, s.in + 5, s.out + 2, vera::generator::philox};
+  const vera::projection_spec spec{11, s.rank + 3, s.in + 5, s.out + 2, s.kind};
   const vera_test::host_projection cpu = vera_test::cpu_projection(spec);
   vc::device_projection<T> projection(spec, ctx.stream);
 
@@ -208,7 +210,8 @@ int main() {
     vc::check(cudaStreamCreate(&stream), "cudaStreamCreate");
     {
       const vc::handle h(stream);
-      philox_on_device(stream);
+      projection_on_device(stream, vera::generator::philox);
+      projection_on_device(stream, vera::generator::peft);
       const scenario plain{"plain", 67, 37, 29, 13, false, 0.0, true};
       const scenario conv{"fan_in_fan_out", 33, 20, 24, 7, true, 0.0, false};
       const scenario dropped{"dropout 0.25", 41, 19, 23, 9, false, 0.25, true};
@@ -217,6 +220,9 @@ int main() {
       run<__half>(h, plain, 2e-2);
       run<__nv_bfloat16>(h, plain, 6e-2);
       run<__nv_bfloat16>(h, dropped, 6e-2);
+      const scenario peft{"PEFT projection (uploaded)", 19, 21, 17, 6, false, 0.0, true, vera::generator::peft};
+      run<float>(h, peft, 1e-5);
+      run<__nv_bfloat16>(h, peft, 6e-2);
     }
     vc::check(cudaStreamDestroy(stream), "cudaStreamDestroy");
   } catch (const std::exception& e) {
