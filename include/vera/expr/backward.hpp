@@ -14,6 +14,7 @@
 #include "vera/backend/exec.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/forward.hpp"
+#include "vera/expr/settings.hpp"
 #include "vera/expr/operand.hpp"
 
 namespace vera {
@@ -72,7 +73,7 @@ bool gradient_buffers_need_sizing(const gradients<T>& out, const adapter<T>& ad,
 /// `grads = expr;` overwrites, `grads += expr;` accumulates (gradients<T> has both). A frozen
 /// vector (train_b / train_d false) gets zero on overwrite and is left as is on accumulate.
 template <class Exec, class GD, class T>
-class parameter_gradient_expr {
+class parameter_gradient_expr : public uses_workspace<parameter_gradient_expr<Exec, GD, T>, T> {
   static_assert(scalar_matches<GD, T>, "vera::parameter_gradients: G must have the adapter's scalar type");
 
  public:
@@ -82,13 +83,6 @@ class parameter_gradient_expr {
   parameter_gradient_expr(const GD& g, const adapter<T>& ad, const forward_context<T>& ctx)
       : g_(g), adapter_(&ad), context_(&ctx) {
     detail::check_upstream(g, ad, ctx);
-  }
-
-  /// \brief Use `ws` for scratch memory instead of allocating.
-  parameter_gradient_expr using_workspace(workspace<T>& ws) const {
-    parameter_gradient_expr copy(*this);
-    copy.workspace_ = &ws;
-    return copy;
   }
 
   /// \brief Writes (or adds) the gradients into `out`. On overwrite, empty buffers (a
@@ -118,14 +112,11 @@ class parameter_gradient_expr {
   const adapter<T>& layer() const noexcept { return *adapter_; }
   /// \brief The context of the training forward.
   const forward_context<T>& context() const noexcept { return *context_; }
-  /// \brief The workspace set by using_workspace(), or null.
-  workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
   detail::closure_t<GD> g_;
   const adapter<T>* adapter_;
   const forward_context<T>* context_;
-  workspace<T>* workspace_ = nullptr;
 };
 
 /// \brief `grads += parameter_gradients(...)`: accumulates into existing buffers.
@@ -141,7 +132,9 @@ gradients<T>& operator+=(gradients<T>& out, const parameter_gradient_expr<Exec, 
 /// `dX = expr;` overwrites; `expr.add_to(dX)` accumulates without a temporary. The destination
 /// must not share memory with G or W0.
 template <class Exec, class GD, class WD, class T>
-class input_gradient_expr : public Eigen::ReturnByValue<input_gradient_expr<Exec, GD, WD, T>> {
+class input_gradient_expr : public Eigen::ReturnByValue<input_gradient_expr<Exec, GD, WD, T>>,
+                            public uses_workspace<input_gradient_expr<Exec, GD, WD, T>, T>,
+                            public takes_order<input_gradient_expr<Exec, GD, WD, T>> {
   static_assert(scalar_matches<GD, T>, "vera::input_gradient: G must have the adapter's scalar type");
   static_assert(scalar_matches<WD, T>, "vera::input_gradient: W0 must have the adapter's scalar type");
 
@@ -159,21 +152,6 @@ class input_gradient_expr : public Eigen::ReturnByValue<input_gradient_expr<Exec
   Eigen::Index rows() const { return g_.rows(); }
   /// \brief in, the layer's input features.
   Eigen::Index cols() const { return adapter_->in_features(); }
-
-  /// \brief Use `ws` for scratch memory instead of allocating.
-  input_gradient_expr using_workspace(workspace<T>& ws) const {
-    input_gradient_expr copy(*this);
-    copy.workspace_ = &ws;
-    return copy;
-  }
-  /// \brief Force an association order instead of the cost model's choice. After a forward with
-  ///        dropout the low-rank order runs whatever is requested: the mask applies to the
-  ///        adapter's term only, which a merged weight cannot express.
-  input_gradient_expr with_order(order requested) const {
-    input_gradient_expr copy(*this);
-    copy.order_ = requested;
-    return copy;
-  }
 
   /// \brief Eigen's hook for `dX = expr`: overwrites dX.
   /// \throws shape_error when dX is not n x in; aliasing_error when dX overlaps G or W0.
@@ -199,18 +177,12 @@ class input_gradient_expr : public Eigen::ReturnByValue<input_gradient_expr<Exec
   const adapter<T>& layer() const noexcept { return *adapter_; }
   /// \brief The context of the training forward.
   const forward_context<T>& context() const noexcept { return *context_; }
-  /// \brief The workspace set by using_workspace(), or null.
-  workspace<T>* scratch() const noexcept { return workspace_; }
-  /// \brief The order set by with_order() (order::automatic by default).
-  order requested_order() const noexcept { return order_; }
 
  private:
   detail::closure_t<GD> g_;
   detail::closure_t<WD> w0_;
   const adapter<T>* adapter_;
   const forward_context<T>* context_;
-  workspace<T>* workspace_ = nullptr;
-  order order_ = order::automatic;
 };
 
 /// \brief Lazy gradients of lambda_b and lambda_d on policy `Exec`. Shapes: G n x out, ctx from

@@ -12,6 +12,7 @@
 #include "vera/backend/exec.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/operand.hpp"
+#include "vera/expr/settings.hpp"
 
 namespace vera {
 
@@ -72,7 +73,9 @@ void check_base_weight(const char* operand, const WD& w0, const adapter<T>& ad) 
 /// dropout applies to the adapter input and P is saved in ctx for backward. The order of the
 /// products follows the cost model unless `.with_order()` forces one.
 template <class Exec, class XD, class WD, class Bias, class T>
-class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias, T>> {
+class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias, T>>,
+                     public uses_workspace<forward_expr<Exec, XD, WD, Bias, T>, T>,
+                     public takes_order<forward_expr<Exec, XD, WD, Bias, T>> {
   static_assert(scalar_matches<XD, T>, "vera::forward: X must have the adapter's scalar type");
   static_assert(scalar_matches<WD, T>, "vera::forward: W0 must have the adapter's scalar type");
 
@@ -102,20 +105,6 @@ class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias
     copy.context_ = &ctx;
     return copy;
   }
-  /// \brief Use `ws` for scratch memory instead of allocating.
-  forward_expr using_workspace(workspace<T>& ws) const {
-    forward_expr copy(*this);
-    copy.workspace_ = &ws;
-    return copy;
-  }
-  /// \brief Force an association order instead of the cost model's choice. A training forward
-  ///        with dropout runs the low-rank order whatever is requested: the mask applies to the
-  ///        adapter's input only, which a merged weight cannot express.
-  forward_expr with_order(order requested) const {
-    forward_expr copy(*this);
-    copy.order_ = requested;
-    return copy;
-  }
 
   /// \brief Eigen's hook for `Y = expr`: overwrites Y.
   /// \throws shape_error when Y is not n x out; aliasing_error when Y overlaps X, W0 or bias.
@@ -143,10 +132,6 @@ class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias
   const adapter<T>& layer() const noexcept { return *adapter_; }
   /// \brief The context set by train(), or null for an inference forward.
   forward_context<T>* context() const noexcept { return context_; }
-  /// \brief The workspace set by using_workspace(), or null.
-  workspace<T>* scratch() const noexcept { return workspace_; }
-  /// \brief The order set by with_order() (order::automatic by default).
-  order requested_order() const noexcept { return order_; }
 
  private:
   detail::closure_t<XD> x_;
@@ -154,8 +139,6 @@ class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias
   detail::bias_closure_t<Bias> bias_;
   const adapter<T>* adapter_;
   forward_context<T>* context_ = nullptr;
-  workspace<T>* workspace_ = nullptr;
-  order order_ = order::automatic;
 };
 
 /// \brief Lazy forward of an adapted linear layer on policy `Exec`.

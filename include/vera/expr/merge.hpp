@@ -11,6 +11,7 @@
 #include "vera/backend/exec.hpp"
 #include "vera/expr/forward.hpp"
 #include "vera/expr/operand.hpp"
+#include "vera/expr/settings.hpp"
 
 namespace vera {
 
@@ -37,9 +38,11 @@ namespace vera {
 /// \brief ΔW = Λb B Λd A (out x in; in x out with fan_in_fan_out), lazily.
 ///
 /// `dW = expr;` overwrites; `expr.add_to(W)` is a merge and `expr.subtract_from(W)` an unmerge,
-/// both one GEMM into W with no temporary of W's size.
+/// both one GEMM into W with no temporary of W's size. `.using_workspace(ws)` keeps the small
+/// Λb B Λd buffer in `ws` instead of allocating it.
 template <class Exec, class T>
-class delta_weight_expr : public Eigen::ReturnByValue<delta_weight_expr<Exec, T>> {
+class delta_weight_expr : public Eigen::ReturnByValue<delta_weight_expr<Exec, T>>,
+                          public uses_workspace<delta_weight_expr<Exec, T>, T> {
  public:
   /// \brief Refers to `ad`, which must outlive the expression; see vera::delta_weight.
   explicit delta_weight_expr(const adapter<T>& ad) : adapter_(&ad) {}
@@ -75,21 +78,11 @@ class delta_weight_expr : public Eigen::ReturnByValue<delta_weight_expr<Exec, T>
     evaluate(Exec{}, *this, dst.derived(), T(1), T(-1));
   }
 
-  /// \brief Use `ws` for the small Λb B Λd buffer instead of allocating it.
-  delta_weight_expr using_workspace(workspace<T>& ws) const {
-    delta_weight_expr copy(*this);
-    copy.workspace_ = &ws;
-    return copy;
-  }
-
   /// \brief The adapter.
   const adapter<T>& layer() const noexcept { return *adapter_; }
-  /// \brief The workspace set by using_workspace(), or null.
-  workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
   const adapter<T>* adapter_;
-  workspace<T>* workspace_ = nullptr;
 };
 
 /// \brief W0 + ΔW, lazily; W0 has the layout the adapter's options say.

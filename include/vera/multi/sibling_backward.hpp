@@ -15,6 +15,7 @@
 #include "vera/expr/backward.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/operand.hpp"
+#include "vera/expr/settings.hpp"
 #include "vera/multi/sibling_context.hpp"
 #include "vera/multi/sibling_forward.hpp"
 #include "vera/multi/sibling_group.hpp"
@@ -98,7 +99,8 @@ void check_distinct_gradients(const char* operation, const Out&... out) {
 /// `.eval_to(g_0, ..., g_{N-1})` overwrites, `.add_to(...)` accumulates, one vera::gradients<T>
 /// per sibling. Every buffer is checked before any is written.
 template <class Exec, class Group, class... GD>
-class sibling_parameter_gradient_expr {
+class sibling_parameter_gradient_expr
+    : public uses_workspace<sibling_parameter_gradient_expr<Exec, Group, GD...>, typename Group::scalar> {
   using T = typename Group::scalar;
 
  public:
@@ -108,13 +110,6 @@ class sibling_parameter_gradient_expr {
   sibling_parameter_gradient_expr(const Group& group, const forward_context<T>& ctx, const GD&... g)
       : group_(group), context_(&ctx), upstream_(g...) {
     detail::check_sibling_upstream(group, ctx, g...);
-  }
-
-  /// \brief Use `ws` for scratch memory instead of allocating.
-  sibling_parameter_gradient_expr using_workspace(workspace<T>& ws) const {
-    sibling_parameter_gradient_expr copy(*this);
-    copy.workspace_ = &ws;
-    return copy;
   }
 
   /// \brief Writes sibling i's gradients into `out_i`, one vera::gradients<T> per sibling in the
@@ -158,8 +153,8 @@ class sibling_parameter_gradient_expr {
       }
       // The single-adapter expression over the shared P: the group adds nothing to this part.
       const auto single = parameter_gradients(Exec{}, std::get<I>(upstream_), ad, *context_);
-      if (workspace_ != nullptr) {
-        single.using_workspace(*workspace_).eval_to(target, mode);
+      if (workspace<T>* ws = this->scratch(); ws != nullptr) {
+        single.using_workspace(*ws).eval_to(target, mode);
       } else {
         single.eval_to(target, mode);
       }
@@ -169,7 +164,6 @@ class sibling_parameter_gradient_expr {
   Group group_;
   const forward_context<T>* context_;
   std::tuple<detail::closure_t<GD>...> upstream_;
-  workspace<T>* workspace_ = nullptr;
 };
 
 /// \brief dL/dX (n x in) = sum_i G_i W_i + mask ⊙ ((sum_i T_i Λd_i) A) / (1 - p), lazily, with
@@ -178,7 +172,10 @@ class sibling_parameter_gradient_expr {
 /// `dX = expr;` overwrites, `expr.add_to(dX)` accumulates. Each sibling's order comes from the
 /// cost model (the product against A charged once); `.with_order()` forces one for all.
 template <class Exec, class Group, class... GD>
-class sibling_input_gradient_expr : public Eigen::ReturnByValue<sibling_input_gradient_expr<Exec, Group, GD...>> {
+class sibling_input_gradient_expr
+    : public Eigen::ReturnByValue<sibling_input_gradient_expr<Exec, Group, GD...>>,
+      public uses_workspace<sibling_input_gradient_expr<Exec, Group, GD...>, typename Group::scalar>,
+      public takes_order<sibling_input_gradient_expr<Exec, Group, GD...>> {
   using T = typename Group::scalar;
 
  public:
@@ -194,20 +191,6 @@ class sibling_input_gradient_expr : public Eigen::ReturnByValue<sibling_input_gr
   Eigen::Index rows() const { return std::get<0>(upstream_).rows(); }
   /// \brief in, the siblings' shared input features.
   Eigen::Index cols() const { return group_.in_features(); }
-
-  /// \brief Use `ws` for scratch memory instead of allocating.
-  sibling_input_gradient_expr using_workspace(workspace<T>& ws) const {
-    sibling_input_gradient_expr copy(*this);
-    copy.workspace_ = &ws;
-    return copy;
-  }
-  /// \brief Force one association order on every sibling instead of the cost model's choice;
-  ///        ignored (low-rank) when the forward applied dropout.
-  sibling_input_gradient_expr with_order(order requested) const {
-    sibling_input_gradient_expr copy(*this);
-    copy.order_ = requested;
-    return copy;
-  }
 
   /// \brief Eigen's hook for `dX = expr`: overwrites dX.
   /// \throws shape_error when dX is not n x in; aliasing_error when dX overlaps a G_i or a W0.
@@ -232,17 +215,11 @@ class sibling_input_gradient_expr : public Eigen::ReturnByValue<sibling_input_gr
   const forward_context<T>& context() const noexcept { return *context_; }
   /// \brief G_i = dL/dY_i, n x out_i, one per sibling in the group's order.
   const std::tuple<detail::closure_t<GD>...>& upstream() const noexcept { return upstream_; }
-  /// \brief The workspace set by using_workspace(), or null.
-  workspace<T>* scratch() const noexcept { return workspace_; }
-  /// \brief The order set by with_order() (order::automatic by default).
-  order requested_order() const noexcept { return order_; }
 
  private:
   Group group_;
   const forward_context<T>* context_;
   std::tuple<detail::closure_t<GD>...> upstream_;
-  workspace<T>* workspace_ = nullptr;
-  order order_ = order::automatic;
 };
 
 /// \brief Every sibling's dL/d lambda_b, dL/d lambda_d and the group's dL/dX in one pass, from
@@ -255,7 +232,8 @@ class sibling_input_gradient_expr : public Eigen::ReturnByValue<sibling_input_gr
 /// need two (G_i^T P and G_i Λb_i B_i Λd_i). `.eval_to(dX, g_0, ..., g_{N-1})` overwrites (a
 /// plain matrix dX is resized), `.add_to(...)` accumulates; everything is checked first.
 template <class Exec, class Group, class... GD>
-class sibling_backward_expr {
+class sibling_backward_expr
+    : public uses_workspace<sibling_backward_expr<Exec, Group, GD...>, typename Group::scalar> {
   using T = typename Group::scalar;
 
  public:
@@ -281,13 +259,6 @@ class sibling_backward_expr {
                    ctx.kept(i).cols(), "its out_features; the context was filled by another group");
       }
     });
-  }
-
-  /// \brief Use `ws` for scratch memory instead of allocating.
-  sibling_backward_expr using_workspace(workspace<T>& ws) const {
-    sibling_backward_expr copy(*this);
-    copy.workspace_ = &ws;
-    return copy;
   }
 
   /// \brief Overwrites dX (n x in; a plain matrix of another shape is resized) and sibling i's
@@ -316,8 +287,6 @@ class sibling_backward_expr {
   const sibling_context<T>& context() const noexcept { return *context_; }
   /// \brief G_i = dL/dY_i, n x out_i, one per sibling in the group's order.
   const std::tuple<detail::closure_t<GD>...>& upstream() const noexcept { return upstream_; }
-  /// \brief The workspace set by using_workspace(), or null.
-  workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
   template <class DX, class... Out>
@@ -357,7 +326,6 @@ class sibling_backward_expr {
   Group group_;
   const sibling_context<T>* context_;
   std::tuple<detail::closure_t<GD>...> upstream_;
-  workspace<T>* workspace_ = nullptr;
 };
 
 /// \brief Lazy backward of the whole group in one pass (see sibling_backward_expr). Shapes:

@@ -14,6 +14,7 @@
 #include "vera/backend/exec.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/operand.hpp"
+#include "vera/expr/settings.hpp"
 #include "vera/multi/sibling_context.hpp"
 #include "vera/multi/sibling_group.hpp"
 
@@ -63,9 +64,11 @@ void prepare_destinations(const char* operation, bool may_resize, Check&& check_
 /// `.eval_to(Y_0, ..., Y_{N-1})` overwrites (resizing plain matrices), `.add_to(...)`
 /// accumulates. `.train(ctx)` keeps P and the dropout key in ONE forward_context for the whole
 /// group (one mask for all siblings), which the group backward and the single-adapter backward
-/// of any sibling both read. Each sibling's order comes from the cost model, with P charged once.
+/// of any sibling both read. Each sibling's order comes from the cost model, with P charged once;
+/// `.with_order()` forces one order on every sibling.
 template <class Exec, class XD, class Group>
-class sibling_forward_expr {
+class sibling_forward_expr : public uses_workspace<sibling_forward_expr<Exec, XD, Group>, typename Group::scalar>,
+                             public takes_order<sibling_forward_expr<Exec, XD, Group>> {
   using T = typename Group::scalar;
   static_assert(scalar_matches<XD, T>, "vera::forward: X must have the siblings' scalar type");
 
@@ -89,20 +92,6 @@ class sibling_forward_expr {
     sibling_forward_expr copy(*this);
     copy.context_ = nullptr;
     copy.sibling_context_ = &ctx;
-    return copy;
-  }
-  /// \brief Use `ws` for scratch memory instead of allocating.
-  sibling_forward_expr using_workspace(workspace<T>& ws) const {
-    sibling_forward_expr copy(*this);
-    copy.workspace_ = &ws;
-    return copy;
-  }
-  /// \brief Force one association order on every sibling instead of the cost model's choice.
-  ///        A training forward with dropout, or one that keeps Q_i (`.train(sibling_context&)`),
-  ///        runs the low-rank order whatever is requested: a merged weight can express neither.
-  sibling_forward_expr with_order(order requested) const {
-    sibling_forward_expr copy(*this);
-    copy.order_ = requested;
     return copy;
   }
 
@@ -131,10 +120,6 @@ class sibling_forward_expr {
   forward_context<T>* context() const noexcept { return context_; }
   /// \brief The sibling_context set by train(sibling_context&), or null.
   sibling_context<T>* kept_context() const noexcept { return sibling_context_; }
-  /// \brief The workspace set by using_workspace(), or null.
-  workspace<T>* scratch() const noexcept { return workspace_; }
-  /// \brief The order set by with_order() (order::automatic by default).
-  order requested_order() const noexcept { return order_; }
 
  private:
   template <class... Dst>
@@ -166,8 +151,6 @@ class sibling_forward_expr {
   Group group_;
   forward_context<T>* context_ = nullptr;
   sibling_context<T>* sibling_context_ = nullptr;
-  workspace<T>* workspace_ = nullptr;
-  order order_ = order::automatic;
 };
 
 /// \brief Lazy forward of every sibling of `group` on X (n x in) on policy `Exec`.

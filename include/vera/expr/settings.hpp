@@ -1,0 +1,52 @@
+// SPDX-License-Identifier: Apache-2.0
+// What every lazy expression can be told before it is evaluated: a caller's workspace and a
+// forced association order, each added by one base class.
+#pragma once
+
+#include "vera/adapter/workspace.hpp"
+#include "vera/expr/cost.hpp"
+
+namespace vera {
+
+/// \brief Base of the lazy expressions that can evaluate in a caller's workspace: adds
+///        `.using_workspace(ws)`, which returns a copy of the expression `Derived` that uses `ws`.
+template <class Derived, class T>
+class uses_workspace {
+ public:
+  /// \brief Use `ws` for scratch memory instead of allocating.
+  Derived using_workspace(workspace<T>& ws) const {
+    Derived copy(static_cast<const Derived&>(*this));
+    static_cast<uses_workspace&>(copy).workspace_ = &ws;
+    return copy;
+  }
+  /// \brief The workspace set by using_workspace(), or null.
+  workspace<T>* scratch() const noexcept { return workspace_; }
+
+ private:
+  workspace<T>* workspace_ = nullptr;
+};
+
+/// \brief Base of the lazy expressions whose association order can be forced: adds
+///        `.with_order(o)`, which returns a copy of the expression `Derived` that runs `o`.
+///
+/// A forced order applies where it is valid: a forward with dropout on the adapter's input (and
+/// a sibling forward that keeps Q_i), and the input gradient after such a forward, run the
+/// low-rank order whatever is requested, since a merged weight cannot express a mask that only
+/// the adapter's term sees.
+template <class Derived>
+class takes_order {
+ public:
+  /// \brief Force an association order instead of the cost model's choice.
+  Derived with_order(order requested) const {
+    Derived copy(static_cast<const Derived&>(*this));
+    static_cast<takes_order&>(copy).order_ = requested;
+    return copy;
+  }
+  /// \brief The order set by with_order() (order::automatic by default).
+  order requested_order() const noexcept { return order_; }
+
+ private:
+  order order_ = order::automatic;
+};
+
+}  // namespace vera
