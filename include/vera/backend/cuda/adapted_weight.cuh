@@ -9,6 +9,7 @@
 #include "vera/backend/cuda/gemm.cuh"
 #include "vera/backend/cuda/kernels.cuh"
 #include "vera/backend/cuda/types.cuh"
+#include "vera/backend/cuda/validate.cuh"
 #include "vera/expr/cost.hpp"
 
 namespace vera::cuda {
@@ -55,16 +56,6 @@ order input_gradient_order(const layer_ref<T>& layer, index n, bool dropout,
 
 namespace detail {
 
-/// Elements of W0 as stored (out x in, or in x out with fan_in_fan_out): rows, then columns.
-template <class T>
-index stored_rows(const layer_ref<T>& layer) {
-  return layer.fan_in_fan_out ? layer.in : layer.out;
-}
-template <class T>
-index stored_cols(const layer_ref<T>& layer) {
-  return layer.fan_in_fan_out ? layer.out : layer.in;
-}
-
 /// dst (out x rank, dense) = sign Λb B Λd, enqueued on ctx.stream.
 template <class T>
 void launch_scaled_b(const stream_context& ctx, const layer_ref<T>& layer, float sign, T* dst,
@@ -100,6 +91,16 @@ void build_merged_weight(const stream_context& ctx, const layer_ref<T>& layer, m
                           stored_rows(layer), cudaMemcpyDeviceToDevice, ctx.stream),
         "merged weight cudaMemcpy2DAsync");
   add_delta_gemm(ctx, layer, scaled, weight, cols);
+}
+
+/// The weight the base GEMM reads: W0 itself in the low-rank order; in the merged order
+/// W0 + ΔW, built into `merged` (dense, W0's storage order) from scaled = Λb B Λd.
+template <class T>
+matrix_ref<const T> base_weight(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<const T> w0,
+                                order chosen, const T* scaled, T* merged) {
+  if (chosen != order::merged) return w0;
+  build_merged_weight(ctx, layer, w0, scaled, merged);
+  return {merged, stored_rows(layer), stored_cols(layer), stored_cols(layer)};
 }
 
 }  // namespace detail

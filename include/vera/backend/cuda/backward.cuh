@@ -136,16 +136,14 @@ void input_gradient(const stream_context& ctx, const layer_ref<T>& layer, input_
   const projection_ref<T>& proj = layer.projection;
   detail::launch_scaled_b(ctx, layer, 1.0f, plan.scaled_b, "vera::cuda::input_gradient scaled_b");
   const float beta = accumulate ? 1.0f : 0.0f;
-  if (chosen == order::merged) {
-    detail::build_merged_weight(ctx, layer, w0, static_cast<const T*>(plan.scaled_b), plan.weight);
-    detail::gemm_row_major(ctx, false, layer.fan_in_fan_out, n, layer.in, layer.out, 1.0f, g.data,
-                           g.stride, static_cast<const T*>(plan.weight), detail::stored_cols(layer),
-                           beta, grad_x.data, grad_x.stride, "input_gradient G (W0 + ΔW)");
-    return;
-  }
+  // Merged order: grad_X = G (W0 + ΔW), the weight built by one out x rank x in GEMM.
+  const bool merged = chosen == order::merged;
+  const matrix_ref<const T> weight =
+      detail::base_weight(ctx, layer, w0, chosen, static_cast<const T*>(plan.scaled_b), plan.weight);
   detail::gemm_row_major(ctx, false, layer.fan_in_fan_out, n, layer.in, layer.out, 1.0f, g.data,
-                         g.stride, w0.data, w0.stride, beta, grad_x.data, grad_x.stride,
-                         "input_gradient G W0");
+                         g.stride, weight.data, weight.stride, beta, grad_x.data, grad_x.stride,
+                         merged ? "input_gradient G (W0 + ΔW)" : "input_gradient G W0");
+  if (merged) return;
   detail::gemm_row_major(ctx, false, false, n, layer.rank, layer.out, 1.0f, g.data, g.stride,
                          static_cast<const T*>(plan.scaled_b), layer.rank, 0.0f, plan.thin,
                          layer.rank, "input_gradient G Λb B Λd");

@@ -70,23 +70,16 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
     beta = 1.0f;
   }
 
-  if (chosen == order::merged) {
-    // Y = X (W0 + ΔW)^T: one out x rank x in GEMM builds the weight, one n-sized GEMM uses it.
-    build_merged_weight(ctx, layer, w0, static_cast<const T*>(plan.scaled_b), plan.weight);
-    gemm_row_major(ctx, false, !layer.fan_in_fan_out, n, layer.out, layer.in, 1.0f, x.data,
-                   x.stride, static_cast<const T*>(plan.weight), stored_cols(layer), beta, y.data,
-                   y.stride, "forward X (W0 + ΔW)^T");
-    if (keeps) {
-      gemm_row_major(ctx, false, true, n, layer.rank, layer.in, 1.0f, x.data, x.stride, proj.a,
-                     proj.max_in, 0.0f, projected->data, projected->stride, "forward P = X A^T");
-    }
-    return;
-  }
-
+  // Merged order: Y = X (W0 + ΔW)^T, the weight built by one out x rank x in GEMM.
+  const bool merged = chosen == order::merged;
+  const matrix_ref<const T> weight =
+      base_weight(ctx, layer, w0, chosen, static_cast<const T*>(plan.scaled_b), plan.weight);
   gemm_row_major(ctx, false, !layer.fan_in_fan_out, n, layer.out, layer.in, 1.0f, x.data,
-                 x.stride, w0.data, w0.stride, beta, y.data, y.stride, "forward X W0^T");
+                 x.stride, weight.data, weight.stride, beta, y.data, y.stride,
+                 merged ? "forward X (W0 + ΔW)^T" : "forward X W0^T");
+  if (merged && !keeps) return;
 
-  // P = drop(X) A^T, into the caller's context or the workspace.
+  // P = drop(X) A^T, into the caller's context or the workspace (dropout implies low-rank).
   const T* adapter_input = x.data;
   index adapter_stride = x.stride;
   if (dropout) {
@@ -102,6 +95,7 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
   const index p_stride = keeps ? projected->stride : layer.rank;
   gemm_row_major(ctx, false, true, n, layer.rank, layer.in, 1.0f, adapter_input, adapter_stride,
                  proj.a, proj.max_in, 0.0f, p, p_stride, "forward P = X A^T");
+  if (merged) return;  // the adapter's term is already in the merged weight
   gemm_row_major(ctx, false, true, n, layer.out, layer.rank, 1.0f, static_cast<const T*>(p),
                  p_stride, static_cast<const T*>(plan.scaled_b), layer.rank, 1.0f, y.data,
                  y.stride, "forward Y += P (Λb B Λd)^T");

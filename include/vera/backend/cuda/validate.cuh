@@ -67,14 +67,20 @@ void check_layer(const layer_ref<T>& layer) {
   check_pointer("lambda_d", layer.lambda_d);
 }
 
+/// Extents of W0 as stored (out x in, or in x out with fan_in_fan_out): rows, then columns.
+template <class T>
+index stored_rows(const layer_ref<T>& layer) {
+  return layer.fan_in_fan_out ? layer.in : layer.out;
+}
+template <class T>
+index stored_cols(const layer_ref<T>& layer) {
+  return layer.fan_in_fan_out ? layer.out : layer.in;
+}
+
 /// Base weight extents as stored: out x in, or in x out with fan_in_fan_out.
 template <class T, class W>
 void check_weight(const layer_ref<T>& layer, const char* operand, const matrix_ref<W>& w0) {
-  if (layer.fan_in_fan_out) {
-    check_matrix(operand, w0, layer.in, layer.out);
-  } else {
-    check_matrix(operand, w0, layer.out, layer.in);
-  }
+  check_matrix(operand, w0, stored_rows(layer), stored_cols(layer));
 }
 
 /// Null or p = 0 means no dropout; otherwise p must lie in [0, 1).
