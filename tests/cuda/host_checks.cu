@@ -292,6 +292,15 @@ void order_checks() {
   VERA_CHECK(vera::cuda::input_gradient_order(half_llama, 4096, false) == order::low_rank);
   VERA_CHECK(vera::cuda::forward_order(half_llama, 4096, false, false, order::merged) == order::merged);
   VERA_CHECK(vera::cuda::input_gradient_order(half_llama, 4096, true, order::merged) == order::low_rank);
+  // Bad extents are refused, here and in the workspace sizes that ask for an order.
+  VERA_CHECK_THROWS(vera::cuda::forward_order(llama, -1, false, false), vera::value_error,
+                    "vera::cuda::forward_order: rows must be >= 0, got -1");
+  auto no_rank = llama;
+  no_rank.rank = 0;
+  VERA_CHECK_THROWS(vera::cuda::input_gradient_order(no_rank, 16, false), vera::value_error,
+                    "layer rank: expected a positive value, got 0");
+  VERA_CHECK_THROWS(vera::cuda::forward_workspace_bytes(llama, -3, false, false), vera::value_error,
+                    "rows must be >= 0, got -3");
 }
 
 }  // namespace

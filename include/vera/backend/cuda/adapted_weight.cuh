@@ -3,6 +3,7 @@
 // a weight, and the association order each operation runs in.
 #pragma once
 
+#include <string>
 #include <type_traits>
 
 #include "vera/backend/cuda/error.cuh"
@@ -28,6 +29,18 @@ order storage_default(order requested) {
   return requested;
 }
 
+/// The extents the order functions read: a layer's positive in, out and rank, and n >= 0 rows.
+template <class T>
+product_extents order_extents(const char* operation, const layer_ref<T>& layer, index n) {
+  check_positive("layer in", layer.in);
+  check_positive("layer out", layer.out);
+  check_positive("layer rank", layer.rank);
+  if (n < 0) {
+    throw value_error(std::string(operation) + ": rows must be >= 0, got " + std::to_string(n));
+  }
+  return {n, layer.in, layer.out, layer.rank};
+}
+
 }  // namespace detail
 
 /// \brief The order forward() (keeps_context false) or forward_train() runs for n rows: the
@@ -35,10 +48,11 @@ order storage_default(order requested) {
 ///        automatic, and always low-rank with dropout (a merged weight cannot apply the mask to
 ///        the adapter's input alone). With 16-bit storage automatic means low-rank: a merged
 ///        weight rounded to 16 bits would lose most of a small ΔW.
+/// \throws value_error when n is negative or the layer's in, out or rank is not positive.
 template <class T>
 order forward_order(const layer_ref<T>& layer, index n, bool keeps_context, bool dropout,
                     order requested = order::automatic) {
-  const product_extents extents{n, layer.in, layer.out, layer.rank};
+  const product_extents extents = detail::order_extents("vera::cuda::forward_order", layer, n);
   return choose_order(detail::storage_default<T>(requested),
                       forward_costs(extents, keeps_context, /*workspace_reused=*/true), !dropout);
 }
@@ -46,10 +60,11 @@ order forward_order(const layer_ref<T>& layer, index n, bool keeps_context, bool
 /// \brief The order input_gradient() runs for n rows: low-rank (G Λb B Λd) A, or merged
 ///        G (W0 + ΔW); chosen as forward_order() does (16-bit storage included), from
 ///        vera::input_gradient_costs.
+/// \throws value_error when n is negative or the layer's in, out or rank is not positive.
 template <class T>
 order input_gradient_order(const layer_ref<T>& layer, index n, bool dropout,
                            order requested = order::automatic) {
-  const product_extents extents{n, layer.in, layer.out, layer.rank};
+  const product_extents extents = detail::order_extents("vera::cuda::input_gradient_order", layer, n);
   return choose_order(detail::storage_default<T>(requested),
                       input_gradient_costs(extents, /*workspace_reused=*/true), !dropout);
 }
