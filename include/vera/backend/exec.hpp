@@ -9,8 +9,9 @@ namespace vera::exec {
 /// \brief Host backend: Eigen's vectorised GEMM plus fused loops for the elementwise parts.
 struct cpu {};
 
-/// \brief GPU backend. Its evaluators work on device memory and live in <vera/cuda.hpp>;
-///        the Eigen front-end's host expressions cannot be evaluated with it.
+/// \brief GPU backend. `vera::forward(exec::cuda{}, ...)` and the other front-end calls build
+///        device expressions over vera::cuda views when <vera/cuda.hpp> is included; their
+///        evaluators live there. The Eigen front-end's host expressions cannot use it.
 struct cuda {};
 
 /// \brief The policy used when a call names none.
@@ -21,9 +22,17 @@ using default_policy = cpu;
 template <class Exec>
 inline constexpr bool is_cpu_policy = std::is_base_of_v<cpu, Exec>;
 
+/// \brief True for cuda and any tag derived from it.
+template <class Exec>
+inline constexpr bool is_cuda_policy = std::is_base_of_v<cuda, Exec>;
+
 }  // namespace vera::exec
 
 namespace vera {
+
+/// \brief Whether an evaluation replaces the destination (`overwrite`) or adds to it
+///        (`accumulate`).
+enum class assign_mode { overwrite, accumulate };
 
 namespace detail {
 template <class>

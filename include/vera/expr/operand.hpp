@@ -7,6 +7,7 @@
 
 #include <Eigen/Core>
 
+#include "vera/backend/exec.hpp"
 #include "vera/core/error.hpp"
 #include "vera/core/shape.hpp"
 
@@ -16,10 +17,6 @@ namespace vera {
 struct no_bias_t {};
 /// \brief Pass in place of the bias vector for a layer without one.
 inline constexpr no_bias_t no_bias{};
-
-/// \brief Whether an evaluation replaces the destination (`overwrite`) or adds to it
-///        (`accumulate`).
-enum class assign_mode { overwrite, accumulate };
 
 namespace detail {
 

@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 // What every lazy expression can be told before it is evaluated: a caller's workspace and a
-// forced association order, each added by one base class.
+// forced association order, each added by one base class. Free of Eigen, so that the device
+// expressions of <vera/cuda.hpp> share takes_order.
 #pragma once
 
-#include "vera/adapter/workspace.hpp"
 #include "vera/expr/cost.hpp"
 
 namespace vera {
+
+template <class T>
+class workspace;
 
 /// \brief Base of the lazy expressions that can evaluate in a caller's workspace: adds
 ///        `.using_workspace(ws)`, which returns a copy of the expression `Derived` that uses `ws`.

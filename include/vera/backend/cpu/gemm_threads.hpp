@@ -30,7 +30,9 @@ inline std::atomic<int> gemm_threads_setting{0};
 /// threaded BLAS they are issued as Y^T = W0 X^T, so that the long side is the one the BLAS splits
 /// between threads (see docs/design.md). The result is the same up to floating-point rounding.
 /// 0, the default, asks the library: OpenBLAS's own count when Eigen's products go to a BLAS
-/// (EIGEN_USE_BLAS), Eigen::nbThreads() otherwise. Set it when another BLAS runs threaded.
+/// (EIGEN_USE_BLAS). Without a BLAS, Eigen's own GEMM keeps the direct arrangement unless a count
+/// above 1 is set here (transposed was slower there), although gemm_threads() then reports
+/// Eigen::nbThreads(). Set it when another BLAS runs threaded.
 /// \throws vera::value_error when `threads` is negative.
 inline void set_gemm_threads(int threads) {
   if (threads < 0) {
