@@ -4,9 +4,10 @@
 //
 // The program owns every device buffer and the stream; vera only enqueues work on them. The
 // projection is generated on the device (the same bits as the CPU's), the teacher's outputs come
-// from vera::cuda::forward with other lambdas, and each step runs forward_train and
-// parameter_gradients. The loss and the momentum-SGD update of the 2 x 32 lambdas stay on the
-// host for brevity: they are a few hundred numbers. Exits 77 (CTest: skipped) without a GPU.
+// from the direct call vera::cuda::forward with other lambdas, and each step writes the
+// front-end's expressions on exec::cuda: a training forward that keeps P in a training context,
+// then the parameter gradients. The loss and the momentum-SGD update of the 2 x 32 lambdas stay
+// on the host for brevity: they are a few hundred numbers. Exits 77 (CTest: skipped) without a GPU.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -96,6 +97,8 @@ int train(cudaStream_t stream, int steps) {
   const auto Y = vc::dense(y.data(), batch, out);
   const auto P = vc::dense(p.data(), batch, rank);
   const auto G = vc::dense(g.data(), batch, out);
+  // P of each training forward (and its dropout key, unused here) for the backward.
+  vc::training_context<float> context(P);
   std::vector<float> host_x, host_y(static_cast<std::size_t>(batch * out)), host_target(host_y.size());
   std::vector<float> host_g(host_y.size()), host_grad_b(b.size()), host_grad_d(d.size());
   momentum_sgd opt_b{0.05f, 0.9f, {}}, opt_d{0.05f, 0.9f, {}};
@@ -107,7 +110,7 @@ int train(cudaStream_t stream, int steps) {
     host_x = random_vector(rng, batch * in, 1.0f);
     upload(host_x, x, stream);
     vc::forward(ctx, teacher, X, W0, nullptr, vc::dense(target.data(), batch, out), ws.ref());
-    vc::forward_train(ctx, student, X, W0, nullptr, Y, P, ws.ref());
+    vera::forward(vera::exec::cuda{}, X, W0, nullptr, student).train(context).on(h).using_workspace(ws).eval_to(Y);
     download(target, host_target, stream);
     download(y, host_y, stream);
 
@@ -123,7 +126,10 @@ int train(cudaStream_t stream, int steps) {
     if (step % (steps / 10) == 0) std::printf("step %4d  loss %.4e\n", step, double(loss));
 
     upload(host_g, g, stream);
-    vc::parameter_gradients(ctx, student, G, P, grad_b.data(), grad_d.data(), ws.ref());
+    vera::parameter_gradients(vera::exec::cuda{}, G, student, context)
+        .on(h)
+        .using_workspace(ws)
+        .eval_to({grad_b.data(), grad_d.data()});
     download(grad_b, host_grad_b, stream);
     download(grad_d, host_grad_d, stream);
     opt_b.step(b, host_grad_b);
@@ -134,9 +140,9 @@ int train(cudaStream_t stream, int steps) {
 
   // Merging folds the adapter into W0: the merged weight alone (a layer with b = 0 adds nothing)
   // gives the adapted layer's outputs.
-  vc::forward(ctx, student, X, W0, nullptr, Y, ws.ref());
+  vera::forward(vera::exec::cuda{}, X, W0, nullptr, student).on(h).using_workspace(ws).eval_to(Y);
   download(y, host_y, stream);
-  vc::merge(ctx, student, W0, ws.ref());
+  vera::delta_weight(student).on(h).using_workspace(ws).add_to(W0);  // the merge: W0 += ΔW
   vc::device_buffer<float> zero_b = to_device(std::vector<float>(b.size(), 0.0f));
   const vc::layer_ref<float> plain{projection.view(), in, out, rank, zero_b.data(), lambda_d.data(), false};
   vc::forward(ctx, plain, X, W0, nullptr, vc::dense(target.data(), batch, out), ws.ref());

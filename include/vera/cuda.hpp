@@ -13,6 +13,7 @@
 #include "vera/backend/cuda/adapted_weight.cuh"
 #include "vera/backend/cuda/backward.cuh"
 #include "vera/backend/cuda/error.cuh"
+#include "vera/backend/cuda/expressions.cuh"
 #include "vera/backend/cuda/forward.cuh"
 #include "vera/backend/cuda/memory.cuh"
 #include "vera/backend/cuda/merge.cuh"

@@ -180,6 +180,58 @@ void run(const vc::handle& h, const scenario& s, double tolerance) {
   vc::check(cudaStreamSynchronize(ctx.stream), "sync");
   VERA_CHECK(grad_b.download() == first_b && grad_d.download() == first_d);
 
+  // The same step through the front-end's expressions (exec::cuda), in both orders, with a
+  // training context whose dropout key continues where the calls above had theirs.
+  device_array<T> storage(s.n + 3, s.rank), y_expr(s.n, s.out), dx_expr(s.n, s.in), dw(w0.rows, w0.cols);
+  device_array<float> gb_expr(s.out, 1), gd_expr(s.rank, 1);
+  vc::training_context<T> tc(storage.view(), s.dropout, mask.seed);
+  for (const vera::order o : {vera::order::low_rank, vera::order::merged}) {
+    tc.resume_at(mask.step);
+    vera::forward(vera::exec::cuda{}, x.view(), w0.view(), bias_data, layer)
+        .train(tc).with_order(o).on(h).using_workspace(ws).eval_to(y_expr.view());
+    vera::parameter_gradients(vera::exec::cuda{}, g.view(), layer, tc)
+        .on(h).using_workspace(ws).eval_to({gb_expr.buffer.data(), gd_expr.buffer.data()});
+    vera::input_gradient(vera::exec::cuda{}, g.view(), w0.view(), layer, tc)
+        .with_order(o).on(h).using_workspace(ws).eval_to(dx_expr.view());
+    vc::check(cudaStreamSynchronize(ctx.stream), "sync");
+    VERA_CHECK(tc.ready() && tc.rows() == s.n && tc.mask_key().step == mask.step);
+    VERA_CHECK(close("Y (expression)", y_expr.download(), want.y, tolerance));
+    std::vector<double> kept_p = storage.download();
+    kept_p.resize(want.p.size());
+    VERA_CHECK(close("P (expression)", kept_p, want.p, tolerance));
+    VERA_CHECK(close("grad_b (expression)", gb_expr.download(), want.grad_b, tolerance));
+    VERA_CHECK(close("grad_d (expression)", gd_expr.download(), want.grad_d, tolerance));
+    VERA_CHECK(close("grad_X (expression)", dx_expr.download(), want.grad_x, tolerance));
+    // add_to accumulates: Y and the gradients twice over.
+    vera::forward(x.view(), w0.view(), bias_data, layer).with_order(o).on(h).using_workspace(ws)
+        .add_to(y_expr.view());
+    vera::parameter_gradients(g.view(), layer, tc).on(h).using_workspace(ws)
+        .add_to({gb_expr.buffer.data(), gd_expr.buffer.data()});
+    vc::check(cudaStreamSynchronize(ctx.stream), "sync");
+    if (s.dropout == 0) {
+      std::vector<double> twice_y = want.y;
+      for (double& v : twice_y) v *= 2;
+      VERA_CHECK(close("Y added (expression)", y_expr.download(), twice_y, tolerance));
+    }
+    std::vector<double> twice_b = want.grad_b, twice_d = want.grad_d;
+    for (double& v : twice_b) v *= 2;
+    for (double& v : twice_d) v *= 2;
+    VERA_CHECK(close("grad_b added (expression)", gb_expr.download(), twice_b, tolerance));
+    VERA_CHECK(close("grad_d added (expression)", gd_expr.download(), twice_d, tolerance));
+  }
+  // ΔW alone, then merged into and taken out of W0 through the expression.
+  vera::delta_weight(layer).on(h).using_workspace(ws).eval_to(dw.view());
+  vc::check(cudaStreamSynchronize(ctx.stream), "sync");
+  std::vector<double> want_delta = want.merged;
+  for (std::size_t i = 0; i < want_delta.size(); ++i) want_delta[i] -= p.w0[i];
+  VERA_CHECK(close("ΔW (expression)", dw.download(), want_delta, tolerance));
+  vera::delta_weight(layer).on(h).using_workspace(ws).add_to(w0.view());
+  vc::check(cudaStreamSynchronize(ctx.stream), "sync");
+  VERA_CHECK(close("merged W0 (expression)", w0.download(), want.merged, tolerance));
+  vera::delta_weight(layer).on(h).using_workspace(ws).subtract_from(w0.view());
+  vc::check(cudaStreamSynchronize(ctx.stream), "sync");
+  VERA_CHECK(close("unmerged W0 (expression)", w0.download(), p.w0, tolerance));
+
   // Merge, unmerge, safe merge (accepted, then rejected with a non-finite lambda_b).
   vc::merge(ctx, layer, w0.view(), ws.ref());
   vc::check(cudaStreamSynchronize(ctx.stream), "sync");

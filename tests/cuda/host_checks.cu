@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include <vera/cuda.hpp>
 
@@ -94,7 +95,7 @@ void validation_checks() {
                             m(5, 7), ws),
                     vera::shape_error, "X: stride 8 is smaller than its 9 columns");
   VERA_CHECK_THROWS(forward(ctx, layer, m(5, 9), m(7, 9), nullptr, m(5, 7), {fake, 16}),
-                    vera::value_error, "forward workspace: expected at least");
+                    vera::value_error, "vera::cuda::forward workspace: expected at least");
   VERA_CHECK_THROWS(forward(ctx, layer, m(5, 9), m(7, 9), nullptr, m(5, 7), {nullptr, enough}),
                     vera::value_error, "workspace: null device pointer");
 
@@ -132,12 +133,12 @@ void validation_checks() {
                     vera::shape_error, "grad_X: expected 5 x 9, got 5 x 7");
   VERA_CHECK_THROWS(vera::cuda::input_gradient(ctx, layer, m(5, 7), m(7, 9), m(5, 9), {fake, 8},
                                                &mask),
-                    vera::value_error, "input_gradient workspace: expected at least");
+                    vera::value_error, "vera::cuda::input_gradient workspace: expected at least");
 
   VERA_CHECK_THROWS(vera::cuda::merge(ctx, layer, m(9, 7), ws), vera::shape_error,
                     "W0: expected 7 x 9, got 9 x 7");
   VERA_CHECK_THROWS(vera::cuda::unmerge(ctx, layer, m(7, 9), {fake, 0}), vera::value_error,
-                    "unmerge workspace: expected at least");
+                    "vera::cuda::unmerge workspace: expected at least");
   VERA_CHECK_THROWS(vera::cuda::safe_merge(ctx, layer, m(7, 9), ws, nullptr), vera::value_error,
                     "rejected flag: null device pointer");
 
@@ -303,6 +304,140 @@ void order_checks() {
                     "rows must be >= 0, got -3");
 }
 
+
+// A refinement of the CUDA policy: without overloads of its own it must reach the CUDA
+// evaluators (the generic fallback for other policies would not compile).
+struct tuned_cuda : vera::exec::cuda {};
+
+// The front-end's expressions on device views: built by vera::forward & co. with exec::cuda,
+// checked when built and when evaluated, and dispatched to the CUDA evaluators at compile time.
+// Every evaluation below either throws before device work or has no rows (n = 0 returns after
+// validation), so the stand-in memory is never touched; operands, layer and workspace lie in
+// separate stand-in regions, as in aliasing_checks.
+void expression_checks() {
+  using vera::exec::cuda;
+  using vera::cuda::dense;
+  vera::cuda::layer_ref<float> layer;
+  layer.projection = {layer_memory, layer_memory + 96, 8, 12, 10};
+  layer.in = 9;
+  layer.out = 7;
+  layer.rank = 4;
+  layer.lambda_b = layer_memory + 200;
+  layer.lambda_d = layer_memory + 210;
+  const auto x = [](vera::index n) { return dense(operands, n, 9); };
+  const auto w0 = dense(operands + 64, 7, 9);
+  const auto y = [](vera::index n, vera::index cols = 7) { return dense(operands + 128, n, cols); };
+  const auto g = [](vera::index n, vera::index cols = 7) { return dense(operands + 256, n, cols); };
+  float* grads = operands + 640;
+  float* storage = operands + 704;
+  const vera::cuda::workspace_ref ws{operands + 1024, vera::cuda::workspace_bytes(layer, 5)};
+  vera::cuda::stream_context sc{};
+  sc.cublas = reinterpret_cast<cublasHandle_t>(fake);  // never reached: see above
+
+  static_assert(std::is_same_v<decltype(vera::forward(cuda{}, x(5), w0, nullptr, layer)),
+                               vera::cuda::forward_expr<cuda, float>>);
+  static_assert(std::is_same_v<decltype(vera::forward(x(5), w0, nullptr, layer)),
+                               vera::cuda::forward_expr<cuda, float>>);
+  static_assert(std::is_same_v<decltype(vera::delta_weight(layer)), vera::cuda::delta_weight_expr<cuda, float>>);
+  static_assert(vera::exec::is_cuda_policy<tuned_cuda> && !vera::exec::is_cpu_policy<tuned_cuda>);
+
+  // Built: the operands' shapes against the layer.
+  VERA_CHECK_THROWS(vera::forward(cuda{}, dense(operands, 5, 8), w0, nullptr, layer), vera::shape_error,
+                    "X: expected 5 x 9, got 5 x 8");
+  VERA_CHECK_THROWS(vera::forward(cuda{}, x(5), dense(operands + 64, 9, 7), nullptr, layer), vera::shape_error,
+                    "W0: expected 7 x 9, got 9 x 7");
+  auto deep = layer;
+  deep.rank = 9;
+  VERA_CHECK_THROWS(vera::delta_weight(deep), vera::rank_error, "layer rank: expected at most the projection rank 8, got 9");
+
+  // Evaluated: the stream and workspace must be given, the destination must fit.
+  const auto fwd = vera::forward(cuda{}, x(5), w0, nullptr, layer);
+  VERA_CHECK(fwd.rows() == 5 && fwd.cols() == 7 && fwd.context() == nullptr);
+  VERA_CHECK_THROWS(fwd.eval_to(y(5)), vera::value_error, "vera::cuda::forward: no cuBLAS handle; give the stream");
+  VERA_CHECK_THROWS(fwd.on(sc).eval_to(y(5)), vera::value_error, "vera::cuda::forward: no workspace; give one");
+  VERA_CHECK_THROWS(fwd.on(sc).using_workspace(ws).eval_to(y(4)), vera::shape_error, "Y: expected 5 x 7, got 4 x 7");
+  VERA_CHECK_THROWS(fwd.on(sc).using_workspace({operands + 1024, 16}).add_to(y(5)), vera::value_error,
+                    "vera::cuda::forward workspace: expected at least");
+  VERA_CHECK_THROWS(fwd.on(sc).using_workspace(ws).add_to(dense(operands + 100, 5, 7)), vera::aliasing_error,
+                    "vera::cuda::forward: Y overlaps W0");
+  VERA_CHECK(fwd.with_order(vera::order::merged).requested_order() == vera::order::merged);
+  VERA_CHECK(fwd.on(sc).on_stream().cublas == sc.cublas && fwd.using_workspace(ws).scratch().bytes == ws.bytes);
+  // A derived tag reaches the same evaluator.
+  const vera::cuda::forward_expr<tuned_cuda, float> tuned(layer, x(5), w0, nullptr);
+  VERA_CHECK_THROWS(tuned.eval_to(y(5)), vera::value_error, "vera::cuda::forward: no cuBLAS handle");
+
+  // The training context: checked when made, used by forward and backward.
+  VERA_CHECK_THROWS(vera::cuda::training_context<float>(dense(storage, 8, 4), 1.0), vera::value_error,
+                    "dropout probability: expected a value in [0, 1)");
+  VERA_CHECK_THROWS(vera::cuda::training_context<float>(matrix_ref<float>{storage, 8, 4, 3}), vera::shape_error,
+                    "training_context storage: stride 3 is smaller than its 4 columns");
+  vera::cuda::training_context<float> narrow(dense(storage, 8, 3));
+  VERA_CHECK_THROWS(fwd.train(narrow).on(sc).using_workspace(ws).eval_to(y(5)), vera::rank_error,
+                    "training_context: storage has 3 columns, the layer has rank 4");
+  vera::cuda::training_context<float> ctx(dense(storage, 4, 4), 0.25, 99);
+  VERA_CHECK_THROWS(fwd.train(ctx).on(sc).using_workspace(ws).eval_to(y(5)), vera::shape_error,
+                    "training_context: storage holds 4 rows of P, the forward has 5");
+  VERA_CHECK_THROWS(vera::parameter_gradients(cuda{}, g(5), layer, ctx), vera::state_error,
+                    "the training context holds no training forward");
+  VERA_CHECK_THROWS(vera::input_gradient(g(5), w0, layer, ctx), vera::state_error,
+                    "the training context holds no training forward");
+  VERA_CHECK(!ctx.ready() && ctx.next_step() == 0);
+
+  // A training forward of no rows validates everything and enqueues nothing: the context
+  // records it (rows, dropout step); a refused one leaves the context as it was.
+  const auto empty = vera::forward(cuda{}, x(0), w0, nullptr, layer).train(ctx).on(sc);
+  empty.using_workspace(ws).eval_to(y(0));
+  VERA_CHECK(ctx.ready() && ctx.rows() == 0 && ctx.mask_key().step == 0 && ctx.next_step() == 1);
+  VERA_CHECK(ctx.mask_key().seed == 99 && ctx.mask_key().probability == 0.25);
+  empty.using_workspace(ws).add_to(y(0));
+  VERA_CHECK(ctx.mask_key().step == 1 && ctx.next_step() == 2);
+  VERA_CHECK_THROWS(empty.using_workspace({operands + 1024, 8}).eval_to(y(0)), vera::value_error,
+                    "vera::cuda::forward_train workspace: expected at least");
+  VERA_CHECK(ctx.ready() && ctx.mask_key().step == 1 && ctx.next_step() == 2);
+  VERA_CHECK_THROWS(empty.using_workspace(ws).eval_to(y(0, 6)), vera::shape_error, "Y: expected 0 x 7, got 0 x 6");
+  VERA_CHECK(ctx.next_step() == 2);
+  ctx.resume_at(40);
+  VERA_CHECK(ctx.next_step() == 40 && ctx.mask_key().step == 1);
+
+  // Backward against the context: G must have the forward's rows; the rank must match.
+  VERA_CHECK_THROWS(vera::parameter_gradients(cuda{}, g(5), layer, ctx), vera::shape_error,
+                    "G: expected 0 rows (rows of the training forward), got 5");
+  VERA_CHECK_THROWS(vera::input_gradient(cuda{}, g(0, 6), w0, layer, ctx), vera::shape_error,
+                    "G: expected 7 columns (the layer's out features), got 6");
+  VERA_CHECK_THROWS(vera::input_gradient(cuda{}, g(0), dense(operands + 64, 9, 7), layer, ctx), vera::shape_error,
+                    "W0: expected 7 x 9, got 9 x 7");
+  auto lower = layer;
+  lower.rank = 3;
+  VERA_CHECK_THROWS(vera::parameter_gradients(cuda{}, g(0), lower, ctx), vera::rank_error,
+                    "training_context: holds rank 4, the layer has rank 3");
+  const auto dx = vera::input_gradient(cuda{}, g(0), w0, layer, ctx).with_order(vera::order::low_rank);
+  VERA_CHECK(dx.rows() == 0 && dx.cols() == 9 && dx.requested_order() == vera::order::low_rank);
+  VERA_CHECK_THROWS(dx.on(sc).using_workspace(ws).eval_to(dense(operands + 512, 0, 7)), vera::shape_error,
+                    "grad_X: expected 0 x 9, got 0 x 7");
+  const auto grads_expr = vera::parameter_gradients(cuda{}, g(0), layer, ctx);
+  VERA_CHECK_THROWS(grads_expr.using_workspace(ws).eval_to({grads, grads + 8}), vera::value_error,
+                    "vera::cuda::parameter_gradients: no cuBLAS handle");
+  VERA_CHECK_THROWS(grads_expr.on(sc).using_workspace(ws).add_to({grads, grads + 3}), vera::aliasing_error,
+                    "vera::cuda::parameter_gradients: grad_b overlaps grad_d");
+
+  // ΔW: overwrite, merge and unmerge name their destination and operation.
+  const auto delta = vera::delta_weight(layer).on(sc).using_workspace(ws);
+  VERA_CHECK(delta.rows() == 7 && delta.cols() == 9);
+  VERA_CHECK_THROWS(delta.eval_to(dense(operands + 64, 9, 7)), vera::shape_error,
+                    "destination (ΔW): expected 7 x 9, got 9 x 7");
+  VERA_CHECK_THROWS(delta.add_to(dense(operands + 1020, 7, 9)), vera::aliasing_error,
+                    "vera::cuda::merge: W0 overlaps workspace");
+  VERA_CHECK_THROWS(delta.subtract_from(dense(layer_memory + 150, 7, 9)), vera::aliasing_error,
+                    "vera::cuda::unmerge: W0 overlaps projection B");
+  VERA_CHECK_THROWS(delta.using_workspace({operands + 1024, 4}).subtract_from(w0), vera::value_error,
+                    "vera::cuda::unmerge workspace: expected at least");
+  VERA_CHECK_THROWS(vera::delta_weight(layer).on(sc).eval_to(w0), vera::value_error,
+                    "vera::delta_weight (exec::cuda): no workspace");
+  auto conv = layer;
+  conv.fan_in_fan_out = true;
+  VERA_CHECK(vera::delta_weight<tuned_cuda>(conv).rows() == 9 && vera::delta_weight(conv).cols() == 7);
+}
+
 }  // namespace
 
 int main() {
@@ -311,5 +446,6 @@ int main() {
   workspace_size_checks();
   order_checks();
   aliasing_checks();
+  expression_checks();
   return vera_test::summary("cuda host checks");
 }

@@ -82,18 +82,19 @@ void launch_scaled_b(const stream_context& ctx, const layer_ref<T>& layer, float
   check_launch(operation);
 }
 
-/// target (stored as W0, row stride `stride`) += scaled A, with scaled = ± Λb B Λd (out x rank).
+/// target (stored as W0, row stride `stride`) = keep target + scaled A, with scaled = ± Λb B Λd
+/// (out x rank); keep is 1 (add) or 0 (overwrite with ΔW).
 template <class T>
 void add_delta_gemm(const stream_context& ctx, const layer_ref<T>& layer, const T* scaled, T* target,
-                    index stride) {
+                    index stride, float keep = 1.0f) {
   const projection_ref<T>& proj = layer.projection;
   if (layer.fan_in_fan_out) {
     // in x out storage: ΔW^T = A^T (Λb B Λd)^T.
     gemm_row_major(ctx, true, true, layer.in, layer.out, layer.rank, 1.0f, proj.a, proj.max_in,
-                   scaled, layer.rank, 1.0f, target, stride, "W0 += A^T (Λb B Λd)^T");
+                   scaled, layer.rank, keep, target, stride, "W0 += A^T (Λb B Λd)^T");
   } else {
     gemm_row_major(ctx, false, false, layer.out, layer.in, layer.rank, 1.0f, scaled, layer.rank,
-                   proj.a, proj.max_in, 1.0f, target, stride, "W0 += (Λb B Λd) A");
+                   proj.a, proj.max_in, keep, target, stride, "W0 += (Λb B Λd) A");
   }
 }
 

@@ -53,7 +53,7 @@ void parameter_gradients(const stream_context& ctx, const layer_ref<T>& layer,
   detail::check_matrix("projected (P)", projected, n, layer.rank);
   detail::carver sizing;
   (void)detail::parameter_gradient_plan<T>{sizing, layer};
-  detail::check_workspace("parameter_gradients", ws, sizing.used());
+  detail::check_workspace("vera::cuda::parameter_gradients", ws, sizing.used());
   {
     using detail::range_of;
     const char* operation = "vera::cuda::parameter_gradients";
@@ -119,7 +119,7 @@ void input_gradient(const stream_context& ctx, const layer_ref<T>& layer, input_
   const order chosen = input_gradient_order(layer, n, dropout, requested);
   detail::carver sizing;
   (void)detail::input_gradient_plan<T>{sizing, layer, n, dropout, chosen};
-  detail::check_workspace("input_gradient", ws, sizing.used());
+  detail::check_workspace("vera::cuda::input_gradient", ws, sizing.used());
   {
     using detail::range_of;
     const char* operation = "vera::cuda::input_gradient";

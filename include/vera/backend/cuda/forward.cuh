@@ -29,7 +29,7 @@ template <class T>
 void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<const T> x,
                   matrix_ref<const T> w0, const T* bias, matrix_ref<T> y,
                   matrix_ref<T>* projected, const dropout_key* mask, workspace_ref ws,
-                  order requested) {
+                  order requested, bool accumulate = false) {
   static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
   check_layer(layer);
   const index n = x.rows;
@@ -39,14 +39,14 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
   if (projected != nullptr) check_matrix("projected (P)", *projected, n, layer.rank);
   const bool dropout = uses_dropout(mask);
   if (dropout && projected == nullptr) {
-    throw value_error("dropout: only a training forward (forward_train) applies a mask");
+    throw value_error("vera::cuda::forward: dropout applies only in a training forward (forward_train)");
   }
   const bool keeps = projected != nullptr;
   const order chosen = forward_order(layer, n, keeps, dropout, requested);
+  const char* operation = keeps ? "vera::cuda::forward_train" : "vera::cuda::forward";
   carver sizing;
   (void)forward_plan<T>{sizing, layer, n, keeps, dropout, chosen};
-  check_workspace("forward", ws, sizing.used());
-  const char* operation = keeps ? "vera::cuda::forward_train" : "vera::cuda::forward";
+  check_workspace(operation, ws, sizing.used());
   const byte_range read[] = {range_of("X", x), range_of("W0", w0),
                              range_of("bias", bias, bias != nullptr ? static_cast<std::size_t>(layer.out) : 0)};
   const byte_range scratch = range_of(ws, sizing.used());
@@ -61,11 +61,11 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
   const projection_ref<T>& proj = layer.projection;
   launch_scaled_b(ctx, layer, 1.0f, plan.scaled_b, "vera::cuda::forward scaled_b");
 
-  // The base GEMM either starts from the broadcast bias or overwrites Y.
-  float beta = 0.0f;
+  // The base GEMM adds to Y (accumulating, or on top of the broadcast bias) or overwrites it.
+  float beta = accumulate ? 1.0f : 0.0f;
   if (bias != nullptr) {
     kernels::broadcast_rows<T><<<kernels::grid_for(n * layer.out), kernels::block_threads, 0,
-                                 ctx.stream>>>(bias, n, layer.out, y.data, y.stride);
+                                 ctx.stream>>>(bias, n, layer.out, y.data, y.stride, accumulate);
     check_launch("vera::cuda::forward bias");
     beta = 1.0f;
   }

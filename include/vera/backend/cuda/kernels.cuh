@@ -64,14 +64,16 @@ __global__ void scaled_b(const T* b, std::int64_t b_stride, const float* lambda_
   }
 }
 
-/// Every row of y (rows x cols) = bias (cols): the GEMMs then accumulate on top.
+/// Every row of y (rows x cols) = bias (cols), or += bias with `accumulate`: the GEMMs then
+/// accumulate on top.
 template <class T>
 __global__ void broadcast_rows(const T* bias, std::int64_t rows, std::int64_t cols, T* y,
-                               std::int64_t y_stride) {
+                               std::int64_t y_stride, bool accumulate) {
   for (std::int64_t i = first_thread(); i < rows * cols; i += thread_stride()) {
     const std::int64_t r = i / cols;
     const std::int64_t c = i % cols;
-    y[r * y_stride + c] = bias[c];
+    T& out = y[r * y_stride + c];
+    out = accumulate ? T(float(out) + float(bias[c])) : bias[c];
   }
 }
 

@@ -24,25 +24,28 @@ namespace detail {
 // the small out x rank factor.
 template <class T>
 void add_delta(const stream_context& ctx, const layer_ref<T>& layer, const merge_plan<T>& plan,
-               float sign, T* target, index stride) {
+               float sign, T* target, index stride, float keep = 1.0f) {
   launch_scaled_b(ctx, layer, sign, plan.scaled_b, "vera::cuda::merge scaled_b");
-  add_delta_gemm(ctx, layer, static_cast<const T*>(plan.scaled_b), target, stride);
+  add_delta_gemm(ctx, layer, static_cast<const T*>(plan.scaled_b), target, stride, keep);
 }
 
+/// w0 = keep w0 + sign ΔW: merge (1, 1), unmerge (1, -1), ΔW alone (0, 1); `target` names w0 in
+/// messages.
 template <class T>
 void merge_signed(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
-                  workspace_ref ws, float sign, const char* operation, const char* qualified) {
+                  workspace_ref ws, float keep, float sign, const char* operation,
+                  const char* target = "W0") {
   static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
   check_layer(layer);
-  check_weight(layer, "W0", w0);
+  check_weight(layer, target, w0);
   const std::size_t needed = merge_workspace_bytes(layer, false);
   check_workspace(operation, ws, needed);
   const byte_range scratch = range_of(ws, needed);
-  check_written(qualified, layer, range_of("W0", w0), {scratch});
-  check_written(qualified, layer, scratch, {});
+  check_written(operation, layer, range_of(target, w0), {scratch});
+  check_written(operation, layer, scratch, {});
   carver c(ws.data);
   const merge_plan<T> plan(c, layer, false);
-  add_delta(ctx, layer, plan, sign, w0.data, w0.stride);
+  add_delta(ctx, layer, plan, sign, w0.data, w0.stride, keep);
 }
 
 }  // namespace detail
@@ -59,14 +62,14 @@ void merge_signed(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
 template <class T>
 void merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
            workspace_ref ws) {
-  detail::merge_signed(ctx, layer, w0, ws, 1.0f, "merge", "vera::cuda::merge");
+  detail::merge_signed(ctx, layer, w0, ws, 1.0f, 1.0f, "vera::cuda::merge");
 }
 
 /// \brief w0 -= ΔW, the inverse of merge() up to rounding; same contract.
 template <class T>
 void unmerge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
              workspace_ref ws) {
-  detail::merge_signed(ctx, layer, w0, ws, -1.0f, "unmerge", "vera::cuda::unmerge");
+  detail::merge_signed(ctx, layer, w0, ws, 1.0f, -1.0f, "vera::cuda::unmerge");
 }
 
 /// \brief Builds w0 + ΔW in the workspace, checks it for NaN/Inf on the device and commits it to
@@ -88,7 +91,7 @@ void safe_merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref
   detail::check_weight(layer, "W0", w0);
   detail::check_pointer("rejected flag", rejected);
   const std::size_t needed = merge_workspace_bytes(layer, true);
-  detail::check_workspace("safe_merge", ws, needed);
+  detail::check_workspace("vera::cuda::safe_merge", ws, needed);
   {
     const char* operation = "vera::cuda::safe_merge";
     const detail::byte_range scratch = detail::range_of(ws, needed);
@@ -99,10 +102,10 @@ void safe_merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref
   }
   detail::carver c(ws.data);
   const detail::merge_plan<T> plan(c, layer, true);
-  check(cudaMemsetAsync(rejected, 0, sizeof(int), ctx.stream), "safe_merge cudaMemsetAsync");
+  check(cudaMemsetAsync(rejected, 0, sizeof(int), ctx.stream), "vera::cuda::safe_merge cudaMemsetAsync");
   check(cudaMemcpy2DAsync(plan.candidate, sizeof(T) * w0.cols, w0.data, sizeof(T) * w0.stride,
                           sizeof(T) * w0.cols, w0.rows, cudaMemcpyDeviceToDevice, ctx.stream),
-        "safe_merge cudaMemcpy2DAsync");
+        "vera::cuda::safe_merge cudaMemcpy2DAsync");
   detail::add_delta(ctx, layer, plan, 1.0f, plan.candidate, w0.cols);
   const unsigned grid = kernels::grid_for(w0.rows * w0.cols);
   kernels::flag_non_finite<T><<<grid, kernels::block_threads, 0, ctx.stream>>>(
@@ -125,10 +128,10 @@ void safe_merge_sync(const stream_context& ctx, const layer_ref<T>& layer, matri
   safe_merge(ctx, layer, w0, ws, rejected);
   int host_flag = 0;
   check(cudaMemcpyAsync(&host_flag, rejected, sizeof(int), cudaMemcpyDeviceToHost, ctx.stream),
-        "safe_merge_sync cudaMemcpyAsync");
-  check(cudaStreamSynchronize(ctx.stream), "safe_merge_sync cudaStreamSynchronize");
+        "vera::cuda::safe_merge_sync cudaMemcpyAsync");
+  check(cudaStreamSynchronize(ctx.stream), "vera::cuda::safe_merge_sync cudaStreamSynchronize");
   if (host_flag != 0) {
-    throw value_error("safe_merge: the merged weight has non-finite values; W0 left unchanged");
+    throw value_error("vera::cuda::safe_merge_sync: the merged weight has non-finite values; W0 left unchanged");
   }
 }
 

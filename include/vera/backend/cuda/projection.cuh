@@ -29,12 +29,12 @@ T host_round(float v) {
 }
 
 template <class T>
-void check_projection_targets(const projection_spec& spec, const matrix_ref<T>& a,
-                              const matrix_ref<T>& b) {
+void check_projection_targets(const char* operation, const projection_spec& spec,
+                              const matrix_ref<T>& a, const matrix_ref<T>& b) {
   validate(spec);
   check_matrix("projection A", a, spec.rank, spec.max_in);
   check_matrix("projection B", b, spec.max_out, spec.rank);
-  check_disjoint("vera::cuda projection", range_of("projection A", a), {range_of("projection B", b)});
+  check_disjoint(operation, range_of("projection A", a), {range_of("projection B", b)});
 }
 
 template <class T>
@@ -50,7 +50,7 @@ void upload_matrix(cudaStream_t stream, const float* host, index rows, index col
   }
   check(cudaMemcpy2DAsync(target.data, sizeof(T) * target.stride, source, sizeof(T) * cols,
                           sizeof(T) * cols, rows, cudaMemcpyHostToDevice, stream),
-        "upload_projection cudaMemcpy2DAsync");
+        "vera::cuda::upload_projection cudaMemcpy2DAsync");
 }
 
 }  // namespace detail
@@ -71,10 +71,10 @@ void generate_projection(cudaStream_t stream, const projection_spec& spec, matri
   static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
   if (spec.kind != generator::philox) {
     throw value_error(
-        "generate_projection: only generator::philox runs on the device; generate PEFT's mt19937 "
+        "vera::cuda::generate_projection: only generator::philox runs on the device; generate PEFT's mt19937 "
         "projection on the host and call upload_projection");
   }
-  detail::check_projection_targets(spec, a, b);
+  detail::check_projection_targets("vera::cuda::generate_projection", spec, a, b);
   const float bound_a = kaiming_uniform_bound(spec.max_in);
   const float bound_b = kaiming_uniform_bound(spec.rank);
   kernels::philox_fill<T><<<kernels::grid_for(spec.rank * spec.max_in), kernels::block_threads, 0,
@@ -99,14 +99,14 @@ template <class T>
 void upload_projection(cudaStream_t stream, const projection_spec& spec, const float* host_a,
                        const float* host_b, matrix_ref<T> a, matrix_ref<T> b) {
   static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
-  detail::check_projection_targets(spec, a, b);
+  detail::check_projection_targets("vera::cuda::upload_projection", spec, a, b);
   detail::check_pointer("host projection A", host_a);
   detail::check_pointer("host projection B", host_b);
   std::vector<T> staging_a;
   std::vector<T> staging_b;
   detail::upload_matrix(stream, host_a, spec.rank, spec.max_in, a, staging_a);
   detail::upload_matrix(stream, host_b, spec.max_out, spec.rank, b, staging_b);
-  check(cudaStreamSynchronize(stream), "upload_projection cudaStreamSynchronize");
+  check(cudaStreamSynchronize(stream), "vera::cuda::upload_projection cudaStreamSynchronize");
 }
 
 /// \brief Owns a projection pair on the device; view() is what layers refer to.

@@ -1,0 +1,457 @@
+// SPDX-License-Identifier: Apache-2.0
+// The front-end's lazy expressions over device views: vera::forward, parameter_gradients,
+// input_gradient and delta_weight build them from vera::cuda views, and evaluate() overloads for
+// CUDA policies run them through the backend's operations. The policy tag picks these evaluators
+// at compile time, as exec::cpu picks the host ones.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "vera/backend/cuda/backward.cuh"
+#include "vera/backend/cuda/forward.cuh"
+#include "vera/backend/cuda/memory.cuh"
+#include "vera/backend/cuda/merge.cuh"
+#include "vera/backend/exec.hpp"
+#include "vera/core/error.hpp"
+#include "vera/expr/settings.hpp"
+
+namespace vera::cuda {
+
+/// \brief What a training forward keeps for the backward on the device: P = drop(X) A^T in
+///        memory the caller owns, and the dropout key of that forward (backward regenerates the
+///        mask from it).
+///
+/// The device counterpart of vera::forward_context: one per layer, reused every step. `storage`
+/// (at least the largest batch's rows, the layer's rank columns) holds P; each training forward
+/// uses its first n rows and advances the dropout step. The bookkeeping is on the host: a
+/// backward must run on the stream of its forward, or after synchronising with it.
+template <class T>
+class training_context {
+ public:
+  /// \brief Keeps P in `storage`; `dropout` is the probability of dropping an element of the
+  ///        adapter's input in a training forward, `dropout_seed` makes the masks reproducible.
+  /// \throws shape_error when storage's stride is below its columns; value_error for a null
+  ///         pointer under a non-empty view or a dropout probability outside [0, 1).
+  explicit training_context(matrix_ref<T> storage, double dropout = 0.0,
+                            std::uint64_t dropout_seed = 0)
+      : storage_(storage) {
+    detail::check_matrix("training_context storage", storage, storage.rows, storage.cols);
+    key_.seed = dropout_seed;
+    key_.probability = dropout;
+    (void)detail::uses_dropout(&key_);
+  }
+
+  /// \brief True after a training forward has been enqueued with this context.
+  bool ready() const noexcept { return ready_; }
+  /// \brief Rows (tokens) of that forward.
+  index rows() const noexcept { return rows_; }
+  /// \brief P of that forward: the first rows() rows of the storage.
+  matrix_ref<T> projected() const noexcept { return {storage_.data, rows_, storage_.cols, storage_.stride}; }
+  /// \brief The dropout key of that forward (probability 0: no dropout).
+  const dropout_key& mask_key() const noexcept { return key_; }
+  /// \brief The whole storage given at construction.
+  matrix_ref<T> storage() const noexcept { return storage_; }
+
+  /// \brief The dropout step the next training forward uses (one per forward, from 0).
+  std::uint64_t next_step() const noexcept { return next_step_; }
+  /// \brief Continues the dropout sequence at `step` (e.g. next_step() from a checkpoint).
+  void resume_at(std::uint64_t step) noexcept { next_step_ = step; }
+
+  /// \brief Where the next training forward of n rows writes P; changes nothing. Used by
+  ///        evaluators.
+  /// \throws rank_error when the storage does not have `rank` columns; shape_error when it has
+  ///         fewer than n rows.
+  matrix_ref<T> next_projected(index n, index rank) const {
+    if (storage_.cols != rank) {
+      throw rank_error("training_context: storage has " + std::to_string(storage_.cols) +
+                       " columns, the layer has rank " + std::to_string(rank));
+    }
+    if (n > storage_.rows) {
+      throw shape_error("training_context: storage holds " + std::to_string(storage_.rows) +
+                        " rows of P, the forward has " + std::to_string(n));
+    }
+    return {storage_.data, n, rank, storage_.stride};
+  }
+  /// \brief The dropout key of the next training forward. Used by evaluators.
+  dropout_key next_key() const noexcept { return {key_.seed, next_step_, key_.probability}; }
+  /// \brief Records a training forward of n rows enqueued with next_key(). Used by evaluators.
+  void commit(index n) noexcept {
+    key_.step = next_step_++;
+    rows_ = n;
+    ready_ = true;
+  }
+
+ private:
+  matrix_ref<T> storage_;
+  dropout_key key_;
+  std::uint64_t next_step_ = 0;
+  index rows_ = 0;
+  bool ready_ = false;
+};
+
+/// \brief Where parameter gradients go on the device: `out` floats for lambda_b, `rank` floats
+///        for lambda_d; a null pointer skips that gradient.
+struct gradients_ref {
+  float* lambda_b = nullptr;  ///< dL/d lambda_b, out floats, or null
+  float* lambda_d = nullptr;  ///< dL/d lambda_d, rank floats, or null
+};
+
+namespace detail {
+
+/// Base of the device expressions: `.on(ctx)` names the stream and cuBLAS handle, and
+/// `.using_workspace(ws)` the scratch memory. Both are required: the backend neither picks a
+/// stream nor allocates.
+template <class Derived>
+class device_settings {
+ public:
+  /// \brief Enqueue on ctx.stream through ctx.cublas.
+  Derived on(const stream_context& ctx) const {
+    Derived copy(static_cast<const Derived&>(*this));
+    static_cast<device_settings&>(copy).stream_ = ctx;
+    return copy;
+  }
+  /// \brief Enqueue on the stream `h` is bound to.
+  Derived on(const handle& h) const { return on(h.context()); }
+  /// \brief Use `ws` as scratch memory (workspace_bytes(layer, n) covers every operation).
+  Derived using_workspace(workspace_ref ws) const {
+    Derived copy(static_cast<const Derived&>(*this));
+    static_cast<device_settings&>(copy).scratch_ = ws;
+    return copy;
+  }
+  /// \brief Use the memory `ws` holds as scratch memory.
+  Derived using_workspace(workspace& ws) const { return using_workspace(ws.ref()); }
+
+  /// \brief The stream and handle set by on().
+  const stream_context& on_stream() const noexcept { return stream_; }
+  /// \brief The workspace set by using_workspace().
+  workspace_ref scratch() const noexcept { return scratch_; }
+
+  /// \brief Throws value_error naming `operation` unless on() and using_workspace() were given.
+  void check_settings(const char* operation) const {
+    if (stream_.cublas == nullptr) {
+      throw value_error(std::string(operation) +
+                        ": no cuBLAS handle; give the stream and handle with .on(ctx) before evaluating");
+    }
+    if (scratch_.data == nullptr) {
+      throw value_error(std::string(operation) +
+                        ": no workspace; give one with .using_workspace(ws) before evaluating "
+                        "(vera::cuda::workspace_bytes(layer, n) bytes cover every operation)");
+    }
+  }
+
+ private:
+  stream_context stream_;
+  workspace_ref scratch_;
+};
+
+/// The upstream gradient against the layer and its training context, as the host front-end
+/// checks it.
+template <class T>
+void check_upstream(const matrix_ref<const T>& g, const layer_ref<T>& layer,
+                    const training_context<T>& ctx) {
+  if (!ctx.ready()) {
+    throw state_error("vera backward (exec::cuda): the training context holds no training forward; "
+                      "evaluate vera::forward(exec::cuda{}, ...).train(ctx) first");
+  }
+  check_cols("G", layer.out, g.cols, "the layer's out features");
+  check_rows("G", ctx.rows(), g.rows, "rows of the training forward");
+  if (ctx.storage().cols != layer.rank) {
+    throw rank_error("training_context: holds rank " + std::to_string(ctx.storage().cols) +
+                     ", the layer has rank " + std::to_string(layer.rank));
+  }
+}
+
+template <class Exec>
+inline constexpr bool device_policy = exec::is_cuda_policy<Exec>;
+
+}  // namespace detail
+
+/// \brief Y (n x out) = X W0^T + bias + (drop(X) A^T)(Λb B Λd)^T on the device, lazily.
+///
+/// `.eval_to(Y)` overwrites, `.add_to(Y)` accumulates; `.train(ctx)` makes it a training
+/// forward that keeps P (and the dropout key) in a training_context; the order follows
+/// forward_order() unless `.with_order()` forces one. Evaluation runs vera::cuda::forward or
+/// forward_train on the stream given with `.on()`.
+template <class Exec, class T>
+class forward_expr : public detail::device_settings<forward_expr<Exec, T>>,
+                     public takes_order<forward_expr<Exec, T>> {
+  static_assert(detail::device_policy<Exec>,
+                "vera::forward: device views (vera::cuda) are evaluated by exec::cuda");
+
+ public:
+  /// \brief Checks the layer and the operands' shapes; see vera::forward.
+  /// \throws shape_error, rank_error or value_error naming the operand.
+  forward_expr(const layer_ref<T>& layer, matrix_ref<const T> x, matrix_ref<const T> w0, const T* bias)
+      : layer_(layer), x_(x), w0_(w0), bias_(bias) {
+    detail::check_layer(layer);
+    detail::check_matrix("X", x, x.rows, layer.in);
+    detail::check_weight(layer, "W0", w0);
+  }
+
+  /// \brief n, the rows of X.
+  index rows() const noexcept { return x_.rows; }
+  /// \brief out, the layer's output features.
+  index cols() const noexcept { return layer_.out; }
+
+  /// \brief Training forward: dropout as `ctx` says, P kept in ctx (one context per layer).
+  forward_expr train(training_context<T>& ctx) const {
+    forward_expr copy(*this);
+    copy.context_ = &ctx;
+    return copy;
+  }
+
+  /// \brief Y = expr, enqueued on the stream; Y must be n x out.
+  void eval_to(matrix_ref<T> y) const { evaluate(Exec{}, *this, y, assign_mode::overwrite); }
+  /// \brief Y += expr, enqueued on the stream; Y must be n x out.
+  void add_to(matrix_ref<T> y) const { evaluate(Exec{}, *this, y, assign_mode::accumulate); }
+
+  /// \brief The layer.
+  const layer_ref<T>& layer() const noexcept { return layer_; }
+  /// \brief X, n x in.
+  matrix_ref<const T> x() const noexcept { return x_; }
+  /// \brief W0, out x in (in x out with fan_in_fan_out).
+  matrix_ref<const T> w0() const noexcept { return w0_; }
+  /// \brief The bias (out elements) or null.
+  const T* bias() const noexcept { return bias_; }
+  /// \brief The context set by train(), or null for an inference forward.
+  training_context<T>* context() const noexcept { return context_; }
+
+ private:
+  layer_ref<T> layer_;
+  matrix_ref<const T> x_;
+  matrix_ref<const T> w0_;
+  const T* bias_;
+  training_context<T>* context_ = nullptr;
+};
+
+/// \brief dL/d lambda_b and dL/d lambda_d on the device from G = dL/dY and the training
+///        context, lazily: `.eval_to(grads)` overwrites, `.add_to(grads)` accumulates.
+template <class Exec, class T>
+class parameter_gradient_expr : public detail::device_settings<parameter_gradient_expr<Exec, T>> {
+  static_assert(detail::device_policy<Exec>,
+                "vera::parameter_gradients: device views (vera::cuda) are evaluated by exec::cuda");
+
+ public:
+  /// \brief Checks G against the layer and the context; see vera::parameter_gradients.
+  /// \throws state_error when ctx holds no training forward; shape_error when G is not n x out;
+  ///         rank_error when ctx holds another rank.
+  parameter_gradient_expr(const layer_ref<T>& layer, matrix_ref<const T> g, const training_context<T>& ctx)
+      : layer_(layer), g_(g), context_(&ctx) {
+    detail::check_layer(layer);
+    detail::check_upstream(g, layer, ctx);
+  }
+
+  /// \brief Writes the gradients (a null pointer in `out` skips one).
+  void eval_to(gradients_ref out) const { evaluate(Exec{}, *this, out, assign_mode::overwrite); }
+  /// \brief Adds the gradients to what `out` holds.
+  void add_to(gradients_ref out) const { evaluate(Exec{}, *this, out, assign_mode::accumulate); }
+
+  /// \brief The layer.
+  const layer_ref<T>& layer() const noexcept { return layer_; }
+  /// \brief G = dL/dY, n x out.
+  matrix_ref<const T> upstream() const noexcept { return g_; }
+  /// \brief The context of the training forward.
+  const training_context<T>& context() const noexcept { return *context_; }
+
+ private:
+  layer_ref<T> layer_;
+  matrix_ref<const T> g_;
+  const training_context<T>* context_;
+};
+
+/// \brief dL/dX (n x in) = G W0 + drop((G Λb B Λd) A) on the device, lazily: `.eval_to(dX)`
+///        overwrites, `.add_to(dX)` accumulates; the order follows input_gradient_order()
+///        unless `.with_order()` forces one.
+template <class Exec, class T>
+class input_gradient_expr : public detail::device_settings<input_gradient_expr<Exec, T>>,
+                            public takes_order<input_gradient_expr<Exec, T>> {
+  static_assert(detail::device_policy<Exec>,
+                "vera::input_gradient: device views (vera::cuda) are evaluated by exec::cuda");
+
+ public:
+  /// \brief Checks G, W0 and the context; see vera::input_gradient.
+  /// \throws state_error when ctx holds no training forward; shape_error when G is not n x out
+  ///         or W0 does not fit the layer; rank_error when ctx holds another rank.
+  input_gradient_expr(const layer_ref<T>& layer, matrix_ref<const T> g, matrix_ref<const T> w0,
+                      const training_context<T>& ctx)
+      : layer_(layer), g_(g), w0_(w0), context_(&ctx) {
+    detail::check_layer(layer);
+    detail::check_upstream(g, layer, ctx);
+    detail::check_weight(layer, "W0", w0);
+  }
+
+  /// \brief n, the rows of G.
+  index rows() const noexcept { return g_.rows; }
+  /// \brief in, the layer's input features.
+  index cols() const noexcept { return layer_.in; }
+
+  /// \brief dX = expr, enqueued on the stream; dX must be n x in.
+  void eval_to(matrix_ref<T> dx) const { evaluate(Exec{}, *this, dx, assign_mode::overwrite); }
+  /// \brief dX += expr, enqueued on the stream; dX must be n x in.
+  void add_to(matrix_ref<T> dx) const { evaluate(Exec{}, *this, dx, assign_mode::accumulate); }
+
+  /// \brief The layer.
+  const layer_ref<T>& layer() const noexcept { return layer_; }
+  /// \brief G = dL/dY, n x out.
+  matrix_ref<const T> upstream() const noexcept { return g_; }
+  /// \brief W0, out x in (in x out with fan_in_fan_out).
+  matrix_ref<const T> w0() const noexcept { return w0_; }
+  /// \brief The context of the training forward.
+  const training_context<T>& context() const noexcept { return *context_; }
+
+ private:
+  layer_ref<T> layer_;
+  matrix_ref<const T> g_;
+  matrix_ref<const T> w0_;
+  const training_context<T>* context_;
+};
+
+/// \brief ΔW = Λb B Λd A on the device (out x in; in x out with fan_in_fan_out), lazily:
+///        `.eval_to(dW)` writes ΔW, `.add_to(W0)` is a merge and `.subtract_from(W0)` an
+///        unmerge, each one GEMM into the destination.
+template <class Exec, class T>
+class delta_weight_expr : public detail::device_settings<delta_weight_expr<Exec, T>> {
+  static_assert(detail::device_policy<Exec>,
+                "vera::delta_weight: device views (vera::cuda) are evaluated by exec::cuda");
+
+ public:
+  /// \brief Checks the layer; see vera::delta_weight.
+  /// \throws shape_error, rank_error or value_error naming what does not fit.
+  explicit delta_weight_expr(const layer_ref<T>& layer) : layer_(layer) { detail::check_layer(layer); }
+
+  /// \brief out (in with fan_in_fan_out).
+  index rows() const noexcept { return detail::stored_rows(layer_); }
+  /// \brief in (out with fan_in_fan_out).
+  index cols() const noexcept { return detail::stored_cols(layer_); }
+
+  /// \brief dW = ΔW, enqueued on the stream.
+  void eval_to(matrix_ref<T> dw) const { evaluate(Exec{}, *this, dw, 0.0f, 1.0f); }
+  /// \brief W0 += ΔW (a merge), enqueued on the stream.
+  void add_to(matrix_ref<T> w0) const { evaluate(Exec{}, *this, w0, 1.0f, 1.0f); }
+  /// \brief W0 -= ΔW (an unmerge), enqueued on the stream.
+  void subtract_from(matrix_ref<T> w0) const { evaluate(Exec{}, *this, w0, 1.0f, -1.0f); }
+
+  /// \brief The layer.
+  const layer_ref<T>& layer() const noexcept { return layer_; }
+
+ private:
+  layer_ref<T> layer_;
+};
+
+// Evaluators of the CUDA policies. An expression's eval_to / add_to call evaluate(Exec{}, ...)
+// unqualified, so a tag derived from exec::cuda can bring overloads of its own.
+
+/// \brief Runs a device forward expression: vera::cuda::forward, or forward_train with the
+///        context's storage and next dropout key (the context records the step only once the
+///        call has been enqueued, so a refused call leaves it as it was).
+template <class Exec, class T, std::enable_if_t<detail::device_policy<Exec>, int> = 0>
+void evaluate(Exec, const forward_expr<Exec, T>& e, matrix_ref<T> y, assign_mode mode) {
+  training_context<T>* ctx = e.context();
+  e.check_settings(ctx != nullptr ? "vera::cuda::forward_train" : "vera::cuda::forward");
+  const bool accumulate = mode == assign_mode::accumulate;
+  if (ctx == nullptr) {
+    detail::forward_impl<T>(e.on_stream(), e.layer(), e.x(), e.w0(), e.bias(), y, nullptr, nullptr,
+                            e.scratch(), e.requested_order(), accumulate);
+    return;
+  }
+  matrix_ref<T> projected = ctx->next_projected(e.rows(), e.layer().rank);
+  const dropout_key key = ctx->next_key();
+  detail::forward_impl<T>(e.on_stream(), e.layer(), e.x(), e.w0(), e.bias(), y, &projected, &key,
+                          e.scratch(), e.requested_order(), accumulate);
+  ctx->commit(e.rows());
+}
+
+/// \brief Runs vera::cuda::parameter_gradients on the context's P.
+template <class Exec, class T, std::enable_if_t<detail::device_policy<Exec>, int> = 0>
+void evaluate(Exec, const parameter_gradient_expr<Exec, T>& e, gradients_ref out, assign_mode mode) {
+  e.check_settings("vera::cuda::parameter_gradients");
+  vera::cuda::parameter_gradients<T>(e.on_stream(), e.layer(), e.upstream(), e.context().projected(), out.lambda_b,
+                         out.lambda_d, e.scratch(), mode == assign_mode::accumulate);
+}
+
+/// \brief Runs vera::cuda::input_gradient with the forward's dropout key.
+template <class Exec, class T, std::enable_if_t<detail::device_policy<Exec>, int> = 0>
+void evaluate(Exec, const input_gradient_expr<Exec, T>& e, matrix_ref<T> dx, assign_mode mode) {
+  e.check_settings("vera::cuda::input_gradient");
+  vera::cuda::input_gradient<T>(e.on_stream(), e.layer(), e.upstream(), e.w0(), dx, e.scratch(),
+                    &e.context().mask_key(), mode == assign_mode::accumulate, e.requested_order());
+}
+
+/// \brief dst = keep dst + sign ΔW: ΔW alone (0, 1), merge (1, 1), unmerge (1, -1).
+template <class Exec, class T, std::enable_if_t<detail::device_policy<Exec>, int> = 0>
+void evaluate(Exec, const delta_weight_expr<Exec, T>& e, matrix_ref<T> dst, float keep, float sign) {
+  const char* operation = keep == 0.0f ? "vera::delta_weight (exec::cuda)"
+                                       : (sign > 0.0f ? "vera::cuda::merge" : "vera::cuda::unmerge");
+  e.check_settings(operation);
+  detail::merge_signed(e.on_stream(), e.layer(), dst, e.scratch(), keep, sign, operation,
+                       keep == 0.0f ? "destination (ΔW)" : "W0");
+}
+
+}  // namespace vera::cuda
+
+namespace vera {
+
+/// \brief Lazy forward of an adapted layer on device views, on policy `Exec` (exec::cuda or a
+///        tag derived from it).
+///
+/// Shapes: X n x in, W0 out x in (in x out with fan_in_fan_out), bias out elements or null;
+/// the result is n x out. The layer view is copied: a temporary layer_ref is fine.
+/// \throws shape_error, rank_error or value_error naming the operand, when the expression is built.
+template <class Exec, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
+cuda::forward_expr<Exec, T> forward(Exec, cuda::input_ref<T> x, cuda::input_ref<T> w0,
+                                    cuda::nondeduced<const T*> bias, const cuda::layer_ref<T>& layer) {
+  return {layer, x, w0, bias};
+}
+/// \brief Lazy forward on device views: exec::cuda, the only policy that evaluates them.
+template <class T>
+cuda::forward_expr<exec::cuda, T> forward(cuda::input_ref<T> x, cuda::input_ref<T> w0,
+                                          cuda::nondeduced<const T*> bias, const cuda::layer_ref<T>& layer) {
+  return {layer, x, w0, bias};
+}
+
+/// \brief Lazy gradients of lambda_b and lambda_d on device views, on policy `Exec`. G: n x out,
+///        ctx: the training context of the forward of the same n rows.
+/// \throws state_error if ctx holds no training forward; shape_error for G of another shape;
+///         rank_error when ctx holds another rank.
+template <class Exec, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
+cuda::parameter_gradient_expr<Exec, T> parameter_gradients(Exec, cuda::input_ref<T> g,
+                                                           const cuda::layer_ref<T>& layer,
+                                                           const cuda::training_context<T>& ctx) {
+  return {layer, g, ctx};
+}
+/// \brief As above, on exec::cuda.
+template <class T>
+cuda::parameter_gradient_expr<exec::cuda, T> parameter_gradients(cuda::input_ref<T> g,
+                                                                 const cuda::layer_ref<T>& layer,
+                                                                 const cuda::training_context<T>& ctx) {
+  return {layer, g, ctx};
+}
+
+/// \brief Lazy gradient of the layer input on device views, on policy `Exec`. G: n x out, W0
+///        as in vera::forward; the result is n x in.
+/// \throws state_error if ctx holds no training forward; shape_error for G or W0 of another
+///         shape; rank_error when ctx holds another rank.
+template <class Exec, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
+cuda::input_gradient_expr<Exec, T> input_gradient(Exec, cuda::input_ref<T> g, cuda::input_ref<T> w0,
+                                                  const cuda::layer_ref<T>& layer,
+                                                  const cuda::training_context<T>& ctx) {
+  return {layer, g, w0, ctx};
+}
+/// \brief As above, on exec::cuda.
+template <class T>
+cuda::input_gradient_expr<exec::cuda, T> input_gradient(cuda::input_ref<T> g, cuda::input_ref<T> w0,
+                                                        const cuda::layer_ref<T>& layer,
+                                                        const cuda::training_context<T>& ctx) {
+  return {layer, g, w0, ctx};
+}
+
+/// \brief Lazy ΔW of a device layer on policy Exec (default: exec::cuda).
+/// \throws shape_error, rank_error or value_error when the layer does not fit its projection.
+template <class Exec = exec::cuda, class T>
+cuda::delta_weight_expr<Exec, T> delta_weight(const cuda::layer_ref<T>& layer) {
+  return cuda::delta_weight_expr<Exec, T>(layer);
+}
+
+}  // namespace vera
