@@ -429,6 +429,12 @@ cuda::parameter_gradient_expr<exec::cuda, T> parameter_gradients(cuda::input_ref
   return {layer, g, ctx};
 }
 
+// The expressions keep the address of the training context: a temporary one is refused.
+template <class Exec, class T>
+void parameter_gradients(Exec, cuda::input_ref<T>, const cuda::layer_ref<T>&, cuda::training_context<T>&&) = delete;
+template <class T>
+void parameter_gradients(cuda::input_ref<T>, const cuda::layer_ref<T>&, cuda::training_context<T>&&) = delete;
+
 /// \brief Lazy gradient of the layer input on device views, on policy `Exec`. G: n x out, W0
 ///        as in vera::forward; the result is n x in.
 /// \throws state_error if ctx holds no training forward; shape_error for G or W0 of another
@@ -446,6 +452,13 @@ cuda::input_gradient_expr<exec::cuda, T> input_gradient(cuda::input_ref<T> g, cu
                                                         const cuda::training_context<T>& ctx) {
   return {layer, g, w0, ctx};
 }
+
+template <class Exec, class T>
+void input_gradient(Exec, cuda::input_ref<T>, cuda::input_ref<T>, const cuda::layer_ref<T>&,
+                    cuda::training_context<T>&&) = delete;
+template <class T>
+void input_gradient(cuda::input_ref<T>, cuda::input_ref<T>, const cuda::layer_ref<T>&,
+                    cuda::training_context<T>&&) = delete;
 
 /// \brief Lazy ΔW of a device layer on policy Exec (default: exec::cuda).
 /// \throws shape_error, rank_error or value_error when the layer does not fit its projection.
