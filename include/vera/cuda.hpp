@@ -2,7 +2,7 @@
 // Opt-in CUDA backend: forward, backward and merge of VeRA layers on device memory (nvcc only).
 #pragma once
 
-#if !defined(__CUDACC__)
+#if !defined(__CUDACC__) && !defined(VERA_CUDA_HOST_EMULATION)
 #error "<vera/cuda.hpp> holds CUDA kernels: include it from a .cu file compiled by nvcc"
 #endif
 

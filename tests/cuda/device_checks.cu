@@ -26,26 +26,61 @@ float to_host(float v) { return v; }
 float to_host(__half v) { return __half2float(v); }
 float to_host(__nv_bfloat16 v) { return __bfloat162float(v); }
 
+// A rows x cols device matrix with `pad` extra elements per row (stride cols + pad). Padding, and
+// the whole of an output before it is written, hold NaN: an operation that reads memory it
+// should not (padding, or a destination it overwrites) spreads NaN into a checked result.
 template <class T>
 struct device_array {
   vc::device_buffer<T> buffer;
-  index rows = 0, cols = 0;
-  device_array(const std::vector<double>& host, index r, index c)
-      : buffer(static_cast<std::size_t>(r * c)), rows(r), cols(c) {
-    std::vector<T> staged(host.size());
-    for (std::size_t i = 0; i < host.size(); ++i) staged[i] = to_storage<T>(host[i]);
-    vc::check(cudaMemcpy(buffer.data(), staged.data(), sizeof(T) * staged.size(),
-                         cudaMemcpyHostToDevice), "test upload");
+  index rows = 0, cols = 0, stride = 0;
+  device_array(const std::vector<double>& host, index r, index c, index pad = 0)
+      : buffer(static_cast<std::size_t>(r * (c + pad))), rows(r), cols(c), stride(c + pad) {
+    std::vector<double> padded(static_cast<std::size_t>(r * stride), std::nan(""));
+    for (index i = 0; i < r; ++i) {
+      for (index j = 0; j < c; ++j) padded[static_cast<std::size_t>(i * stride + j)] = host[static_cast<std::size_t>(i * c + j)];
+    }
+    upload(padded);
   }
-  device_array(index r, index c) : buffer(static_cast<std::size_t>(r * c)), rows(r), cols(c) {}
-  vc::matrix_ref<T> view() { return vc::dense(buffer.data(), rows, cols); }
-  std::vector<double> download() const {
-    std::vector<T> staged(static_cast<std::size_t>(rows * cols));
+  device_array(index r, index c, index pad = 0)
+      : buffer(static_cast<std::size_t>(r * (c + pad))), rows(r), cols(c), stride(c + pad) {
+    upload(std::vector<double>(static_cast<std::size_t>(r * stride), std::nan("")));
+  }
+  vc::matrix_ref<T> view() { return {buffer.data(), rows, cols, stride}; }
+  std::vector<double> everything() const {
+    std::vector<T> staged(static_cast<std::size_t>(rows * stride));
     vc::check(cudaMemcpy(staged.data(), buffer.data(), sizeof(T) * staged.size(),
                          cudaMemcpyDeviceToHost), "test download");
     std::vector<double> out(staged.size());
     for (std::size_t i = 0; i < staged.size(); ++i) out[i] = to_host(staged[i]);
     return out;
+  }
+  // The rows x cols values, densely.
+  std::vector<double> download() const {
+    const std::vector<double> all = everything();
+    std::vector<double> out;
+    out.reserve(static_cast<std::size_t>(rows * cols));
+    for (index i = 0; i < rows; ++i) {
+      for (index j = 0; j < cols; ++j) out.push_back(all[static_cast<std::size_t>(i * stride + j)]);
+    }
+    return out;
+  }
+  // True when no padding element was written.
+  bool padding_intact() const {
+    const std::vector<double> all = everything();
+    for (index i = 0; i < rows; ++i) {
+      for (index j = cols; j < stride; ++j) {
+        if (!std::isnan(all[static_cast<std::size_t>(i * stride + j)])) return false;
+      }
+    }
+    return true;
+  }
+
+ private:
+  void upload(const std::vector<double>& values) {
+    std::vector<T> staged(values.size());
+    for (std::size_t i = 0; i < values.size(); ++i) staged[i] = to_storage<T>(values[i]);
+    vc::check(cudaMemcpy(buffer.data(), staged.data(), sizeof(T) * staged.size(),
+                         cudaMemcpyHostToDevice), "test upload");
   }
 };
 
@@ -97,6 +132,7 @@ struct scenario {
   double dropout;
   bool bias;
   vera::generator kind = vera::generator::philox;
+  index pad = 0;  // extra elements per row of every matrix operand (strided views)
 };
 
 template <class T>
@@ -134,10 +170,10 @@ void run(const vc::handle& h, const scenario& s, double tolerance) {
   device_array<float> lambda_b(p.lambda_b, s.out, 1), lambda_d(p.lambda_d, s.rank, 1);
   vc::layer_ref<T> layer{projection.view(), s.in, s.out, s.rank, lambda_b.buffer.data(),
                          lambda_d.buffer.data(), s.fan_in_fan_out};
-  device_array<T> x(p.x, s.n, s.in), g(p.g, s.n, s.out);
-  device_array<T> w0(p.w0, s.fan_in_fan_out ? s.in : s.out, s.fan_in_fan_out ? s.out : s.in);
+  device_array<T> x(p.x, s.n, s.in, s.pad), g(p.g, s.n, s.out, s.pad);
+  device_array<T> w0(p.w0, s.fan_in_fan_out ? s.in : s.out, s.fan_in_fan_out ? s.out : s.in, s.pad);
   device_array<T> bias(s.bias ? p.bias : std::vector<double>(1, 0.0), 1, s.bias ? s.out : 1);
-  device_array<T> y(s.n, s.out), projected(s.n, s.rank), grad_x(s.n, s.in);
+  device_array<T> y(s.n, s.out, s.pad), projected(s.n, s.rank, s.pad), grad_x(s.n, s.in, s.pad);
   device_array<float> grad_b(s.out, 1), grad_d(s.rank, 1);
   vc::workspace ws;
   ws.reserve(vc::workspace_bytes(layer, s.n));
@@ -166,7 +202,7 @@ void run(const vc::handle& h, const scenario& s, double tolerance) {
     VERA_CHECK(close("grad_X accumulated", grad_x.download(), twice, tolerance));
 
     if (s.dropout == 0) {
-      device_array<T> y_inference(s.n, s.out);
+      device_array<T> y_inference(s.n, s.out, s.pad);
       vc::forward(ctx, layer, x.view(), w0.view(), bias_data, y_inference.view(), ws.ref(), o);
       vc::check(cudaStreamSynchronize(ctx.stream), "sync");
       VERA_CHECK(close("Y (inference)", y_inference.download(), want.y, tolerance));
@@ -182,7 +218,8 @@ void run(const vc::handle& h, const scenario& s, double tolerance) {
 
   // The same step through the front-end's expressions (exec::cuda), in both orders, with a
   // training context whose dropout key continues where the calls above had theirs.
-  device_array<T> storage(s.n + 3, s.rank), y_expr(s.n, s.out), dx_expr(s.n, s.in), dw(w0.rows, w0.cols);
+  device_array<T> storage(s.n + 3, s.rank, s.pad), y_expr(s.n, s.out, s.pad), dx_expr(s.n, s.in, s.pad);
+  device_array<T> dw(w0.rows, w0.cols, s.pad);
   device_array<float> gb_expr(s.out, 1), gd_expr(s.rank, 1);
   vc::training_context<T> tc(storage.view(), s.dropout, mask.seed);
   for (const vera::order o : {vera::order::low_rank, vera::order::merged}) {
@@ -197,7 +234,7 @@ void run(const vc::handle& h, const scenario& s, double tolerance) {
     VERA_CHECK(tc.ready() && tc.rows() == s.n && tc.mask_key().step == mask.step);
     VERA_CHECK(close("Y (expression)", y_expr.download(), want.y, tolerance));
     std::vector<double> kept_p = storage.download();
-    kept_p.resize(want.p.size());
+    kept_p.resize(want.p.size());  // the first n rows
     VERA_CHECK(close("P (expression)", kept_p, want.p, tolerance));
     VERA_CHECK(close("grad_b (expression)", gb_expr.download(), want.grad_b, tolerance));
     VERA_CHECK(close("grad_d (expression)", gd_expr.download(), want.grad_d, tolerance));
@@ -251,6 +288,11 @@ void run(const vc::handle& h, const scenario& s, double tolerance) {
                     vera::value_error, "non-finite");
   VERA_CHECK(w0.download() == kept);
   (void)before;
+
+  // No operation wrote into the padding of a strided view.
+  for (const device_array<T>* a : {&x, &g, &w0, &y, &projected, &grad_x, &storage, &y_expr, &dx_expr, &dw}) {
+    VERA_CHECK(a->padding_intact());
+  }
 }
 
 }  // namespace
@@ -268,7 +310,13 @@ int main() {
       const scenario conv{"fan_in_fan_out", 33, 20, 24, 7, true, 0.0, false};
       const scenario dropped{"dropout 0.25", 41, 19, 23, 9, false, 0.25, true};
       const scenario single{"one row", 1, 5, 3, 2, false, 0.0, true};
-      for (const scenario& s : {plain, conv, dropped, single}) run<float>(h, s, 1e-5);
+      const scenario strided{"strided views, dropout", 23, 17, 19, 5, false, 0.25, true, vera::generator::philox, 3};
+      const scenario strided_conv{"strided views, fan_in_fan_out", 21, 12, 16, 6, true, 0.0, true,
+                                  vera::generator::philox, 2};
+      // More ranks than a block has threads and more output rows than one reduction chunk.
+      const scenario wide{"rank 270, out 70", 6, 9, 70, 270, false, 0.0, true};
+      for (const scenario& s : {plain, conv, dropped, single, strided, strided_conv, wide}) run<float>(h, s, 1e-5);
+      run<__nv_bfloat16>(h, strided, 6e-2);
       run<__half>(h, plain, 2e-2);
       run<__nv_bfloat16>(h, plain, 6e-2);
       run<__nv_bfloat16>(h, dropped, 6e-2);

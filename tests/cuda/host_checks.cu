@@ -63,7 +63,7 @@ void philox_checks() {
 
 // Stand-in addresses for device buffers: validation must reject every call below before any
 // pointer is used, so these are never dereferenced.
-float fake[64];
+alignas(256) float fake[64];
 
 vera::cuda::layer_ref<float> small_layer() {
   vera::cuda::layer_ref<float> layer;
@@ -98,6 +98,9 @@ void validation_checks() {
                     vera::value_error, "vera::cuda::forward workspace: expected at least");
   VERA_CHECK_THROWS(forward(ctx, layer, m(5, 9), m(7, 9), nullptr, m(5, 7), {nullptr, enough}),
                     vera::value_error, "workspace: null device pointer");
+  VERA_CHECK_THROWS(forward(ctx, layer, m(5, 9), m(7, 9), nullptr, m(5, 7), {fake + 1, enough}),
+                    vera::value_error,
+                    "vera::cuda::forward workspace: expected a 256-byte aligned address, got one 4 bytes past a boundary");
 
   auto wide = layer;
   wide.in = 13;
@@ -182,8 +185,8 @@ void workspace_size_checks() {
 // Outputs and the workspace must not share memory with anything the call reads. Two stand-in
 // regions, the layer's and the operands', so that the only overlaps are the ones made here; every
 // call below must throw before any device work.
-float layer_memory[256];
-float operands[4096];
+alignas(256) float layer_memory[256];
+alignas(256) float operands[4096];
 
 void aliasing_checks() {
   using vera::cuda::dense;
@@ -229,7 +232,7 @@ void aliasing_checks() {
                                                vera::cuda::matrix_ref<float>{w0 - 30, 5, 9, 9}, ws),
                     vera::aliasing_error, "vera::cuda::input_gradient: grad_X overlaps W0");
 
-  VERA_CHECK_THROWS(vera::cuda::merge(ctx, layer, dense(w0, 7, 9), {w0 + 60, ws.bytes}), vera::aliasing_error,
+  VERA_CHECK_THROWS(vera::cuda::merge(ctx, layer, dense(w0, 7, 9), {w0, ws.bytes}), vera::aliasing_error,
                     "vera::cuda::merge: W0 overlaps workspace");
   VERA_CHECK_THROWS(vera::cuda::unmerge(ctx, layer, dense(layer_memory + 150, 7, 9), ws), vera::aliasing_error,
                     "vera::cuda::unmerge: W0 overlaps projection B");

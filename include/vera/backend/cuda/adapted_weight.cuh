@@ -9,6 +9,7 @@
 #include "vera/backend/cuda/error.cuh"
 #include "vera/backend/cuda/gemm.cuh"
 #include "vera/backend/cuda/kernels.cuh"
+#include "vera/backend/cuda/launch.cuh"
 #include "vera/backend/cuda/types.cuh"
 #include "vera/backend/cuda/validate.cuh"
 #include "vera/expr/cost.hpp"
@@ -76,10 +77,8 @@ template <class T>
 void launch_scaled_b(const stream_context& ctx, const layer_ref<T>& layer, float sign, T* dst,
                      const char* operation) {
   const projection_ref<T>& proj = layer.projection;
-  kernels::scaled_b<T><<<kernels::grid_for(layer.out * layer.rank), kernels::block_threads, 0,
-                         ctx.stream>>>(proj.b, proj.rank, layer.lambda_b, layer.lambda_d,
-                                       layer.out, layer.rank, sign, dst);
-  check_launch(operation);
+  launch(operation, kernels::scaled_b<T>, kernels::grid_for(layer.out * layer.rank), ctx.stream, proj.b,
+         proj.rank, layer.lambda_b, layer.lambda_d, layer.out, layer.rank, sign, dst);
 }
 
 /// target (stored as W0, row stride `stride`) = keep target + scaled A, with scaled = ± Λb B Λd

@@ -6,6 +6,7 @@
 #include "vera/backend/cuda/adapted_weight.cuh"
 #include "vera/backend/cuda/gemm.cuh"
 #include "vera/backend/cuda/kernels.cuh"
+#include "vera/backend/cuda/launch.cuh"
 #include "vera/backend/cuda/validate.cuh"
 #include "vera/backend/cuda/workspace_plan.cuh"
 
@@ -80,16 +81,14 @@ void parameter_gradients(const stream_context& ctx, const layer_ref<T>& layer,
                            "parameter_gradients M = G^T P");
   }
   const projection_ref<T>& proj = layer.projection;
-  kernels::parameter_partials<T><<<static_cast<unsigned>(plan.chunks), kernels::block_threads, 0,
-                                   ctx.stream>>>(
-      plan.m, proj.b, proj.rank, layer.lambda_b, layer.lambda_d, layer.out, layer.rank, grad_b,
-      accumulate, grad_d != nullptr ? plan.partials : nullptr);
-  check_launch("vera::cuda::parameter_gradients partials");
+  detail::launch("vera::cuda::parameter_gradients partials", kernels::parameter_partials<T>,
+                 static_cast<unsigned>(plan.chunks), ctx.stream, plan.m, proj.b, proj.rank, layer.lambda_b,
+                 layer.lambda_d, layer.out, layer.rank, grad_b, accumulate,
+                 grad_d != nullptr ? plan.partials : nullptr);
   if (grad_d != nullptr) {
-    kernels::finish_columns<<<kernels::grid_for(layer.rank), kernels::block_threads, 0,
-                              ctx.stream>>>(plan.partials, plan.chunks, layer.rank, grad_d,
-                                            accumulate);
-    check_launch("vera::cuda::parameter_gradients finish");
+    detail::launch("vera::cuda::parameter_gradients finish", kernels::finish_columns<>,
+                   kernels::grid_for(layer.rank), ctx.stream, plan.partials, plan.chunks, layer.rank, grad_d,
+                   accumulate);
   }
 }
 
@@ -157,10 +156,8 @@ void input_gradient(const stream_context& ctx, const layer_ref<T>& layer, input_
                          static_cast<const T*>(plan.thin), layer.rank, proj.a, proj.max_in, 0.0f,
                          plan.tile, layer.in, "input_gradient (G Λb B Λd) A");
   const float keep_scale = static_cast<float>(1.0 / (1.0 - mask->probability));
-  kernels::masked_add<T><<<kernels::grid_for(n * layer.in), kernels::block_threads, 0,
-                           ctx.stream>>>(*mask, keep_scale, plan.tile, n, layer.in, grad_x.data,
-                                         grad_x.stride);
-  check_launch("vera::cuda::input_gradient dropout");
+  detail::launch("vera::cuda::input_gradient dropout", kernels::masked_add<T>, kernels::grid_for(n * layer.in),
+                 ctx.stream, *mask, keep_scale, plan.tile, n, layer.in, grad_x.data, grad_x.stride);
 }
 
 }  // namespace vera::cuda

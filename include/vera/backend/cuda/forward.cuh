@@ -6,6 +6,7 @@
 #include "vera/backend/cuda/adapted_weight.cuh"
 #include "vera/backend/cuda/gemm.cuh"
 #include "vera/backend/cuda/kernels.cuh"
+#include "vera/backend/cuda/launch.cuh"
 #include "vera/backend/cuda/validate.cuh"
 #include "vera/backend/cuda/workspace_plan.cuh"
 
@@ -64,9 +65,8 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
   // The base GEMM adds to Y (accumulating, or on top of the broadcast bias) or overwrites it.
   float beta = accumulate ? 1.0f : 0.0f;
   if (bias != nullptr) {
-    kernels::broadcast_rows<T><<<kernels::grid_for(n * layer.out), kernels::block_threads, 0,
-                                 ctx.stream>>>(bias, n, layer.out, y.data, y.stride, accumulate);
-    check_launch("vera::cuda::forward bias");
+    launch("vera::cuda::forward bias", kernels::broadcast_rows<T>, kernels::grid_for(n * layer.out), ctx.stream,
+           bias, n, layer.out, y.data, y.stride, accumulate);
     beta = 1.0f;
   }
 
@@ -84,10 +84,8 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
   index adapter_stride = x.stride;
   if (dropout) {
     const float keep_scale = static_cast<float>(1.0 / (1.0 - mask->probability));
-    kernels::dropout_copy<T><<<kernels::grid_for(n * layer.in), kernels::block_threads, 0,
-                               ctx.stream>>>(*mask, keep_scale, x.data, x.stride, n, layer.in,
-                                             plan.masked_x);
-    check_launch("vera::cuda::forward dropout");
+    launch("vera::cuda::forward dropout", kernels::dropout_copy<T>, kernels::grid_for(n * layer.in), ctx.stream,
+           *mask, keep_scale, x.data, x.stride, n, layer.in, plan.masked_x);
     adapter_input = plan.masked_x;
     adapter_stride = layer.in;
   }

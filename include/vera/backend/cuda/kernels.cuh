@@ -73,7 +73,7 @@ __global__ void broadcast_rows(const T* bias, std::int64_t rows, std::int64_t co
     const std::int64_t r = i / cols;
     const std::int64_t c = i % cols;
     T& out = y[r * y_stride + c];
-    out = accumulate ? T(float(out) + float(bias[c])) : bias[c];
+    out = accumulate ? from_float<T>(to_float(out) + to_float(bias[c])) : bias[c];
   }
 }
 

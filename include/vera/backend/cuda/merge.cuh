@@ -5,6 +5,7 @@
 #include "vera/backend/cuda/adapted_weight.cuh"
 #include "vera/backend/cuda/gemm.cuh"
 #include "vera/backend/cuda/kernels.cuh"
+#include "vera/backend/cuda/launch.cuh"
 #include "vera/backend/cuda/validate.cuh"
 #include "vera/backend/cuda/workspace_plan.cuh"
 
@@ -108,12 +109,10 @@ void safe_merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref
         "vera::cuda::safe_merge cudaMemcpy2DAsync");
   detail::add_delta(ctx, layer, plan, 1.0f, plan.candidate, w0.cols);
   const unsigned grid = kernels::grid_for(w0.rows * w0.cols);
-  kernels::flag_non_finite<T><<<grid, kernels::block_threads, 0, ctx.stream>>>(
-      plan.candidate, w0.rows, w0.cols, w0.cols, rejected);
-  check_launch("vera::cuda::safe_merge check");
-  kernels::commit_unless_flagged<T><<<grid, kernels::block_threads, 0, ctx.stream>>>(
-      rejected, plan.candidate, w0.rows, w0.cols, w0.data, w0.stride);
-  check_launch("vera::cuda::safe_merge commit");
+  detail::launch("vera::cuda::safe_merge check", kernels::flag_non_finite<T>, grid, ctx.stream, plan.candidate,
+                 w0.rows, w0.cols, w0.cols, rejected);
+  detail::launch("vera::cuda::safe_merge commit", kernels::commit_unless_flagged<T>, grid, ctx.stream, rejected,
+                 plan.candidate, w0.rows, w0.cols, w0.data, w0.stride);
 }
 
 /// \brief safe_merge() that waits for its own result: synchronises ctx.stream explicitly and

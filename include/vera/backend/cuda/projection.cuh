@@ -9,6 +9,7 @@
 #include <cuda_fp16.h>
 
 #include "vera/backend/cuda/kernels.cuh"
+#include "vera/backend/cuda/launch.cuh"
 #include "vera/backend/cuda/memory.cuh"
 #include "vera/backend/cuda/validate.cuh"
 #include "vera/core/projection_spec.hpp"
@@ -77,14 +78,12 @@ void generate_projection(cudaStream_t stream, const projection_spec& spec, matri
   detail::check_projection_targets("vera::cuda::generate_projection", spec, a, b);
   const float bound_a = kaiming_uniform_bound(spec.max_in);
   const float bound_b = kaiming_uniform_bound(spec.rank);
-  kernels::philox_fill<T><<<kernels::grid_for(spec.rank * spec.max_in), kernels::block_threads, 0,
-                            stream>>>(spec.seed, 0u, spec.rank, spec.max_in, bound_a, a.data,
-                                      a.stride);
-  check_launch("vera::cuda::generate_projection A");
-  kernels::philox_fill<T><<<kernels::grid_for(spec.max_out * spec.rank), kernels::block_threads, 0,
-                            stream>>>(spec.seed, 1u, spec.max_out, spec.rank, bound_b, b.data,
-                                      b.stride);
-  check_launch("vera::cuda::generate_projection B");
+  detail::launch("vera::cuda::generate_projection A", kernels::philox_fill<T>,
+                 kernels::grid_for(spec.rank * spec.max_in), stream, spec.seed, 0u, spec.rank, spec.max_in,
+                 bound_a, a.data, a.stride);
+  detail::launch("vera::cuda::generate_projection B", kernels::philox_fill<T>,
+                 kernels::grid_for(spec.max_out * spec.rank), stream, spec.seed, 1u, spec.max_out, spec.rank,
+                 bound_b, b.data, b.stride);
 }
 
 /// \brief Copies a host projection (row-major float32, A rank x max_in, B max_out x rank, as

@@ -93,12 +93,20 @@ inline bool uses_dropout(const dropout_key* key) {
   return key->probability != 0.0;
 }
 
+/// The workspace holds `needed` bytes at a 256-byte aligned address (the plans align their pieces
+/// relative to it, and cudaMalloc returns such addresses).
 inline void check_workspace(const char* operation, const workspace_ref& ws, std::size_t needed) {
   if (ws.bytes < needed) {
     throw value_error(std::string(operation) + " workspace: expected at least " +
                       std::to_string(needed) + " bytes, got " + std::to_string(ws.bytes));
   }
-  if (needed != 0) check_pointer("workspace", ws.data);
+  if (needed == 0) return;
+  check_pointer("workspace", ws.data);
+  const auto misalignment = reinterpret_cast<std::uintptr_t>(ws.data) % 256;
+  if (misalignment != 0) {
+    throw value_error(std::string(operation) + " workspace: expected a 256-byte aligned address, got one " +
+                      std::to_string(misalignment) + " bytes past a boundary");
+  }
 }
 
 /// Bytes [begin, end) of device memory an operand covers, under the name messages use; empty
