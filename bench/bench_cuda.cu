@@ -14,11 +14,13 @@
 // merged one, X (W0 + ΔW)^T, for inference and grad_X; bfloat16 stays low-rank) and held to the
 // low-rank order the floor and PEFT use.
 // Operands are random (zeros would flatter the GPU's GEMM clocks); bench/cuda_table.py turns this
-// output and cuda_vs_peft.py's into the table of docs/benchmarks.md.
+// output and cuda_vs_peft.py's into the table of docs/benchmarks.md. `--smoke` runs one small
+// shape once per measurement: a check that the program runs, not a measurement.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <vera/cuda.hpp>
@@ -33,12 +35,16 @@ struct shape {
   index n, in, out, rank;
 };
 
+// Timed repetitions and warm-up calls per measurement (--smoke: 1 and 0).
+int repeats = 20;
+int warm_up = 3;
+
 template <class F>
-double median_ms(cudaStream_t stream, F&& step, int repeats = 20) {
+double median_ms(cudaStream_t stream, F&& step) {
   cudaEvent_t start, stop;
   vc::check(cudaEventCreate(&start), "event");
   vc::check(cudaEventCreate(&stop), "event");
-  for (int i = 0; i < 3; ++i) step();  // warm-up: cuBLAS heuristics, clocks
+  for (int i = 0; i < warm_up; ++i) step();  // warm-up: cuBLAS heuristics, clocks
   std::vector<float> times;
   for (int i = 0; i < repeats; ++i) {
     vc::check(cudaEventRecord(start, stream), "record");
@@ -183,7 +189,12 @@ void run(const vc::handle& h, const shape& s, const char* type) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  const bool smoke = argc > 1 && std::string(argv[1]) == "--smoke";
+  if (smoke) {
+    repeats = 1;
+    warm_up = 0;
+  }
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     std::printf("SKIPPED: no CUDA device\n");
@@ -200,7 +211,10 @@ int main() {
   vc::check(cudaStreamCreate(&stream), "cudaStreamCreate");
   {
     const vc::handle h(stream);
-    for (const shape& s : {shape{"roberta", 4096, 768, 768, 1024}, shape{"llama", 4096, 4096, 4096, 256}}) {
+    const std::vector<shape> shapes =
+        smoke ? std::vector<shape>{{"smoke", 64, 48, 40, 24}}
+              : std::vector<shape>{{"roberta", 4096, 768, 768, 1024}, {"llama", 4096, 4096, 4096, 256}};
+    for (const shape& s : shapes) {
       run<float>(h, s, "float32");
       run<__nv_bfloat16>(h, s, "bfloat16");
     }

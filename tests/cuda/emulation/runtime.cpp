@@ -5,6 +5,7 @@
 // applies the argument rules of the cuBLAS documentation before a plain column-major product
 // accumulated in float, and reads C only when beta is not 0, as cuBLAS does.
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -122,6 +123,42 @@ cudaError_t cudaGetDeviceCount(int* count) {
   return cudaSuccess;
 }
 cudaError_t cudaGetLastError() { return cudaSuccess; }
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* props, int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  *props = cudaDeviceProp{};
+  std::snprintf(props->name, sizeof props->name, "%s", "CPU emulation");
+  return cudaSuccess;
+}
+cudaError_t cudaRuntimeGetVersion(int* version) {
+  *version = CUDART_VERSION;
+  return cudaSuccess;
+}
+cudaError_t cudaDriverGetVersion(int* version) {
+  *version = 0;
+  return cudaSuccess;
+}
+
+// Events hold the host time at which they were recorded: the emulation runs every call when it
+// is made, so the difference is the time the work took.
+cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  *event = reinterpret_cast<cudaEvent_t>(new std::chrono::steady_clock::time_point());
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+  *reinterpret_cast<std::chrono::steady_clock::time_point*>(event) = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
+  const auto& a = *reinterpret_cast<std::chrono::steady_clock::time_point*>(start);
+  const auto& b = *reinterpret_cast<std::chrono::steady_clock::time_point*>(stop);
+  *ms = std::chrono::duration<float, std::milli>(b - a).count();
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete reinterpret_cast<std::chrono::steady_clock::time_point*>(event);
+  return cudaSuccess;
+}
 const char* cudaGetErrorName(cudaError_t) { return "cudaError (emulation)"; }
 const char* cudaGetErrorString(cudaError_t) { return "an emulated runtime call failed"; }
 
