@@ -5,7 +5,7 @@
 // The program owns every device buffer and the stream; vera only enqueues work on them. The
 // projection is generated on the device (the same bits as the CPU's), the teacher's outputs come
 // from the direct call vera::cuda::forward with other lambdas, and each step writes the
-// front-end's expressions on exec::cuda: a training forward that keeps P in a training context,
+// front-end's expressions on exec::cuda: a training forward that keeps P in a forward context,
 // then the parameter gradients. The loss and the momentum-SGD update of the 2 x 32 lambdas stay
 // on the host for brevity: they are a few hundred numbers. Exits 77 (CTest: skipped) without a GPU.
 #include <cmath>
@@ -98,7 +98,7 @@ int train(cudaStream_t stream, int steps) {
   const auto P = vc::dense(p.data(), batch, rank);
   const auto G = vc::dense(g.data(), batch, out);
   // P of each training forward (and its dropout key, unused here) for the backward.
-  vc::training_context<float> context(P);
+  vc::forward_context<float> context(P);
   std::vector<float> host_x, host_y(static_cast<std::size_t>(batch * out)), host_target(host_y.size());
   std::vector<float> host_g(host_y.size()), host_grad_b(b.size()), host_grad_d(d.size());
   momentum_sgd opt_b{0.05f, 0.9f, {}}, opt_d{0.05f, 0.9f, {}};

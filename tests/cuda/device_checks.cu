@@ -217,11 +217,11 @@ void run(const vc::handle& h, const scenario& s, double tolerance) {
   VERA_CHECK(grad_b.download() == first_b && grad_d.download() == first_d);
 
   // The same step through the front-end's expressions (exec::cuda), in both orders, with a
-  // training context whose dropout key continues where the calls above had theirs.
+  // forward context whose dropout key continues where the calls above had theirs.
   device_array<T> storage(s.n + 3, s.rank, s.pad), y_expr(s.n, s.out, s.pad), dx_expr(s.n, s.in, s.pad);
   device_array<T> dw(w0.rows, w0.cols, s.pad);
   device_array<float> gb_expr(s.out, 1), gd_expr(s.rank, 1);
-  vc::training_context<T> tc(storage.view(), s.dropout, mask.seed);
+  vc::forward_context<T> tc(storage.view(), s.dropout, mask.seed);
   for (const vera::order o : {vera::order::low_rank, vera::order::merged}) {
     tc.resume_at(mask.step);
     vera::forward(vera::exec::cuda{}, x.view(), w0.view(), bias_data, layer)

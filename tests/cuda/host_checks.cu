@@ -369,21 +369,21 @@ void expression_checks() {
   const vera::cuda::forward_expr<tuned_cuda, float> tuned(layer, x(5), w0, nullptr);
   VERA_CHECK_THROWS(tuned.eval_to(y(5)), vera::value_error, "vera::cuda::forward: no cuBLAS handle");
 
-  // The training context: checked when made, used by forward and backward.
-  VERA_CHECK_THROWS(vera::cuda::training_context<float>(dense(storage, 8, 4), 1.0), vera::value_error,
+  // The forward context: checked when made, used by forward and backward.
+  VERA_CHECK_THROWS(vera::cuda::forward_context<float>(dense(storage, 8, 4), 1.0), vera::value_error,
                     "dropout probability: expected a value in [0, 1)");
-  VERA_CHECK_THROWS(vera::cuda::training_context<float>(matrix_ref<float>{storage, 8, 4, 3}), vera::shape_error,
-                    "training_context storage: stride 3 is smaller than its 4 columns");
-  vera::cuda::training_context<float> narrow(dense(storage, 8, 3));
+  VERA_CHECK_THROWS(vera::cuda::forward_context<float>(matrix_ref<float>{storage, 8, 4, 3}), vera::shape_error,
+                    "forward_context storage: stride 3 is smaller than its 4 columns");
+  vera::cuda::forward_context<float> narrow(dense(storage, 8, 3));
   VERA_CHECK_THROWS(fwd.train(narrow).on(sc).using_workspace(ws).eval_to(y(5)), vera::rank_error,
-                    "training_context: storage has 3 columns, the layer has rank 4");
-  vera::cuda::training_context<float> ctx(dense(storage, 4, 4), 0.25, 99);
+                    "forward_context: storage has 3 columns, the layer has rank 4");
+  vera::cuda::forward_context<float> ctx(dense(storage, 4, 4), 0.25, 99);
   VERA_CHECK_THROWS(fwd.train(ctx).on(sc).using_workspace(ws).eval_to(y(5)), vera::shape_error,
-                    "training_context: storage holds 4 rows of P, the forward has 5");
+                    "forward_context: storage holds 4 rows of P, the forward has 5");
   VERA_CHECK_THROWS(vera::parameter_gradients(cuda{}, g(5), layer, ctx), vera::state_error,
-                    "the training context holds no training forward");
+                    "the forward context holds no training forward");
   VERA_CHECK_THROWS(vera::input_gradient(g(5), w0, layer, ctx), vera::state_error,
-                    "the training context holds no training forward");
+                    "the forward context holds no training forward");
   VERA_CHECK(!ctx.ready() && ctx.next_step() == 0);
 
   // A training forward of no rows validates everything and enqueues nothing: the context
@@ -412,7 +412,7 @@ void expression_checks() {
   auto lower = layer;
   lower.rank = 3;
   VERA_CHECK_THROWS(vera::parameter_gradients(cuda{}, g(0), lower, ctx), vera::rank_error,
-                    "training_context: holds rank 4, the layer has rank 3");
+                    "forward_context: holds rank 4, the layer has rank 3");
   const auto dx = vera::input_gradient(cuda{}, g(0), w0, layer, ctx).with_order(vera::order::low_rank);
   VERA_CHECK(dx.rows() == 0 && dx.cols() == 9 && dx.requested_order() == vera::order::low_rank);
   VERA_CHECK_THROWS(dx.on(sc).using_workspace(ws).eval_to(dense(operands + 512, 0, 7)), vera::shape_error,

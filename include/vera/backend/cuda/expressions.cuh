@@ -28,16 +28,16 @@ namespace vera::cuda {
 /// uses its first n rows and advances the dropout step. The bookkeeping is on the host: a
 /// backward must run on the stream of its forward, or after synchronising with it.
 template <class T>
-class training_context {
+class forward_context {
  public:
   /// \brief Keeps P in `storage`; `dropout` is the probability of dropping an element of the
   ///        adapter's input in a training forward, `dropout_seed` makes the masks reproducible.
   /// \throws shape_error when storage's stride is below its columns; value_error for a null
   ///         pointer under a non-empty view or a dropout probability outside [0, 1).
-  explicit training_context(matrix_ref<T> storage, double dropout = 0.0,
+  explicit forward_context(matrix_ref<T> storage, double dropout = 0.0,
                             std::uint64_t dropout_seed = 0)
       : storage_(storage) {
-    detail::check_matrix("training_context storage", storage, storage.rows, storage.cols);
+    detail::check_matrix("forward_context storage", storage, storage.rows, storage.cols);
     key_.seed = dropout_seed;
     key_.probability = dropout;
     (void)detail::uses_dropout(&key_);
@@ -65,11 +65,11 @@ class training_context {
   ///         fewer than n rows.
   matrix_ref<T> next_projected(index n, index rank) const {
     if (storage_.cols != rank) {
-      throw rank_error("training_context: storage has " + std::to_string(storage_.cols) +
+      throw rank_error("forward_context: storage has " + std::to_string(storage_.cols) +
                        " columns, the layer has rank " + std::to_string(rank));
     }
     if (n > storage_.rows) {
-      throw shape_error("training_context: storage holds " + std::to_string(storage_.rows) +
+      throw shape_error("forward_context: storage holds " + std::to_string(storage_.rows) +
                         " rows of P, the forward has " + std::to_string(n));
     }
     return {storage_.data, n, rank, storage_.stride};
@@ -146,19 +146,19 @@ class device_settings {
   workspace_ref scratch_;
 };
 
-/// The upstream gradient against the layer and its training context, as the host front-end
+/// The upstream gradient against the layer and its forward context, as the host front-end
 /// checks it.
 template <class T>
 void check_upstream(const matrix_ref<const T>& g, const layer_ref<T>& layer,
-                    const training_context<T>& ctx) {
+                    const forward_context<T>& ctx) {
   if (!ctx.ready()) {
-    throw state_error("vera backward (exec::cuda): the training context holds no training forward; "
+    throw state_error("vera backward (exec::cuda): the forward context holds no training forward; "
                       "evaluate vera::forward(exec::cuda{}, ...).train(ctx) first");
   }
   check_cols("G", layer.out, g.cols, "the layer's out features");
   check_rows("G", ctx.rows(), g.rows, "rows of the training forward");
   if (ctx.storage().cols != layer.rank) {
-    throw rank_error("training_context: holds rank " + std::to_string(ctx.storage().cols) +
+    throw rank_error("forward_context: holds rank " + std::to_string(ctx.storage().cols) +
                      ", the layer has rank " + std::to_string(layer.rank));
   }
 }
@@ -171,7 +171,7 @@ inline constexpr bool device_policy = exec::is_cuda_policy<Exec>;
 /// \brief Y (n x out) = X W0^T + bias + (drop(X) A^T)(Λb B Λd)^T on the device, lazily.
 ///
 /// `.eval_to(Y)` overwrites, `.add_to(Y)` accumulates; `.train(ctx)` makes it a training
-/// forward that keeps P (and the dropout key) in a training_context; the order follows
+/// forward that keeps P (and the dropout key) in a forward_context; the order follows
 /// forward_order() unless `.with_order()` forces one. Evaluation runs vera::cuda::forward or
 /// forward_train on the stream given with `.on()`.
 template <class Exec, class T>
@@ -196,7 +196,7 @@ class forward_expr : public detail::device_settings<forward_expr<Exec, T>>,
   index cols() const noexcept { return layer_.out; }
 
   /// \brief Training forward: dropout as `ctx` says, P kept in ctx (one context per layer).
-  forward_expr train(training_context<T>& ctx) const {
+  forward_expr train(forward_context<T>& ctx) const {
     forward_expr copy(*this);
     copy.context_ = &ctx;
     return copy;
@@ -216,14 +216,14 @@ class forward_expr : public detail::device_settings<forward_expr<Exec, T>>,
   /// \brief The bias (out elements) or null.
   const T* bias() const noexcept { return bias_; }
   /// \brief The context set by train(), or null for an inference forward.
-  training_context<T>* context() const noexcept { return context_; }
+  forward_context<T>* context() const noexcept { return context_; }
 
  private:
   layer_ref<T> layer_;
   matrix_ref<const T> x_;
   matrix_ref<const T> w0_;
   const T* bias_;
-  training_context<T>* context_ = nullptr;
+  forward_context<T>* context_ = nullptr;
 };
 
 /// \brief dL/d lambda_b and dL/d lambda_d on the device from G = dL/dY and the training
@@ -237,7 +237,7 @@ class parameter_gradient_expr : public detail::device_settings<parameter_gradien
   /// \brief Checks G against the layer and the context; see vera::parameter_gradients.
   /// \throws state_error when ctx holds no training forward; shape_error when G is not n x out;
   ///         rank_error when ctx holds another rank.
-  parameter_gradient_expr(const layer_ref<T>& layer, matrix_ref<const T> g, const training_context<T>& ctx)
+  parameter_gradient_expr(const layer_ref<T>& layer, matrix_ref<const T> g, const forward_context<T>& ctx)
       : layer_(layer), g_(g), context_(&ctx) {
     detail::check_layer(layer);
     detail::check_upstream(g, layer, ctx);
@@ -253,12 +253,12 @@ class parameter_gradient_expr : public detail::device_settings<parameter_gradien
   /// \brief G = dL/dY, n x out.
   matrix_ref<const T> upstream() const noexcept { return g_; }
   /// \brief The context of the training forward.
-  const training_context<T>& context() const noexcept { return *context_; }
+  const forward_context<T>& context() const noexcept { return *context_; }
 
  private:
   layer_ref<T> layer_;
   matrix_ref<const T> g_;
-  const training_context<T>* context_;
+  const forward_context<T>* context_;
 };
 
 /// \brief dL/dX (n x in) = G W0 + drop((G Λb B Λd) A) on the device, lazily: `.eval_to(dX)`
@@ -275,7 +275,7 @@ class input_gradient_expr : public detail::device_settings<input_gradient_expr<E
   /// \throws state_error when ctx holds no training forward; shape_error when G is not n x out
   ///         or W0 does not fit the layer; rank_error when ctx holds another rank.
   input_gradient_expr(const layer_ref<T>& layer, matrix_ref<const T> g, matrix_ref<const T> w0,
-                      const training_context<T>& ctx)
+                      const forward_context<T>& ctx)
       : layer_(layer), g_(g), w0_(w0), context_(&ctx) {
     detail::check_layer(layer);
     detail::check_upstream(g, layer, ctx);
@@ -299,13 +299,13 @@ class input_gradient_expr : public detail::device_settings<input_gradient_expr<E
   /// \brief W0, out x in (in x out with fan_in_fan_out).
   matrix_ref<const T> w0() const noexcept { return w0_; }
   /// \brief The context of the training forward.
-  const training_context<T>& context() const noexcept { return *context_; }
+  const forward_context<T>& context() const noexcept { return *context_; }
 
  private:
   layer_ref<T> layer_;
   matrix_ref<const T> g_;
   matrix_ref<const T> w0_;
-  const training_context<T>* context_;
+  const forward_context<T>* context_;
 };
 
 /// \brief ΔW = Λb B Λd A on the device (out x in; in x out with fan_in_fan_out), lazily:
@@ -348,7 +348,7 @@ class delta_weight_expr : public detail::device_settings<delta_weight_expr<Exec,
 ///        call has been enqueued, so a refused call leaves it as it was).
 template <class Exec, class T, std::enable_if_t<detail::device_policy<Exec>, int> = 0>
 void evaluate(Exec, const forward_expr<Exec, T>& e, matrix_ref<T> y, assign_mode mode) {
-  training_context<T>* ctx = e.context();
+  forward_context<T>* ctx = e.context();
   e.check_settings(ctx != nullptr ? "vera::cuda::forward_train" : "vera::cuda::forward");
   const bool accumulate = mode == assign_mode::accumulate;
   if (ctx == nullptr) {
@@ -412,28 +412,28 @@ cuda::forward_expr<exec::cuda, T> forward(cuda::input_ref<T> x, cuda::input_ref<
 }
 
 /// \brief Lazy gradients of lambda_b and lambda_d on device views, on policy `Exec`. G: n x out,
-///        ctx: the training context of the forward of the same n rows.
+///        ctx: the forward context of the forward of the same n rows.
 /// \throws state_error if ctx holds no training forward; shape_error for G of another shape;
 ///         rank_error when ctx holds another rank.
 template <class Exec, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
 cuda::parameter_gradient_expr<Exec, T> parameter_gradients(Exec, cuda::input_ref<T> g,
                                                            const cuda::layer_ref<T>& layer,
-                                                           const cuda::training_context<T>& ctx) {
+                                                           const cuda::forward_context<T>& ctx) {
   return {layer, g, ctx};
 }
 /// \brief As above, on exec::cuda.
 template <class T>
 cuda::parameter_gradient_expr<exec::cuda, T> parameter_gradients(cuda::input_ref<T> g,
                                                                  const cuda::layer_ref<T>& layer,
-                                                                 const cuda::training_context<T>& ctx) {
+                                                                 const cuda::forward_context<T>& ctx) {
   return {layer, g, ctx};
 }
 
-// The expressions keep the address of the training context: a temporary one is refused.
+// The expressions keep the address of the forward context: a temporary one is refused.
 template <class Exec, class T>
-void parameter_gradients(Exec, cuda::input_ref<T>, const cuda::layer_ref<T>&, cuda::training_context<T>&&) = delete;
+void parameter_gradients(Exec, cuda::input_ref<T>, const cuda::layer_ref<T>&, cuda::forward_context<T>&&) = delete;
 template <class T>
-void parameter_gradients(cuda::input_ref<T>, const cuda::layer_ref<T>&, cuda::training_context<T>&&) = delete;
+void parameter_gradients(cuda::input_ref<T>, const cuda::layer_ref<T>&, cuda::forward_context<T>&&) = delete;
 
 /// \brief Lazy gradient of the layer input on device views, on policy `Exec`. G: n x out, W0
 ///        as in vera::forward; the result is n x in.
@@ -442,23 +442,23 @@ void parameter_gradients(cuda::input_ref<T>, const cuda::layer_ref<T>&, cuda::tr
 template <class Exec, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
 cuda::input_gradient_expr<Exec, T> input_gradient(Exec, cuda::input_ref<T> g, cuda::input_ref<T> w0,
                                                   const cuda::layer_ref<T>& layer,
-                                                  const cuda::training_context<T>& ctx) {
+                                                  const cuda::forward_context<T>& ctx) {
   return {layer, g, w0, ctx};
 }
 /// \brief As above, on exec::cuda.
 template <class T>
 cuda::input_gradient_expr<exec::cuda, T> input_gradient(cuda::input_ref<T> g, cuda::input_ref<T> w0,
                                                         const cuda::layer_ref<T>& layer,
-                                                        const cuda::training_context<T>& ctx) {
+                                                        const cuda::forward_context<T>& ctx) {
   return {layer, g, w0, ctx};
 }
 
 template <class Exec, class T>
 void input_gradient(Exec, cuda::input_ref<T>, cuda::input_ref<T>, const cuda::layer_ref<T>&,
-                    cuda::training_context<T>&&) = delete;
+                    cuda::forward_context<T>&&) = delete;
 template <class T>
 void input_gradient(cuda::input_ref<T>, cuda::input_ref<T>, const cuda::layer_ref<T>&,
-                    cuda::training_context<T>&&) = delete;
+                    cuda::forward_context<T>&&) = delete;
 
 /// \brief Lazy ΔW of a device layer on policy Exec (default: exec::cuda).
 /// \throws shape_error, rank_error or value_error when the layer does not fit its projection.
