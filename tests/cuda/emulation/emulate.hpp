@@ -7,7 +7,10 @@
 // (ucontext) on the calling thread: each runs until it reaches __syncthreads() or returns, and a
 // barrier opens once every thread of the block has reached it, so the block-level reductions run
 // as on a GPU, deterministically and without OS threads. A __shared__ array is one array per
-// kernel, which the running block's threads share.
+// kernel, which the running block's threads share. A GPU promises no order between blocks, nor
+// between the threads of a block up to a barrier: every other launch runs its blocks last to
+// first, and alternate phases (and blocks) run their threads last to first, so that a kernel
+// whose result depends on such an order gives different results from run to run here.
 #pragma once
 
 #include <ucontext.h>
@@ -52,9 +55,10 @@ class block_runner {
       makecontext(&contexts_[t], &block_runner::entry, 0);
     }
     active() = this;
-    for (;;) {
+    for (unsigned phase = 0;; ++phase) {
       // One phase: every thread runs to its next barrier or to its end.
-      for (unsigned t = 0; t < threads; ++t) {
+      for (unsigned i = 0; i < threads; ++i) {
+        const unsigned t = (phase + block) % 2 == 0 ? i : threads - 1 - i;
         if (state_[t] == finished) continue;
         state_[t] = running;
         current_ = t;
@@ -117,8 +121,8 @@ inline void run_grid(unsigned grid, unsigned block_threads, const std::function<
     std::abort();
   }
   static block_runner runner;
-  ++launches();
-  for (unsigned b = 0; b < grid; ++b) runner.run(b, grid, block_threads, body);
+  const bool backwards = ++launches() % 2 == 0;
+  for (unsigned i = 0; i < grid; ++i) runner.run(backwards ? grid - 1 - i : i, grid, block_threads, body);
 }
 
 inline void syncthreads() { block_runner::active()->barrier(); }
