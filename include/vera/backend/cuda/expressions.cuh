@@ -98,11 +98,9 @@ struct gradients_ref {
   float* lambda_d = nullptr;  ///< dL/d lambda_d, rank floats, or null
 };
 
-namespace detail {
-
-/// Base of the device expressions: `.on(ctx)` names the stream and cuBLAS handle, and
-/// `.using_workspace(ws)` the scratch memory. Both are required: the backend neither picks a
-/// stream nor allocates.
+/// \brief Base of the device expressions: `.on(ctx)` names the stream and cuBLAS handle, and
+///        `.using_workspace(ws)` the scratch memory. Both are required: the backend neither
+///        picks a stream nor allocates.
 template <class Derived>
 class device_settings {
  public:
@@ -146,6 +144,8 @@ class device_settings {
   workspace_ref scratch_;
 };
 
+namespace detail {
+
 /// The upstream gradient against the layer and its forward context, as the host front-end
 /// checks it.
 template <class T>
@@ -175,7 +175,7 @@ inline constexpr bool device_policy = exec::is_cuda_policy<Exec>;
 /// forward_order() unless `.with_order()` forces one. Evaluation runs vera::cuda::forward or
 /// forward_train on the stream given with `.on()`.
 template <class Exec, class T>
-class forward_expr : public detail::device_settings<forward_expr<Exec, T>>,
+class forward_expr : public device_settings<forward_expr<Exec, T>>,
                      public takes_order<forward_expr<Exec, T>> {
   static_assert(detail::device_policy<Exec>,
                 "vera::forward: device views (vera::cuda) are evaluated by exec::cuda");
@@ -229,7 +229,7 @@ class forward_expr : public detail::device_settings<forward_expr<Exec, T>>,
 /// \brief dL/d lambda_b and dL/d lambda_d on the device from G = dL/dY and the training
 ///        context, lazily: `.eval_to(grads)` overwrites, `.add_to(grads)` accumulates.
 template <class Exec, class T>
-class parameter_gradient_expr : public detail::device_settings<parameter_gradient_expr<Exec, T>> {
+class parameter_gradient_expr : public device_settings<parameter_gradient_expr<Exec, T>> {
   static_assert(detail::device_policy<Exec>,
                 "vera::parameter_gradients: device views (vera::cuda) are evaluated by exec::cuda");
 
@@ -265,7 +265,7 @@ class parameter_gradient_expr : public detail::device_settings<parameter_gradien
 ///        overwrites, `.add_to(dX)` accumulates; the order follows input_gradient_order()
 ///        unless `.with_order()` forces one.
 template <class Exec, class T>
-class input_gradient_expr : public detail::device_settings<input_gradient_expr<Exec, T>>,
+class input_gradient_expr : public device_settings<input_gradient_expr<Exec, T>>,
                             public takes_order<input_gradient_expr<Exec, T>> {
   static_assert(detail::device_policy<Exec>,
                 "vera::input_gradient: device views (vera::cuda) are evaluated by exec::cuda");
@@ -312,7 +312,7 @@ class input_gradient_expr : public detail::device_settings<input_gradient_expr<E
 ///        `.eval_to(dW)` writes ΔW, `.add_to(W0)` is a merge and `.subtract_from(W0)` an
 ///        unmerge, each one GEMM into the destination.
 template <class Exec, class T>
-class delta_weight_expr : public detail::device_settings<delta_weight_expr<Exec, T>> {
+class delta_weight_expr : public device_settings<delta_weight_expr<Exec, T>> {
   static_assert(detail::device_policy<Exec>,
                 "vera::delta_weight: device views (vera::cuda) are evaluated by exec::cuda");
 
