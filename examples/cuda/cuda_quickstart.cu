@@ -6,8 +6,9 @@
 // projection is generated on the device (the same bits as the CPU's), the teacher's outputs come
 // from the direct call vera::cuda::forward with other lambdas, and each step writes the
 // front-end's expressions on exec::cuda: a training forward that keeps P in a forward context,
-// then the parameter gradients. The loss and the momentum-SGD update of the 2 x 32 lambdas stay
-// on the host for brevity: they are a few hundred numbers. Exits 77 (CTest: skipped) without a GPU.
+// then the parameter gradients, and a momentum-SGD step on the device updates b and d in place.
+// Only the loss and its gradient with respect to Y are computed on the host, for brevity.
+// Exits 77 (CTest: skipped) without a GPU.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -49,20 +50,6 @@ void download(const vc::device_buffer<float>& buffer, std::vector<float>& host, 
   vc::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
 }
 
-// SGD with momentum on one host vector.
-struct momentum_sgd {
-  float lr;
-  float beta;
-  std::vector<float> velocity;
-  void step(std::vector<float>& param, const std::vector<float>& grad) {
-    velocity.resize(grad.size(), 0.0f);
-    for (std::size_t i = 0; i < grad.size(); ++i) {
-      velocity[i] = beta * velocity[i] + grad[i];
-      param[i] -= lr * velocity[i];
-    }
-  }
-};
-
 int train(cudaStream_t stream, int steps) {
   const index in = 64, out = 32, rank = 32, batch = 128;
   std::mt19937 rng(7);
@@ -88,6 +75,8 @@ int train(cudaStream_t stream, int steps) {
   vc::device_buffer<float> target(static_cast<std::size_t>(batch * out)), g(static_cast<std::size_t>(batch * out));
   vc::device_buffer<float> p(static_cast<std::size_t>(batch * rank));
   vc::device_buffer<float> grad_b(static_cast<std::size_t>(out)), grad_d(static_cast<std::size_t>(rank));
+  // Momentum buffers of the optimizer, on the device like everything it updates.
+  vc::device_buffer<float> momentum_b(static_cast<std::size_t>(out)), momentum_d(static_cast<std::size_t>(rank));
   // One workspace, reserved once, serves every call below: no allocation inside the loop.
   vc::workspace ws;
   ws.reserve(vc::workspace_bytes(student, batch));
@@ -100,8 +89,10 @@ int train(cudaStream_t stream, int steps) {
   // P of each training forward (and its dropout key, unused here) for the backward.
   vc::forward_context<float> context(P);
   std::vector<float> host_x, host_y(static_cast<std::size_t>(batch * out)), host_target(host_y.size());
-  std::vector<float> host_g(host_y.size()), host_grad_b(b.size()), host_grad_d(d.size());
-  momentum_sgd opt_b{0.05f, 0.9f, {}}, opt_d{0.05f, 0.9f, {}};
+  std::vector<float> host_g(host_y.size());
+  const vc::sgd_settings sgd{/*lr=*/0.05, /*momentum=*/0.9};
+  const vc::optimizer_slot slot_b{lambda_b.data(), grad_b.data(), momentum_b.data(), nullptr, out, false};
+  const vc::optimizer_slot slot_d{lambda_d.data(), grad_d.data(), momentum_d.data(), nullptr, rank, false};
   float first_loss = 0.0f, loss = 0.0f;
 
   std::printf("vera %s CUDA quickstart: %ldx%ld layer, rank %ld, batch %ld, %d steps\n", vera::version_string,
@@ -130,12 +121,7 @@ int train(cudaStream_t stream, int steps) {
         .on(h)
         .using_workspace(ws)
         .eval_to({grad_b.data(), grad_d.data()});
-    download(grad_b, host_grad_b, stream);
-    download(grad_d, host_grad_d, stream);
-    opt_b.step(b, host_grad_b);
-    opt_d.step(d, host_grad_d);
-    upload(b, lambda_b, stream);
-    upload(d, lambda_d, stream);
+    vc::sgd_step(stream, sgd, /*first_step=*/step == 0, {slot_b, slot_d});
   }
 
   // Merging folds the adapter into W0: the merged weight alone (a layer with b = 0 adds nothing)

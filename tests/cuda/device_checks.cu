@@ -125,6 +125,78 @@ void projection_on_device(cudaStream_t stream, vera::generator kind) {
   VERA_CHECK(mismatches == 0);
 }
 
+// The optimizer steps against the host optimizers (vera::optim) over the same gradients: several
+// steps, two slots per call (the second without decay), 300 elements (more than one block).
+void optimizers_on_device(cudaStream_t stream) {
+  std::printf("optimizers\n");
+  std::mt19937 engine(99);
+  const index size = 300;
+  const auto as_float = [](const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); };
+  const std::vector<float> start = as_float(random_vector(engine, size));
+  std::vector<std::vector<float>> gradients;
+  for (int k = 0; k < 4; ++k) gradients.push_back(as_float(random_vector(engine, size, 0.5)));
+  const std::vector<double> zeros(static_cast<std::size_t>(size), 0.0);
+  const auto upload = [](float* dst, const std::vector<float>& host) {
+    vc::check(cudaMemcpy(dst, host.data(), sizeof(float) * host.size(), cudaMemcpyHostToDevice), "upload");
+  };
+  const auto to_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+
+  // run(k, slots) performs step k on the given slots; both slots start from `start`.
+  const auto check = [&](const char* what, const auto& step, const std::vector<float>& want_decay,
+                         const std::vector<float>& want_plain) {
+    device_array<float> value_a(to_double(start), size, 1), value_b(to_double(start), size, 1);
+    device_array<float> grad(size, 1), state_a(zeros, size, 1), second_a(zeros, size, 1);
+    device_array<float> state_b(zeros, size, 1), second_b(zeros, size, 1);
+    for (std::size_t k = 0; k < gradients.size(); ++k) {
+      upload(grad.buffer.data(), gradients[k]);
+      step(k, vc::optimizer_slot{value_a.buffer.data(), grad.buffer.data(), state_a.buffer.data(),
+                                 second_a.buffer.data(), size, true},
+           vc::optimizer_slot{value_b.buffer.data(), grad.buffer.data(), state_b.buffer.data(),
+                              second_b.buffer.data(), size, false});
+    }
+    vc::check(cudaStreamSynchronize(stream), "sync");
+    std::printf("  %s\n", what);
+    VERA_CHECK(close("value (decay)", value_a.download(), to_double(want_decay), 1e-6));
+    VERA_CHECK(close("value (no decay)", value_b.download(), to_double(want_plain), 1e-6));
+  };
+
+  const vc::sgd_settings sgd{0.05, 0.9, 0.0, 0.01, true};
+  check("sgd, Nesterov momentum, weight decay",
+        [&](std::size_t k, vc::optimizer_slot a, vc::optimizer_slot b) { vc::sgd_step(stream, sgd, k == 0, {a, b}); },
+        vera_test::cpu_sgd(start, gradients, {0.05, 0.9, 0.0, 0.01, true, true}),
+        vera_test::cpu_sgd(start, gradients, {0.05, 0.9, 0.0, 0.01, true, false}));
+  const vc::sgd_settings damped{0.1, 0.5, 0.25, 0.0, false};
+  check("sgd, dampened momentum",
+        [&](std::size_t k, vc::optimizer_slot a, vc::optimizer_slot b) { vc::sgd_step(stream, damped, k == 0, {a, b}); },
+        vera_test::cpu_sgd(start, gradients, {0.1, 0.5, 0.25, 0.0, false, true}),
+        vera_test::cpu_sgd(start, gradients, {0.1, 0.5, 0.25, 0.0, false, false}));
+  const vc::adamw_settings adamw{0.01, 0.9, 0.99, 1e-8, 0.1};
+  check("adamw, weight decay",
+        [&](std::size_t k, vc::optimizer_slot a, vc::optimizer_slot b) { vc::adamw_step(stream, adamw, k + 1, {a, b}); },
+        vera_test::cpu_adamw(start, gradients, {0.01, 0.9, 0.99, 1e-8, 0.1, true}),
+        vera_test::cpu_adamw(start, gradients, {0.01, 0.9, 0.99, 1e-8, 0.1, false}));
+
+  // A non-finite gradient element: with a flag, nothing changes and the flag is set.
+  device_array<float> value(to_double(start), size, 1), grad(size, 1), first(zeros, size, 1), second(zeros, size, 1);
+  std::vector<float> bad = gradients[0];
+  bad[size - 1] = std::nanf("");
+  upload(grad.buffer.data(), bad);
+  vc::device_buffer<int> rejected(1);
+  vc::adamw_step(stream, adamw, 1, {{value.buffer.data(), grad.buffer.data(), first.buffer.data(),
+                                     second.buffer.data(), size, true}}, rejected.data());
+  int flag = 0;
+  vc::check(cudaMemcpy(&flag, rejected.data(), sizeof(int), cudaMemcpyDeviceToHost), "flag");
+  VERA_CHECK(flag == 1);
+  VERA_CHECK(value.download() == to_double(start) && first.download() == zeros && second.download() == zeros);
+  upload(grad.buffer.data(), gradients[0]);
+  vc::sgd_step(stream, sgd, true, {{value.buffer.data(), grad.buffer.data(), first.buffer.data(), nullptr, size, true}},
+               rejected.data());
+  vc::check(cudaMemcpy(&flag, rejected.data(), sizeof(int), cudaMemcpyDeviceToHost), "flag");
+  VERA_CHECK(flag == 0);
+  const std::vector<float> one_step = vera_test::cpu_sgd(start, {gradients[0]}, {0.05, 0.9, 0.0, 0.01, true, true});
+  VERA_CHECK(close("value after an accepted step", value.download(), to_double(one_step), 1e-6));
+}
+
 struct scenario {
   const char* name;
   index n, in, out, rank;
@@ -306,6 +378,7 @@ int main() {
       const vc::handle h(stream);
       projection_on_device(stream, vera::generator::philox);
       projection_on_device(stream, vera::generator::peft);
+      optimizers_on_device(stream);
       const scenario plain{"plain", 67, 37, 29, 13, false, 0.0, true};
       const scenario conv{"fan_in_fan_out", 33, 20, 24, 7, true, 0.0, false};
       const scenario dropped{"dropout 0.25", 41, 19, 23, 9, false, 0.25, true};

@@ -441,6 +441,45 @@ void expression_checks() {
   VERA_CHECK(vera::delta_weight<tuned_cuda>(conv).rows() == 9 && vera::delta_weight(conv).cols() == 7);
 }
 
+// The optimizer steps refuse bad settings and overlapping buffers before any device work.
+void optimizer_checks() {
+  float* v = operands;         // 10 values
+  float* g = operands + 64;    // 10 gradients
+  float* m = operands + 128;   // 10 first moments
+  float* s2 = operands + 192;  // 10 second moments
+  const vera::cuda::optimizer_slot slot{v, g, m, s2, 10, true};
+  VERA_CHECK_THROWS(vera::cuda::adamw_step(nullptr, {-0.1, 0.9, 0.999, 1e-8, 0.0}, 1, {slot}), vera::value_error,
+                    "vera::cuda::adamw_step: lr must be in [0, inf), got -0.100000");
+  VERA_CHECK_THROWS(vera::cuda::adamw_step(nullptr, {1e-3, 1.0, 0.999, 1e-8, 0.0}, 1, {slot}), vera::value_error,
+                    "beta1 must be in [0, 1), got 1.000000");
+  VERA_CHECK_THROWS(vera::cuda::adamw_step(nullptr, {}, 0, {slot}), vera::value_error,
+                    "vera::cuda::adamw_step: step counts from 1, got 0");
+  VERA_CHECK_THROWS(vera::cuda::sgd_step(nullptr, {0.1, 0.0, 0.0, 0.0, true}, true, {slot}), vera::value_error,
+                    "vera::cuda::sgd_step: nesterov needs momentum > 0 and dampening 0");
+  VERA_CHECK_THROWS(vera::cuda::sgd_step(nullptr, {0.1, 0.9, 1.5, 0.0, false}, true, {slot}), vera::value_error,
+                    "dampening must be in [0, 1], got 1.500000");
+  VERA_CHECK_THROWS(vera::cuda::adamw_step(nullptr, {}, 1, {{v, g, m, nullptr, 10, true}}), vera::value_error,
+                    "slot second: null device pointer");
+  VERA_CHECK_THROWS(vera::cuda::adamw_step(nullptr, {}, 1, {{v, g, m, s2, -1, true}}), vera::value_error,
+                    "vera::cuda::adamw_step: slot size must be >= 0, got -1");
+  VERA_CHECK_THROWS(vera::cuda::adamw_step(nullptr, {}, 1, {{v, g, v + 5, s2, 10, true}}), vera::aliasing_error,
+                    "vera::cuda::adamw_step: slot value overlaps slot state");
+  VERA_CHECK_THROWS(vera::cuda::sgd_step(nullptr, {0.1, 0.9}, true, {{v, v + 9, m, nullptr, 10, true}}),
+                    vera::aliasing_error, "vera::cuda::sgd_step: slot value overlaps slot gradient");
+  VERA_CHECK_THROWS(vera::cuda::sgd_step(nullptr, {0.1, 0.9}, true, {slot, {m + 2, g, operands + 256, nullptr, 4, true}}),
+                    vera::aliasing_error, "slot state overlaps slot value");
+  VERA_CHECK_THROWS(vera::cuda::adamw_step(nullptr, {}, 1, {slot}, reinterpret_cast<int*>(s2 + 3)), vera::aliasing_error,
+                    "slot second overlaps rejected flag");
+  // Empty slots are skipped: nothing to check, nothing enqueued.
+  bool accepted = true;
+  try {
+    vera::cuda::sgd_step(nullptr, {0.1}, true, {{nullptr, nullptr, nullptr, nullptr, 0, true}});
+  } catch (const std::exception&) {
+    accepted = false;
+  }
+  VERA_CHECK(accepted);
+}
+
 }  // namespace
 
 int main() {
@@ -450,5 +489,6 @@ int main() {
   order_checks();
   aliasing_checks();
   expression_checks();
+  optimizer_checks();
   return vera_test::summary("cuda host checks");
 }

@@ -1,6 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
-// Host reference for the CUDA tests: the CPU library's projection and naive float64 VeRA loops.
+// Host reference for the CUDA tests: the CPU library's projection and optimizers, and naive
+// float64 VeRA loops.
 #include "reference.hpp"
+
+#include <Eigen/Core>
+
+#include <vera/optim.hpp>
 
 namespace vera_test {
 
@@ -101,6 +106,35 @@ reference_result naive_reference(const problem& p) {
     }
   }
   return r;
+}
+
+namespace {
+
+template <class Optimizer>
+std::vector<float> run_optimizer(Optimizer& opt, std::vector<float> value,
+                                 const std::vector<std::vector<float>>& gradients, bool decay) {
+  Eigen::Map<Eigen::VectorXf> v(value.data(), static_cast<Eigen::Index>(value.size()));
+  Eigen::VectorXf g(v.size());
+  opt.add("value", v, g, decay);
+  for (const std::vector<float>& step : gradients) {
+    g = Eigen::Map<const Eigen::VectorXf>(step.data(), g.size());
+    opt.step();
+  }
+  return value;
+}
+
+}  // namespace
+
+std::vector<float> cpu_sgd(std::vector<float> value, const std::vector<std::vector<float>>& gradients,
+                           const sgd_setup& setup) {
+  vera::optim::sgd<float> opt({setup.lr, setup.momentum, setup.dampening, setup.weight_decay, setup.nesterov});
+  return run_optimizer(opt, std::move(value), gradients, setup.decay);
+}
+
+std::vector<float> cpu_adamw(std::vector<float> value, const std::vector<std::vector<float>>& gradients,
+                             const adamw_setup& setup) {
+  vera::optim::adamw<float> opt({setup.lr, setup.beta1, setup.beta2, setup.eps, setup.weight_decay});
+  return run_optimizer(opt, std::move(value), gradients, setup.decay);
 }
 
 }  // namespace vera_test

@@ -44,4 +44,19 @@ struct reference_result {
 /// Textbook VeRA in float64 loops (VERA.md section 3), independent of every optimised path.
 reference_result naive_reference(const problem& p);
 
+/// The host optimizers (vera::optim, float) over one vector: one step per entry of `gradients`,
+/// each as long as `value`; returns the values after the last step.
+struct sgd_setup {
+  double lr, momentum, dampening, weight_decay;
+  bool nesterov, decay;
+};
+std::vector<float> cpu_sgd(std::vector<float> value, const std::vector<std::vector<float>>& gradients,
+                           const sgd_setup& setup);
+struct adamw_setup {
+  double lr, beta1, beta2, eps, weight_decay;
+  bool decay;
+};
+std::vector<float> cpu_adamw(std::vector<float> value, const std::vector<std::vector<float>>& gradients,
+                             const adamw_setup& setup);
+
 }  // namespace vera_test
