@@ -396,6 +396,19 @@ int main() {
       const scenario peft{"PEFT projection (uploaded)", 19, 21, 17, 6, false, 0.0, true, vera::generator::peft};
       run<float>(h, peft, 1e-5);
       run<__nv_bfloat16>(h, peft, 6e-2);
+      // Shapes, strides and options drawn at random (fixed seed), empty batches included.
+      std::mt19937 draw(2026);
+      const auto pick = [&draw](vera::index low, vera::index high) {
+        return std::uniform_int_distribution<vera::index>(low, high)(draw);
+      };
+      for (int i = 0; i < 12; ++i) {
+        scenario s{"random", pick(0, 40), pick(1, 40), pick(1, 40), pick(1, 24), pick(0, 1) == 1,
+                   pick(0, 2) == 0 ? 0.3 : 0.0, pick(0, 1) == 1,
+                   pick(0, 1) == 1 ? vera::generator::peft : vera::generator::philox, pick(0, 3)};
+        std::printf("random %d: n %ld, in %ld, out %ld, rank %ld, fan_in_fan_out %d, dropout %.1f, pad %ld\n", i,
+                    long(s.n), long(s.in), long(s.out), long(s.rank), int(s.fan_in_fan_out), s.dropout, long(s.pad));
+        run<float>(h, s, 1e-5);
+      }
     }
     vc::check(cudaStreamDestroy(stream), "cudaStreamDestroy");
   } catch (const std::exception& e) {
