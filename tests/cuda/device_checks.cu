@@ -334,6 +334,11 @@ void run(const vc::handle& h, const scenario& s, double tolerance) {
   std::vector<double> want_delta = want.merged;
   for (std::size_t i = 0; i < want_delta.size(); ++i) want_delta[i] -= p.w0[i];
   VERA_CHECK(close("ΔW (expression)", dw.download(), want_delta, tolerance));
+  // W0 + ΔW into another matrix leaves W0 as it is.
+  vera::merged_weight(w0.view(), layer).on(h).using_workspace(ws).eval_to(dw.view());
+  vc::check(cudaStreamSynchronize(ctx.stream), "sync");
+  VERA_CHECK(close("merged copy (expression)", dw.download(), want.merged, tolerance));
+  VERA_CHECK(close("W0 after the merged copy", w0.download(), p.w0, 0.0));
   vera::delta_weight(layer).on(h).using_workspace(ws).add_to(w0.view());
   vc::check(cudaStreamSynchronize(ctx.stream), "sync");
   VERA_CHECK(close("merged W0 (expression)", w0.download(), want.merged, tolerance));

@@ -439,6 +439,18 @@ void expression_checks() {
   auto conv = layer;
   conv.fan_in_fan_out = true;
   VERA_CHECK(vera::delta_weight<tuned_cuda>(conv).rows() == 9 && vera::delta_weight(conv).cols() == 7);
+
+  // W0 + ΔW into another matrix: W0's shape, no overlap with W0.
+  static_assert(std::is_same_v<decltype(vera::merged_weight(w0, layer)), vera::cuda::merged_weight_expr<cuda, float>>);
+  VERA_CHECK_THROWS(vera::merged_weight(dense(operands + 64, 9, 7), layer), vera::shape_error, "W0: expected 7 x 9, got 9 x 7");
+  const auto merged = vera::merged_weight(w0, layer).on(sc).using_workspace(ws);
+  VERA_CHECK(merged.rows() == 7 && merged.cols() == 9);
+  VERA_CHECK_THROWS(merged.eval_to(dense(operands + 512, 9, 7)), vera::shape_error,
+                    "destination (W0 + ΔW): expected 7 x 9, got 9 x 7");
+  VERA_CHECK_THROWS(merged.eval_to(dense(operands + 100, 7, 9)), vera::aliasing_error,
+                    "vera::merged_weight (exec::cuda): destination (W0 + ΔW) overlaps W0");
+  VERA_CHECK_THROWS(vera::merged_weight(w0, layer).on(sc).eval_to(dense(operands + 512, 7, 9)), vera::value_error,
+                    "vera::merged_weight (exec::cuda): no workspace");
 }
 
 // The optimizer steps refuse bad settings and overlapping buffers before any device work.

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // The front-end's lazy expressions over device views: vera::forward, parameter_gradients,
-// input_gradient and delta_weight build them from vera::cuda views, and evaluate() overloads for
-// CUDA policies run them through the backend's operations. The policy tag picks these evaluators
-// at compile time, as exec::cpu picks the host ones.
+// input_gradient, delta_weight and merged_weight build them from vera::cuda views, and evaluate()
+// overloads for CUDA policies run them through the backend's operations. The policy tag picks
+// these evaluators at compile time, as exec::cpu picks the host ones.
 #pragma once
 
 #include <cstdint>
@@ -340,6 +340,39 @@ class delta_weight_expr : public device_settings<delta_weight_expr<Exec, T>> {
   layer_ref<T> layer_;
 };
 
+/// \brief W0 + ΔW on the device into a separate matrix of W0's shape, lazily: `.eval_to(W)`
+///        copies W0 into W and adds ΔW with the merge GEMM; W0 is left as it is.
+template <class Exec, class T>
+class merged_weight_expr : public device_settings<merged_weight_expr<Exec, T>> {
+  static_assert(detail::device_policy<Exec>,
+                "vera::merged_weight: device views (vera::cuda) are evaluated by exec::cuda");
+
+ public:
+  /// \brief Checks W0 against the layer; see vera::merged_weight.
+  /// \throws shape_error, rank_error or value_error naming what does not fit.
+  merged_weight_expr(const layer_ref<T>& layer, matrix_ref<const T> w0) : layer_(layer), w0_(w0) {
+    detail::check_layer(layer);
+    detail::check_weight(layer, "W0", w0);
+  }
+
+  /// \brief Rows of W0.
+  index rows() const noexcept { return w0_.rows; }
+  /// \brief Columns of W0.
+  index cols() const noexcept { return w0_.cols; }
+
+  /// \brief W = W0 + ΔW, enqueued on the stream; W must not share memory with W0.
+  void eval_to(matrix_ref<T> w) const { evaluate(Exec{}, *this, w); }
+
+  /// \brief The layer.
+  const layer_ref<T>& layer() const noexcept { return layer_; }
+  /// \brief W0, out x in (in x out with fan_in_fan_out).
+  matrix_ref<const T> w0() const noexcept { return w0_; }
+
+ private:
+  layer_ref<T> layer_;
+  matrix_ref<const T> w0_;
+};
+
 // Evaluators of the CUDA policies. An expression's eval_to / add_to call evaluate(Exec{}, ...)
 // unqualified, so a tag derived from exec::cuda can bring overloads of its own.
 
@@ -387,6 +420,14 @@ void evaluate(Exec, const delta_weight_expr<Exec, T>& e, matrix_ref<T> dst, floa
   e.check_settings(operation);
   detail::merge_signed(e.on_stream(), e.layer(), dst, e.scratch(), keep, sign, operation,
                        keep == 0.0f ? "destination (ΔW)" : "W0");
+}
+
+/// \brief Runs the merged copy W = W0 + ΔW.
+template <class Exec, class T, std::enable_if_t<detail::device_policy<Exec>, int> = 0>
+void evaluate(Exec, const merged_weight_expr<Exec, T>& e, matrix_ref<T> w) {
+  const char* operation = "vera::merged_weight (exec::cuda)";
+  e.check_settings(operation);
+  detail::merged_copy(e.on_stream(), e.layer(), e.w0(), w, e.scratch(), operation);
 }
 
 }  // namespace vera::cuda
@@ -459,6 +500,13 @@ void input_gradient(Exec, cuda::input_ref<T>, cuda::input_ref<T>, const cuda::la
 template <class T>
 void input_gradient(cuda::input_ref<T>, cuda::input_ref<T>, const cuda::layer_ref<T>&,
                     cuda::forward_context<T>&&) = delete;
+
+/// \brief Lazy W0 + ΔW of a device layer on policy Exec (default: exec::cuda), W0's shape.
+/// \throws shape_error, rank_error or value_error when W0 or the layer does not fit.
+template <class Exec = exec::cuda, class T>
+cuda::merged_weight_expr<Exec, T> merged_weight(cuda::input_ref<T> w0, const cuda::layer_ref<T>& layer) {
+  return cuda::merged_weight_expr<Exec, T>(layer, w0);
+}
 
 /// \brief Lazy ΔW of a device layer on policy Exec (default: exec::cuda).
 /// \throws shape_error, rank_error or value_error when the layer does not fit its projection.

@@ -49,6 +49,28 @@ void merge_signed(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
   add_delta(ctx, layer, plan, sign, w0.data, w0.stride, keep);
 }
 
+/// dst = w0 + ΔW, dst a separate matrix of W0's shape: W0 copied into it, then the merge GEMM.
+template <class T>
+void merged_copy(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<const T> w0, matrix_ref<T> dst,
+                 workspace_ref ws, const char* operation) {
+  static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
+  check_layer(layer);
+  check_weight(layer, "W0", w0);
+  check_weight(layer, "destination (W0 + ΔW)", dst);
+  const std::size_t needed = merge_workspace_bytes(layer, false);
+  check_workspace(operation, ws, needed);
+  const byte_range read = range_of("W0", w0);
+  const byte_range scratch = range_of(ws, needed);
+  check_written(operation, layer, range_of("destination (W0 + ΔW)", dst), {read, scratch});
+  check_written(operation, layer, scratch, {read});
+  check(cudaMemcpy2DAsync(dst.data, sizeof(T) * dst.stride, w0.data, sizeof(T) * w0.stride, sizeof(T) * w0.cols,
+                          w0.rows, cudaMemcpyDeviceToDevice, ctx.stream),
+        operation);
+  carver c(ws.data);
+  const merge_plan<T> plan(c, layer, false);
+  add_delta(ctx, layer, plan, 1.0f, dst.data, dst.stride);
+}
+
 }  // namespace detail
 
 /// \brief w0 += ΔW = (Λb B Λd) A in place (w0: out x in, or in x out with fan_in_fan_out),
