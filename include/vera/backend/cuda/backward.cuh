@@ -52,12 +52,12 @@ void parameter_gradients(const stream_context& ctx, const layer_ref<T>& layer,
   const index n = g.rows;
   detail::check_matrix("G (upstream gradient)", g, n, layer.out);
   detail::check_matrix("projected (P)", projected, n, layer.rank);
+  const char* operation = "vera::cuda::parameter_gradients";
   detail::carver sizing;
   (void)detail::parameter_gradient_plan<T>{sizing, layer};
-  detail::check_workspace("vera::cuda::parameter_gradients", ws, sizing.used());
+  detail::check_workspace(operation, ws, sizing.used());
   {
     using detail::range_of;
-    const char* operation = "vera::cuda::parameter_gradients";
     const detail::byte_range g_range = range_of("G (upstream gradient)", g);
     const detail::byte_range p_range = range_of("projected (P)", projected);
     const detail::byte_range scratch = range_of(ws, sizing.used());
@@ -116,12 +116,12 @@ void input_gradient(const stream_context& ctx, const layer_ref<T>& layer, input_
   detail::check_matrix("grad_X", grad_x, n, layer.in);
   const bool dropout = detail::uses_dropout(mask);
   const order chosen = input_gradient_order(layer, n, dropout, requested);
+  const char* operation = "vera::cuda::input_gradient";
   detail::carver sizing;
   (void)detail::input_gradient_plan<T>{sizing, layer, n, dropout, chosen};
-  detail::check_workspace("vera::cuda::input_gradient", ws, sizing.used());
+  detail::check_workspace(operation, ws, sizing.used());
   {
     using detail::range_of;
-    const char* operation = "vera::cuda::input_gradient";
     const detail::byte_range g_range = range_of("G (upstream gradient)", g);
     const detail::byte_range w_range = range_of("W0", w0);
     const detail::byte_range scratch = range_of(ws, sizing.used());
