@@ -97,15 +97,16 @@ void add_delta_gemm(const stream_context& ctx, const layer_ref<T>& layer, const 
   }
 }
 
-/// weight (dense, W0's storage order) = W0 + ΔW, from scaled = Λb B Λd already in the workspace.
+/// weight (W0's storage order, row stride `stride`) = W0 + ΔW, from scaled = Λb B Λd already in
+/// the workspace: W0 copied over, then the merge GEMM.
 template <class T>
 void build_merged_weight(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<const T> w0,
-                         const T* scaled, T* weight) {
+                         const T* scaled, T* weight, index stride) {
   const index cols = stored_cols(layer);
-  check(cudaMemcpy2DAsync(weight, sizeof(T) * cols, w0.data, sizeof(T) * w0.stride, sizeof(T) * cols,
+  check(cudaMemcpy2DAsync(weight, sizeof(T) * stride, w0.data, sizeof(T) * w0.stride, sizeof(T) * cols,
                           stored_rows(layer), cudaMemcpyDeviceToDevice, ctx.stream),
         "merged weight cudaMemcpy2DAsync");
-  add_delta_gemm(ctx, layer, scaled, weight, cols);
+  add_delta_gemm(ctx, layer, scaled, weight, stride);
 }
 
 /// The weight the base GEMM reads: W0 itself in the low-rank order; in the merged order
@@ -114,7 +115,7 @@ template <class T>
 matrix_ref<const T> base_weight(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<const T> w0,
                                 order chosen, const T* scaled, T* merged) {
   if (chosen != order::merged) return w0;
-  build_merged_weight(ctx, layer, w0, scaled, merged);
+  build_merged_weight(ctx, layer, w0, scaled, merged, stored_cols(layer));
   return {merged, stored_rows(layer), stored_cols(layer), stored_cols(layer)};
 }
 

@@ -427,7 +427,8 @@ template <class Exec, class T, std::enable_if_t<detail::device_policy<Exec>, int
 void evaluate(Exec, const merged_weight_expr<Exec, T>& e, matrix_ref<T> w) {
   const char* operation = "vera::merged_weight (exec::cuda)";
   e.check_settings(operation);
-  detail::merged_copy(e.on_stream(), e.layer(), e.w0(), w, e.scratch(), operation);
+  const matrix_ref<const T> w0 = e.w0();
+  detail::merge_signed(e.on_stream(), e.layer(), w, e.scratch(), 1.0f, 1.0f, operation, "destination (W0 + ΔW)", &w0);
 }
 
 }  // namespace vera::cuda

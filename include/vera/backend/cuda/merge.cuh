@@ -30,45 +30,31 @@ void add_delta(const stream_context& ctx, const layer_ref<T>& layer, const merge
   add_delta_gemm(ctx, layer, static_cast<const T*>(plan.scaled_b), target, stride, keep);
 }
 
-/// w0 = keep w0 + sign ΔW: merge (1, 1), unmerge (1, -1), ΔW alone (0, 1); `target` names w0 in
-/// messages.
+/// target = keep target + sign ΔW: merge (1, 1), unmerge (1, -1), ΔW alone (0, 1). With
+/// `source` (a matrix of W0's shape, only read), target = source + ΔW instead: the merged copy.
+/// `name` names the target in messages.
 template <class T>
-void merge_signed(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
+void merge_signed(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> target,
                   workspace_ref ws, float keep, float sign, const char* operation,
-                  const char* target = "W0") {
+                  const char* name = "W0", const matrix_ref<const T>* source = nullptr) {
   static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
   check_layer(layer);
-  check_weight(layer, target, w0);
+  if (source != nullptr) check_weight(layer, "W0", *source);
+  check_weight(layer, name, target);
   const std::size_t needed = merge_workspace_bytes(layer, false);
   check_workspace(operation, ws, needed);
+  const byte_range read = source != nullptr ? range_of("W0", *source) : byte_range{};
   const byte_range scratch = range_of(ws, needed);
-  check_written(operation, layer, range_of(target, w0), {scratch});
-  check_written(operation, layer, scratch, {});
-  carver c(ws.data);
-  const merge_plan<T> plan(c, layer, false);
-  add_delta(ctx, layer, plan, sign, w0.data, w0.stride, keep);
-}
-
-/// dst = w0 + ΔW, dst a separate matrix of W0's shape: W0 copied into it, then the merge GEMM.
-template <class T>
-void merged_copy(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<const T> w0, matrix_ref<T> dst,
-                 workspace_ref ws, const char* operation) {
-  static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
-  check_layer(layer);
-  check_weight(layer, "W0", w0);
-  check_weight(layer, "destination (W0 + ΔW)", dst);
-  const std::size_t needed = merge_workspace_bytes(layer, false);
-  check_workspace(operation, ws, needed);
-  const byte_range read = range_of("W0", w0);
-  const byte_range scratch = range_of(ws, needed);
-  check_written(operation, layer, range_of("destination (W0 + ΔW)", dst), {read, scratch});
+  check_written(operation, layer, range_of(name, target), {read, scratch});
   check_written(operation, layer, scratch, {read});
-  check(cudaMemcpy2DAsync(dst.data, sizeof(T) * dst.stride, w0.data, sizeof(T) * w0.stride, sizeof(T) * w0.cols,
-                          w0.rows, cudaMemcpyDeviceToDevice, ctx.stream),
-        operation);
   carver c(ws.data);
   const merge_plan<T> plan(c, layer, false);
-  add_delta(ctx, layer, plan, 1.0f, dst.data, dst.stride);
+  if (source == nullptr) {
+    add_delta(ctx, layer, plan, sign, target.data, target.stride, keep);
+    return;
+  }
+  launch_scaled_b(ctx, layer, sign, plan.scaled_b, "vera::cuda::merge scaled_b");
+  build_merged_weight(ctx, layer, *source, static_cast<const T*>(plan.scaled_b), target.data, target.stride);
 }
 
 }  // namespace detail
@@ -113,10 +99,10 @@ void safe_merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref
   detail::check_layer(layer);
   detail::check_weight(layer, "W0", w0);
   detail::check_pointer("rejected flag", rejected);
+  const char* operation = "vera::cuda::safe_merge";
   const std::size_t needed = merge_workspace_bytes(layer, true);
-  detail::check_workspace("vera::cuda::safe_merge", ws, needed);
+  detail::check_workspace(operation, ws, needed);
   {
-    const char* operation = "vera::cuda::safe_merge";
     const detail::byte_range scratch = detail::range_of(ws, needed);
     const detail::byte_range flag = detail::range_of("rejected flag", rejected, 1);
     detail::check_written(operation, layer, detail::range_of("W0", w0), {scratch, flag});
@@ -126,10 +112,9 @@ void safe_merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref
   detail::carver c(ws.data);
   const detail::merge_plan<T> plan(c, layer, true);
   check(cudaMemsetAsync(rejected, 0, sizeof(int), ctx.stream), "vera::cuda::safe_merge cudaMemsetAsync");
-  check(cudaMemcpy2DAsync(plan.candidate, sizeof(T) * w0.cols, w0.data, sizeof(T) * w0.stride,
-                          sizeof(T) * w0.cols, w0.rows, cudaMemcpyDeviceToDevice, ctx.stream),
-        "vera::cuda::safe_merge cudaMemcpy2DAsync");
-  detail::add_delta(ctx, layer, plan, 1.0f, plan.candidate, w0.cols);
+  detail::launch_scaled_b(ctx, layer, 1.0f, plan.scaled_b, "vera::cuda::safe_merge scaled_b");
+  detail::build_merged_weight(ctx, layer, matrix_ref<const T>(w0), static_cast<const T*>(plan.scaled_b),
+                              plan.candidate, w0.cols);
   const unsigned grid = kernels::grid_for(w0.rows * w0.cols);
   detail::launch("vera::cuda::safe_merge check", kernels::flag_non_finite<T>, grid, ctx.stream, plan.candidate,
                  w0.rows, w0.cols, w0.cols, rejected);
