@@ -7,8 +7,8 @@
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
+#include <array>
 #include <string>
-#include <vector>
 
 #include "vera/backend/cuda/kernels.cuh"
 #include "vera/backend/cuda/launch.cuh"
@@ -95,33 +95,41 @@ inline void check_setting(const char* operation, const char* what, double value,
   }
 }
 
+/// The buffers a slot writes: its value and the state buffers the rule uses (`moments`: 0, 1 or
+/// 2); unused ones are empty ranges, which overlap nothing.
+inline std::array<byte_range, 3> written_by(const optimizer_slot& s, int moments) {
+  const auto count = static_cast<std::size_t>(s.size);
+  return {range_of("slot value", s.value, count),
+          range_of("slot state", moments >= 1 ? s.state : nullptr, count),
+          range_of("slot second", moments >= 2 ? s.second : nullptr, count)};
+}
+
 /// Every slot's pointers and sizes, and no written buffer sharing memory with anything else the
-/// step reads or writes. `moments` is the number of state buffers the rule uses (0, 1 or 2).
+/// step reads or writes: every gradient, the other written buffers, the flag. Allocates nothing.
 inline void check_slots(const char* operation, std::initializer_list<optimizer_slot> slots, int moments,
                         const int* rejected) {
-  std::vector<byte_range> read;
-  std::vector<byte_range> written;
   for (const optimizer_slot& s : slots) {
     if (s.size < 0) {
       throw value_error(std::string(operation) + ": slot size must be >= 0, got " + std::to_string(s.size));
     }
     check_int(operation, "slot size", s.size);
-    const auto count = static_cast<std::size_t>(s.size);
     if (s.size == 0) continue;
     check_pointer("slot value", s.value);
     check_pointer("slot gradient", s.gradient);
     if (moments >= 1) check_pointer("slot state", s.state);
     if (moments >= 2) check_pointer("slot second", s.second);
-    read.push_back(range_of("slot gradient", s.gradient, count));
-    written.push_back(range_of("slot value", s.value, count));
-    if (moments >= 1) written.push_back(range_of("slot state", s.state, count));
-    if (moments >= 2) written.push_back(range_of("slot second", s.second, count));
   }
-  if (rejected != nullptr) written.push_back(range_of("rejected flag", rejected, 1));
-  for (std::size_t i = 0; i < written.size(); ++i) {
-    check_disjoint(operation, written[i], read);
-    check_disjoint(operation, written[i], std::vector<byte_range>(written.begin() + static_cast<std::ptrdiff_t>(i) + 1,
-                                                                  written.end()));
+  const byte_range flag = range_of("rejected flag", rejected, rejected != nullptr ? 1 : 0);
+  for (auto a = slots.begin(); a != slots.end(); ++a) {
+    const std::array<byte_range, 3> mine = written_by(*a, moments);
+    for (std::size_t k = 0; k < mine.size(); ++k) {
+      for (const optimizer_slot& other : slots) {
+        check_disjoint(operation, mine[k], {range_of("slot gradient", other.gradient, static_cast<std::size_t>(other.size))});
+      }
+      for (std::size_t l = k + 1; l < mine.size(); ++l) check_disjoint(operation, mine[k], {mine[l]});
+      for (auto b = a + 1; b != slots.end(); ++b) check_disjoint(operation, mine[k], written_by(*b, moments));
+      check_disjoint(operation, mine[k], {flag});
+    }
   }
 }
 
