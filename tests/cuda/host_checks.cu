@@ -455,21 +455,24 @@ void expression_checks() {
 
 // The optimizer steps refuse bad settings and overlapping buffers before any device work.
 void optimizer_checks() {
+  static_assert(std::is_same_v<vera::cuda::sgd_settings, vera::optim::sgd_options> &&
+                    std::is_same_v<vera::cuda::adamw_settings, vera::optim::adamw_options>,
+                "the device steps take the host optimizers' settings");
   float* v = operands;         // 10 values
   float* g = operands + 64;    // 10 gradients
   float* m = operands + 128;   // 10 first moments
   float* s2 = operands + 192;  // 10 second moments
   const vera::cuda::optimizer_slot slot{v, g, m, s2, 10, true};
   VERA_CHECK_THROWS(vera::cuda::adamw_step(nullptr, {-0.1, 0.9, 0.999, 1e-8, 0.0}, 1, {slot}), vera::value_error,
-                    "vera::cuda::adamw_step: lr must be in [0, inf), got -0.100000");
+                    "vera::cuda::adamw_step: lr must be in [0, inf), got -0.1");
   VERA_CHECK_THROWS(vera::cuda::adamw_step(nullptr, {1e-3, 1.0, 0.999, 1e-8, 0.0}, 1, {slot}), vera::value_error,
-                    "beta1 must be in [0, 1), got 1.000000");
+                    "vera::cuda::adamw_step: beta1 must be in [0, 1), got 1");
   VERA_CHECK_THROWS(vera::cuda::adamw_step(nullptr, {}, 0, {slot}), vera::value_error,
                     "vera::cuda::adamw_step: step counts from 1, got 0");
   VERA_CHECK_THROWS(vera::cuda::sgd_step(nullptr, {0.1, 0.0, 0.0, 0.0, true}, true, {slot}), vera::value_error,
                     "vera::cuda::sgd_step: nesterov needs momentum > 0 and dampening 0");
   VERA_CHECK_THROWS(vera::cuda::sgd_step(nullptr, {0.1, 0.9, 1.5, 0.0, false}, true, {slot}), vera::value_error,
-                    "dampening must be in [0, 1], got 1.500000");
+                    "vera::cuda::sgd_step: dampening must be in [0, 1], got 1.5");
   VERA_CHECK_THROWS(vera::cuda::adamw_step(nullptr, {}, 1, {{v, g, m, nullptr, 10, true}}), vera::value_error,
                     "slot second: null device pointer");
   VERA_CHECK_THROWS(vera::cuda::adamw_step(nullptr, {}, 1, {{v, g, m, s2, -1, true}}), vera::value_error,

@@ -192,7 +192,14 @@ TEST_CASE("options are validated", "[optim][errors]") {
   CHECK_THROWS_AS(vera::optim::adamw<float>(adamw_options{NAN}), vera::value_error);
   CHECK_THROWS_WITH(vera::optim::sgd<float>(sgd_options{0.1, 0.0, 0.0, 0.0, true}),
                     Catch::Contains("nesterov"));
-  CHECK_THROWS_WITH(vera::optim::sgd<float>(sgd_options{0.1, 0.9, 1.5}), Catch::Contains("dampening"));
+  CHECK_THROWS_WITH(vera::optim::sgd<float>(sgd_options{0.1, 0.9, 1.5}),
+                    "vera::optim::sgd: dampening must be in [0, 1], got 1.5");
+  // Bounds and values print as the shortest decimal that reads back exactly.
+  CHECK_THROWS_WITH(vera::optim::adamw<float>(adamw_options{1e-3, 0.9, 0.999, -1e-8}),
+                    "vera::optim::adamw: eps must be in (0, inf), got -1e-08");
+  CHECK_THROWS_WITH(vera::optim::adamw<float>(adamw_options{-(0.1 + 0.2)}),
+                    "vera::optim::adamw: lr must be in [0, inf), got -0.30000000000000004");
+  CHECK_THROWS_WITH(vera::optim::adamw<float>(adamw_options{NAN}), Catch::EndsWith("got nan"));
   vera::optim::sgd<float> opt;
   CHECK_THROWS_AS(opt.set_lr(INFINITY), vera::value_error);
   opt.set_lr(0.5);

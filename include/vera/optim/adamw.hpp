@@ -8,19 +8,10 @@
 #include <utility>
 #include <vector>
 
+#include "vera/optim/options.hpp"
 #include "vera/optim/parameters.hpp"
 
 namespace vera::optim {
-
-/// \brief Settings of adamw; the defaults are PyTorch's.
-struct adamw_options {
-  double lr = 1e-3;  ///< learning rate, >= 0
-  double beta1 = 0.9;  ///< first-moment decay, in [0, 1)
-  double beta2 = 0.999;  ///< second-moment decay, in [0, 1)
-  double eps = 1e-8;  ///< added to the denominator, > 0
-  /// Decoupled: p *= 1 - lr * weight_decay before the Adam step, for parameters with decay.
-  double weight_decay = 1e-2;
-};
 
 /// \brief AdamW over registered buffers. At step t (from 1), per element with gradient g:
 ///        p *= 1 - lr * wd (decay only); m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g²;
@@ -34,7 +25,7 @@ class adamw {
  public:
   /// \brief An optimizer with no parameters yet; register them with add().
   /// \throws value_error for an option out of range (named in the message).
-  explicit adamw(const adamw_options& options = {}) : options_(options) { validate(options_); }
+  explicit adamw(const adamw_options& options = {}) : options_(options) { optim::validate(options_, "vera::optim::adamw"); }
 
   /// \brief Registers buffers; see parameter_list::add for the overloads and their checks.
   template <class... Args>
@@ -97,15 +88,6 @@ class adamw {
   std::size_t steps() const noexcept { return steps_; }
 
  private:
-  static void validate(const adamw_options& o) {
-    const char* who = "vera::optim::adamw";
-    detail::check_rate(who, "lr", o.lr, 0.0, true, HUGE_VAL, false);
-    detail::check_rate(who, "beta1", o.beta1, 0.0, true, 1.0, false);
-    detail::check_rate(who, "beta2", o.beta2, 0.0, true, 1.0, false);
-    detail::check_rate(who, "eps", o.eps, 0.0, false, HUGE_VAL, false);
-    detail::check_rate(who, "weight_decay", o.weight_decay, 0.0, true, HUGE_VAL, false);
-  }
-
   adamw_options options_;
   parameter_list<T> parameters_;
   slot_store<T> slots_{true, true};

@@ -305,20 +305,4 @@ class slot_store {
   std::vector<std::vector<T>> second_;
 };
 
-namespace detail {
-
-inline void check_rate(const char* who, const char* what, double value, double low,
-                       bool low_inclusive, double high, bool high_inclusive) {
-  const bool above = low_inclusive ? value >= low : value > low;
-  const bool below = high_inclusive ? value <= high : value < high;
-  if (!std::isfinite(value) || !above || !below) {
-    throw value_error(std::string(who) + ": " + what + " must be in " + (low_inclusive ? "[" : "(") +
-                      std::to_string(low) + ", " +
-                      (std::isfinite(high) ? std::to_string(high) : std::string("inf")) +
-                      (high_inclusive ? "]" : ")") + ", got " + std::to_string(value));
-  }
-}
-
-}  // namespace detail
-
 }  // namespace vera::optim

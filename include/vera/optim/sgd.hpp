@@ -9,19 +9,10 @@
 #include <utility>
 #include <vector>
 
+#include "vera/optim/options.hpp"
 #include "vera/optim/parameters.hpp"
 
 namespace vera::optim {
-
-/// \brief Settings of sgd; the defaults are plain SGD at lr 0.01.
-struct sgd_options {
-  double lr = 0.01;  ///< learning rate, >= 0
-  double momentum = 0.0;  ///< >= 0; 0 keeps no momentum buffer
-  double dampening = 0.0;  ///< in [0, 1]
-  /// L2 penalty added to the gradient (coupled, as PyTorch's SGD), for parameters with decay.
-  double weight_decay = 0.0;
-  bool nesterov = false;  ///< needs momentum > 0 and dampening 0
-};
 
 /// \brief SGD over registered buffers: per element, with g the gradient,
 ///        g += wd * p (decay only); buf = g on the first step, else
@@ -38,7 +29,7 @@ class sgd {
   /// \throws value_error for an option out of range (named in the message).
   explicit sgd(const sgd_options& options = {})
       : options_(options), slots_(options.momentum != 0.0, false) {
-    validate(options_);
+    optim::validate(options_, "vera::optim::sgd");
   }
 
   /// \brief Registers buffers; see parameter_list::add for the overloads and their checks.
@@ -101,17 +92,6 @@ class sgd {
   std::size_t steps() const noexcept { return steps_; }
 
  private:
-  static void validate(const sgd_options& o) {
-    const char* who = "vera::optim::sgd";
-    detail::check_rate(who, "lr", o.lr, 0.0, true, HUGE_VAL, false);
-    detail::check_rate(who, "momentum", o.momentum, 0.0, true, HUGE_VAL, false);
-    detail::check_rate(who, "dampening", o.dampening, 0.0, true, 1.0, true);
-    detail::check_rate(who, "weight_decay", o.weight_decay, 0.0, true, HUGE_VAL, false);
-    if (o.nesterov && (o.momentum <= 0.0 || o.dampening != 0.0)) {
-      throw value_error("vera::optim::sgd: nesterov needs momentum > 0 and dampening 0");
-    }
-  }
-
   sgd_options options_;
   parameter_list<T> parameters_;
   slot_store<T> slots_;

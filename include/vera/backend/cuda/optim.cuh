@@ -13,6 +13,7 @@
 #include "vera/backend/cuda/kernels.cuh"
 #include "vera/backend/cuda/launch.cuh"
 #include "vera/backend/cuda/validate.cuh"
+#include "vera/optim/options.hpp"
 
 namespace vera::cuda {
 
@@ -30,23 +31,11 @@ struct optimizer_slot {
   bool decay = true;  ///< whether weight decay applies
 };
 
-/// \brief SGD settings; the defaults are PyTorch's (as vera::optim::sgd_options).
-struct sgd_settings {
-  double lr = 0.01;  ///< learning rate, >= 0
-  double momentum = 0.0;  ///< >= 0; 0 keeps no momentum buffer
-  double dampening = 0.0;  ///< in [0, 1]
-  double weight_decay = 0.0;  ///< L2 penalty added to the gradient, >= 0
-  bool nesterov = false;  ///< needs momentum > 0 and dampening 0
-};
+/// \brief SGD settings: vera::optim's, so host and device steps take the same values and checks.
+using sgd_settings = vera::optim::sgd_options;
 
-/// \brief AdamW settings; the defaults are PyTorch's (as vera::optim::adamw_options).
-struct adamw_settings {
-  double lr = 1e-3;  ///< learning rate, >= 0
-  double beta1 = 0.9;  ///< first-moment decay, in [0, 1)
-  double beta2 = 0.999;  ///< second-moment decay, in [0, 1)
-  double eps = 1e-8;  ///< added to the denominator, > 0
-  double weight_decay = 1e-2;  ///< decoupled: p *= 1 - lr * weight_decay, >= 0
-};
+/// \brief AdamW settings: vera::optim's, so host and device steps take the same values and checks.
+using adamw_settings = vera::optim::adamw_options;
 
 namespace kernels {
 
@@ -87,13 +76,6 @@ __global__ void adamw_update(float* value, const float* gradient, float* first, 
 }  // namespace kernels
 
 namespace detail {
-
-inline void check_setting(const char* operation, const char* what, double value, bool ok, const char* range) {
-  if (!std::isfinite(value) || !ok) {
-    throw value_error(std::string(operation) + ": " + what + " must be in " + range + ", got " +
-                      std::to_string(value));
-  }
-}
 
 /// The buffers a slot writes: its value and the state buffers the rule uses (`moments`: 0, 1 or
 /// 2); unused ones are empty ranges, which overlap nothing.
@@ -160,13 +142,7 @@ inline void flag_gradients(cudaStream_t stream, std::initializer_list<optimizer_
 inline void sgd_step(cudaStream_t stream, const sgd_settings& o, bool first_step,
                      std::initializer_list<optimizer_slot> slots, int* rejected = nullptr) {
   const char* operation = "vera::cuda::sgd_step";
-  detail::check_setting(operation, "lr", o.lr, o.lr >= 0.0, "[0, inf)");
-  detail::check_setting(operation, "momentum", o.momentum, o.momentum >= 0.0, "[0, inf)");
-  detail::check_setting(operation, "dampening", o.dampening, o.dampening >= 0.0 && o.dampening <= 1.0, "[0, 1]");
-  detail::check_setting(operation, "weight_decay", o.weight_decay, o.weight_decay >= 0.0, "[0, inf)");
-  if (o.nesterov && (o.momentum <= 0.0 || o.dampening != 0.0)) {
-    throw value_error(std::string(operation) + ": nesterov needs momentum > 0 and dampening 0");
-  }
+  vera::optim::validate(o, operation);
   const bool momentum = o.momentum != 0.0;
   detail::check_slots(operation, slots, momentum ? 1 : 0, rejected);
   detail::flag_gradients(stream, slots, rejected, operation);
@@ -192,11 +168,7 @@ inline void sgd_step(cudaStream_t stream, const sgd_settings& o, bool first_step
 inline void adamw_step(cudaStream_t stream, const adamw_settings& o, std::uint64_t step,
                        std::initializer_list<optimizer_slot> slots, int* rejected = nullptr) {
   const char* operation = "vera::cuda::adamw_step";
-  detail::check_setting(operation, "lr", o.lr, o.lr >= 0.0, "[0, inf)");
-  detail::check_setting(operation, "beta1", o.beta1, o.beta1 >= 0.0 && o.beta1 < 1.0, "[0, 1)");
-  detail::check_setting(operation, "beta2", o.beta2, o.beta2 >= 0.0 && o.beta2 < 1.0, "[0, 1)");
-  detail::check_setting(operation, "eps", o.eps, o.eps > 0.0, "(0, inf)");
-  detail::check_setting(operation, "weight_decay", o.weight_decay, o.weight_decay >= 0.0, "[0, inf)");
+  vera::optim::validate(o, operation);
   if (step == 0) throw value_error(std::string(operation) + ": step counts from 1, got 0");
   detail::check_slots(operation, slots, 2, rejected);
   detail::flag_gradients(stream, slots, rejected, operation);
