@@ -6,7 +6,11 @@
 #   system.txt  device_tests.txt  quickstart.txt  vera.txt  peft_float32.txt  peft_bfloat16.txt
 #   table.md
 #
-# Usage: bash bench/cuda_report.sh [BUILD_DIR] [OUT_DIR]     (defaults: build/cuda, cuda-report)
+# Usage: bash bench/cuda_report.sh [--smoke] [BUILD_DIR] [OUT_DIR]
+#        (defaults: build/cuda, cuda-report)
+# --smoke: the same steps in seconds (quickstart --quick, bench_cuda and cuda_vs_peft.py on their
+# one small --smoke shape; PEFT on the CPU where torch sees no GPU): checks the whole chain before
+# the full run. Its times mean nothing.
 # BUILD_DIR must hold tests/vera_test_cuda_device, examples/cuda_quickstart and bench/bench_cuda;
 # when it does not, they are built with the `cuda` preset first (which needs the library's build
 # dependencies, Eigen included).
@@ -14,6 +18,11 @@
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+smoke=()
+if [ "${1:-}" = "--smoke" ]; then
+  smoke=(--smoke)
+  shift
+fi
 build=${1:-build/cuda}
 out=${2:-cuda-report}
 mkdir -p "$out"
@@ -56,10 +65,15 @@ if ldd "${programs[@]}" 2>/dev/null | grep -q "not found"; then
 fi
 
 step "device tests" "$out/device_tests.txt" "$build/tests/vera_test_cuda_device"
-step "cuda_quickstart" "$out/quickstart.txt" "$build/examples/cuda_quickstart"
-step "bench_cuda" "$out/vera.txt" "$build/bench/bench_cuda"
+peft_args=("${smoke[@]}")
+if [ ${#smoke[@]} -gt 0 ]; then
+  python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null ||
+    peft_args+=(--device cpu)
+fi
+step "cuda_quickstart" "$out/quickstart.txt" "$build/examples/cuda_quickstart" ${smoke:+--quick}
+step "bench_cuda" "$out/vera.txt" "$build/bench/bench_cuda" "${smoke[@]}"
 for dtype in float32 bfloat16; do
-  step "cuda_vs_peft $dtype" "$out/peft_$dtype.txt" python3 bench/cuda_vs_peft.py --dtype "$dtype"
+  step "cuda_vs_peft $dtype" "$out/peft_$dtype.txt" python3 bench/cuda_vs_peft.py --dtype "$dtype" "${peft_args[@]}"
 done
 step "table" "$out/table.md" python3 bench/cuda_table.py "$out/vera.txt" "$out/peft_float32.txt" \
   "$out/peft_bfloat16.txt"
