@@ -17,7 +17,7 @@ import time
 import torch
 
 
-def median_ms(step, repeats, device, warmup=3):
+def median_ms(step, repeats, device, warmup):
     for _ in range(warmup):
         step()
     times = []
@@ -60,17 +60,20 @@ def run(name, n, features_in, features_out, rank, dtype, repeats, device, warmup
     layer = model.base_model.model.proj
     label = str(dtype).replace("torch.", "")
 
+    def time_ms(step):
+        return median_ms(step, repeats, device, warmup)
+
     base = 2.0 * n * features_in * features_out
     adapter = 2.0 * n * rank * (features_in + features_out)
     with torch.no_grad():
-        report(name, label, "cuBLAS floor X W0^T", median_ms(lambda: x @ weight.t(), repeats, device, warmup), base)
-        report(name, label, "forward", median_ms(lambda: model(x), repeats, device, warmup), base + adapter)
+        report(name, label, "cuBLAS floor X W0^T", time_ms(lambda: x @ weight.t()), base)
+        report(name, label, "forward", time_ms(lambda: model(x)), base + adapter)
     x.requires_grad_(True)
 
     def step():
         model(x).backward(grad)
 
-    report(name, label, "forward + backward", median_ms(step, repeats, device, warmup),
+    report(name, label, "forward + backward", time_ms(step),
            2 * base + adapter + 4.0 * n * features_out * rank + 2.0 * n * rank * features_in)
 
     def merge():
@@ -78,7 +81,7 @@ def run(name, n, features_in, features_out, rank, dtype, repeats, device, warmup
         layer.unmerge()
 
     # PEFT has no in-place merge without an unmerge to undo it: the pair is timed and halved.
-    report(name, label, "merge", median_ms(merge, repeats, device, warmup) / 2, 2.0 * features_out * rank * features_in)
+    report(name, label, "merge", time_ms(merge) / 2, 2.0 * features_out * rank * features_in)
 
 
 def main():

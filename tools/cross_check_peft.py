@@ -96,8 +96,12 @@ def check_case(vera, work, draw, case):
 
     adapter = os.path.join(work, f"adapter{case}")
     model.save_pretrained(adapter)
-    base = os.path.join(work, "base.safetensors")
-    save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, base)
+    base32 = os.path.join(work, "base32.safetensors")
+    save_file({k: v.contiguous() for k, v in state.items()}, base32)
+    base = base32
+    if dtype != torch.float32:
+        base = os.path.join(work, "base.safetensors")
+        save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, base)
     merged_file = os.path.join(work, "merged.safetensors")
     vera_cli("merge", "--base", base, "--adapter", adapter, "-o", merged_file)
     merged = load_file(merged_file)
@@ -113,8 +117,6 @@ def check_case(vera, work, draw, case):
     if worst > MERGE_TOLERANCE[dtype]:
         failures.append(f"merge differs from PEFT's by {worst:.2e}")
 
-    base32 = os.path.join(work, "base32.safetensors")
-    save_file({k: v.contiguous() for k, v in state.items()}, base32)
     lora_dir = os.path.join(work, f"lora{case}")
     vera_cli("export-lora", adapter, "-o", lora_dir, "--base", base32)
     lora = PeftModel.from_pretrained(stack_with(shapes, state), lora_dir).eval()

@@ -25,7 +25,9 @@ class adamw {
  public:
   /// \brief An optimizer with no parameters yet; register them with add().
   /// \throws value_error for an option out of range (named in the message).
-  explicit adamw(const adamw_options& options = {}) : options_(options) { optim::validate(options_, "vera::optim::adamw"); }
+  explicit adamw(const adamw_options& options = {}) : options_(options) {
+    optim::validate(options_, "vera::optim::adamw");
+  }
 
   /// \brief Registers buffers; see parameter_list::add for the overloads and their checks.
   template <class... Args>
@@ -77,7 +79,7 @@ class adamw {
 
   /// \brief Changes the learning rate (for schedules); throws value_error when not finite or < 0.
   void set_lr(double lr) {
-    detail::check_rate("vera::optim::adamw", "lr", lr, 0.0, true, HUGE_VAL, false);
+    detail::check_lr("vera::optim::adamw", lr);
     options_.lr = lr;
   }
   /// \brief The current settings (lr as last set by set_lr).

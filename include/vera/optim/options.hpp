@@ -58,13 +58,18 @@ inline void check_rate(const char* who, const char* what, double value, double l
   }
 }
 
+/// The learning rate's check, shared by the settings' checks and the optimizers' set_lr.
+inline void check_lr(const char* who, double lr) {
+  check_rate(who, "lr", lr, 0.0, true, HUGE_VAL, false);
+}
+
 }  // namespace detail
 
 /// \brief Checks every setting of `o`; `who` names the caller in the message.
 /// \throws value_error for a setting out of range or not finite, or nesterov without
 ///         momentum > 0 and dampening 0.
 inline void validate(const sgd_options& o, const char* who) {
-  detail::check_rate(who, "lr", o.lr, 0.0, true, HUGE_VAL, false);
+  detail::check_lr(who, o.lr);
   detail::check_rate(who, "momentum", o.momentum, 0.0, true, HUGE_VAL, false);
   detail::check_rate(who, "dampening", o.dampening, 0.0, true, 1.0, true);
   detail::check_rate(who, "weight_decay", o.weight_decay, 0.0, true, HUGE_VAL, false);
@@ -76,7 +81,7 @@ inline void validate(const sgd_options& o, const char* who) {
 /// \brief Checks every setting of `o`; `who` names the caller in the message.
 /// \throws value_error for a setting out of range or not finite.
 inline void validate(const adamw_options& o, const char* who) {
-  detail::check_rate(who, "lr", o.lr, 0.0, true, HUGE_VAL, false);
+  detail::check_lr(who, o.lr);
   detail::check_rate(who, "beta1", o.beta1, 0.0, true, 1.0, false);
   detail::check_rate(who, "beta2", o.beta2, 0.0, true, 1.0, false);
   detail::check_rate(who, "eps", o.eps, 0.0, false, HUGE_VAL, false);

@@ -81,7 +81,7 @@ class sgd {
 
   /// \brief Changes the learning rate (for schedules); throws value_error when not finite or < 0.
   void set_lr(double lr) {
-    detail::check_rate("vera::optim::sgd", "lr", lr, 0.0, true, HUGE_VAL, false);
+    detail::check_lr("vera::optim::sgd", lr);
     options_.lr = lr;
   }
   /// \brief The current settings (lr as last set by set_lr).
