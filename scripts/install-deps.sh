@@ -11,6 +11,8 @@ packages+=(libxtensor-dev libxsimd-dev)
 # OpenBLAS for the release-blas preset (without it, CMake finds the slow reference BLAS) and for
 # LibTorch's GEMMs in bench/libtorch.
 packages+=(libopenblas-dev)
+# oneDNN for the vera::onednn GEMM provider (float32, and bfloat16 on AMX / AVX-512 BF16).
+packages+=(libdnnl-dev)
 
 missing=()
 for pkg in "${packages[@]}"; do

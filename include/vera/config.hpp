@@ -13,6 +13,16 @@
 #define VERA_ENABLE_CUDA 0
 #endif
 
+// The CPU backend's GEMM provider: Eigen's own GEMM (or the system BLAS under EIGEN_USE_BLAS) by
+// default; with VERA_ONEDNN = 1 (the vera::onednn CMake target sets it) float32 and bfloat16 GEMMs
+// on plain strided memory run in oneDNN's matmul, everything else stays with Eigen.
+#ifndef VERA_ONEDNN
+#define VERA_ONEDNN 0
+#endif
+
+#if VERA_ONEDNN != 0 && VERA_ONEDNN != 1
+#error "VERA_ONEDNN must be 0 or 1"
+#endif
 
 #if VERA_ENABLE_CUDA != 0 && VERA_ENABLE_CUDA != 1
 #error "VERA_ENABLE_CUDA must be 0 or 1"

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <type_traits>
 #include <string>
 #include <utility>
@@ -100,17 +101,44 @@ class projection {
     return state_->b.topLeftCorner(out, rank);
   }
 
+  /// \brief A[:rank, :in] rounded to bfloat16 (nearest even), as PEFT holds it for a bfloat16
+  ///        model; made once per projection on first use (thread-safe) and shared by its copies.
+  Eigen::Block<const row_matrix<Eigen::bfloat16>> a_bfloat16(index in, index rank) const {
+    check_slice(in, max_in(), "in_features", rank);
+    return rounded().a.topLeftCorner(rank, in);
+  }
+  /// \brief B[:out, :rank] rounded to bfloat16, as a_bfloat16.
+  Eigen::Block<const row_matrix<Eigen::bfloat16>> b_bfloat16(index out, index rank) const {
+    check_slice(out, max_out(), "out_features", rank);
+    return rounded().b.topLeftCorner(out, rank);
+  }
+
   /// \brief True when both handles share one buffer (cheap identity test).
   bool shares_storage_with(const projection& other) const noexcept {
     return state_ == other.state_;
   }
 
  private:
+  struct rounded_pair {
+    row_matrix<Eigen::bfloat16> a;
+    row_matrix<Eigen::bfloat16> b;
+  };
   struct state {
     projection_spec spec;
     row_matrix<T> a;
     row_matrix<T> b;
+    // bfloat16 copies for bfloat16 layers, made on first use only.
+    mutable std::once_flag rounded_once;
+    mutable rounded_pair rounded;
   };
+
+  const rounded_pair& rounded() const {
+    std::call_once(state_->rounded_once, [s = state_.get()] {
+      s->rounded.a = s->a.template cast<Eigen::bfloat16>();
+      s->rounded.b = s->b.template cast<Eigen::bfloat16>();
+    });
+    return state_->rounded;
+  }
 
   void check_slice(index extent, index available, const char* name, index rank) const {
     check_positive(name, extent);

@@ -26,8 +26,18 @@ class workspace {
     return {buffer.data(), rows, cols};
   }
 
+  /// \brief A rows x cols bfloat16 scratch matrix in bfloat16 slot `slot` (0..3), apart from the
+  ///        slots of get(); for the bfloat16 path's rounded copies of thin operands.
+  Eigen::Map<Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, Eigen::Dynamic>> get_bfloat16(int slot, index rows,
+                                                                                         index cols) {
+    auto& buffer = halves_[slot];
+    if (buffer.size() < rows * cols) buffer.resize(rows * cols, 1);
+    return {buffer.data(), rows, cols};
+  }
+
  private:
   matrix buffers_[4];
+  Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, Eigen::Dynamic> halves_[4];
 };
 
 }  // namespace vera

@@ -29,7 +29,7 @@ class input_gradient_expr;
 namespace Eigen::internal {
 template <class Exec, class GD, class WD, class T>
 struct traits<vera::input_gradient_expr<Exec, GD, WD, T>> {
-  using ReturnType = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  using ReturnType = Eigen::Matrix<vera::result_scalar_t<GD, T>, Eigen::Dynamic, Eigen::Dynamic>;
 };
 }  // namespace Eigen::internal
 
@@ -74,7 +74,8 @@ bool gradient_buffers_need_sizing(const gradients<T>& out, const adapter<T>& ad,
 /// vector (train_b / train_d false) gets zero on overwrite and is left as is on accumulate.
 template <class Exec, class GD, class T>
 class parameter_gradient_expr : public uses_workspace<parameter_gradient_expr<Exec, GD, T>, T> {
-  static_assert(scalar_matches<GD, T>, "vera::parameter_gradients: G must have the adapter's scalar type");
+  static_assert(storage_matches<GD, T>,
+                "vera::parameter_gradients: G must have the adapter's scalar type (or bfloat16 for a float adapter)");
 
  public:
   /// \brief Checks G against the adapter and the context; see vera::parameter_gradients.
@@ -135,8 +136,10 @@ template <class Exec, class GD, class WD, class T>
 class input_gradient_expr : public Eigen::ReturnByValue<input_gradient_expr<Exec, GD, WD, T>>,
                             public uses_workspace<input_gradient_expr<Exec, GD, WD, T>, T>,
                             public takes_order<input_gradient_expr<Exec, GD, WD, T>> {
-  static_assert(scalar_matches<GD, T>, "vera::input_gradient: G must have the adapter's scalar type");
-  static_assert(scalar_matches<WD, T>, "vera::input_gradient: W0 must have the adapter's scalar type");
+  static_assert(storage_matches<GD, T>,
+                "vera::input_gradient: G must have the adapter's scalar type (or bfloat16 for a float adapter)");
+  static_assert(std::is_same_v<typename GD::Scalar, typename WD::Scalar>,
+                "vera::input_gradient: G and W0 must have the same scalar type");
 
  public:
   /// \brief Checks G, W0 and the context; see vera::input_gradient.
@@ -160,6 +163,14 @@ class input_gradient_expr : public Eigen::ReturnByValue<input_gradient_expr<Exec
     // A resizable destination already has this shape; a block or map may not.
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst, assign_mode::overwrite);
+  }
+  /// \brief dX = expr into any destination of the right shape, whatever its scalar: with
+  ///        bfloat16 operands, a float dX receives the float32 accumulator unrounded.
+  /// \throws shape_error when dX is not n x in; aliasing_error when dX overlaps G or W0.
+  template <class Dst>
+  void assign_to(Eigen::MatrixBase<Dst>& dst) const {
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    evaluate(Exec{}, *this, dst.derived(), assign_mode::overwrite);
   }
   /// \brief dX += expr without a temporary; dX must already be n x in.
   /// \throws shape_error when dX is not n x in; aliasing_error when dX overlaps G or W0.

@@ -24,7 +24,7 @@ class forward_expr;
 namespace Eigen::internal {
 template <class Exec, class XD, class WD, class Bias, class T>
 struct traits<vera::forward_expr<Exec, XD, WD, Bias, T>> {
-  using ReturnType = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  using ReturnType = Eigen::Matrix<vera::result_scalar_t<XD, T>, Eigen::Dynamic, Eigen::Dynamic>;
 };
 }  // namespace Eigen::internal
 
@@ -76,8 +76,10 @@ template <class Exec, class XD, class WD, class Bias, class T>
 class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias, T>>,
                      public uses_workspace<forward_expr<Exec, XD, WD, Bias, T>, T>,
                      public takes_order<forward_expr<Exec, XD, WD, Bias, T>> {
-  static_assert(scalar_matches<XD, T>, "vera::forward: X must have the adapter's scalar type");
-  static_assert(scalar_matches<WD, T>, "vera::forward: W0 must have the adapter's scalar type");
+  static_assert(storage_matches<XD, T>,
+                "vera::forward: X must have the adapter's scalar type (or bfloat16 for a float adapter)");
+  static_assert(std::is_same_v<typename XD::Scalar, typename WD::Scalar>,
+                "vera::forward: X and W0 must have the same scalar type");
 
  public:
   /// \brief Checks the shapes and keeps the operands; see vera::forward.
@@ -87,7 +89,7 @@ class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias
     check_cols("X", ad.in_features(), x.cols(), "the layer's in_features");
     detail::check_base_weight("W0", w0, ad);
     if constexpr (!std::is_same_v<Bias, no_bias_t>) {
-      static_assert(scalar_matches<Bias, T>, "vera::forward: bias must have the adapter's scalar type");
+      static_assert(storage_matches<Bias, T>, "vera::forward: bias must have the adapter's scalar type (or bfloat16)");
       static_assert(Bias::RowsAtCompileTime == 1 || Bias::ColsAtCompileTime == 1,
                     "vera::forward: bias must be a vector (out elements)");
       check_size("bias", ad.out_features(), bias.size());
@@ -113,6 +115,14 @@ class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias
     // A resizable destination already has this shape; a block or map may not.
     check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst, assign_mode::overwrite);
+  }
+  /// \brief Y = expr into any destination of the right shape, whatever its scalar: with bfloat16
+  ///        operands, a float Y receives the float32 accumulator unrounded.
+  /// \throws shape_error when Y is not n x out; aliasing_error when Y overlaps X, W0 or bias.
+  template <class Dst>
+  void assign_to(Eigen::MatrixBase<Dst>& dst) const {
+    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    evaluate(Exec{}, *this, dst.derived(), assign_mode::overwrite);
   }
   /// \brief Y += expr without a temporary; Y must already be n x out.
   /// \throws shape_error when Y is not n x out; aliasing_error when Y overlaps X, W0 or bias.

@@ -29,7 +29,7 @@ struct traits<vera::delta_weight_expr<Exec, T>> {
 };
 template <class Exec, class WD, class T>
 struct traits<vera::merged_weight_expr<Exec, WD, T>> {
-  using ReturnType = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  using ReturnType = Eigen::Matrix<vera::result_scalar_t<WD, T>, Eigen::Dynamic, Eigen::Dynamic>;
 };
 }  // namespace Eigen::internal
 
@@ -88,7 +88,8 @@ class delta_weight_expr : public Eigen::ReturnByValue<delta_weight_expr<Exec, T>
 /// \brief W0 + ΔW, lazily; W0 has the layout the adapter's options say.
 template <class Exec, class WD, class T>
 class merged_weight_expr : public Eigen::ReturnByValue<merged_weight_expr<Exec, WD, T>> {
-  static_assert(scalar_matches<WD, T>, "vera::merged_weight: W0 must have the adapter's scalar type");
+  static_assert(storage_matches<WD, T>,
+                "vera::merged_weight: W0 must have the adapter's scalar type (or bfloat16 for a float adapter)");
 
  public:
   /// \brief Checks W0 against the adapter; see vera::merged_weight.
@@ -136,6 +137,9 @@ template <class Exec = exec::default_policy, class WD, class T>
 void merged_weight(const Eigen::MatrixBase<WD>&, adapter<T>&&) = delete;
 
 /// \brief W0 += ΔW in place. Shapes as in vera::forward. `ws` (optional) avoids allocating.
+///
+/// A bfloat16 W0 (float adapter) is merged as PEFT 0.21 merges a bfloat16 model: ΔW in float32
+/// from A and B rounded to bfloat16, added to W0 in float32 and rounded once.
 /// \throws shape_error when W0 is not out x in (in x out with fan_in_fan_out).
 template <class WD, class T>
 void merge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
@@ -165,10 +169,16 @@ void safe_merge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* w
   workspace<T>& scratch = ws != nullptr ? *ws : local;
   // The candidate takes W0's storage order, so that ΔW is added with the same arithmetic as
   // merge() and a safe merge gives the same bits as a plain one.
-  using order_matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic,
+  using S = typename WD::Scalar;
+  using order_matrix = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic,
                                      WD::IsRowMajor ? Eigen::RowMajor : Eigen::ColMajor>;
-  Eigen::Map<order_matrix> candidate(scratch.get(0, w0.rows(), w0.cols()).data(), w0.rows(),
-                                     w0.cols());
+  S* candidate_data;
+  if constexpr (std::is_same_v<S, T>) {
+    candidate_data = scratch.get(0, w0.rows(), w0.cols()).data();
+  } else {
+    candidate_data = scratch.get_bfloat16(3, w0.rows(), w0.cols()).data();
+  }
+  Eigen::Map<order_matrix> candidate(candidate_data, w0.rows(), w0.cols());
   candidate = w0;
   delta_weight(ad).using_workspace(scratch).add_to(candidate);
   if (!candidate.allFinite()) {  // vectorised; the scan below runs only to name the element

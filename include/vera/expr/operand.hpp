@@ -70,4 +70,18 @@ void check_no_alias(const char* operation, const Dst& dst, const char* operand_n
 template <class Operand, class T>
 inline constexpr bool scalar_matches = std::is_same_v<typename Operand::Scalar, T>;
 
+/// \brief True when an operand may be stored in `Operand::Scalar` for an adapter of scalar type
+///        T: T itself, or bfloat16 for a float adapter (bfloat16 storage, float32 accumulation,
+///        b and d in float32 as PEFT keeps them for bfloat16 models).
+template <class Operand, class T>
+inline constexpr bool storage_matches =
+    scalar_matches<Operand, T> ||
+    (std::is_same_v<T, float> && std::is_same_v<typename Operand::Scalar, Eigen::bfloat16>);
+
+/// \brief The scalar a result computed from an operand is stored in: bfloat16 operands give
+///        bfloat16 results (as PyTorch's), others the adapter's T.
+template <class Operand, class T>
+using result_scalar_t =
+    std::conditional_t<std::is_same_v<typename Operand::Scalar, Eigen::bfloat16>, Eigen::bfloat16, T>;
+
 }  // namespace vera

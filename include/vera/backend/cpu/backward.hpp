@@ -4,6 +4,7 @@
 
 #include <Eigen/Core>
 
+#include "vera/backend/cpu/bfloat16.hpp"
 #include "vera/backend/cpu/common.hpp"
 #include "vera/expr/backward.hpp"
 
@@ -21,10 +22,10 @@ void input_gradient_terms(const G& g, const W& w0, const adapter<T>& ad, order c
     if (chosen == order::merged) {
       auto merged = ws.get(slot_weight, ad.out_features(), ad.in_features());
       fold_into_weight(w, scaled_b(ad, ws), ad.a(), merged);
-      dx.noalias() += g * merged;
+      gemm(dx, g, merged, true);
       return;
     }
-    dx.noalias() += g * w;
+    gemm(dx, g, w, true);
     if (scale_thin_sides(g.rows(), ad)) {
       // T Λd with T = (G Λb) B, the scales on the thin sides; the scaled-B and weight slots
       // are free in this order.
@@ -38,11 +39,7 @@ void input_gradient_terms(const G& g, const W& w0, const adapter<T>& ad, order c
       return;
     }
     const auto bbd = scaled_b(ad, ws);
-    if (t_mode == assign_mode::overwrite) {
-      t.noalias() = g * bbd;
-    } else {
-      t.noalias() += g * bbd;
-    }
+    gemm(t, g, bbd, t_mode == assign_mode::accumulate);
   });
 }
 
@@ -51,13 +48,13 @@ void input_gradient_terms(const G& g, const W& w0, const adapter<T>& ad, order c
 template <class Thin, class A, class Dx, class T>
 void add_back_projection(const Thin& t, const A& a, const dropout_key& key, Dx& dx, workspace<T>& ws) {
   if (key.probability == 0.0) {
-    dx.noalias() += t * a;
+    gemm(dx, t, a, true);
     return;
   }
   for (index first = 0; first < t.rows(); first += dropout_tile_rows) {
     const index rows = std::min(dropout_tile_rows, t.rows() - first);
     auto tile = ws.get(slot_tile, rows, a.cols());
-    tile.noalias() = t.middleRows(first, rows) * a;
+    gemm(tile, t.middleRows(first, rows), a, false);
     mask_tile(first, key, tile);
     dx.middleRows(first, rows) += tile;
   }
@@ -74,46 +71,55 @@ void add_back_projection(const Thin& t, const A& a, const dropout_key& key, Dx& 
 template <class Exec, class GD, class T, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
 void evaluate(Exec, const parameter_gradient_expr<Exec, GD, T>& e, gradients<T>& out,
               assign_mode mode) {
-  const adapter<T>& ad = e.layer();
-  const bool train_b = ad.options().train_b;
-  const bool train_d = ad.options().train_d;
-  if (mode == assign_mode::overwrite) out.set_zero();
-  if (!train_b && !train_d) return;
+  if constexpr (detail::is_bfloat16<GD>) {
+    const adapter<float>& ad = e.layer();
+    if (mode == assign_mode::overwrite) out.set_zero();
+    if (!ad.options().train_b && !ad.options().train_d) return;
+    const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.upstream())>, 2>::type g(e.upstream());
+    cpu::scratch<T> scratch(e.scratch());
+    cpu::bfloat16_path::parameter_gradients(g, ad, e.context(), out, scratch.get());
+  } else {
+    const adapter<T>& ad = e.layer();
+    const bool train_b = ad.options().train_b;
+    const bool train_d = ad.options().train_d;
+    if (mode == assign_mode::overwrite) out.set_zero();
+    if (!train_b && !train_d) return;
 
-  cpu::scratch<T> scratch(e.scratch());
-  const auto& p = e.context().projected();
-  // Evaluate an expression-valued G once: the single-row path reads it twice.
-  const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.upstream())>, 2>::type g(e.upstream());
-  if (p.rows() == 1) {
-    // One row: grad_b = colsum(G ⊙ Q) with Q = (P Λd) B^T, grad_d = colsum(T ⊙ P) with
-    // T = (G Λb) B. Two matrix-vector products read B twice, cheaper than writing the out x rank
-    // outer product M and reading it back. From two rows on, the GEMM that forms M costs less
-    // than two products against B (measured with Eigen's GEMM and OpenBLAS).
-    workspace<T>& ws = scratch.get();
-    if (train_b) {
-      auto q = ws.get(cpu::slot_weight, p.rows(), ad.out_features());
-      cpu::thin_q(p, ad, ws, q);
-      out.lambda_b.noalias() += g.cwiseProduct(q).colwise().sum().transpose();
+    cpu::scratch<T> scratch(e.scratch());
+    const auto& p = e.context().projected();
+    // Evaluate an expression-valued G once: the single-row path reads it twice.
+    const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.upstream())>, 2>::type g(e.upstream());
+    if (p.rows() == 1) {
+      // One row: grad_b = colsum(G ⊙ Q) with Q = (P Λd) B^T, grad_d = colsum(T ⊙ P) with
+      // T = (G Λb) B. Two matrix-vector products read B twice, cheaper than writing the out x rank
+      // outer product M and reading it back. From two rows on, the GEMM that forms M costs less
+      // than two products against B (measured with Eigen's GEMM and OpenBLAS).
+      workspace<T>& ws = scratch.get();
+      if (train_b) {
+        auto q = ws.get(cpu::slot_weight, p.rows(), ad.out_features());
+        cpu::thin_q(p, ad, ws, q);
+        out.lambda_b.noalias() += g.cwiseProduct(q).colwise().sum().transpose();
+      }
+      if (train_d) {
+        auto t = ws.get(cpu::slot_weight, p.rows(), ad.rank());
+        cpu::thin_t(g, ad, ws, t);
+        out.lambda_d.noalias() += t.cwiseProduct(p).colwise().sum().transpose();
+      }
+      return;
     }
-    if (train_d) {
-      auto t = ws.get(cpu::slot_weight, p.rows(), ad.rank());
-      cpu::thin_t(g, ad, ws, t);
-      out.lambda_d.noalias() += t.cwiseProduct(p).colwise().sum().transpose();
-    }
-    return;
-  }
-  auto m_buffer = scratch.get().get(cpu::slot_weight, ad.out_features(), ad.rank());
-  // Row-major view of the same memory, so each row of M pairs with a contiguous row of B.
-  Eigen::Map<row_matrix<T>> m(m_buffer.data(), ad.out_features(), ad.rank());
-  m.noalias() = g.transpose() * p;
+    auto m_buffer = scratch.get().get(cpu::slot_weight, ad.out_features(), ad.rank());
+    // Row-major view of the same memory, so each row of M pairs with a contiguous row of B.
+    Eigen::Map<row_matrix<T>> m(m_buffer.data(), ad.out_features(), ad.rank());
+    cpu::gemm(m, g.transpose(), p, false);
 
-  const auto b_full = ad.b();
-  const auto lambda_b = ad.lambda_b();
-  const auto lambda_d = ad.lambda_d();
-  for (index j = 0; j < ad.out_features(); ++j) {
-    const auto weighted = m.row(j).cwiseProduct(b_full.row(j));
-    if (train_b) out.lambda_b(j) += weighted.dot(lambda_d.transpose());
-    if (train_d) out.lambda_d.noalias() += lambda_b(j) * weighted.transpose();
+    const auto b_full = ad.b();
+    const auto lambda_b = ad.lambda_b();
+    const auto lambda_d = ad.lambda_d();
+    for (index j = 0; j < ad.out_features(); ++j) {
+      const auto weighted = m.row(j).cwiseProduct(b_full.row(j));
+      if (train_b) out.lambda_b(j) += weighted.dot(lambda_d.transpose());
+      if (train_d) out.lambda_d.noalias() += lambda_b(j) * weighted.transpose();
+    }
   }
 }
 
@@ -124,19 +130,29 @@ void evaluate(Exec, const input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx, assi
   check_no_alias("vera::input_gradient", dx, "G", e.upstream());
   check_no_alias("vera::input_gradient", dx, "W0", e.w0());
 
-  const adapter<T>& ad = e.layer();
-  const auto& g = e.upstream();
-  const dropout_key& key = e.context().mask_key();
-  cpu::scratch<T> scratch(e.scratch());
-  workspace<T>& ws = scratch.get();
-  const product_extents extents{g.rows(), ad.in_features(), ad.out_features(), ad.rank()};
-  const order chosen = choose_order(e.requested_order(),
-                                    input_gradient_costs(extents, scratch.reused()),
-                                    key.probability == 0.0);
-  if (mode == assign_mode::overwrite) dx.setZero();
-  auto t = ws.get(cpu::slot_thin, chosen == order::low_rank ? g.rows() : 0, ad.rank());
-  cpu::input_gradient_terms(g, e.w0(), ad, chosen, dx, t, assign_mode::overwrite, ws);
-  if (chosen == order::low_rank) cpu::add_back_projection(t, ad.a(), key, dx, ws);
+  if constexpr (detail::is_bfloat16<GD>) {
+    const adapter<float>& ad = e.layer();
+    if (e.requested_order() == order::merged) {
+      throw value_error("vera::input_gradient: bfloat16 layers run the low-rank order only");
+    }
+    const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.upstream())>, 2>::type g(e.upstream());
+    cpu::scratch<T> scratch(e.scratch());
+    cpu::bfloat16_path::input_gradient(g, e.w0(), ad, e.context().mask_key(), dx, mode, scratch.get());
+  } else {
+    const adapter<T>& ad = e.layer();
+    const auto& g = e.upstream();
+    const dropout_key& key = e.context().mask_key();
+    cpu::scratch<T> scratch(e.scratch());
+    workspace<T>& ws = scratch.get();
+    const product_extents extents{g.rows(), ad.in_features(), ad.out_features(), ad.rank()};
+    const order chosen = choose_order(e.requested_order(),
+                                      input_gradient_costs(extents, scratch.reused()),
+                                      key.probability == 0.0);
+    if (mode == assign_mode::overwrite) dx.setZero();
+    auto t = ws.get(cpu::slot_thin, chosen == order::low_rank ? g.rows() : 0, ad.rank());
+    cpu::input_gradient_terms(g, e.w0(), ad, chosen, dx, t, assign_mode::overwrite, ws);
+    if (chosen == order::low_rank) cpu::add_back_projection(t, ad.a(), key, dx, ws);
+  }
 }
 
 }  // namespace vera

@@ -9,6 +9,7 @@
 
 #include "vera/adapter/adapter.hpp"
 #include "vera/adapter/workspace.hpp"
+#include "vera/backend/cpu/gemm.hpp"
 #include "vera/backend/cpu/gemm_threads.hpp"
 #include "vera/core/dropout.hpp"
 
@@ -100,7 +101,7 @@ Eigen::Map<row_matrix<T>> half_scaled_b(const adapter<T>& ad, bool lambda_d, wor
 template <class W, class Folded, class A, class Merged>
 void fold_into_weight(const W& w, const Folded& folded, const A& a, Merged& merged) {
   merged = w;
-  merged.noalias() += folded * a;
+  gemm(merged, folded, a, true);
 }
 
 /// q = (P Λd) B^T (rows x out): the low-rank output term before Λb, with Λd applied to the thin
@@ -111,7 +112,7 @@ template <class P, class T, class Q>
 void thin_q(const P& p, const adapter<T>& ad, workspace<T>& ws, Q&& q) {
   auto pd = ws.get(slot_scaled_b, p.rows(), ad.rank());
   pd = p * ad.lambda_d().asDiagonal();
-  q.noalias() = pd * ad.b().transpose();
+  gemm(q, pd, ad.b().transpose(), false);
 }
 
 /// u = (G Λb) B (rows x rank): the low-rank input-gradient term before Λd, with Λb applied to
@@ -120,7 +121,7 @@ template <class G, class T, class U>
 void thin_t(const G& g, const adapter<T>& ad, workspace<T>& ws, U& u) {
   auto gb = ws.get(slot_scaled_b, g.rows(), ad.out_features());
   gb = g * ad.lambda_b().asDiagonal();
-  u.noalias() = gb * ad.b();
+  gemm(u, gb, ad.b(), false);
 }
 
 /// Calls f with the base weight seen as out x in, whatever its storage layout.

@@ -4,6 +4,7 @@
 
 #include <Eigen/Core>
 
+#include "vera/backend/cpu/bfloat16.hpp"
 #include "vera/backend/cpu/common.hpp"
 #include "vera/expr/forward.hpp"
 
@@ -36,14 +37,14 @@ void initialise_output(Y& y, const Bias& bias, assign_mode mode) {
 template <class X, class A, class P, class T>
 void project_input(const X& x, const A& a, const dropout_key* key, P& p, workspace<T>& ws) {
   if (key == nullptr || key->probability == 0.0) {
-    p.noalias() = x * a.transpose();
+    gemm(p, x, a.transpose(), false);
     return;
   }
   for (index first = 0; first < x.rows(); first += dropout_tile_rows) {
     const index rows = std::min(dropout_tile_rows, x.rows() - first);
     auto tile = ws.get(slot_tile, rows, x.cols());
     masked_rows(x, first, *key, tile);
-    p.middleRows(first, rows).noalias() = tile * a.transpose();
+    gemm(p.middleRows(first, rows), tile, a.transpose(), false);
   }
 }
 
@@ -58,24 +59,24 @@ void adapted_product(const X& x, const P& p, const W& w0, const Bias& bias, cons
     if (chosen == order::merged) {
       auto merged = ws.get(slot_weight, ad.out_features(), ad.in_features());
       fold_into_weight(w, scaled_b(ad, ws), ad.a(), merged);
-      y.noalias() += x * merged.transpose();
+      gemm(y, x, merged.transpose(), true);
       return;
     }
     if (transposed_small_batch<Y>(x.rows())) {
       // Y += (W0 X^T + Λb B Λd P^T)^T: every GEMM has the output's long side first.
       auto yt = ws.get(slot_weight, ad.out_features(), x.rows());
-      yt.noalias() = w * x.transpose();
+      gemm(yt, w, x.transpose(), false);
       if (scale_thin_sides(x.rows(), ad)) {
         auto zt = ws.get(slot_tile, ad.out_features(), x.rows());
         thin_q(p, ad, ws, zt.transpose());
         y += (yt + ad.lambda_b().asDiagonal() * zt).transpose();
       } else {
-        yt.noalias() += scaled_b(ad, ws) * p.transpose();
+        gemm(yt, scaled_b(ad, ws), p.transpose(), true);
         y += yt.transpose();
       }
       return;
     }
-    y.noalias() += x * w.transpose();
+    gemm(y, x, w.transpose(), true);
     if (scale_thin_sides(x.rows(), ad)) {
       // Y += ((P Λd) Bᵀ) Λb: the scaled-B slot and the weight slot are free in this order.
       auto z = ws.get(slot_weight, x.rows(), ad.out_features());
@@ -83,7 +84,7 @@ void adapted_product(const X& x, const P& p, const W& w0, const Bias& bias, cons
       y += z * ad.lambda_b().asDiagonal();
       return;
     }
-    y.noalias() += p * scaled_b(ad, ws).transpose();
+    gemm(y, p, scaled_b(ad, ws).transpose(), true);
   });
 }
 
@@ -97,36 +98,47 @@ void evaluate(Exec, const forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign
   check_no_alias("vera::forward", y, "W0", e.w0());
   if constexpr (!std::is_same_v<Bias, no_bias_t>) check_no_alias("vera::forward", y, "bias", e.bias());
 
-  const adapter<T>& ad = e.layer();
-  // Evaluate an expression-valued X once: it feeds two products.
-  const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.x())>, 4>::type x(e.x());
-  cpu::scratch<T> scratch(e.scratch());
-  workspace<T>& ws = scratch.get();
+  if constexpr (detail::is_bfloat16<XD>) {
+    const adapter<float>& ad = e.layer();
+    if (e.requested_order() == order::merged) {
+      throw value_error("vera::forward: bfloat16 layers run the low-rank order only (a merged "
+                        "bfloat16 weight would round differently from the unmerged layer)");
+    }
+    const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.x())>, 4>::type x(e.x());
+    cpu::scratch<T> scratch(e.scratch());
+    cpu::bfloat16_path::forward(x, e.w0(), e.bias(), ad, e.context(), y, mode, scratch.get());
+  } else {
+    const adapter<T>& ad = e.layer();
+    // Evaluate an expression-valued X once: it feeds two products.
+    const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.x())>, 4>::type x(e.x());
+    cpu::scratch<T> scratch(e.scratch());
+    workspace<T>& ws = scratch.get();
 
-  forward_context<T>* ctx = e.context();
-  const double dropout = ctx != nullptr ? ad.options().dropout : 0.0;
-  const product_extents extents{x.rows(), ad.in_features(), ad.out_features(), ad.rank()};
-  const order chosen =
-      choose_order(e.requested_order(), forward_costs(extents, ctx != nullptr, scratch.reused()),
-                   dropout == 0.0);
+    forward_context<T>* ctx = e.context();
+    const double dropout = ctx != nullptr ? ad.options().dropout : 0.0;
+    const product_extents extents{x.rows(), ad.in_features(), ad.out_features(), ad.rank()};
+    const order chosen =
+        choose_order(e.requested_order(), forward_costs(extents, ctx != nullptr, scratch.reused()),
+                     dropout == 0.0);
 
-  // P is needed for backward (training) and by the low-rank order.
-  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
-  T* p_data = nullptr;
-  if (ctx != nullptr) {
-    p_data = ctx->begin_step(x.rows(), ad.rank(), dropout).data();
-  } else if (chosen == order::low_rank) {
-    p_data = ws.get(cpu::slot_thin, x.rows(), ad.rank()).data();
+    // P is needed for backward (training) and by the low-rank order.
+    using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+    T* p_data = nullptr;
+    if (ctx != nullptr) {
+      p_data = ctx->begin_step(x.rows(), ad.rank(), dropout).data();
+    } else if (chosen == order::low_rank) {
+      p_data = ws.get(cpu::slot_thin, x.rows(), ad.rank()).data();
+    }
+    const bool has_p = ctx != nullptr || chosen == order::low_rank;
+    Eigen::Map<matrix> p(p_data, has_p ? x.rows() : 0, has_p ? ad.rank() : 0);
+    if (has_p) {
+      const dropout_key* key = ctx != nullptr ? &ctx->mask_key() : nullptr;
+      cpu::project_input(x, ad.a(), key, p, ws);
+    }
+
+    cpu::adapted_product(x, p, e.w0(), e.bias(), ad, chosen, y, mode, ws);
+    if (ctx != nullptr) ctx->finish_step();
   }
-  const bool has_p = ctx != nullptr || chosen == order::low_rank;
-  Eigen::Map<matrix> p(p_data, has_p ? x.rows() : 0, has_p ? ad.rank() : 0);
-  if (has_p) {
-    const dropout_key* key = ctx != nullptr ? &ctx->mask_key() : nullptr;
-    cpu::project_input(x, ad.a(), key, p, ws);
-  }
-
-  cpu::adapted_product(x, p, e.w0(), e.bias(), ad, chosen, y, mode, ws);
-  if (ctx != nullptr) ctx->finish_step();
 }
 
 }  // namespace vera

@@ -4,6 +4,7 @@
 
 #include <Eigen/Core>
 
+#include "vera/backend/cpu/bfloat16.hpp"
 #include "vera/backend/cpu/common.hpp"
 #include "vera/expr/merge.hpp"
 
@@ -14,13 +15,17 @@ template <class Exec, class T, class Dst, class = std::enable_if_t<exec::is_cpu_
 void evaluate(Exec, const delta_weight_expr<Exec, T>& e, Dst& dst, T keep, T sign) {
   const adapter<T>& ad = e.layer();
   cpu::scratch<T> scratch(e.scratch());
-  auto bbd = cpu::scaled_b(ad, scratch.get());
-  if (sign != T(1)) bbd *= sign;
-  if (keep == T(0)) dst.setZero();
-  if (ad.options().fan_in_fan_out) {
-    dst.noalias() += ad.a().transpose() * bbd.transpose();
+  if constexpr (detail::is_bfloat16<Dst>) {
+    cpu::bfloat16_path::merge(ad, dst, keep != T(0), sign, scratch.get());
   } else {
-    dst.noalias() += bbd * ad.a();
+    auto bbd = cpu::scaled_b(ad, scratch.get());
+    if (sign != T(1)) bbd *= sign;
+    const bool accumulate = keep != T(0);
+    if (ad.options().fan_in_fan_out) {
+      cpu::gemm(dst, ad.a().transpose(), bbd.transpose(), accumulate);
+    } else {
+      cpu::gemm(dst, bbd, ad.a(), accumulate);
+    }
   }
 }
 

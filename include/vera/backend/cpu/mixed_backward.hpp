@@ -6,6 +6,7 @@
 
 #include <Eigen/Core>
 
+#include "vera/backend/cpu/gemm.hpp"
 #include "vera/backend/cpu/mixed_common.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/multi/backward.hpp"
@@ -33,7 +34,7 @@ void backward_one_adapter(const adapter_set<T>& set, const mixed_context<T>& ctx
     auto m_buffer = ws.get(slot_sums, out, rank);
     // Row-major view of the same memory, so each row of M pairs with a contiguous row of B.
     Eigen::Map<row_matrix<T>> m(m_buffer.data(), out, rank);
-    m.noalias() = g.transpose() * ctx.projected();
+    gemm(m, g.transpose(), ctx.projected(), false);
     const auto b_full = set.b();
     const auto lambda_b = set.lambda_b_matrix().col(column);
     const auto lambda_d = set.lambda_d_matrix().col(column);
@@ -60,20 +61,12 @@ void backward_one_adapter(const adapter_set<T>& set, const mixed_context<T>& ctx
     if (chosen == order::merged) {
       auto merged = ws.get(slot_wide, out, set.in_features());
       fold_into_weight(w, bbd, set.a(), merged);
-      if (mode == assign_mode::overwrite) {
-        dx->noalias() = g * merged;
-      } else {
-        dx->noalias() += g * merged;
-      }
+      gemm(*dx, g, merged, mode == assign_mode::accumulate);
       return;
     }
-    if (mode == assign_mode::overwrite) {
-      dx->noalias() = g * w;
-    } else {
-      dx->noalias() += g * w;
-    }
+    gemm(*dx, g, w, mode == assign_mode::accumulate);
     auto t = ws.get(slot_thin, g.rows(), rank);
-    t.noalias() = g * bbd;  // T Λd s, with T = (G Λb) B
+    gemm(t, g, bbd, false);  // T Λd s, with T = (G Λb) B
     add_times_a(t, set, ctx.row_columns().data(), ctx.mask_key(), dropout, ws, *dx);
   });
 }
@@ -132,11 +125,7 @@ void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const
 
   if (dx != nullptr) {
     with_weight(set, *w0, [&](const auto& w) {
-      if (mode == assign_mode::overwrite) {
-        dx->noalias() = g * w;
-      } else {
-        dx->noalias() += g * w;
-      }
+      gemm(*dx, g, w, mode == assign_mode::accumulate);
     });
   }
   if (adapter_rows == 0 || (!want_b && !want_d && dx == nullptr)) return;
@@ -146,7 +135,7 @@ void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const
   if (need_t) {
     auto gb = ws.get(slot_wide, n, out);
     scale_by_b(g, plan, gb);
-    t.noalias() = gb * set.b();
+    gemm(t, gb, set.b(), false);
   }
   // S (and from it Q = S B^T) only when the forward did not keep Q as Z.
   const bool need_s = want_b && !ctx.has_products();
@@ -165,7 +154,7 @@ void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const
     b_sums.setZero();
     if (need_s) {
       auto q = ws.get(slot_wide, n, out);
-      q.noalias() = s * set.b().transpose();
+      gemm(q, s, set.b().transpose(), false);
       segment_sums(g, q, plan, b_sums);
     } else {
       segment_sums(g, ctx.products(), plan, b_sums);

@@ -8,6 +8,7 @@
 #include <Eigen/Core>
 
 #include "vera/backend/cpu/common.hpp"
+#include "vera/backend/cpu/gemm.hpp"
 #include "vera/core/dropout.hpp"
 #include "vera/multi/adapter_set.hpp"
 #include "vera/multi/workspace.hpp"
@@ -405,13 +406,13 @@ template <class Src, class T, class Dst>
 void add_times_a(const Src& src, const adapter_set<T>& set, const index* columns,
                  const dropout_key& key, bool dropout, mixed_workspace<T>& ws, Dst& dst) {
   if (!dropout) {
-    dst.noalias() += src * set.a();
+    gemm(dst, src, set.a(), true);
     return;
   }
   for (index first = 0; first < src.rows(); first += dropout_tile_rows) {
     const index rows = std::min(dropout_tile_rows, src.rows() - first);
     auto tile = ws.get(slot_tile, rows, set.in_features());
-    tile.noalias() = src.middleRows(first, rows) * set.a();
+    gemm(tile, src.middleRows(first, rows), set.a(), false);
     mask_tile(first, key, set, columns, tile);
     dst.middleRows(first, rows) += tile;
   }

@@ -7,6 +7,7 @@
 #include <Eigen/Core>
 
 #include "vera/backend/cpu/forward.hpp"
+#include "vera/backend/cpu/gemm.hpp"
 #include "vera/backend/cpu/mixed_common.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/multi/forward.hpp"
@@ -21,14 +22,14 @@ template <class X, class A, class P, class T>
 void project_input(const X& x, const A& a, const adapter_set<T>& set, const index* columns,
                    const dropout_key* key, P& p, mixed_workspace<T>& ws) {
   if (key == nullptr) {
-    p.noalias() = x * a.transpose();
+    gemm(p, x, a.transpose(), false);
     return;
   }
   for (index first = 0; first < x.rows(); first += dropout_tile_rows) {
     const index rows = std::min(dropout_tile_rows, x.rows() - first);
     auto tile = ws.get(slot_tile, rows, x.cols());
     masked_rows(x, first, *key, set, columns, tile);
-    p.middleRows(first, rows).noalias() = tile * a.transpose();
+    gemm(p.middleRows(first, rows), tile, a.transpose(), false);
   }
 }
 
@@ -91,23 +92,23 @@ void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, 
     if (merged_order) {
       auto merged = ws.get(cpu::mixed::slot_wide, set.out_features(), set.in_features());
       cpu::fold_into_weight(w, cpu::mixed::folded_b(set, rows.single_column, ws), set.a(), merged);
-      y.noalias() += x * merged.transpose();
+      cpu::gemm(y, x, merged.transpose(), true);
       return;
     }
-    y.noalias() += x * w.transpose();
+    cpu::gemm(y, x, w.transpose(), true);
   });
 
   if (rows.adapter_rows > 0 && !merged_order) {
     if (one_adapter) {
       const auto bbd = cpu::mixed::folded_b(set, rows.single_column, ws);
       if (rows.adapter_rows == n) {
-        y.noalias() += p * bbd.transpose();
+        cpu::gemm(y, p, bbd.transpose(), true);
       } else {
         auto s = ws.get(cpu::mixed::slot_thin, n, set.rank());
         cpu::mixed::for_each_coeff<false>(n, set.rank(), [&](index i, index k) {
           s(i, k) = columns[i] >= 0 ? p(i, k) : T(0);
         });
-        y.noalias() += s * bbd.transpose();
+        cpu::gemm(y, s, bbd.transpose(), true);
       }
     } else {
       const cpu::mixed::row_plan<T> plan(set, columns, n, ws);
@@ -118,16 +119,16 @@ void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, 
       if (ctx != nullptr) {
         // Kept in the context: grad_b is a segment sum of G ⊙ Z, so the backward skips a GEMM.
         auto& z = ctx->keep_products(n, set.out_features());
-        z.noalias() = s * set.b().transpose();
+        cpu::gemm(z, s, set.b().transpose(), false);
         cpu::mixed::add_scaled_by_b(z, plan, y);
       } else if constexpr (cpu::mixed::row_major<Dst>) {
         // Z in the destination's layout, so the gather pass runs along both in storage order.
         auto z = ws.get(cpu::mixed::slot_wide, set.out_features(), n).transpose();
-        z.noalias() = s * set.b().transpose();
+        cpu::gemm(z, s, set.b().transpose(), false);
         cpu::mixed::add_scaled_by_b(z, plan, y);
       } else {
         auto z = ws.get(cpu::mixed::slot_wide, n, set.out_features());
-        z.noalias() = s * set.b().transpose();
+        cpu::gemm(z, s, set.b().transpose(), false);
         cpu::mixed::add_scaled_by_b(z, plan, y);
       }
     }

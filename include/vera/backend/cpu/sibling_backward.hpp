@@ -8,6 +8,7 @@
 
 #include "vera/backend/cpu/backward.hpp"
 #include "vera/backend/cpu/common.hpp"
+#include "vera/backend/cpu/gemm.hpp"
 #include "vera/backend/cpu/sibling_forward.hpp"
 #include "vera/multi/sibling_backward.hpp"
 
@@ -69,7 +70,7 @@ void evaluate(Exec, const sibling_backward_expr<Exec, Group, GD...>& e, DX& dx, 
     if (cpu::scale_thin_sides(p.rows(), ad)) {
       cpu::thin_t(g, ad, ws, u);  // U = (G Λb) B, small batches: Λb on the thin side
     } else {
-      u.noalias() = g * cpu::half_scaled_b(ad, /*lambda_d=*/false, ws);  // U = G Λb B
+      cpu::gemm(u, g, cpu::half_scaled_b(ad, /*lambda_d=*/false, ws), false);  // U = G Λb B
     }
     if (ad.options().train_d) out.lambda_d.noalias() += u.cwiseProduct(p).colwise().sum().transpose();
     if constexpr (I == 0) {
@@ -77,7 +78,7 @@ void evaluate(Exec, const sibling_backward_expr<Exec, Group, GD...>& e, DX& dx, 
     } else {
       s += u * ad.lambda_d().asDiagonal();
     }
-    cpu::with_weight(ad, member.w0(), [&](const auto& w) { dx.noalias() += g * w; });
+    cpu::with_weight(ad, member.w0(), [&](const auto& w) { cpu::gemm(dx, g, w, true); });
   });
   cpu::add_back_projection(s, group.lead().a(), shared.mask_key(), dx, ws);
 }

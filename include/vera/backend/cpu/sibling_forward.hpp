@@ -9,6 +9,7 @@
 
 #include "vera/backend/cpu/common.hpp"
 #include "vera/backend/cpu/forward.hpp"
+#include "vera/backend/cpu/gemm.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/multi/sibling_forward.hpp"
 
@@ -79,10 +80,10 @@ void evaluate(Exec, const sibling_forward_expr<Exec, XD, Group>& e, std::tuple<D
     if (cpu::scale_thin_sides(x.rows(), ad)) {
       cpu::thin_q(p, ad, ws, q);  // small batches: Λd on the thin side
     } else {
-      q.noalias() = p * cpu::half_scaled_b(ad, /*lambda_d=*/true, ws).transpose();
+      cpu::gemm(q, p, cpu::half_scaled_b(ad, /*lambda_d=*/true, ws).transpose(), false);
     }
     cpu::initialise_output(y, member.bias(), mode);
-    cpu::with_weight(ad, member.w0(), [&](const auto& w) { y.noalias() += x * w.transpose(); });
+    cpu::with_weight(ad, member.w0(), [&](const auto& w) { cpu::gemm(y, x, w.transpose(), true); });
     y += q * ad.lambda_b().asDiagonal();
   });
   if (ctx != nullptr) ctx->finish_step();

@@ -1,0 +1,198 @@
+// SPDX-License-Identifier: Apache-2.0
+// The CPU evaluators' bfloat16 path: bfloat16 storage, float32 accumulation, b and d in float32.
+#pragma once
+
+#include <algorithm>
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "vera/adapter/context.hpp"
+#include "vera/adapter/gradients.hpp"
+#include "vera/backend/cpu/common.hpp"
+
+namespace vera::cpu::bfloat16_path {
+
+// A layer with bfloat16 X, W0 and G computes as PEFT does for a bfloat16 model: A and B rounded
+// to bfloat16 once (the projection keeps those copies), every GEMM on bfloat16 factors with a
+// float32 accumulator, the scales, P and the gradients of b and d in float32. Thin operands are
+// rounded to bfloat16 right before the GEMM that reads them (P, T, Λb B Λd), so the GEMMs run on
+// the fast bfloat16 kernels; each output is rounded once, from its float32 accumulator.
+
+using half = Eigen::bfloat16;
+
+/// bfloat16 workspace slots.
+enum half_slot : int { half_thin = 0, half_scaled_b = 1, half_tile = 2 };
+
+/// Λb B Λd (out x rank) from the bfloat16 B, formed in float32 and rounded once.
+inline auto rounded_scaled_b(const adapter<float>& ad, workspace<float>& ws) {
+  const auto b = ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank());
+  auto out = ws.get_bfloat16(half_scaled_b, ad.out_features(), ad.rank());
+  const auto lambda_b = ad.lambda_b();
+  const auto lambda_d = ad.lambda_d();
+  for (index k = 0; k < out.cols(); ++k) {
+    for (index j = 0; j < out.rows(); ++j) {
+      out(j, k) = half(lambda_b(j) * static_cast<float>(b(j, k)) * lambda_d(k));
+    }
+  }
+  return out;
+}
+
+/// The float32 accumulator of an n x cols output: zero, or the destination's values to add to.
+template <class Dst>
+Eigen::Map<Eigen::MatrixXf> accumulator(Dst& dst, assign_mode mode, workspace<float>& ws) {
+  auto acc = ws.get(slot_weight, dst.rows(), dst.cols());
+  if (mode == assign_mode::accumulate) {
+    acc = dst.template cast<float>();
+  } else {
+    acc.setZero();
+  }
+  return acc;
+}
+
+/// Y = (or +=) X W0^T + bias + ((X A^T) Λd) B^T Λb in the low-rank order.
+template <class X, class W, class Bias, class Y>
+void forward(const X& x, const W& w0, const Bias& bias, const adapter<float>& ad,
+             forward_context<float>* ctx, Y& y, assign_mode mode, workspace<float>& ws) {
+  const index n = x.rows();
+  const index rank = ad.rank();
+  const auto a = ad.shared_projection().a_bfloat16(ad.in_features(), rank);
+  const double dropout = ctx != nullptr ? ad.options().dropout : 0.0;
+
+  // P = drop(X) A^T in float32, kept in the context for backward.
+  float* p_data = ctx != nullptr ? ctx->begin_step(n, rank, dropout).data()
+                                 : ws.get(slot_thin, n, rank).data();
+  Eigen::Map<Eigen::MatrixXf> p(p_data, n, rank);
+  if (dropout == 0.0) {
+    gemm(p, x, a.transpose(), false);
+  } else {
+    const dropout_key& key = ctx->mask_key();
+    const float keep_scale = static_cast<float>(1.0 / (1.0 - key.probability));
+    for (index first = 0; first < n; first += dropout_tile_rows) {
+      const index rows = std::min(dropout_tile_rows, n - first);
+      auto tile = ws.get_bfloat16(half_tile, rows, x.cols());
+      for (index j = 0; j < tile.cols(); ++j) {
+        for (index i = 0; i < rows; ++i) {
+          tile(i, j) = dropout_keeps(key, first + i, j)
+                           ? half(static_cast<float>(x(first + i, j)) * keep_scale)
+                           : half(0.0f);
+        }
+      }
+      gemm(p.middleRows(first, rows), tile, a.transpose(), false);
+    }
+  }
+
+  auto acc = accumulator(y, mode, ws);
+  if constexpr (!std::is_same_v<Bias, no_bias_t>) {
+    const Eigen::RowVectorXf row = bias.template cast<float>().reshaped().transpose();
+    acc.rowwise() += row;
+  }
+  with_weight(ad, w0, [&](const auto& w) { gemm(acc, x, w.transpose(), true); });
+  const auto b = ad.shared_projection().b_bfloat16(ad.out_features(), rank);
+  auto p_half = ws.get_bfloat16(half_thin, n, rank);
+  if (scale_thin_sides(n, ad)) {
+    // Small batches: ((P Λd) B^T) Λb, the scales on the n-row sides.
+    p_half = (p * ad.lambda_d().asDiagonal()).template cast<half>();
+    auto q = ws.get(slot_scaled_b, n, ad.out_features());
+    gemm(q, p_half, b.transpose(), false);
+    acc += q * ad.lambda_b().asDiagonal();
+  } else {
+    p_half = p.template cast<half>();
+    gemm(acc, p_half, rounded_scaled_b(ad, ws).transpose(), true);
+  }
+  y = acc.template cast<typename Y::Scalar>();
+  if (ctx != nullptr) ctx->finish_step();
+}
+
+/// grad_b, grad_d from M = G^T P (out x rank) with P rounded to bfloat16, then one float32 pass.
+template <class G>
+void parameter_gradients(const G& g, const adapter<float>& ad, const forward_context<float>& ctx,
+                         gradients<float>& out, workspace<float>& ws) {
+  const auto& p = ctx.projected();
+  auto p_half = ws.get_bfloat16(half_thin, p.rows(), p.cols());
+  p_half = p.template cast<half>();
+  auto m_buffer = ws.get(slot_weight, ad.out_features(), ad.rank());
+  Eigen::Map<row_matrix<float>> m(m_buffer.data(), ad.out_features(), ad.rank());
+  gemm(m, g.transpose(), p_half, false);
+
+  const auto b = ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank());
+  const auto lambda_b = ad.lambda_b();
+  const auto lambda_d = ad.lambda_d();
+  const bool train_b = ad.options().train_b;
+  const bool train_d = ad.options().train_d;
+  for (index j = 0; j < ad.out_features(); ++j) {
+    const Eigen::RowVectorXf weighted = m.row(j).cwiseProduct(b.row(j).template cast<float>());
+    if (train_b) out.lambda_b(j) += weighted.dot(lambda_d.transpose());
+    if (train_d) out.lambda_d.noalias() += lambda_b(j) * weighted.transpose();
+  }
+}
+
+/// grad_X = G W0 + mask ⊙ ((G Λb B Λd) A) / (1 - p), with T = G Λb B Λd rounded to bfloat16.
+template <class G, class W, class Dx>
+void input_gradient(const G& g, const W& w0, const adapter<float>& ad, const dropout_key& key,
+                    Dx& dx, assign_mode mode, workspace<float>& ws) {
+  const index n = g.rows();
+  const index rank = ad.rank();
+  auto acc = accumulator(dx, mode, ws);
+  with_weight(ad, w0, [&](const auto& w) { gemm(acc, g, w, true); });
+
+  auto t = ws.get(slot_thin, n, rank);
+  if (scale_thin_sides(n, ad)) {
+    auto g_half = ws.get_bfloat16(half_scaled_b, n, ad.out_features());
+    g_half = (g.template cast<float>() * ad.lambda_b().asDiagonal()).template cast<half>();
+    auto u = ws.get(slot_scaled_b, n, rank);
+    gemm(u, g_half, ad.shared_projection().b_bfloat16(ad.out_features(), rank), false);
+    t = u * ad.lambda_d().asDiagonal();
+  } else {
+    gemm(t, g, rounded_scaled_b(ad, ws), false);
+  }
+  auto t_half = ws.get_bfloat16(half_thin, n, rank);
+  t_half = t.template cast<half>();
+  const auto a = ad.shared_projection().a_bfloat16(ad.in_features(), rank);
+  if (key.probability == 0.0) {
+    gemm(acc, t_half, a, true);
+  } else {
+    for (index first = 0; first < n; first += dropout_tile_rows) {
+      const index rows = std::min(dropout_tile_rows, n - first);
+      auto tile = ws.get(slot_tile, rows, a.cols());
+      gemm(tile, t_half.middleRows(first, rows), a, false);
+      mask_tile(first, key, tile);
+      acc.middleRows(first, rows) += tile;
+    }
+  }
+  dx = acc.template cast<typename Dx::Scalar>();
+}
+
+/// W = bf16(keep W + sign ΔW) with ΔW = (Λb B Λd) A in float32 from the bfloat16-rounded A and B:
+/// PEFT 0.21's merge into a bfloat16 weight (its adapter tensors are float32, so ΔW stays float32
+/// and the in-place add rounds once).
+template <class Dst>
+void merge(const adapter<float>& ad, Dst& w, bool keep, float sign, workspace<float>& ws) {
+  const index out = ad.out_features();
+  const index in = ad.in_features();
+  const index rank = ad.rank();
+  const auto& shared = ad.shared_projection();
+  auto a = ws.get(slot_tile, rank, in);
+  a = shared.a_bfloat16(in, rank).template cast<float>();
+  auto bbd = ws.get(slot_scaled_b, out, rank);
+  const auto b = shared.b_bfloat16(out, rank);
+  for (index k = 0; k < rank; ++k) {
+    for (index j = 0; j < out; ++j) bbd(j, k) = sign * ad.lambda_b()(j) * static_cast<float>(b(j, k)) * ad.lambda_d()(k);
+  }
+  auto delta = ws.get(slot_weight, out, in);
+  gemm(delta, bbd, a, false);
+  const auto update = [&](auto&& target) {
+    for (index j = 0; j < target.cols(); ++j) {
+      for (index i = 0; i < target.rows(); ++i) {
+        target(i, j) = keep ? half(static_cast<float>(target(i, j)) + delta(i, j)) : half(delta(i, j));
+      }
+    }
+  };
+  if (ad.options().fan_in_fan_out) {
+    update(w.transpose());
+  } else {
+    update(w);
+  }
+}
+
+}  // namespace vera::cpu::bfloat16_path

@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: Apache-2.0
+// The CPU backend's one GEMM entry point: every product the CPU evaluators issue goes through it.
+#pragma once
+
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "vera/config.hpp"
+
+#if VERA_ONEDNN
+#include "vera/backend/cpu/onednn.hpp"
+#endif
+
+namespace vera {
+
+namespace detail {
+
+template <class E>
+using scalar_of = typename std::decay_t<E>::Scalar;
+
+/// True for operands stored in bfloat16 (Eigen::bfloat16).
+template <class E>
+inline constexpr bool is_bfloat16 = std::is_same_v<scalar_of<E>, Eigen::bfloat16>;
+
+}  // namespace detail
+
+namespace cpu {
+
+/// \brief The GEMM provider the CPU evaluators were compiled with: "onednn", "blas" (Eigen's
+///        products routed to the system BLAS by EIGEN_USE_BLAS) or "eigen".
+inline const char* gemm_provider() noexcept {
+#if VERA_ONEDNN
+  return "onednn";
+#elif defined(EIGEN_USE_BLAS)
+  return "blas";
+#else
+  return "eigen";
+#endif
+}
+
+/// \brief dst = lhs * rhs (`accumulate` false) or dst += lhs * rhs, with no temporary for the
+///        result (as Eigen's noalias()).
+///
+/// With oneDNN, float32 and bfloat16 operands in plain strided memory (matrices, maps, blocks
+/// and their transposes) run in oneDNN's matmul, one cached primitive per shape and layout;
+/// lazy operands, double and other scalar types use Eigen. bfloat16 operands accumulate in
+/// float32 and need a float destination; on the Eigen provider they are widened to float first
+/// (correct, not fast).
+template <class Dst, class Lhs, class Rhs>
+void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
+  static_assert(!vera::detail::is_bfloat16<Dst>, "vera::cpu::gemm: accumulate bfloat16 products in float");
+  static_assert(vera::detail::is_bfloat16<Lhs> == vera::detail::is_bfloat16<Rhs>,
+                "vera::cpu::gemm: both factors bfloat16, or neither");
+#if VERA_ONEDNN
+  // A lazy factor is evaluated first, as Eigen's own GEMM does: the product then runs in the same
+  // kernel, with the same bits, whatever form the caller gave it in.
+  const auto plain = [](const auto& e) -> decltype(auto) {
+    using E = std::decay_t<decltype(e)>;
+    if constexpr (bool(Eigen::internal::traits<E>::Flags & Eigen::DirectAccessBit)) {
+      return e;
+    } else {
+      return e.eval();
+    }
+  };
+  if (onednn::try_gemm(dst, plain(lhs), plain(rhs), accumulate)) return;
+#endif
+  if constexpr (vera::detail::is_bfloat16<Lhs>) {
+    using wide = vera::detail::scalar_of<Dst>;
+    if (accumulate) {
+      dst.noalias() += lhs.template cast<wide>() * rhs.template cast<wide>();
+    } else {
+      dst.noalias() = lhs.template cast<wide>() * rhs.template cast<wide>();
+    }
+  } else if (accumulate) {
+    dst.noalias() += lhs * rhs;
+  } else {
+    dst.noalias() = lhs * rhs;
+  }
+}
+
+}  // namespace cpu
+
+}  // namespace vera

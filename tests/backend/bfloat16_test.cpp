@@ -1,0 +1,190 @@
+// SPDX-License-Identifier: Apache-2.0
+// Tests of the bfloat16 storage path (float32 accumulation) against the long-double reference.
+#include <catch2/catch.hpp>
+
+#include <sstream>
+#include <string>
+
+#include <vera/vera.hpp>
+
+#include "../support/reference.hpp"
+
+using vera_test::compare;
+using vera_test::layer_shape;
+using vera_test::wide;
+using vera_test::wide_matrix;
+
+namespace {
+
+using half = Eigen::bfloat16;
+using half_matrix = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic>;
+
+// bfloat16's unit roundoff: 8 significant bits, so one rounding to nearest changes a value by at
+// most 2^-8 of itself.
+constexpr wide unit_roundoff = wide(1) / 256;
+
+// Budget for an output that went through `roundings` bfloat16 roundings of intermediates (each
+// bounded by the unit roundoff times the magnitude of the terms it carries) plus float32
+// accumulation over `depth` terms. Worst case, not statistical: a bfloat16 rounding is 2^15 times
+// a float's, so a wrong formula or a missing scale still errs far beyond it.
+wide budget(int roundings, vera::index depth) {
+  return roundings * unit_roundoff + vera_test::tolerance_factor<float>(depth);
+}
+
+std::string describe(const layer_shape& s, bool fan_in_fan_out, double dropout) {
+  std::ostringstream os;
+  os << "n " << s.rows << ", in " << s.in << ", out " << s.out << ", rank " << s.rank
+     << ", fan_in_fan_out " << fan_in_fan_out << ", dropout " << dropout << ", provider "
+     << vera::cpu::gemm_provider();
+  return os.str();
+}
+
+// The layer's values as the bfloat16 path computes with them: X, W0, bias, G rounded to bfloat16,
+// A and B rounded to bfloat16, b and d in float32.
+struct rounded_layer {
+  rounded_layer(const layer_shape& s, bool fan_in_fan_out, double dropout)
+      : layer(s, options(fan_in_fan_out, dropout), 7),
+        x(layer.x.cast<half>()),
+        w0(layer.w0.cast<half>()),
+        bias(layer.bias.cast<half>()),
+        g(vera_test::random_matrix<float>(s.rows, s.out, 99).cast<half>()) {}
+
+  static vera::adapter_options options(bool fan_in_fan_out, double dropout) {
+    vera::adapter_options o;
+    o.fan_in_fan_out = fan_in_fan_out;
+    o.dropout = dropout;
+    return o;
+  }
+
+  vera_test::layer_values values(const vera::dropout_key* key) const {
+    const vera_test::matrix<float> x_values = x.cast<float>();
+    const vera_test::matrix<float> w0_values = w0.cast<float>();
+    const vera::vector<float> bias_values = bias.cast<float>();
+    auto v = vera_test::capture(x_values, w0_values, &bias_values, layer.ad, key);
+    const auto& shared = layer.ad.shared_projection();
+    v.a = shared.a_bfloat16(layer.ad.in_features(), layer.ad.rank()).cast<float>().cast<wide>();
+    v.b = shared.b_bfloat16(layer.ad.out_features(), layer.ad.rank()).cast<float>().cast<wide>();
+    return v;
+  }
+
+  vera_test::test_layer<float> layer;
+  half_matrix x, w0;
+  Eigen::Matrix<half, Eigen::Dynamic, 1> bias;
+  half_matrix g;
+};
+
+}  // namespace
+
+TEST_CASE("bfloat16 forward and backward match the reference", "[bfloat16]") {
+  for (const layer_shape& s : vera_test::edge_shapes()) {
+    for (const bool fan_in_fan_out : {false, true}) {
+      for (const double dropout : {0.0, 0.25}) {
+        INFO(describe(s, fan_in_fan_out, dropout));
+        rounded_layer l(s, fan_in_fan_out, dropout);
+        vera::forward_context<float> ctx;
+        vera::workspace<float> ws;
+        half_matrix y = vera::forward(l.x, l.w0, l.bias, l.layer.ad).train(ctx).using_workspace(ws);
+        Eigen::MatrixXf y_float(s.rows, s.out);
+        vera::forward(l.x, l.w0, l.bias, l.layer.ad).using_workspace(ws).assign_to(y_float);
+
+        const auto v = l.values(&ctx.mask_key());
+        const auto m = vera_test::magnitudes(v);
+        const auto want = vera_test::reference_forward(v);
+        const auto size = vera_test::reference_forward(m);
+        const vera::index depth = vera_test::rounding_depth(s.rows, s.in, s.out, s.rank);
+        // Rounded: the masked input (with dropout), P (or P Λd), Λb B Λd, and the bfloat16 output.
+        const int masked = dropout > 0.0 ? 1 : 0;
+        const auto y_check = compare(y, want.y, size.y, budget(3 + masked, depth));
+        INFO("Y (bfloat16): " << y_check);
+        CHECK(y_check.ok());
+        if (dropout == 0.0) {
+          const auto y_float_check = compare(y_float, want.y, size.y, budget(2, depth));
+          INFO("Y (float): " << y_float_check);
+          CHECK(y_float_check.ok());
+        }
+
+        const wide_matrix g = l.g.cast<float>().cast<wide>();
+        const auto grads = vera_test::reference_backward(v, g);
+        const auto grad_size = vera_test::reference_backward(m, g.cwiseAbs());
+        vera::gradients<float> out(l.layer.ad);
+        out = vera::parameter_gradients(l.g, l.layer.ad, ctx).using_workspace(ws);
+        // P is rounded once more (masked input, then P) on its way into M = G^T P.
+        const auto gb = compare(out.lambda_b, grads.grad_b, grad_size.grad_b, budget(2 + masked, depth));
+        INFO("grad_b: " << gb);
+        CHECK(gb.ok());
+        const auto gd = compare(out.lambda_d, grads.grad_d, grad_size.grad_d, budget(2 + masked, depth));
+        INFO("grad_d: " << gd);
+        CHECK(gd.ok());
+
+        half_matrix dx = vera::input_gradient(l.g, l.w0, l.layer.ad, ctx).using_workspace(ws);
+        // Rounded: Λb B Λd (or G Λb), T, and the bfloat16 output.
+        const auto dx_check = compare(dx, grads.grad_x, grad_size.grad_x, budget(3, depth));
+        INFO("grad_X: " << dx_check);
+        CHECK(dx_check.ok());
+      }
+    }
+  }
+}
+
+TEST_CASE("bfloat16 layers refuse the merged order instead of rounding differently", "[bfloat16]") {
+  rounded_layer l({9, 8, 7, 4}, false, 0.0);
+  half_matrix y(9, 7);
+  CHECK_THROWS_AS(y = vera::forward(l.x, l.w0, l.bias, l.layer.ad).with_order(vera::order::merged),
+                  vera::value_error);
+}
+
+TEST_CASE("bfloat16 add_to accumulates into the destination", "[bfloat16]") {
+  rounded_layer l({16, 9, 67, 12}, false, 0.0);
+  Eigen::MatrixXf y = Eigen::MatrixXf::Constant(16, 67, 2.0f);
+  vera::forward(l.x, l.w0, l.bias, l.layer.ad).add_to(y);
+  Eigen::MatrixXf once(16, 67);
+  vera::forward(l.x, l.w0, l.bias, l.layer.ad).assign_to(once);
+  // The same float32 accumulator plus 2, rounded once: within one rounding of the sum.
+  const float bound = std::numeric_limits<float>::epsilon() * (once.cwiseAbs().maxCoeff() + 2.0f);
+  CHECK((y.array() - once.array() - 2.0f).abs().maxCoeff() <= bound);
+}
+
+TEST_CASE("bfloat16 merge, unmerge and safe merge match the reference", "[bfloat16]") {
+  for (const layer_shape& s : vera_test::edge_shapes()) {
+    for (const bool fan_in_fan_out : {false, true}) {
+      INFO(describe(s, fan_in_fan_out, 0.0));
+      rounded_layer l(s, fan_in_fan_out, 0.0);
+      const auto v = l.values(nullptr);
+      const wide_matrix delta = vera_test::reference_delta(v);
+      const wide_matrix delta_size = vera_test::reference_delta(vera_test::magnitudes(v));
+      // In the storage layout: W0 (out x in, or in x out with fan_in_fan_out).
+      const wide_matrix w0 = l.w0.cast<float>().cast<wide>();
+      const wide_matrix stored_delta = fan_in_fan_out ? wide_matrix(delta.transpose()) : delta;
+      const wide_matrix stored_size = fan_in_fan_out ? wide_matrix(delta_size.transpose()) : delta_size;
+      const wide_matrix size = w0.cwiseAbs() + stored_size;
+      const vera::index depth = s.rank + 4;
+
+      half_matrix merged = l.w0;
+      vera::merge(merged, l.layer.ad);
+      // Rounded once: the float32 sum W0 + ΔW.
+      const auto merge_check = compare(merged, w0 + stored_delta, size, budget(1, depth));
+      INFO("merge: " << merge_check);
+      CHECK(merge_check.ok());
+
+      half_matrix safe = l.w0;
+      vera::safe_merge(safe, l.layer.ad);
+      CHECK(vera_test::same_bits(safe, merged));
+      half_matrix lazy = vera::merged_weight(l.w0, l.layer.ad);
+      CHECK(vera_test::same_bits(lazy, merged));
+
+      vera::unmerge(merged, l.layer.ad);
+      const auto unmerge_check = compare(merged, w0, size, budget(2, depth));
+      INFO("unmerge: " << unmerge_check);
+      CHECK(unmerge_check.ok());
+    }
+  }
+}
+
+TEST_CASE("bfloat16 safe merge leaves W0 untouched when the result is not finite", "[bfloat16]") {
+  rounded_layer l({9, 8, 7, 4}, false, 0.0);
+  l.layer.ad.lambda_b()(3) = 1e38f;  // ΔW overflows bfloat16's range in row 3
+  l.layer.ad.lambda_d().setConstant(1e38f);
+  half_matrix w = l.w0;
+  CHECK_THROWS_AS(vera::safe_merge(w, l.layer.ad), vera::value_error);
+  CHECK(vera_test::same_bits(w, l.w0));
+}
