@@ -45,8 +45,9 @@ inline const char* gemm_provider() noexcept {
 /// With oneDNN, float32 and bfloat16 operands in plain strided memory (matrices, maps, blocks
 /// and their transposes) run in oneDNN's matmul, one cached primitive per shape and layout;
 /// lazy operands, double and other scalar types use Eigen. bfloat16 operands accumulate in
-/// float32 and need a float destination; on the Eigen provider they are widened to float first
-/// (correct, not fast).
+/// float32 and need a float destination; where no bfloat16 kernel runs them (the Eigen provider,
+/// or oneDNN on a CPU without AVX-512 BF16 or AMX) they are widened to float into per-thread
+/// buffers and multiplied in float32: the same result, at float32 speed plus the widening.
 template <class Dst, class Lhs, class Rhs>
 void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
   static_assert(!vera::detail::is_bfloat16<Dst>, "vera::cpu::gemm: accumulate bfloat16 products in float");
@@ -66,12 +67,18 @@ void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
   if (onednn::try_gemm(dst, plain(lhs), plain(rhs), accumulate)) return;
 #endif
   if constexpr (vera::detail::is_bfloat16<Lhs>) {
+    // No bfloat16 kernel here (the Eigen provider, or a CPU without AVX-512 BF16/AMX): widen both
+    // factors (exactly) into per-thread buffers that grow and are kept, then take the float path.
     using wide = vera::detail::scalar_of<Dst>;
-    if (accumulate) {
-      dst.noalias() += lhs.template cast<wide>() * rhs.template cast<wide>();
-    } else {
-      dst.noalias() = lhs.template cast<wide>() * rhs.template cast<wide>();
-    }
+    using buffer = Eigen::Matrix<wide, Eigen::Dynamic, Eigen::Dynamic>;
+    static thread_local buffer lhs_wide, rhs_wide;
+    const auto widen = [](const auto& from, buffer& to) {
+      if (to.size() < from.size()) to.resize(from.size(), 1);
+      Eigen::Map<buffer> view(to.data(), from.rows(), from.cols());
+      view = from.template cast<wide>();
+      return view;
+    };
+    gemm(dst, widen(lhs, lhs_wide), widen(rhs, rhs_wide), accumulate);
   } else if (accumulate) {
     dst.noalias() += lhs * rhs;
   } else {
