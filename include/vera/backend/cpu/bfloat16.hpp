@@ -10,6 +10,10 @@
 #include "vera/adapter/context.hpp"
 #include "vera/adapter/gradients.hpp"
 #include "vera/backend/cpu/common.hpp"
+#include "vera/backend/cpu/gemm.hpp"
+#include "vera/backend/exec.hpp"
+#include "vera/core/dropout.hpp"
+#include "vera/expr/operand.hpp"
 
 namespace vera::cpu::bfloat16_path {
 
