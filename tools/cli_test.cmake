@@ -77,7 +77,31 @@ expect(0 "2 layers, r 8" export-lora "${FIXTURES}/conv1d_seed" -o "${WORK}/lora_
 file(WRITE "${WORK}/bad_shapes.json" "{\"transformer.h.0.attn.c_attn\": [12]}")
 expect(1 "must map to [in, out]" export-lora "${FIXTURES}/conv1d_seed" -o "${WORK}/lora_bad" --shapes "${WORK}/bad_shapes.json")
 
-file(GLOB leftovers "${WORK}/*.tmp.*" "${WORK}/bad.safetensors" "${WORK}/lora_bad")
+# Sequence-classification adapters: the classifier (modules_to_save) and trained biases are listed,
+# merged in place of the base model's tensors, and copied into a LoRA export.
+set(seq_cls "${FIXTURES}/seq_cls_bias_vera_only")
+expect(0 "modules_to_save: classifier.weight  F32 [3, 16]  -> replaces classifier.weight in a merge" inspect "${seq_cls}/adapter")
+expect(0 "bias: bert.encoder.layer.0.attention.self.query.base_layer.bias  F32 [16]  -> replaces bert.encoder.layer.0.attention.self.query.bias" inspect "${seq_cls}/adapter" --base "${seq_cls}/base.safetensors")
+expect(0 "modules_to_save wrapper copy: classifier.original_module.bias" inspect "${FIXTURES}/seq_cls_bias_all/adapter")
+expect(0 "merged 2 layers, replaced 4 tensors" merge --base "${seq_cls}/base.safetensors" --adapter "${seq_cls}/adapter" -o "${WORK}/seq_cls_merged.safetensors")
+expect(0 "and 4 modules_to_save / bias tensors copied" export-lora "${seq_cls}/adapter" -o "${WORK}/seq_cls_lora" --base "${seq_cls}/base.safetensors")
+file(READ "${WORK}/seq_cls_lora/adapter_config.json" seq_cls_lora_config)
+string(FIND "${seq_cls_lora_config}" "\"bias\": \"lora_only\"" at)
+if(at EQUAL -1)
+  message(SEND_ERROR "export-lora: bias vera_only did not become lora_only:\n${seq_cls_lora_config}")
+endif()
+# Refusals name the file and what is missing, and write nothing.
+expect(1 "no tensor 'bert.encoder.layer.0.attention.self.query.weight' for adapted layer 'bert.encoder.layer.0.attention.self.query' (and 1 more adapted layers without a weight" merge --base "${linear_model}" --adapter "${seq_cls}/adapter" -o "${WORK}/bad_seq_cls.safetensors")
+file(MAKE_DIRECTORY "${WORK}/no_bias")
+file(COPY "${seq_cls}/adapter/adapter_model.safetensors" DESTINATION "${WORK}/no_bias")
+file(READ "${seq_cls}/adapter/adapter_config.json" seq_cls_config)
+string(REPLACE "\"vera_only\"" "\"none\"" seq_cls_config "${seq_cls_config}")
+file(WRITE "${WORK}/no_bias/adapter_config.json" "${seq_cls_config}")
+expect(1 "no_bias/adapter_model.safetensors': tensor 'base_model.model.bert.encoder.layer.0.attention.self.query.base_layer.bias' is not part of a VeRA adapter (and 1 more)" merge --base "${seq_cls}/base.safetensors" --adapter "${WORK}/no_bias" -o "${WORK}/bad_bias.safetensors")
+expect(1 "its bias = \"none\" trains no bias" export-lora "${WORK}/no_bias" -o "${WORK}/lora_bad_bias" --base "${seq_cls}/base.safetensors")
+
+file(GLOB leftovers "${WORK}/*.tmp.*" "${WORK}/bad.safetensors" "${WORK}/lora_bad" "${WORK}/bad_seq_cls.safetensors"
+  "${WORK}/bad_bias.safetensors" "${WORK}/lora_bad_bias")
 if(leftovers)
   message(SEND_ERROR "failed commands left files behind: ${leftovers}")
 endif()

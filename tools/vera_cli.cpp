@@ -49,7 +49,8 @@ Exit status: 0 success, 1 failure (bad file, I/O error), 2 usage error.
 const char* const inspect_help = R"(usage: vera inspect PATH [--base MODEL.safetensors]
 
 PATH is a PEFT adapter directory or a .safetensors file.
-For a directory: the config, the layers, and whether the saved projection (if any) equals the
+For a directory: the config, the layers, the tensors kept whole (modules_to_save copies, trained
+biases) and the model tensors they replace, and whether the saved projection (if any) equals the
 one regenerated from projection_prng_key. With --base, the base model's weights give every
 layer's in/out features and the adapter is fully loaded and checked.
 For a file: every tensor (dtype, shape, bytes) and the metadata.
@@ -70,8 +71,10 @@ const char* const merge_help =
        vera merge --base MODEL.safetensors.index.json --adapter DIR -o OUTDIR
 
 Writes a copy of MODEL in which every adapted layer's '<path>.weight' is W0 + Λb B Λd A, computed
-in float32 (float64 for F64 weights) and stored in the weight's own dtype. Every other tensor and
-the metadata are copied unchanged. Into float16/bfloat16 weights the adapter is first rounded to
+in float32 (float64 for F64 weights) and stored in the weight's own dtype. Tensors the adapter
+carries whole replace the model's: modules_to_save copies (e.g. 'classifier.weight' of a
+sequence-classification adapter) and biases trained under bias = "vera_only" or "all" (stored in
+the model tensor's dtype). Every other tensor and the metadata are copied unchanged. Into float16/bfloat16 weights the adapter is first rounded to
 that dtype, as PEFT applies it to such layers (--adapter-precision full keeps it in float32).
 Like PEFT's safe_merge, a merged weight that is not finite is an error; OUT is written
 atomically, so a failure leaves no partial file. Progress goes to stderr for large models.
@@ -88,6 +91,8 @@ const char* const export_help =
 Writes a PEFT LoRA adapter with lora_A = A[:r, :in], lora_B = Λb B Λd and lora_alpha = r, so
 that any LoRA runtime computes exactly the VeRA update. Each layer's in_features come from the
 base model's '<path>.weight' (--base) or from a JSON object {"<path>": [in, out], ...} (--shapes).
+modules_to_save copies and trained biases are copied unchanged, with the config's modules_to_save
+and bias ("vera_only" becomes LoRA's "lora_only").
 )";
 
 // Parsed command line of one command: positional arguments and --name value options.
@@ -235,20 +240,42 @@ void print_config(const vera::io::vera_config& config) {
     std::cout << "  base model " << *config.base_model_name_or_path << "\n";
 }
 
+void print_unprefixed() {
+  std::cout << "  keys: without PEFT's 'base_model.model.' prefix (as transformers' own PEFT "
+               "integration saves them); a re-save adds it\n";
+}
+
+// One modules_to_save copy or trained bias: what a merge does with it.
+void print_trained(vera::io::trained_kind kind, const std::string& key, const std::string& what,
+                   const std::string& target) {
+  std::cout << "  " << vera::io::trained_kind_name(kind) << ": " << key << "  " << what;
+  if (target.empty()) {
+    std::cout << "  (kept for a re-save, not merged: PEFT's wrapper holds it twice)\n";
+  } else {
+    std::cout << "  -> replaces " << target << " in a merge\n";
+  }
+}
+
 // Without base shapes the in_features of a seed-only adapter are unknown; what the file shows
 // is still checked and printed.
 void inspect_adapter_alone(const fs::path& dir, const vera::io::vera_config& config) {
   const vera::io::safetensors_file file(dir / vera::io::adapter_weights_file);
-  const auto found = vera::io::detail::classify(file);
+  auto found = vera::io::detail::split_tensors(file);
+  vera::io::detail::classify_trained(found, config);
   std::cout << "  " << vera::io::adapter_weights_file << ": " << file.tensors().size()
             << " tensors, " << human_bytes(file.data_size()) << "\n";
+  if (found.prefix.empty()) print_unprefixed();
   std::cout << "  layers: " << found.layers.size() << "\n";
   for (const auto& [path, tensors] : found.layers) {
     std::cout << "    " << path << "  lambda_b "
               << (tensors.lambda_b ? describe(*tensors.lambda_b) : "MISSING") << "  lambda_d "
               << (tensors.lambda_d ? describe(*tensors.lambda_d) : "MISSING") << "\n";
   }
-  for (const auto& name : found.extra) std::cout << "  not a VeRA tensor: " << name << "\n";
+  for (const auto& entry : found.trained) {
+    print_trained(entry.kind, entry.key, describe(*entry.info), entry.target);
+  }
+  for (const auto& other : found.extra)
+    std::cout << "  not explained by the config (a load refuses it): " << other.info->name << "\n";
   if (found.a == nullptr || found.b == nullptr) {
     std::cout << "  projection: not saved; regenerated from projection_prng_key "
               << config.projection_prng_key
@@ -306,8 +333,14 @@ void inspect_adapter_with_base(const fs::path& dir, const vera::io::vera_config&
     std::cout << "  projection: regenerated from projection_prng_key " << config.projection_prng_key
               << "\n";
   }
+  if (!loaded.report.prefixed_keys) print_unprefixed();
+  for (const auto& t : loaded.trained) {
+    print_trained(t.kind, t.key,
+                  std::string(vera::io::dtype_name(t.type)) + " " + vera::io::shape_string(t.shape),
+                  t.target);
+  }
   for (const auto& name : loaded.report.ignored_tensors)
-    std::cout << "  not a VeRA tensor: " << name << "\n";
+    std::cout << "  not explained by the config (a load refuses it): " << name << "\n";
   for (const auto& warning : loaded.report.warnings) std::cout << "  warning: " << warning << "\n";
 }
 
@@ -394,6 +427,15 @@ class progress_printer {
   std::chrono::steady_clock::time_point last_{};
 };
 
+// ", replaced 2 tensors (modules_to_save, trained biases)" when the adapter carries any.
+template <class T>
+std::string replaced_text(const vera::io::peft_adapter<T>& loaded) {
+  std::size_t count = 0;
+  for (const auto& t : loaded.trained) count += t.target.empty() ? 0 : 1;
+  if (count == 0) return "";
+  return ", replaced " + std::to_string(count) + " tensors (modules_to_save, trained biases)";
+}
+
 // The adapter to merge (load warnings printed) and the merge settings from the command line.
 template <class T>
 vera::io::peft_adapter<T> load_for_merge(const vera::io::vera_config& config,
@@ -416,13 +458,13 @@ void merge_as(const vera::io::safetensors_file& base, const vera::io::vera_confi
   vera::io::merge_options merge;
   const auto loaded = load_for_merge<T>(config, adapter_file, shapes, args, merge);
   vera::io::safetensors_writer writer;
-  vera::io::add_merged_model(writer, base, loaded.model, merge);
+  vera::io::add_merged_model(writer, base, loaded, merge);
   progress_printer progress(writer.data_size());
   writer.on_progress(
       [&progress](std::uint64_t done, std::uint64_t total) { progress(done, total); });
   writer.write(output);
-  std::cerr << "vera merge: merged " << loaded.model.size() << " layers into " << output.string()
-            << "\n";
+  std::cerr << "vera merge: merged " << loaded.model.size() << " layers" << replaced_text(loaded)
+            << " into " << output.string() << "\n";
 }
 
 template <class T>
@@ -432,14 +474,16 @@ void sharded_merge_as(const vera::io::shard_index& index, const vera::io::vera_c
                       const fs::path& output) {
   vera::io::merge_options merge;
   const auto loaded = load_for_merge<T>(config, adapter_file, shapes, args, merge);
-  vera::io::merge_sharded_model(index, loaded.model, output, merge,
-                                [](std::size_t done, std::size_t total) {
-                                  std::fprintf(stderr, "\rvera merge: shard %zu of %zu", done, total);
-                                  if (done == total) std::fprintf(stderr, "\n");
-                                  std::fflush(stderr);
-                                });
-  std::cerr << "vera merge: merged " << loaded.model.size() << " layers into " << index.shards.size()
-            << " shards in " << output.string() << "\n";
+  vera::io::merge_sharded_model(
+      index, loaded.model, output, merge,
+      [](std::size_t done, std::size_t total) {
+        std::fprintf(stderr, "\rvera merge: shard %zu of %zu", done, total);
+        if (done == total) std::fprintf(stderr, "\n");
+        std::fflush(stderr);
+      },
+      loaded.trained);
+  std::cerr << "vera merge: merged " << loaded.model.size() << " layers" << replaced_text(loaded)
+            << " into " << index.shards.size() << " shards in " << output.string() << "\n";
 }
 
 int run_sharded_merge(const fs::path& index_path, const fs::path& adapter_dir,
@@ -529,9 +573,12 @@ void export_as(const fs::path& dir, const vera::io::layer_shapes& shapes, const 
   const auto loaded = vera::io::load_peft_adapter<T>(dir, shapes);
   for (const auto& warning : loaded.report.warnings)
     std::cerr << "vera export-lora: warning: " << warning << "\n";
-  vera::io::export_lora(loaded.model, output, loaded.config, stored);
+  vera::io::export_lora(loaded, output, stored);
   std::cerr << "vera export-lora: wrote a LoRA adapter with " << loaded.model.size()
-            << " layers, r " << loaded.config.r << ", to " << output.string() << "\n";
+            << " layers, r " << loaded.config.r;
+  if (!loaded.trained.empty())
+    std::cerr << ", and " << loaded.trained.size() << " modules_to_save / bias tensors copied";
+  std::cerr << ", to " << output.string() << "\n";
 }
 
 int run_export(const arguments& args) {

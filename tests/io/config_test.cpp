@@ -92,9 +92,14 @@ TEST_CASE("missing optional fields take PEFT's defaults", "[io][config]") {
   CHECK(vera_config::parse(with_field("task_type", "null")).task_type == std::nullopt);
   CHECK(vera_config::parse(with_field("bias", R"("vera_only")")).bias ==
         vera::io::bias_mode::vera_only);
+  // VeraConfig's default rank, for configs written by hand or by other tools.
+  const auto no_rank = vera_config::parse(R"({"peft_type": "VERA"})");
+  CHECK(no_rank.r == 256);
+  CHECK_FALSE(no_rank.json.contains("r"));
+  CHECK(no_rank.to_json().at("r") == 256);
 }
 
-TEST_CASE("wrong types, ranges and missing required fields are named", "[io][config]") {
+TEST_CASE("wrong types, ranges and a missing peft_type are named", "[io][config]") {
   struct bad {
     std::string text;
     std::string expected;
@@ -103,7 +108,6 @@ TEST_CASE("wrong types, ranges and missing required fields are named", "[io][con
       {R"({"r": 8})", "field 'peft_type' is missing"},
       {R"({"peft_type": "LORA", "r": 8})", "is 'LORA', expected 'VERA'"},
       {R"({"peft_type": 7, "r": 8})", "field 'peft_type' is a JSON number"},
-      {R"({"peft_type": "VERA"})", "field 'r' is missing"},
       {R"({"peft_type": "VERA", "r": "8"})",
        "field 'r' is a JSON string (\"8\"), expected an integer"},
       {R"({"peft_type": "VERA", "r": 0})", "field 'r' is 0, expected a positive rank"},

@@ -49,7 +49,7 @@ enum class bias_mode { none, all, vera_only };
 /// `peft_version`, `auto_mapping`) survive a read/write round trip, and a field whose value is
 /// unchanged keeps its original spelling (`"layers_to_transform": 3` is not rewritten as `[3]`).
 struct vera_config {
-  std::int64_t r = 256;  ///< rank of the shared projection
+  std::int64_t r = 256;  ///< rank of the shared projection (PEFT's default when absent)
   io::target_modules target_modules;  ///< adapted modules
   std::uint64_t projection_prng_key =
       0;  ///< torch.manual_seed semantics: negative keys wrap mod 2^64
@@ -58,7 +58,8 @@ struct vera_config {
   double d_initial = 0.1;  ///< initial value of every lambda_d
   bool fan_in_fan_out = false;  ///< W0 stored as in x out (GPT-2 Conv1D)
   bias_mode bias = bias_mode::none;  ///< which base biases PEFT trains
-  /// Modules PEFT trains and saves whole (not read by vera).
+  /// Modules PEFT trains and saves whole (e.g. the classifier of a SEQ_CLS adapter); their
+  /// tensors in the adapter file replace the base model's in a merge.
   std::optional<std::vector<std::string>> modules_to_save;
   bool init_weights = true;  ///< false: PEFT's random init (b = 1, d ~ N(0, 1)); see init_kind
   /// PEFT adapts only layers with these indices.
@@ -74,8 +75,8 @@ struct vera_config {
   nlohmann::json json = nlohmann::json::object();  ///< the object read, kept for unknown fields
 
   /// \brief Reads the typed fields from `object`; throws format_error naming `source` and the
-  ///        field when peft_type is not "VERA", r is missing, or a field has the wrong type or
-  ///        range.
+  ///        field when peft_type is not "VERA" or a field has the wrong type or range. An absent
+  ///        field takes PEFT's default (r = 256, as VeraConfig has it).
   static vera_config from_json(const nlohmann::json& object,
                                const std::string& source = "adapter_config.json");
 
@@ -250,8 +251,8 @@ inline vera_config vera_config::from_json(const nlohmann::json& object, const st
             "is '" + type.get<std::string>() + "', expected 'VERA' (this is not a VeRA adapter)");
   }
 
-  if (!in.present("r")) in.fail("r", "is missing (the rank of the shared projection)");
-  config.r = in.integer("r", *in.find("r"));
+  // VeraConfig's default rank; PEFT writes r into every config it saves.
+  if (in.present("r")) config.r = in.integer("r", *in.find("r"));
   if (config.r <= 0 || config.r > (std::int64_t{1} << 31)) {
     in.fail("r", "is " + std::to_string(config.r) + ", expected a positive rank");
   }
@@ -414,8 +415,8 @@ inline void vera_config::write(const std::filesystem::path& path) const {
 ///
 /// lora_alpha = r makes PEFT's scaling alpha / r equal 1, so ΔW = lora_B lora_A. Fields that
 /// mean the same in both methods (dropout, fan_in_fan_out, task_type, base model) are copied from
-/// `source`; `targets` lists the adapted module paths. modules_to_save is left out: the export
-/// carries only the adapted layers.
+/// `source`; `targets` lists the adapted module paths. modules_to_save and bias are left at
+/// null and "none": export_lora sets them from `source` when it copies trained tensors.
 inline nlohmann::json lora_config_json(const vera_config& source, std::int64_t r,
                                        const std::vector<std::string>& targets) {
   nlohmann::json out = nlohmann::json::object();

@@ -41,14 +41,34 @@ lora_factors<T> to_lora(const adapter<T>& layer) {
 template <class T>
 lora_factors<T> to_lora(adapter<T>&&) = delete;
 
+/// \brief PEFT LoRA's `bias` value for a VeRA `bias` ("vera_only" is LoRA's "lora_only").
+inline const char* lora_bias_name(bias_mode mode) {
+  switch (mode) {
+    case bias_mode::all:
+      return "all";
+    case bias_mode::vera_only:
+      return "lora_only";
+    default:
+      return "none";
+  }
+}
+
 /// \brief Writes `model` as a PEFT LoRA adapter directory that reproduces it exactly:
 ///        lora_A = A[:r, :in], lora_B = Λb B Λd, lora_alpha = r, target_modules = layer paths.
-/// \throws value_error for a model without layers; rank_error when layers have different
-///         ranks; io_error when writing fails. Nothing is written on error.
+///
+/// `trained` (modules_to_save copies and trained biases, as load_peft_adapter keeps them) is
+/// copied under the same keys and dtype: PEFT LoRA adapters follow the same convention, and the
+/// LoRA config then takes `modules_to_save` and `bias` ("vera_only" -> "lora_only") from
+/// `source`. Without `trained` the export carries the adapted layers only.
+/// \throws value_error for a model without layers, or trained tensors that `source` would not
+///         make PEFT load (see save_peft_adapter); rank_error when layers have different ranks;
+///         io_error when writing fails. Nothing is written on error.
 template <class T>
 void export_lora(const model_adapter<T>& model, const std::filesystem::path& dir,
-                 const vera_config& source = {}, dtype stored = dtype::f32) {
+                 const vera_config& source = {}, dtype stored = dtype::f32,
+                 const std::vector<trained_tensor>& trained = {}) {
   if (model.empty()) throw value_error("export_lora: the model adapter has no layers");
+  detail::check_trained_writable(trained, source, "export_lora");
   safetensors_writer weights;
   weights.set_metadata("format", "pt");
   std::vector<std::string> targets;
@@ -70,10 +90,23 @@ void export_lora(const model_adapter<T>& model, const std::filesystem::path& dir
     }
     rank = layer.rank();
   }
+  detail::add_trained(weights, trained);
   vera_config settings = source;
   settings.fan_in_fan_out = model.options().fan_in_fan_out;
   settings.vera_dropout = model.options().dropout;
-  detail::write_adapter_directory(dir, weights, lora_config_json(settings, rank, targets));
+  auto config = lora_config_json(settings, rank, targets);
+  if (!trained.empty()) {
+    config["modules_to_save"] = detail::optional_json(source.modules_to_save);
+    config["bias"] = lora_bias_name(source.bias);
+  }
+  detail::write_adapter_directory(dir, weights, config);
+}
+
+/// \brief export_lora of a loaded adapter: its layers, its config and its trained tensors.
+template <class T>
+void export_lora(const peft_adapter<T>& adapter, const std::filesystem::path& dir,
+                 dtype stored = dtype::f32) {
+  export_lora(adapter.model, dir, adapter.config, stored, adapter.trained);
 }
 
 }  // namespace vera::io

@@ -57,19 +57,26 @@ struct merge_options {
   bool match_peft_precision = true;
 };
 
-/// \brief Adds every tensor of the base model `base` to `writer`, with each adapted layer's
-///        `<path>.weight` replaced by its merged weight W0 + ΔW.
-///
-/// Weights are decoded to T, merged with safe-merge semantics (a non-finite result throws
-/// value_error naming the tensor, so nothing is written), and stored in their own dtype with a
-/// single rounding (PEFT rounds ΔW to the weight's dtype before adding, so a float16/bfloat16
-/// result can differ from PEFT's in the last bit). Merging happens while the file is written, one
-/// weight at a time, and other tensors are copied from `base`'s bytes: `base` and `model` must
-/// outlive writer.write(). The metadata of `base` is copied. Throws format_error when an adapted
-/// layer has no 2-D floating-point `<path>.weight` of the layer's shape.
+namespace detail {
+
+// Checks, before anything is written, that every adapted layer has a floating-point weight of
+// its shape in `base`; names the first missing weight and how many more are missing.
 template <class T>
-void add_merged_model(safetensors_writer& writer, const safetensors_view& base,
-                      const model_adapter<T>& model, const merge_options& options = {}) {
+void check_merge_targets(const safetensors_view& base, const model_adapter<T>& model) {
+  std::vector<std::string> missing;
+  for (const auto& [path, layer] : model) {
+    if (!base.contains(path + ".weight")) missing.push_back(path);
+  }
+  if (!missing.empty()) {
+    std::string message = base.source() + ": no tensor named '" + missing.front() +
+                          ".weight' for adapted layer '" + missing.front() + "'";
+    if (missing.size() > 1) {
+      missing.erase(missing.begin());
+      message += " (and " + std::to_string(missing.size()) + " more adapted layers without a weight: " +
+                 quoted_list(missing) + ")";
+    }
+    throw format_error(message);
+  }
   for (const auto& [path, layer] : model) {
     const tensor_info& weight = base.at(path + ".weight");
     const auto in = static_cast<std::uint64_t>(layer.in_features());
@@ -81,12 +88,102 @@ void add_merged_model(safetensors_writer& writer, const safetensors_view& base,
       throw format_error(base.source() + ": cannot merge into '" + weight.name + "' of dtype " +
                          dtype_name(weight.type) + " (quantized weights are not supported)");
     }
-    detail::expect_shape(base, weight, expected, "the adapted layer's weight");
+    expect_shape(base, weight, expected, "the adapted layer's weight");
   }
+}
+
+// The trained tensors that replace base tensors, by target, after checking that each target
+// exists in `base` with the same shape and a dtype the trained one converts to, and is not a
+// weight the adapter merges into. Wrapper copies replace nothing.
+template <class T>
+std::map<std::string, const trained_tensor*> replacements(const safetensors_view& base,
+                                                          const model_adapter<T>& model,
+                                                          const std::vector<trained_tensor>& trained) {
+  std::map<std::string, const trained_tensor*> by_target;
+  std::vector<std::string> missing;
+  for (const auto& t : trained) {
+    if (t.target.empty()) continue;
+    if (!by_target.emplace(t.target, &t).second) {
+      throw value_error("merge: two trained tensors replace '" + t.target + "'");
+    }
+    if (t.bytes.size() != t.expected_bytes()) {
+      throw value_error("merge: trained tensor '" + t.key + "' holds " +
+                        std::to_string(t.bytes.size()) + " bytes, but dtype and shape need " +
+                        std::to_string(t.expected_bytes()));
+    }
+    if (const auto layer = strip_suffix(t.target, ".weight"); !layer.empty() && model.contains(layer)) {
+      throw value_error("merge: trained tensor '" + t.key + "' would replace '" + t.target +
+                        "', the weight the adapter merges into");
+    }
+    if (!base.contains(t.target)) missing.push_back(t.target);
+  }
+  if (!missing.empty()) {
+    const trained_tensor& first = *by_target.at(missing.front());
+    std::string message = base.source() + ": no tensor named '" + first.target +
+                          "' for the adapter's " + trained_kind_name(first.kind) + " tensor '" +
+                          first.key + "'";
+    if (missing.size() > 1) {
+      missing.erase(missing.begin());
+      message += " (and " + std::to_string(missing.size()) + " more: " + quoted_list(missing) + ")";
+    }
+    throw format_error(message);
+  }
+  for (const auto& [target, t] : by_target) {
+    const tensor_info& info = base.at(target);
+    if (info.shape != t->shape) {
+      throw format_error(base.source() + ": tensor '" + target + "' has shape " +
+                         shape_string(info.shape) + " but the adapter's " +
+                         trained_kind_name(t->kind) + " tensor '" + t->key + "' that replaces it has " +
+                         shape_string(t->shape));
+    }
+    if (info.type != t->type && !(is_convertible(info.type) && is_convertible(t->type))) {
+      throw format_error(base.source() + ": cannot replace '" + target + "' of dtype " +
+                         dtype_name(info.type) + " by the adapter's " + dtype_name(t->type) +
+                         " tensor '" + t->key + "'" +
+                         (is_convertible(t->type) ? " (quantized weights are not supported)" : ""));
+    }
+  }
+  return by_target;
+}
+
+}  // namespace detail
+
+/// \brief Adds every tensor of the base model `base` to `writer`, with each adapted layer's
+///        `<path>.weight` replaced by its merged weight W0 + ΔW, and each tensor that a trained
+///        tensor targets (modules_to_save copies, trained biases) replaced by it.
+///
+/// Weights are decoded to T, merged with safe-merge semantics (a non-finite result throws
+/// value_error naming the tensor, so nothing is written), and stored in their own dtype with a
+/// single rounding (PEFT rounds ΔW to the weight's dtype before adding, so a float16/bfloat16
+/// result can differ from PEFT's in the last bit). A trained tensor is stored in the base
+/// tensor's dtype: its bytes unchanged when the dtypes agree, else converted with one rounding, as
+/// PEFT's load into the model casts it. Merging happens while the file is written, one weight at a
+/// time, and other tensors are copied from `base`'s bytes: `base`, `model` and `trained` must
+/// outlive writer.write(). The metadata of `base` is copied. Throws format_error, before
+/// anything is added, when an adapted layer has no 2-D floating-point `<path>.weight` of the
+/// layer's shape or a trained tensor's target is missing, of another shape, or of a dtype it does
+/// not convert to (naming the first and counting the others); value_error when `trained` is
+/// inconsistent (two tensors for one target, a target that is an adapted weight).
+template <class T>
+void add_merged_model(safetensors_writer& writer, const safetensors_view& base,
+                      const model_adapter<T>& model, const merge_options& options = {},
+                      const std::vector<trained_tensor>& trained = {}) {
+  detail::check_merge_targets(base, model);
+  const auto replaced = detail::replacements(base, model, trained);
   // One rounded copy per half-precision dtype, owned by the generators that use it.
   std::map<dtype, std::shared_ptr<const model_adapter<T>>> rounded;
   for (const auto& [key, value] : base.metadata()) writer.set_metadata(key, value);
   for (const auto& t : base.tensors()) {
+    if (const auto found = replaced.find(t.name); found != replaced.end()) {
+      const trained_tensor& source = *found->second;
+      if (source.type == t.type) {
+        writer.add_bytes(t.name, t.type, t.shape, source.bytes.data());
+      } else {
+        const auto values = source.values<double>();
+        writer.add(t.name, t.type, t.shape, values.data());
+      }
+      continue;
+    }
     const std::string suffix = ".weight";
     const std::string path =
         detail::ends_with(t.name, suffix) ? t.name.substr(0, t.name.size() - suffix.size()) : "";
@@ -113,6 +210,13 @@ void add_merged_model(safetensors_writer& writer, const safetensors_view& base,
       detail::encode(t.type, values.data(), values.size(), bytes);
     });
   }
+}
+
+/// \brief add_merged_model of a loaded adapter: its layers merged, its trained tensors in place.
+template <class T>
+void add_merged_model(safetensors_writer& writer, const safetensors_view& base,
+                      const peft_adapter<T>& adapter, const merge_options& options = {}) {
+  add_merged_model(writer, base, adapter.model, options, adapter.trained);
 }
 
 }  // namespace vera::io

@@ -98,10 +98,13 @@ class model_adapter {
   /// \brief Whether layer `path` is adapted.
   bool contains(const std::string& path) const { return layers_.count(path) != 0; }
 
-  /// \brief The adapter of layer `path`; throws value_error naming the path when absent.
+  /// \brief The adapter of layer `path` (a module path such as "model.layers.0.q_proj", without
+  ///        PEFT's "base_model.model." key prefix).
+  /// \throws value_error naming the path when absent, with the path it probably meant (a PEFT
+  ///         key with its prefix or a tensor suffix stripped) and a few adapted layers.
   adapter<T>& at(const std::string& path) { return find_or_throw(layers_, path); }
   /// \brief The adapter of layer `path`, read-only.
-  /// \throws value_error naming the path when absent.
+  /// \throws value_error as the mutable overload.
   const adapter<T>& at(const std::string& path) const { return find_or_throw(layers_, path); }
 
   /// \brief Iteration over (path, adapter) pairs in path order.
@@ -132,8 +135,43 @@ class model_adapter {
   template <class Map>
   static auto& find_or_throw(Map& layers, const std::string& path) {
     const auto it = layers.find(path);
-    if (it == layers.end()) throw value_error("model_adapter: no adapted layer '" + path + "'");
+    if (it == layers.end()) throw value_error(missing_layer_message(layers, path));
     return it->second;
+  }
+
+  // A PEFT tensor key names the layer with a prefix and a suffix; module paths have neither.
+  static std::string module_path_of(std::string path) {
+    for (const char* prefix : {"base_model.model.", "base_model."}) {
+      const std::string p = prefix;
+      if (path.compare(0, p.size(), p) == 0 && path.size() > p.size()) {
+        path.erase(0, p.size());
+        break;
+      }
+    }
+    for (const char* suffix : {".vera_lambda_b", ".vera_lambda_d", ".weight", ".bias", ".base_layer"}) {
+      const std::string s = suffix;
+      if (path.size() > s.size() && path.compare(path.size() - s.size(), s.size(), s) == 0)
+        path.erase(path.size() - s.size());
+    }
+    return path;
+  }
+
+  static std::string missing_layer_message(const layer_map& layers, const std::string& path) {
+    std::string message = "model_adapter: no adapted layer '" + path + "'";
+    const std::string guess = module_path_of(path);
+    if (guess != path && layers.count(guess) != 0) {
+      return message + "; did you mean '" + guess +
+             "'? Layers are named by module path, without PEFT's 'base_model.model.' key prefix "
+             "or a tensor suffix";
+    }
+    if (layers.empty()) return message + " (the model adapts no layer)";
+    message += "; the " + std::to_string(layers.size()) + " adapted layers include ";
+    std::size_t shown = 0;
+    for (const auto& [name, layer] : layers) {
+      if (shown == 3) break;
+      message += (shown++ == 0 ? "'" : ", '") + name + "'";
+    }
+    return message;
   }
 
   projection<T> projection_;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -22,6 +23,7 @@
 #include "vera/io/config.hpp"
 #include "vera/io/error.hpp"
 #include "vera/io/file.hpp"
+#include "vera/io/matrix.hpp"
 #include "vera/io/model_adapter.hpp"
 #include "vera/io/safetensors.hpp"
 
@@ -32,6 +34,9 @@ inline constexpr const char* adapter_config_file = "adapter_config.json";
 /// \brief Name of the weights file inside a PEFT adapter directory.
 inline constexpr const char* adapter_weights_file = "adapter_model.safetensors";
 
+/// \brief Prefix of every module key in a file saved by PEFT's save_pretrained (transformers'
+///        own PEFT integration can save without it).
+inline constexpr const char* peft_key_prefix = "base_model.model.";
 /// \brief Key of the saved projection A (rank x max_in) in a PEFT VeRA file.
 inline constexpr const char* peft_vera_a_key = "base_model.vera_A";
 /// \brief Key of the saved projection B (max_out x rank).
@@ -39,20 +44,82 @@ inline constexpr const char* peft_vera_b_key = "base_model.vera_B";
 
 /// \brief PEFT's key of layer `path`'s lambda_b (out elements).
 inline std::string peft_lambda_b_key(const std::string& path) {
-  return "base_model.model." + path + ".vera_lambda_b";
+  return peft_key_prefix + path + ".vera_lambda_b";
 }
 /// \brief PEFT's key of layer `path`'s lambda_d (rank elements).
 inline std::string peft_lambda_d_key(const std::string& path) {
-  return "base_model.model." + path + ".vera_lambda_d";
+  return peft_key_prefix + path + ".vera_lambda_d";
 }
 /// \brief PEFT LoRA key of layer `path`'s lora_A (r x in).
 inline std::string peft_lora_a_key(const std::string& path) {
-  return "base_model.model." + path + ".lora_A.weight";
+  return peft_key_prefix + path + ".lora_A.weight";
 }
 /// \brief PEFT LoRA key of layer `path`'s lora_B (out x r).
 inline std::string peft_lora_b_key(const std::string& path) {
-  return "base_model.model." + path + ".lora_B.weight";
+  return peft_key_prefix + path + ".lora_B.weight";
 }
+
+/// \brief Why a PEFT adapter file holds a whole tensor of the base model.
+enum class trained_kind {
+  module_to_save,  ///< a tensor of a module listed in modules_to_save (e.g. the classifier)
+  bias,            ///< a base-layer bias trained under bias = "vera_only" or "all"
+  /// `<module>.original_module.*` or `<module>.modules_to_save.*`: the second copies inside a
+  /// modules_to_save wrapper that PEFT also writes under bias = "all". Kept for a re-save, never
+  /// applied: PEFT's merge keeps only the `<module>.*` copy.
+  wrapper_copy,
+};
+
+/// \brief "modules_to_save", "bias" or "modules_to_save wrapper copy", as messages print a kind.
+inline const char* trained_kind_name(trained_kind kind) {
+  switch (kind) {
+    case trained_kind::bias:
+      return "bias";
+    case trained_kind::wrapper_copy:
+      return "modules_to_save wrapper copy";
+    default:
+      return "modules_to_save";
+  }
+}
+
+/// \brief A base-model tensor that a PEFT adapter file holds in full (a modules_to_save copy or a
+///        trained bias), kept exactly as stored: dtype, shape and bytes.
+struct trained_tensor {
+  std::string key;  ///< the file's key without PEFT's prefix, e.g. "classifier.weight"
+  /// The base-model tensor it replaces in a merge (e.g. "classifier.weight", or "q.bias" for
+  /// "q.base_layer.bias"); empty for a wrapper copy, which replaces nothing.
+  std::string target;
+  trained_kind kind = trained_kind::module_to_save;  ///< why the file holds it
+  dtype type = dtype::f32;  ///< element type as stored
+  std::vector<std::uint64_t> shape;  ///< extents, row-major
+  std::vector<unsigned char> bytes;  ///< the little-endian elements, as in the file
+
+  /// \brief Bytes that dtype and shape call for (bytes.size() must equal it).
+  std::uint64_t expected_bytes() const {
+    std::uint64_t size = dtype_size(type);
+    for (const auto extent : shape) size *= extent;
+    return size;
+  }
+
+  /// \brief The elements converted to T (float or double), row-major.
+  /// \throws format_error when the dtype does not convert to floating point or the byte count
+  ///         does not match dtype and shape.
+  template <class T>
+  std::vector<T> values() const {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                  "trained_tensor::values<T>: T must be float or double");
+    if (!is_convertible(type)) {
+      throw format_error("trained tensor '" + key + "' has dtype " + dtype_name(type) +
+                         "; only F16, BF16, F32 and F64 convert to floating point");
+    }
+    if (bytes.size() != expected_bytes()) {
+      throw format_error("trained tensor '" + key + "' holds " + std::to_string(bytes.size()) +
+                         " bytes, but dtype and shape need " + std::to_string(expected_bytes()));
+    }
+    std::vector<T> out(bytes.size() / dtype_size(type));
+    detail::decode(type, bytes.data(), out.size(), out.data());
+    return out;
+  }
+};
 
 /// \brief Which projection a load uses when the file holds A and B.
 enum class projection_source {
@@ -66,8 +133,8 @@ struct load_options {
   projection_source source = projection_source::saved;
   /// Which torch kernel to reproduce when regenerating (fused: every AVX2/AVX-512 machine).
   peft_rounding rounding = peft_rounding::fused;
-  /// Ignore, and list in the report, tensors that are not VeRA's (modules_to_save copies,
-  /// trained biases) instead of failing: vera has nowhere to put them.
+  /// Ignore, and list in the report, tensors that are neither VeRA's nor explained by the config
+  /// (a modules_to_save copy, a bias trained under `bias`), instead of failing.
   bool allow_extra_tensors = false;
 };
 
@@ -85,6 +152,9 @@ struct load_report {
   matrix_difference a_difference;      ///< saved A vs regenerated A (when in the file)
   matrix_difference b_difference;      ///< saved B vs regenerated B (when in the file)
   std::vector<std::string> ignored_tensors;  ///< tensors skipped under allow_extra_tensors
+  /// false when the module keys lack PEFT's "base_model.model." prefix (as transformers' own
+  /// PEFT integration can save them).
+  bool prefixed_keys = true;
   std::vector<std::string> warnings;  ///< findings that do not stop the load, one sentence each
 
   /// \brief True when there was nothing to compare or the saved pair equals the regenerated one.
@@ -99,6 +169,17 @@ struct peft_adapter {
   vera_config config;  ///< the adapter_config.json read
   model_adapter<T> model;  ///< the adapters, on the projection the load chose
   load_report report;  ///< what the load found besides the adapter
+  /// modules_to_save copies and trained biases, sorted by key: a merge puts them in place of the
+  /// base model's tensors, a save and a LoRA export write them back unchanged.
+  std::vector<trained_tensor> trained;
+
+  /// \brief The trained tensor that replaces base tensor `target` in a merge, or null.
+  const trained_tensor* find_trained(const std::string& target) const {
+    for (const auto& t : trained) {
+      if (!t.target.empty() && t.target == target) return &t;
+    }
+    return nullptr;
+  }
 };
 
 /// \brief How save_peft_adapter writes.
@@ -119,13 +200,19 @@ inline bool ends_with(const std::string& text, const std::string& suffix) {
          text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// The module path inside "base_model.model.<path><suffix>", or empty.
-inline std::string layer_path(const std::string& key, const std::string& suffix) {
-  const std::string prefix = "base_model.model.";
-  if (key.size() <= prefix.size() + suffix.size() || !starts_with(key, prefix) ||
-      !ends_with(key, suffix))
-    return {};
-  return key.substr(prefix.size(), key.size() - prefix.size() - suffix.size());
+// `text` without `suffix`, or empty when it does not end with it (or is nothing but it).
+inline std::string strip_suffix(const std::string& text, const std::string& suffix) {
+  if (text.size() <= suffix.size() || !ends_with(text, suffix)) return {};
+  return text.substr(0, text.size() - suffix.size());
+}
+
+// "'a', 'b', 'c'" and ", ... (N in all)" beyond `shown` names.
+inline std::string quoted_list(const std::vector<std::string>& names, std::size_t shown = 3) {
+  std::string text;
+  for (std::size_t i = 0; i < names.size() && i < shown; ++i)
+    text += (i == 0 ? "'" : ", '") + names[i] + "'";
+  if (names.size() > shown) text += ", ... (" + std::to_string(names.size()) + " in all)";
+  return text;
 }
 
 struct layer_tensors {
@@ -133,29 +220,131 @@ struct layer_tensors {
   const tensor_info* lambda_d = nullptr;
 };
 
+// A tensor that is neither a lambda nor the projection, with its key without the prefix.
+struct other_tensor {
+  const tensor_info* info = nullptr;
+  std::string key;
+};
+
+struct trained_entry {
+  const tensor_info* info = nullptr;
+  std::string key;
+  std::string target;
+  trained_kind kind = trained_kind::module_to_save;
+};
+
 struct adapter_tensors {
+  std::string prefix;  // peft_key_prefix, or empty for a file saved without it
   std::map<std::string, layer_tensors> layers;
   const tensor_info* a = nullptr;
   const tensor_info* b = nullptr;
-  std::vector<std::string> extra;
+  std::vector<other_tensor> others;  // neither lambdas nor projection
+  std::vector<trained_entry> trained;  // the others that the config explains
+  std::vector<other_tensor> extra;  // the others that it does not
 };
 
-inline adapter_tensors classify(const safetensors_view& file) {
+// Sorts a file's tensors into lambdas, projection and the rest. A file is prefixed when any key
+// starts with "base_model.model."; then keys without it are not the adapter's.
+inline adapter_tensors split_tensors(const safetensors_view& file) {
   adapter_tensors out;
   for (const auto& t : file.tensors()) {
-    if (t.name == peft_vera_a_key) {
+    if (starts_with(t.name, peft_key_prefix)) {
+      out.prefix = peft_key_prefix;
+      break;
+    }
+  }
+  const bool prefixed = !out.prefix.empty();
+  for (const auto& t : file.tensors()) {
+    if (t.name == peft_vera_a_key || (!prefixed && t.name == "vera_A")) {
       out.a = &t;
-    } else if (t.name == peft_vera_b_key) {
+    } else if (t.name == peft_vera_b_key || (!prefixed && t.name == "vera_B")) {
       out.b = &t;
-    } else if (const auto path = layer_path(t.name, ".vera_lambda_b"); !path.empty()) {
-      out.layers[path].lambda_b = &t;
-    } else if (const auto path_d = layer_path(t.name, ".vera_lambda_d"); !path_d.empty()) {
-      out.layers[path_d].lambda_d = &t;
+    } else if (prefixed && !starts_with(t.name, out.prefix)) {
+      out.others.push_back({&t, std::string()});
     } else {
-      out.extra.push_back(t.name);
+      std::string key = t.name.substr(out.prefix.size());
+      if (const auto path = strip_suffix(key, ".vera_lambda_b"); !path.empty()) {
+        out.layers[path].lambda_b = &t;
+      } else if (const auto path_d = strip_suffix(key, ".vera_lambda_d"); !path_d.empty()) {
+        out.layers[path_d].lambda_d = &t;
+      } else {
+        out.others.push_back({&t, std::move(key)});
+      }
     }
   }
   return out;
+}
+
+// Where the module of `key` ends (the dot after it) when a dot-separated prefix of `key` ends
+// with a name in modules_to_save, as PEFT matches them (str.endswith); the shortest such
+// prefix, i.e. the outermost module; npos when none.
+inline std::size_t module_to_save_end(const std::string& key, const vera_config& config) {
+  if (!config.modules_to_save) return std::string::npos;
+  for (auto dot = key.find('.'); dot != std::string::npos; dot = key.find('.', dot + 1)) {
+    const std::string module = key.substr(0, dot);
+    for (const auto& name : *config.modules_to_save) {
+      if (!name.empty() && ends_with(module, name)) return dot;
+    }
+  }
+  return std::string::npos;
+}
+
+// Explains the others by the config: modules_to_save copies first (PEFT's wrapper owns every
+// tensor of the module, its biases included), then biases trained under `bias`.
+inline void classify_trained(adapter_tensors& found, const vera_config& config) {
+  for (const auto& other : found.others) {
+    const std::string& key = other.key;
+    if (key.empty()) {
+      found.extra.push_back(other);
+      continue;
+    }
+    if (const auto end = module_to_save_end(key, config); end != std::string::npos) {
+      const std::string inside = key.substr(end + 1);
+      const bool copy = starts_with(inside, "original_module.") || starts_with(inside, "modules_to_save.");
+      found.trained.push_back({other.info, key, copy ? std::string() : key,
+                               copy ? trained_kind::wrapper_copy : trained_kind::module_to_save});
+      continue;
+    }
+    const bool is_bias = key == "bias" || ends_with(key, ".bias");
+    if (is_bias && config.bias != bias_mode::none) {
+      // PEFT saves an adapted layer's bias from its wrapper: "<layer>.base_layer.bias".
+      const auto layer = strip_suffix(key, ".base_layer.bias");
+      const bool of_adapted = !layer.empty() && found.layers.count(layer) != 0;
+      if (of_adapted || config.bias == bias_mode::all) {
+        found.trained.push_back({other.info, key, of_adapted ? layer + ".bias" : key,
+                                 trained_kind::bias});
+        continue;
+      }
+    }
+    found.extra.push_back(other);
+  }
+}
+
+// Why the first unexplained tensor is refused, naming the config field that could explain it.
+inline std::string extra_tensor_message(const safetensors_view& file, const vera_config& config,
+                                        const adapter_tensors& found) {
+  const other_tensor& first = found.extra.front();
+  std::string message =
+      file.source() + ": tensor '" + first.info->name + "' is not part of a VeRA adapter";
+  if (found.extra.size() > 1) message += " (and " + std::to_string(found.extra.size() - 1) + " more)";
+  const bool is_bias = first.key == "bias" || ends_with(first.key, ".bias");
+  if (first.key.empty()) {
+    message += ": the other keys start with '" + found.prefix + "' and this one does not";
+  } else {
+    if (!config.modules_to_save || config.modules_to_save->empty()) {
+      message += ": adapter_config.json lists no modules_to_save";
+    } else {
+      message += ": no module in adapter_config.json's modules_to_save (" +
+                 quoted_list(*config.modules_to_save) + ") matches it";
+    }
+    if (is_bias && config.bias == bias_mode::none) {
+      message += ", and its bias = \"none\" trains no bias";
+    } else if (is_bias && config.bias == bias_mode::vera_only) {
+      message += ", and its bias = \"vera_only\" trains only the adapted layers' biases "
+                 "('<layer>.base_layer.bias')";
+    }
+  }
+  return message + "; load_options::allow_extra_tensors ignores such tensors";
 }
 
 [[noreturn]] inline void mismatch(const safetensors_view& file, const std::string& message) {
@@ -202,43 +391,42 @@ matrix_difference compare(const Saved& saved, const Regenerated& regenerated) {
   return diff;
 }
 
-inline std::string extra_tensor_message(const safetensors_view& file, const vera_config& config,
-                                        const std::vector<std::string>& extra) {
-  std::string message =
-      file.source() + ": tensor '" + extra.front() + "' is not part of a VeRA adapter";
-  if (extra.size() > 1) message += " (and " + std::to_string(extra.size() - 1) + " more)";
-  if (config.modules_to_save && !config.modules_to_save->empty()) {
-    message += "; the config lists modules_to_save, whose weights vera cannot apply";
-  } else if (config.bias != bias_mode::none) {
-    message += "; the config trains biases (bias != \"none\"), which vera cannot apply";
-  }
-  return message + "; load_options::allow_extra_tensors ignores such tensors";
-}
-
 }  // namespace detail
 
-/// \brief Module paths of the layers that have VeRA vectors in an adapter file, sorted.
+/// \brief Module paths of the layers that have VeRA vectors in an adapter file, sorted (keys
+///        with or without PEFT's "base_model.model." prefix).
 inline std::vector<std::string> peft_layer_paths(const safetensors_view& file) {
   std::vector<std::string> paths;
-  for (const auto& [path, tensors] : detail::classify(file).layers) paths.push_back(path);
+  for (const auto& [path, tensors] : detail::split_tensors(file).layers) paths.push_back(path);
   return paths;
 }
 
 /// \brief (in, out) of each layer in `paths` from a base model's `<path>.weight` tensors.
 ///
 /// The weight is out x in (nn.Linear) or in x out when `fan_in_fan_out` (GPT-2 Conv1D). Throws
-/// format_error when a weight is missing, not 2-D or empty.
+/// format_error when a weight is missing (naming the first and how many more are missing), not
+/// 2-D or empty.
 inline layer_shapes layer_shapes_from_weights(const safetensors_view& base,
                                               const std::vector<std::string>& paths,
                                               bool fan_in_fan_out) {
+  std::vector<std::string> missing;
+  for (const auto& path : paths) {
+    if (base.find(path + ".weight") == nullptr) missing.push_back(path);
+  }
+  if (!missing.empty()) {
+    std::string message = base.source() + ": no tensor '" + missing.front() +
+                          ".weight' for adapted layer '" + missing.front() + "'";
+    if (missing.size() > 1) {
+      missing.erase(missing.begin());
+      message += " (and " + std::to_string(missing.size()) + " more adapted layers without a weight: " +
+                 detail::quoted_list(missing) + "); is this the adapter's base model?";
+    }
+    throw format_error(message);
+  }
   layer_shapes shapes;
   for (const auto& path : paths) {
     const std::string key = path + ".weight";
     const tensor_info* weight = base.find(key);
-    if (weight == nullptr) {
-      throw format_error(base.source() + ": no tensor '" + key + "' for adapted layer '" + path +
-                         "'");
-    }
     // Every byte of a tensor is in the file, so only an empty weight can claim absurd extents.
     if (weight->shape.size() != 2 || weight->shape[0] == 0 || weight->shape[1] == 0) {
       throw format_error(base.source() + ": tensor '" + key + "' has shape " +
@@ -251,50 +439,115 @@ inline layer_shapes layer_shapes_from_weights(const safetensors_view& base,
   return shapes;
 }
 
+namespace detail {
+
+// "r = 8 in adapter_config.json", or PEFT's default when the field is absent.
+inline std::string rank_origin(const vera_config& config) {
+  if ((config.json.is_object() && config.json.contains("r")) || config.r != 256)
+    return "r = " + std::to_string(config.r) + " in adapter_config.json";
+  return "r = " + std::to_string(config.r) + ", PEFT's default: adapter_config.json has no 'r'";
+}
+
+// The trained tensors a load keeps: dtype and values checked, bytes copied, sorted by key.
+inline std::vector<trained_tensor> keep_trained(const safetensors_view& file,
+                                                const adapter_tensors& found) {
+  std::map<std::string, std::string> by_target;
+  std::vector<trained_tensor> kept;
+  for (const auto& entry : found.trained) {
+    const tensor_info& t = *entry.info;
+    if (!entry.target.empty()) {
+      const auto [it, fresh] = by_target.emplace(entry.target, t.name);
+      if (!fresh) {
+        mismatch(file, "tensors '" + it->second + "' and '" + t.name +
+                           "' both replace the base model's '" + entry.target + "'");
+      }
+      if (const auto layer = strip_suffix(entry.target, ".weight");
+          !layer.empty() && found.layers.count(layer) != 0) {
+        mismatch(file, "tensor '" + t.name + "' (" + trained_kind_name(entry.kind) +
+                           ") would replace '" + entry.target + "', the weight VeRA adapts");
+      }
+    }
+    if (entry.kind == trained_kind::bias && !is_convertible(t.type)) {
+      mismatch(file, "tensor '" + t.name + "' (a trained bias) has dtype " + dtype_name(t.type) +
+                         ", expected F16, BF16, F32 or F64");
+    }
+    if (entry.kind != trained_kind::wrapper_copy && is_convertible(t.type)) {
+      finite_values<double>(file, t);
+    }
+    trained_tensor out;
+    out.key = entry.key;
+    out.target = entry.target;
+    out.kind = entry.kind;
+    out.type = t.type;
+    out.shape = t.shape;
+    out.bytes.assign(file.bytes(t), file.bytes(t) + t.byte_size());
+    kept.push_back(std::move(out));
+  }
+  std::sort(kept.begin(), kept.end(),
+            [](const trained_tensor& a, const trained_tensor& b) { return a.key < b.key; });
+  return kept;
+}
+
+}  // namespace detail
+
 /// \brief Builds the adapter described by `config` and the tensors of `file`.
 ///
 /// `base` gives (in, out) of the base model's layers; it may list more layers than the adapter
 /// adapts. The projection is sized from the element-wise maximum over the adapted layers, as
 /// PEFT sizes it. A seed-only file regenerates A and B from projection_prng_key; a file with A
 /// and B is compared with the regenerated pair (see load_report) and, by default, its pair is
-/// used. Every mismatch (missing or extra tensors, rank, shapes, dtypes, non-finite values,
-/// save_projection = true without A and B in the file) throws format_error naming the tensor;
-/// A and B in the file with save_projection = false only adds a warning to the report.
+/// used. Tensors of modules in `config.modules_to_save` and biases trained under `config.bias`
+/// are kept as stored in peft_adapter::trained. Keys may lack PEFT's "base_model.model." prefix
+/// (load_report::prefixed_keys). Every mismatch (missing or unexplained tensors, rank, shapes,
+/// dtypes, non-finite values, save_projection = true without A and B in the file) throws
+/// format_error naming the file and the tensor or field; A and B in the file with
+/// save_projection = false only adds a warning to the report.
 template <class T>
 peft_adapter<T> load_peft_adapter(const vera_config& config, const safetensors_view& file,
                                   const layer_shapes& base, const load_options& options = {}) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "load_peft_adapter<T>: T is float or double");
-  const auto found = detail::classify(file);
+  auto found = detail::split_tensors(file);
+  detail::classify_trained(found, config);
   load_report report;
+  report.prefixed_keys = !found.prefix.empty();
   if (!found.extra.empty()) {
     if (!options.allow_extra_tensors)
-      throw format_error(detail::extra_tensor_message(file, config, found.extra));
-    report.ignored_tensors = found.extra;
+      throw format_error(detail::extra_tensor_message(file, config, found));
+    for (const auto& other : found.extra) report.ignored_tensors.push_back(other.info->name);
   }
   if (found.layers.empty()) {
     detail::mismatch(file,
-                     "holds no VeRA layer (no tensor named base_model.model.<path>.vera_lambda_b)");
+                     "holds no VeRA layer (no tensor named [base_model.model.]<path>.vera_lambda_b)");
   }
 
   const auto rank = static_cast<std::uint64_t>(config.r);
   layer_shapes adapted;
+  std::vector<std::string> unknown;
   for (const auto& [path, tensors] : found.layers) {
     if (tensors.lambda_b == nullptr)
-      detail::mismatch(file, "layer '" + path + "' has no '" + peft_lambda_b_key(path) + "'");
+      detail::mismatch(file, "layer '" + path + "' has no '" + found.prefix + path + ".vera_lambda_b'");
     if (tensors.lambda_d == nullptr)
-      detail::mismatch(file, "layer '" + path + "' has no '" + peft_lambda_d_key(path) + "'");
-    const auto shape = base.find(path);
-    if (shape == base.end()) {
-      detail::mismatch(file, "layer '" + path +
-                                 "' is adapted here but the base layer shapes have no such layer");
-    }
-    detail::expect_shape(file, *tensors.lambda_b, {static_cast<std::uint64_t>(shape->second.out)},
-                         "out_features of layer '" + path + "'");
-    detail::expect_shape(file, *tensors.lambda_d, {rank},
-                         "r = " + std::to_string(config.r) + " in adapter_config.json");
-    adapted[path] = shape->second;
+      detail::mismatch(file, "layer '" + path + "' has no '" + found.prefix + path + ".vera_lambda_d'");
+    if (base.count(path) == 0) unknown.push_back(path);
   }
+  if (!unknown.empty()) {
+    std::string message =
+        "layer '" + unknown.front() + "' is adapted here but the base layer shapes have no such layer";
+    if (unknown.size() > 1) {
+      unknown.erase(unknown.begin());
+      message += " (and " + std::to_string(unknown.size()) + " more: " + detail::quoted_list(unknown) + ")";
+    }
+    detail::mismatch(file, message);
+  }
+  for (const auto& [path, tensors] : found.layers) {
+    const layer_shape& shape = base.at(path);
+    detail::expect_shape(file, *tensors.lambda_b, {static_cast<std::uint64_t>(shape.out)},
+                         "out_features of layer '" + path + "'");
+    detail::expect_shape(file, *tensors.lambda_d, {rank}, detail::rank_origin(config));
+    adapted[path] = shape;
+  }
+  auto trained = detail::keep_trained(file, found);
 
   const layer_shape largest = max_extents(adapted);
   const projection_spec spec{config.projection_prng_key,
@@ -359,7 +612,7 @@ peft_adapter<T> load_peft_adapter(const vera_config& config, const safetensors_v
     model.at(path).set_lambdas(Eigen::Map<const vector<T>>(b.data(), static_cast<index>(b.size())),
                                Eigen::Map<const vector<T>>(d.data(), static_cast<index>(d.size())));
   }
-  return peft_adapter<T>{config, std::move(model), std::move(report)};
+  return peft_adapter<T>{config, std::move(model), std::move(report), std::move(trained)};
 }
 
 /// \brief Loads the PEFT VeRA adapter in directory `dir` (adapter_config.json and
@@ -472,6 +725,44 @@ void check_regenerable(const projection<T>& shared) {
   }
 }
 
+// Trained tensors can be written back only where the config makes PEFT load them: a
+// modules_to_save copy needs modules_to_save, a bias needs bias != "none" (PEFT would report
+// the others as unexpected keys and drop them). `what` names the operation in messages.
+inline void check_trained_writable(const std::vector<trained_tensor>& trained,
+                                   const vera_config& config, const std::string& what) {
+  std::set<std::string> keys;
+  for (const auto& t : trained) {
+    if (t.key.empty()) throw value_error(what + ": a trained tensor has an empty key");
+    if (!keys.insert(t.key).second)
+      throw value_error(what + ": trained tensor '" + t.key + "' appears twice");
+    if (t.bytes.size() != t.expected_bytes()) {
+      throw value_error(what + ": trained tensor '" + t.key + "' holds " +
+                        std::to_string(t.bytes.size()) + " bytes, but dtype " +
+                        dtype_name(t.type) + " and shape " + shape_string(t.shape) + " need " +
+                        std::to_string(t.expected_bytes()));
+    }
+    const bool module_copy = t.kind != trained_kind::bias;
+    if (module_copy && (!config.modules_to_save || config.modules_to_save->empty())) {
+      throw value_error(what + ": '" + t.key + "' is a " + trained_kind_name(t.kind) +
+                        " tensor but the config's field 'modules_to_save' is empty, so PEFT "
+                        "would not load it");
+    }
+    if (!module_copy && config.bias == bias_mode::none) {
+      throw value_error(what + ": '" + t.key +
+                        "' is a trained bias but the config's field 'bias' is \"none\", so PEFT "
+                        "would not load it");
+    }
+  }
+}
+
+// Adds the trained tensors under PEFT's keys, in their own dtype; their bytes are borrowed and
+// must outlive the write.
+inline void add_trained(safetensors_writer& weights, const std::vector<trained_tensor>& trained) {
+  for (const auto& t : trained) {
+    weights.add_bytes(peft_key_prefix + t.key, t.type, t.shape, t.bytes.data());
+  }
+}
+
 }  // namespace detail
 
 /// \brief The adapter_config.json save_peft_adapter writes: `base` (its unknown fields kept)
@@ -499,13 +790,18 @@ vera_config peft_config_for(const model_adapter<T>& model, vera_config base, boo
 /// Seed-only by default: throws value_error unless PEFT regenerates exactly this projection
 /// from its seed (generator::peft, FMA rounding). Throws rank_error/shape_error when the layers
 /// do not use the projection the way PEFT would (same rank everywhere, projection sized by the
-/// largest layer). `config` supplies the remaining fields (base model name, task type, ...).
-/// Throws value_error for a model without layers, io_error when writing fails.
+/// largest layer). `config` supplies the remaining fields (base model name, task type, bias,
+/// modules_to_save, ...). `trained` (modules_to_save copies, trained biases, as a load keeps
+/// them) is written in its own dtype under "base_model.model.<key>"; value_error when the config
+/// would not make PEFT load one of them (modules_to_save empty, bias "none"). Throws
+/// value_error for a model without layers, io_error when writing fails.
 template <class T>
 void save_peft_adapter(const model_adapter<T>& model, const std::filesystem::path& dir,
-                       const save_options& options = {}, const vera_config& config = {}) {
+                       const save_options& options = {}, const vera_config& config = {},
+                       const std::vector<trained_tensor>& trained = {}) {
   detail::check_savable(model);
   if (!options.save_projection) detail::check_regenerable(model.shared_projection());
+  detail::check_trained_writable(trained, config, "save");
   const auto& shared = model.shared_projection();
   safetensors_writer weights;
   weights.set_metadata("format", "pt");
@@ -525,8 +821,17 @@ void save_peft_adapter(const model_adapter<T>& model, const std::filesystem::pat
         {static_cast<std::uint64_t>(shared.max_out()), static_cast<std::uint64_t>(shared.rank())},
         shared.b().data());
   }
+  detail::add_trained(weights, trained);
   const vera_config written = peft_config_for(model, config, options.save_projection);
   detail::write_adapter_directory(dir, weights, written.to_json());
+}
+
+/// \brief Writes a loaded adapter back: its layers, its config (unknown fields kept) and its
+///        trained tensors, as the overload above does.
+template <class T>
+void save_peft_adapter(const peft_adapter<T>& adapter, const std::filesystem::path& dir,
+                       const save_options& options = {}) {
+  save_peft_adapter(adapter.model, dir, options, adapter.config, adapter.trained);
 }
 
 }  // namespace vera::io

@@ -98,19 +98,27 @@ inline layer_shapes layer_shapes_from_shards(const shard_index& index,
 /// Everything is written into a temporary directory next to `out`, which is renamed to `out`
 /// only when complete: a failure leaves no partial output. `out` must not exist, or be an empty
 /// directory (io_error otherwise). `progress(done, total)` is called with shards written.
-/// \throws format_error when the index has no shard for an adapted layer's weight or a shard is
-///         malformed or does not fit the model; value_error for a non-finite merged weight;
+/// `trained` (modules_to_save copies, trained biases) replaces its targets in whichever shard
+/// holds them, as add_merged_model does.
+/// \throws format_error when the index has no shard for an adapted layer's weight or a trained
+///         tensor's target, or a shard is malformed or does not fit the model; value_error for a
+///         non-finite merged weight;
 ///         io_error naming the path when a file cannot be read or written, or when the final
 ///         rename into `out` fails (e.g. `out` was filled meanwhile; it is left as it is).
 template <class T>
 void merge_sharded_model(const shard_index& index, const model_adapter<T>& model,
                          const std::filesystem::path& out, const merge_options& options = {},
-                         const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+                         const std::function<void(std::size_t, std::size_t)>& progress = {},
+                         const std::vector<trained_tensor>& trained = {}) {
   namespace fs = std::filesystem;
   std::map<std::string, layer_shapes> layers_by_shard;
   for (const auto& [path, layer] : model) {
     layers_by_shard[index.shard_of(path + ".weight")][path] = {layer.in_features(),
                                                                 layer.out_features()};
+  }
+  std::map<std::string, std::vector<trained_tensor>> trained_by_shard;
+  for (const auto& t : trained) {
+    if (!t.target.empty()) trained_by_shard[index.shard_of(t.target)].push_back(t);
   }
   std::error_code ec;
   if (fs::exists(out, ec) && !(fs::is_directory(out, ec) && fs::is_empty(out, ec))) {
@@ -135,8 +143,11 @@ void merge_sharded_model(const shard_index& index, const model_adapter<T>& model
         const adapter<T>& source = model.at(path);
         layer.set_lambdas(source.lambda_b(), source.lambda_d());
       }
+      const auto replacing = trained_by_shard.find(shard);
+      const std::vector<trained_tensor> no_trained;
       safetensors_writer writer;
-      add_merged_model(writer, base, part, options);
+      add_merged_model(writer, base, part, options,
+                       replacing == trained_by_shard.end() ? no_trained : replacing->second);
       writer.write(staging / shard);
       if (progress) progress(++done, index.shards.size());
     }
