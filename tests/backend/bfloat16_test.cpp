@@ -188,3 +188,25 @@ TEST_CASE("bfloat16 safe merge leaves W0 untouched when the result is not finite
   CHECK_THROWS_AS(vera::safe_merge(w, l.layer.ad), vera::value_error);
   CHECK(vera_test::same_bits(w, l.w0));
 }
+
+TEST_CASE("bfloat16 inputs are refused with clear errors", "[bfloat16]") {
+  rounded_layer l({9, 8, 7, 4}, false, 0.0);
+  const auto& shared = l.layer.ad.shared_projection();
+  CHECK_THROWS_AS(shared.a_bfloat16(shared.max_in() + 1, 4), vera::shape_error);
+  CHECK_THROWS_AS(shared.b_bfloat16(7, shared.rank() + 1), vera::rank_error);
+  CHECK_THROWS_AS(shared.a_bfloat16(0, 4), vera::value_error);
+  // A float destination of the wrong shape is refused before anything is written.
+  Eigen::MatrixXf y = Eigen::MatrixXf::Constant(9, 6, 3.0f);
+  CHECK_THROWS_WITH(vera::forward(l.x, l.w0, l.bias, l.layer.ad).assign_to(y),
+                    Catch::Contains("destination") && Catch::Contains("9 x 7"));
+  CHECK((y.array() == 3.0f).all());
+  vera::forward_context<float> ctx;
+  const half_matrix y_half = vera::forward(l.x, l.w0, l.bias, l.layer.ad).train(ctx);
+  REQUIRE(y_half.rows() == 9);
+  Eigen::MatrixXf dx = Eigen::MatrixXf::Constant(8, 9, 3.0f);
+  CHECK_THROWS_AS(vera::input_gradient(l.g, l.w0, l.layer.ad, ctx).assign_to(dx), vera::shape_error);
+  CHECK((dx.array() == 3.0f).all());
+  // G with the wrong number of columns is refused when the expression is built.
+  const half_matrix g_wrong = half_matrix::Zero(9, 6);
+  CHECK_THROWS_AS(vera::parameter_gradients(g_wrong, l.layer.ad, ctx), vera::shape_error);
+}

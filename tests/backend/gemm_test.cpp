@@ -162,3 +162,16 @@ TEST_CASE("the provider is the one the build asked for", "[gemm]") {
   CHECK(std::string(vera::cpu::gemm_provider()) == "eigen");
 #endif
 }
+
+TEST_CASE("gemm refuses mismatched extents before writing anything", "[gemm]") {
+  const col_matrix<float> a = vera_test::random_matrix<float>(4, 5, 41);
+  const col_matrix<float> b = vera_test::random_matrix<float>(6, 3, 42);  // needs 5 rows
+  col_matrix<float> c = vera_test::random_matrix<float>(4, 3, 43);
+  const col_matrix<float> before = c;
+  CHECK_THROWS_AS(vera::cpu::gemm(c, a, b, true), vera::shape_error);
+  CHECK_THROWS_WITH(vera::cpu::gemm(c, a, b, false), Catch::Contains("rhs") && Catch::Contains("5 x 3"));
+  const col_matrix<float> b_ok = vera_test::random_matrix<float>(5, 3, 44);
+  col_matrix<float> wrong(4, 2);
+  CHECK_THROWS_WITH(vera::cpu::gemm(wrong, a, b_ok, false), Catch::Contains("destination"));
+  CHECK(vera_test::same_bits(c, before));
+}

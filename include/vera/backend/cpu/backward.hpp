@@ -112,14 +112,7 @@ void evaluate(Exec, const parameter_gradient_expr<Exec, GD, T>& e, gradients<T>&
     Eigen::Map<row_matrix<T>> m(m_buffer.data(), ad.out_features(), ad.rank());
     cpu::gemm(m, g.transpose(), p, false);
 
-    const auto b_full = ad.b();
-    const auto lambda_b = ad.lambda_b();
-    const auto lambda_d = ad.lambda_d();
-    for (index j = 0; j < ad.out_features(); ++j) {
-      const auto weighted = m.row(j).cwiseProduct(b_full.row(j));
-      if (train_b) out.lambda_b(j) += weighted.dot(lambda_d.transpose());
-      if (train_d) out.lambda_d.noalias() += lambda_b(j) * weighted.transpose();
-    }
+    cpu::finish_parameter_gradients(m, ad.b(), ad, out);
   }
 }
 

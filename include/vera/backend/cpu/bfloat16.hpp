@@ -28,17 +28,25 @@ using half = Eigen::bfloat16;
 /// bfloat16 workspace slots.
 enum half_slot : int { half_thin = 0, half_scaled_b = 1, half_tile = 2 };
 
-/// Λb B Λd (out x rank) from the bfloat16 B, formed in float32 and rounded once.
-inline auto rounded_scaled_b(const adapter<float>& ad, workspace<float>& ws) {
+/// out = sign Λb B Λd (out x rank) from the bfloat16 B, formed in float32 and stored in out's
+/// scalar (rounded once when that is bfloat16).
+template <class Out>
+void fold_scales(const adapter<float>& ad, float sign, Out& out) {
   const auto b = ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank());
-  auto out = ws.get_bfloat16(half_scaled_b, ad.out_features(), ad.rank());
   const auto lambda_b = ad.lambda_b();
   const auto lambda_d = ad.lambda_d();
+  using S = typename Out::Scalar;
   for (index k = 0; k < out.cols(); ++k) {
     for (index j = 0; j < out.rows(); ++j) {
-      out(j, k) = half(lambda_b(j) * static_cast<float>(b(j, k)) * lambda_d(k));
+      out(j, k) = S(sign * lambda_b(j) * static_cast<float>(b(j, k)) * lambda_d(k));
     }
   }
+}
+
+/// Λb B Λd rounded to bfloat16, in its bfloat16 workspace slot.
+inline auto rounded_scaled_b(const adapter<float>& ad, workspace<float>& ws) {
+  auto out = ws.get_bfloat16(half_scaled_b, ad.out_features(), ad.rank());
+  fold_scales(ad, 1.0f, out);
   return out;
 }
 
@@ -88,8 +96,7 @@ void forward(const X& x, const W& w0, const Bias& bias, const adapter<float>& ad
 
   auto acc = accumulator(y, mode, ws);
   if constexpr (!std::is_same_v<Bias, no_bias_t>) {
-    const Eigen::RowVectorXf row = bias.template cast<float>().reshaped().transpose();
-    acc.rowwise() += row;
+    initialise_output(acc, bias.template cast<float>(), assign_mode::accumulate);
   }
   with_weight(ad, w0, [&](const auto& w) { gemm(acc, x, w.transpose(), true); });
   const auto b = ad.shared_projection().b_bfloat16(ad.out_features(), rank);
@@ -119,16 +126,7 @@ void parameter_gradients(const G& g, const adapter<float>& ad, const forward_con
   Eigen::Map<row_matrix<float>> m(m_buffer.data(), ad.out_features(), ad.rank());
   gemm(m, g.transpose(), p_half, false);
 
-  const auto b = ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank());
-  const auto lambda_b = ad.lambda_b();
-  const auto lambda_d = ad.lambda_d();
-  const bool train_b = ad.options().train_b;
-  const bool train_d = ad.options().train_d;
-  for (index j = 0; j < ad.out_features(); ++j) {
-    const Eigen::RowVectorXf weighted = m.row(j).cwiseProduct(b.row(j).template cast<float>());
-    if (train_b) out.lambda_b(j) += weighted.dot(lambda_d.transpose());
-    if (train_d) out.lambda_d.noalias() += lambda_b(j) * weighted.transpose();
-  }
+  finish_parameter_gradients(m, ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank()), ad, out);
 }
 
 /// grad_X = G W0 + mask ⊙ ((G Λb B Λd) A) / (1 - p), with T = G Λb B Λd rounded to bfloat16.
@@ -179,10 +177,7 @@ void merge(const adapter<float>& ad, Dst& w, bool keep, float sign, workspace<fl
   auto a = ws.get(slot_tile, rank, in);
   a = shared.a_bfloat16(in, rank).template cast<float>();
   auto bbd = ws.get(slot_scaled_b, out, rank);
-  const auto b = shared.b_bfloat16(out, rank);
-  for (index k = 0; k < rank; ++k) {
-    for (index j = 0; j < out; ++j) bbd(j, k) = sign * ad.lambda_b()(j) * static_cast<float>(b(j, k)) * ad.lambda_d()(k);
-  }
+  fold_scales(ad, sign, bbd);
   auto delta = ws.get(slot_weight, out, in);
   gemm(delta, bbd, a, false);
   const auto update = [&](auto&& target) {

@@ -8,10 +8,13 @@
 #include <Eigen/Core>
 
 #include "vera/adapter/adapter.hpp"
+#include "vera/adapter/gradients.hpp"
 #include "vera/adapter/workspace.hpp"
 #include "vera/backend/cpu/gemm.hpp"
 #include "vera/backend/cpu/gemm_threads.hpp"
+#include "vera/backend/exec.hpp"
 #include "vera/core/dropout.hpp"
+#include "vera/expr/operand.hpp"
 
 namespace vera::cpu {
 
@@ -122,6 +125,44 @@ void thin_t(const G& g, const adapter<T>& ad, workspace<T>& ws, U& u) {
   auto gb = ws.get(slot_scaled_b, g.rows(), ad.out_features());
   gb = g * ad.lambda_b().asDiagonal();
   gemm(u, gb, ad.b(), false);
+}
+
+/// Y = bias broadcast over the rows (or zero), or Y += bias when accumulating.
+template <class Y, class Bias>
+void initialise_output(Y& y, const Bias& bias, assign_mode mode) {
+  if constexpr (std::is_same_v<Bias, no_bias_t>) {
+    if (mode == assign_mode::overwrite) y.setZero();
+  } else {
+    // A bias may be stored as a column or a row vector; broadcasting needs it as a row.
+    const auto broadcast = [&](const auto& row) {
+      if (mode == assign_mode::overwrite) {
+        y.rowwise() = row;
+      } else {
+        y.rowwise() += row;
+      }
+    };
+    if constexpr (std::decay_t<Bias>::ColsAtCompileTime == 1) {
+      broadcast(bias.transpose());
+    } else {
+      broadcast(bias);
+    }
+  }
+}
+
+/// grad_b[j] += Σk B[j,k] d[k] M[j,k] and grad_d[k] += Σj b[j] B[j,k] M[j,k], the out x rank pass
+/// that finishes the parameter gradients from M = Gᵀ P (row-major, so each row of M pairs with a
+/// contiguous row of B). `b` is B as the layer computes with it (bfloat16 layers: rounded).
+template <class M, class B, class T>
+void finish_parameter_gradients(const M& m, const B& b, const adapter<T>& ad, gradients<T>& out) {
+  const bool train_b = ad.options().train_b;
+  const bool train_d = ad.options().train_d;
+  const auto lambda_b = ad.lambda_b();
+  const auto lambda_d = ad.lambda_d();
+  for (index j = 0; j < ad.out_features(); ++j) {
+    const auto weighted = m.row(j).cwiseProduct(b.row(j).template cast<T>());
+    if (train_b) out.lambda_b(j) += weighted.dot(lambda_d.transpose());
+    if (train_d) out.lambda_d.noalias() += lambda_b(j) * weighted.transpose();
+  }
 }
 
 /// Calls f with the base weight seen as out x in, whatever its storage layout.

@@ -12,27 +12,6 @@ namespace vera {
 
 namespace cpu {
 
-template <class Y, class Bias>
-void initialise_output(Y& y, const Bias& bias, assign_mode mode) {
-  if constexpr (std::is_same_v<Bias, no_bias_t>) {
-    if (mode == assign_mode::overwrite) y.setZero();
-  } else {
-    // A bias may be stored as a column or a row vector; broadcasting needs it as a row.
-    const auto broadcast = [&](const auto& row) {
-      if (mode == assign_mode::overwrite) {
-        y.rowwise() = row;
-      } else {
-        y.rowwise() += row;
-      }
-    };
-    if constexpr (std::decay_t<Bias>::ColsAtCompileTime == 1) {
-      broadcast(bias.transpose());
-    } else {
-      broadcast(bias);
-    }
-  }
-}
-
 // P = drop(X) A^T, tile by tile so the masked input never exists as a whole n x in matrix.
 template <class X, class A, class P, class T>
 void project_input(const X& x, const A& a, const dropout_key* key, P& p, workspace<T>& ws) {

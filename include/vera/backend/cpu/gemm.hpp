@@ -7,6 +7,7 @@
 #include <Eigen/Core>
 
 #include "vera/config.hpp"
+#include "vera/core/shape.hpp"
 
 #if VERA_ONEDNN
 #include "vera/backend/cpu/onednn.hpp"
@@ -48,11 +49,15 @@ inline const char* gemm_provider() noexcept {
 /// float32 and need a float destination; where no bfloat16 kernel runs them (the Eigen provider,
 /// or oneDNN on a CPU without AVX-512 BF16 or AMX) they are widened to float into per-thread
 /// buffers and multiplied in float32: the same result, at float32 speed plus the widening.
+/// \throws shape_error when rhs has not lhs.cols() rows or dst is not lhs.rows() x rhs.cols();
+///         nothing is written then.
 template <class Dst, class Lhs, class Rhs>
 void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
   static_assert(!vera::detail::is_bfloat16<Dst>, "vera::cpu::gemm: accumulate bfloat16 products in float");
   static_assert(vera::detail::is_bfloat16<Lhs> == vera::detail::is_bfloat16<Rhs>,
                 "vera::cpu::gemm: both factors bfloat16, or neither");
+  check_shape("vera::cpu::gemm rhs", lhs.cols(), rhs.cols(), rhs.rows(), rhs.cols());
+  check_shape("vera::cpu::gemm destination", lhs.rows(), rhs.cols(), dst.rows(), dst.cols());
 #if VERA_ONEDNN
   // A lazy factor is evaluated first, as Eigen's own GEMM does: the product then runs in the same
   // kernel, with the same bits, whatever form the caller gave it in.
