@@ -31,7 +31,6 @@ part of an adapter is a no-op. Each case directory holds:
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 
@@ -43,6 +42,8 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import peft
 from peft import PeftModel, VeraConfig, get_peft_model
+
+import make_peft_fixtures  # tools/, beside this script
 
 RANK = 8
 PRNG_KEY = 4321
@@ -56,25 +57,11 @@ CASES = {
 
 
 def versions():
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "torch": torch.__version__,
-        "peft": peft.__version__,
-        "safetensors": safetensors.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu": cpu,
-        "machine": platform.machine(),
-        "generator": "tools/make_peft_task_fixtures.py",
-        "projection_prng_key": str(PRNG_KEY),
-        "r": str(RANK),
-    }
+    # The same record as the single-layer fixtures' (library versions, CPU), for this generator.
+    record = make_peft_fixtures.versions()
+    record.update({"generator": "tools/make_peft_task_fixtures.py",
+                   "projection_prng_key": str(PRNG_KEY), "r": str(RANK)})
+    return record
 
 
 def base_model():

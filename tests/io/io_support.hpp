@@ -97,4 +97,24 @@ inline std::vector<unsigned char> read_bytes(const std::filesystem::path& path) 
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
+/// Splits the model in `base` into two shards under `dir`, tensors alternating, and writes
+/// their index; returns the index's path.
+inline std::filesystem::path write_two_shards(const vera::io::safetensors_file& base,
+                                              const scratch_dir& dir) {
+  vera::io::safetensors_writer shards[2];
+  nlohmann::json map = nlohmann::json::object();
+  std::size_t k = 0;
+  for (const auto& t : base.tensors()) {
+    const std::size_t s = k++ % 2;
+    shards[s].add_bytes(t.name, t.type, t.shape, base.bytes(t));
+    map[t.name] = "model-0000" + std::to_string(s + 1) + "-of-00002.safetensors";
+  }
+  shards[0].write(dir / "model-00001-of-00002.safetensors");
+  shards[1].write(dir / "model-00002-of-00002.safetensors");
+  const auto index = dir / "model.safetensors.index.json";
+  std::ofstream(index, std::ios::binary)
+      << nlohmann::json{{"metadata", {{"total_size", 0}}}, {"weight_map", map}}.dump(1);
+  return index;
+}
+
 }  // namespace vera_test

@@ -20,20 +20,7 @@ void write_text(const std::filesystem::path& path, const std::string& text) {
 
 // Splits the "linear" fixture model into two shards, tensors alternating, plus an index.
 std::filesystem::path make_sharded(const scratch_dir& dir) {
-  const safetensors_file base(fixtures / "linear_model.safetensors");
-  vera::io::safetensors_writer shards[2];
-  nlohmann::json map = nlohmann::json::object();
-  std::size_t k = 0;
-  for (const auto& t : base.tensors()) {
-    const std::size_t s = k++ % 2;
-    shards[s].add_bytes(t.name, t.type, t.shape, base.bytes(t));
-    map[t.name] = "model-0000" + std::to_string(s + 1) + "-of-00002.safetensors";
-  }
-  shards[0].write(dir / "model-00001-of-00002.safetensors");
-  shards[1].write(dir / "model-00002-of-00002.safetensors");
-  const auto index = dir / "model.safetensors.index.json";
-  write_text(index, nlohmann::json{{"metadata", {{"total_size", 0}}}, {"weight_map", map}}.dump(1));
-  return index;
+  return vera_test::write_two_shards(safetensors_file(fixtures / "linear_model.safetensors"), dir);
 }
 
 vera::io::layer_shapes linear_shapes() {

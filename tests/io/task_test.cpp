@@ -217,20 +217,7 @@ TEST_CASE("a sharded merge puts the classifier and the biases into the shards th
   const auto loaded = load_case(name);
   const safetensors_file base(base_path(name));
   vera_test::scratch_dir dir;
-  vera::io::safetensors_writer shards[2];
-  nlohmann::json map = nlohmann::json::object();
-  std::size_t k = 0;
-  for (const auto& t : base.tensors()) {
-    const std::size_t s = k++ % 2;
-    shards[s].add_bytes(t.name, t.type, t.shape, base.bytes(t));
-    map[t.name] = "model-0000" + std::to_string(s + 1) + "-of-00002.safetensors";
-  }
-  shards[0].write(dir / "model-00001-of-00002.safetensors");
-  shards[1].write(dir / "model-00002-of-00002.safetensors");
-  const std::string index_text = nlohmann::json{{"weight_map", map}}.dump();
-  vera_test::write_bytes(dir / "model.safetensors.index.json",
-                         std::vector<unsigned char>(index_text.begin(), index_text.end()));
-  const auto index = vera::io::read_shard_index(dir / "model.safetensors.index.json");
+  const auto index = vera::io::read_shard_index(vera_test::write_two_shards(base, dir));
   vera::io::merge_sharded_model(index, loaded.model, dir / "merged", {}, {}, loaded.trained);
 
   vera::io::safetensors_writer single;
