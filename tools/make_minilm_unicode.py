@@ -10,8 +10,10 @@ by character gives exactly the sets it uses. Every code point (surrogates except
   - BertNormalizer(strip_accents + lowercase only): NFD, nonspacing marks dropped, lowercased;
   - BertPreTokenizer: split off as whitespace or isolated as punctuation.
 Hangul syllables decompose algorithmically (the C++ side computes them; this script checks that
-the formula agrees). NFD's canonical reordering of combining marks is not in the tables: the
-marks it would reorder are nonspacing ones, which stripping drops anyway.
+the formula agrees). NFD's canonical reordering of combining marks is not in the tables: nearly
+every mark it reorders is a nonspacing one, which stripping drops anyway; the exceptions are 25
+spacing marks with a nonzero combining class (some viramas, the Hangul tone marks U+302E/F,
+musical symbols U+1D165-U+1D172), whose relative order examples/minilm keeps as written.
 
 Run with the peer venv (scripts/make-peer-venv.sh):
   ../peer-venv/bin/python tools/make_minilm_unicode.py

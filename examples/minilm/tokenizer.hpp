@@ -165,7 +165,10 @@ inline void fold(char32_t c, std::u32string& out) {
 ///
 /// Only the configuration that uncased BERT checkpoints ship is accepted (clean_text,
 /// handle_chinese_chars, lowercase, accents stripped, special tokens matched on the raw text);
-/// anything else throws rather than tokenizing differently from tokenizers.
+/// anything else throws rather than tokenizing differently from tokenizers. Single sentences
+/// only (no pairs). One known difference: NFD's canonical reordering is not applied, which
+/// matters only for two spacing combining marks of different classes written out of canonical
+/// order (tools/make_minilm_unicode.py lists them); tokenizers reorders those, this keeps them.
 class wordpiece_tokenizer {
  public:
   /// \brief Reads `path` (a tokenizer.json).
