@@ -11,9 +11,9 @@ other layer), a storage dtype for the base weights (float32, float16 or bfloat16
 lambda_d from N(0, 1). Then:
   - projection: `vera projection` with PEFT's max_in, max_out must equal PEFT's vera_A and
     vera_B bit for bit (under the fused or the separate rounding; the one that matched is shown);
-  - merge: `vera merge` of PEFT's saved adapter (seed only) into the base weights in the drawn
-    dtype, against PEFT's merge_and_unload on the same dtype: bit-exact or within 1e-6 (float32),
-    2e-3 (float16), 1e-2 (bfloat16) of the largest weight;
+  - merge: `vera merge` of PEFT's saved adapter, seed only and with its float32 projection, into
+    the base weights in the drawn dtype, against PEFT's merge_and_unload on the same dtype:
+    bit-exact or within 1e-6 (float32), 2e-3 (float16), 1e-2 (bfloat16) of the largest weight;
   - export-lora: the LoRA adapter `vera export-lora` writes, loaded by PEFT on the float32 base,
     must give the VeRA model's outputs within 1e-5 of the largest output.
 Needs torch, peft and safetensors; exits 1 when a case fails.
@@ -66,13 +66,18 @@ def check_case(vera, work, draw, case):
     torch.manual_seed(case)
     state = Stack(shapes).state_dict()
 
-    config = VeraConfig(r=rank, target_modules=[f"layers.{k}" for k in range(len(shapes))],
-                        projection_prng_key=seed, save_projection=False, init_weights=False)
-    model = get_peft_model(stack_with(shapes, state), config).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "vera_lambda" in name:
-                parameter.copy_(torch.randn_like(parameter))
+    def adapted(save_projection, lambdas=None):
+        config = VeraConfig(r=rank, target_modules=[f"layers.{k}" for k in range(len(shapes))],
+                            projection_prng_key=seed, save_projection=save_projection,
+                            init_weights=False)
+        adapted_model = get_peft_model(stack_with(shapes, state), config).eval()
+        with torch.no_grad():
+            for name, parameter in adapted_model.named_parameters():
+                if "vera_lambda" in name:
+                    parameter.copy_(lambdas[name] if lambdas else torch.randn_like(parameter))
+        return adapted_model
+
+    model = adapted(False)
     a = model.base_model.vera_A["default"]
     b = model.base_model.vera_B["default"]
     failures = []
@@ -96,26 +101,32 @@ def check_case(vera, work, draw, case):
 
     adapter = os.path.join(work, f"adapter{case}")
     model.save_pretrained(adapter)
+    # The same lambdas with the projection saved (float32): PEFT then merges with it unrounded.
+    saved = os.path.join(work, f"adapter{case}_projection")
+    adapted(True, dict(model.named_parameters())).save_pretrained(saved)
     base32 = os.path.join(work, "base32.safetensors")
     save_file({k: v.contiguous() for k, v in state.items()}, base32)
     base = base32
     if dtype != torch.float32:
         base = os.path.join(work, "base.safetensors")
         save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, base)
-    merged_file = os.path.join(work, "merged.safetensors")
-    vera_cli("merge", "--base", base, "--adapter", adapter, "-o", merged_file)
-    merged = load_file(merged_file)
-    reference = PeftModel.from_pretrained(stack_with(shapes, state, dtype), adapter).merge_and_unload()
-    worst, exact = 0.0, True
-    for name, want in reference.state_dict().items():
-        got = merged.get(name)
-        if got is None or got.dtype != want.dtype or got.shape != want.shape:
-            failures.append(f"merge: {name} missing or of another dtype/shape")
-            continue
-        exact = exact and torch.equal(got, want)
-        worst = max(worst, relative(got, want))
-    if worst > MERGE_TOLERANCE[dtype]:
-        failures.append(f"merge differs from PEFT's by {worst:.2e}")
+    merge_results = []
+    for kind, directory in (("seed", adapter), ("saved", saved)):
+        merged_file = os.path.join(work, "merged.safetensors")
+        vera_cli("merge", "--base", base, "--adapter", directory, "-o", merged_file)
+        merged = load_file(merged_file)
+        reference = PeftModel.from_pretrained(stack_with(shapes, state, dtype), directory).merge_and_unload()
+        worst, exact = 0.0, True
+        for name, want in reference.state_dict().items():
+            got = merged.get(name)
+            if got is None or got.dtype != want.dtype or got.shape != want.shape:
+                failures.append(f"merge ({kind}): {name} missing or of another dtype/shape")
+                continue
+            exact = exact and torch.equal(got, want)
+            worst = max(worst, relative(got, want))
+        if worst > MERGE_TOLERANCE[dtype]:
+            failures.append(f"merge ({kind}) differs from PEFT's by {worst:.2e}")
+        merge_results.append(f"{kind} {'bit-exact' if exact else f'{worst:.1e}'}")
 
     lora_dir = os.path.join(work, f"lora{case}")
     vera_cli("export-lora", adapter, "-o", lora_dir, "--base", base32)
@@ -129,7 +140,7 @@ def check_case(vera, work, draw, case):
     dtype_name = str(dtype).replace("torch.", "")
     print(f"case {case}: key {seed}, r {rank}, layers {shapes}, {dtype_name}: projection "
           f"{'bit-exact (' + matched + ')' if matched else 'DIFFERS'}; merge "
-          f"{'bit-exact' if exact else f'{worst:.1e}'}; export-lora {lora_error:.1e}"
+          f"{', '.join(merge_results)}; export-lora {lora_error:.1e}"
           + ("" if not failures else "  FAILED: " + "; ".join(failures)))
     return not failures
 

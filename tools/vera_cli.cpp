@@ -74,8 +74,10 @@ Writes a copy of MODEL in which every adapted layer's '<path>.weight' is W0 + Λ
 in float32 (float64 for F64 weights) and stored in the weight's own dtype. Tensors the adapter
 carries whole replace the model's: modules_to_save copies (e.g. 'classifier.weight' of a
 sequence-classification adapter) and biases trained under bias = "vera_only" or "all" (stored in
-the model tensor's dtype). Every other tensor and the metadata are copied unchanged. Into float16/bfloat16 weights the adapter is first rounded to
-that dtype, as PEFT applies it to such layers (--adapter-precision full keeps it in float32).
+the model tensor's dtype). Every other tensor and the metadata are copied unchanged. Into float16/bfloat16 weights it merges with
+PEFT's operations and order, so that the result has PEFT's bits: a seed-only adapter's A and B
+rounded to that dtype, a saved projection as stored (--adapter-precision full uses vera's float32
+evaluator and the unrounded projection instead).
 Like PEFT's safe_merge, a merged weight that is not finite is an error; OUT is written
 atomically, so a failure leaves no partial file. Progress goes to stderr for large models.
 
@@ -448,6 +450,7 @@ vera::io::peft_adapter<T> load_for_merge(const vera::io::vera_config& config,
   for (const auto& warning : loaded.report.warnings)
     std::cerr << "vera merge: warning: " << warning << "\n";
   merge.match_peft_precision = args.get("adapter-precision").value_or("peft") == "peft";
+  merge.projection_from_file = loaded.report.used_saved_projection;
   return loaded;
 }
 

@@ -2,9 +2,10 @@
 // Merging a model-level adapter into a safetensors model file, with PEFT precision on half weights.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <map>
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -51,11 +52,90 @@ model_adapter<T> round_projection(const model_adapter<T>& model, dtype type) {
 
 /// \brief How add_merged_model computes.
 struct merge_options {
-  /// Into a float16/bfloat16 weight, merge with the projection rounded to that dtype
-  /// (round_projection), as PEFT applies the adapter to such a layer; false merges the
-  /// full-precision projection.
+  /// Into a float16/bfloat16 weight, merge as PEFT 0.21.2 merges into such a layer on the CPU,
+  /// operation for operation (see peft_half_merge); false merges with vera's float32 evaluator
+  /// and the full-precision projection.
   bool match_peft_precision = true;
+  /// With match_peft_precision: the projection came from the adapter file (save_projection), so
+  /// PEFT computes with it unrounded; false: PEFT regenerated it from the seed and rounded it to
+  /// the weight's dtype (round_projection). The peft_adapter overload of add_merged_model takes
+  /// it from the load report.
+  bool projection_from_file = false;
 };
+
+namespace detail {
+
+// A float rounded to `type` (F16 or BF16) and widened back.
+inline float round_to(dtype type, float value) {
+  unsigned char bytes[4];
+  encode(type, &value, 1, bytes);
+  float out;
+  decode(type, bytes, 1, &out);
+  return out;
+}
+
+}  // namespace detail
+
+/// \brief W0 += ΔW in place as PEFT 0.21.2 merges into a float16/bfloat16 layer on the CPU:
+///        the same operations in the same order, so that the stored result has PEFT's bits.
+///
+/// `weight` holds W0 (out x in, or in x out with fan_in_fan_out; row-major) decoded from `type`
+/// (F16 or BF16), and receives W0 + ΔW before the caller stores it in `type` (one rounding). PEFT's
+/// get_delta_weight computes in float32: P = lambda_b ⊙ B (out x r) and Q = lambda_d ⊙ A (r x in),
+/// each element one product, then P Q through torch's float32 GEMM, whose kernel accumulates each
+/// element over k = 0..r-1 in order with fused multiply-adds from zero; `weight += ΔW` then adds in
+/// float32 and rounds once. A and B are rounded to `type` first when `round_projection` (a
+/// projection regenerated from the seed, which PEFT casts to the layer's dtype and back); lambdas
+/// are used as they are (PEFT's float32 parameters, filled from the file).
+/// \throws value_error naming the element when a merged value is not finite (PEFT's safe_merge);
+///         `weight` may then be partly updated.
+template <class T>
+void peft_half_merge(T* weight, const adapter<T>& layer, dtype type, bool round_projection) {
+  const index out = layer.out_features(), in = layer.in_features(), rank = layer.rank();
+  const auto a = layer.a();
+  const auto b = layer.b();
+  const auto projection_value = [&](T value) {
+    const float f = static_cast<float>(value);
+    return round_projection ? detail::round_to(type, f) : f;
+  };
+  // The two scaled factors, each element one float32 product, stored before the GEMM so that
+  // no compiler contraction can fuse them into it.
+  std::vector<float> scaled_b(static_cast<std::size_t>(out * rank));
+  std::vector<float> scaled_a(static_cast<std::size_t>(rank * in));
+  for (index i = 0; i < out; ++i) {
+    const float lambda_b = static_cast<float>(layer.lambda_b()(i));
+    for (index k = 0; k < rank; ++k) scaled_b[i * rank + k] = lambda_b * projection_value(b(i, k));
+  }
+  for (index k = 0; k < rank; ++k) {
+    const float lambda_d = static_cast<float>(layer.lambda_d()(k));
+    for (index j = 0; j < in; ++j) scaled_a[k * in + j] = lambda_d * projection_value(a(k, j));
+  }
+  const bool transposed = layer.options().fan_in_fan_out;
+  // Columns in blocks, so that the block of Q stays in cache while every row of P passes over it.
+  constexpr index block = 256;
+  std::vector<float> sum(static_cast<std::size_t>(std::min(in, block)));
+  for (index j0 = 0; j0 < in; j0 += block) {
+    const index width = std::min(block, in - j0);
+    for (index i = 0; i < out; ++i) {
+      std::fill(sum.begin(), sum.begin() + width, 0.0f);
+      for (index k = 0; k < rank; ++k) {
+        const float p = scaled_b[i * rank + k];
+        const float* q = scaled_a.data() + k * in + j0;
+        for (index j = 0; j < width; ++j) sum[j] = std::fma(p, q[j], sum[j]);
+      }
+      for (index j = 0; j < width; ++j) {
+        T& w = transposed ? weight[(j0 + j) * out + i] : weight[i * in + j0 + j];
+        const float merged = static_cast<float>(w) + sum[j];
+        if (!std::isfinite(merged)) {
+          throw value_error("merged weight is not finite at (" +
+                            std::to_string(transposed ? j0 + j : i) + ", " +
+                            std::to_string(transposed ? i : j0 + j) + ")");
+        }
+        w = static_cast<T>(merged);
+      }
+    }
+  }
+}
 
 namespace detail {
 
@@ -154,8 +234,8 @@ std::map<std::string, const trained_tensor*> replacements(const safetensors_view
 ///
 /// Weights are decoded to T, merged with safe-merge semantics (a non-finite result throws
 /// value_error naming the tensor, so nothing is written), and stored in their own dtype with a
-/// single rounding (PEFT rounds ΔW to the weight's dtype before adding, so a float16/bfloat16
-/// result can differ from PEFT's in the last bit). A trained tensor is stored in the base
+/// single rounding. Float16/bfloat16 weights are merged with PEFT's operations and order
+/// (peft_half_merge) unless options.match_peft_precision is false. A trained tensor is stored in the base
 /// tensor's dtype: its bytes unchanged when the dtypes agree, else converted with one rounding, as
 /// PEFT's load into the model casts it. Merging happens while the file is written, one weight at a
 /// time, and other tensors are copied from `base`'s bytes: `base`, `model` and `trained` must
@@ -170,8 +250,6 @@ void add_merged_model(safetensors_writer& writer, const safetensors_view& base,
                       const std::vector<trained_tensor>& trained = {}) {
   detail::check_merge_targets(base, model);
   const auto replaced = detail::replacements(base, model, trained);
-  // One rounded copy per half-precision dtype, owned by the generators that use it.
-  std::map<dtype, std::shared_ptr<const model_adapter<T>>> rounded;
   for (const auto& [key, value] : base.metadata()) writer.set_metadata(key, value);
   for (const auto& t : base.tensors()) {
     if (const auto found = replaced.find(t.name); found != replaced.end()) {
@@ -191,19 +269,20 @@ void add_merged_model(safetensors_writer& writer, const safetensors_view& base,
       writer.add_bytes(t.name, t.type, t.shape, base.bytes(t));
       continue;
     }
-    std::shared_ptr<const model_adapter<T>> copy;
-    if (options.match_peft_precision && (t.type == dtype::f16 || t.type == dtype::bf16)) {
-      auto& slot = rounded[t.type];
-      if (!slot) slot = std::make_shared<const model_adapter<T>>(round_projection(model, t.type));
-      copy = slot;
-    }
-    const adapter<T>& layer = copy ? copy->at(path) : model.at(path);
-    writer.add_generated(t.name, t.type, t.shape, [&base, &t, &layer, copy](unsigned char* bytes) {
+    const bool as_peft_half =
+        options.match_peft_precision && (t.type == dtype::f16 || t.type == dtype::bf16);
+    const bool round = !options.projection_from_file;
+    const adapter<T>& layer = model.at(path);
+    writer.add_generated(t.name, t.type, t.shape, [&base, &t, &layer, as_peft_half, round](unsigned char* bytes) {
       auto values = base.values<T>(t);
       Eigen::Map<row_matrix<T>> weight(values.data(), static_cast<index>(t.shape[0]),
                                        static_cast<index>(t.shape[1]));
       try {
-        safe_merge(weight, layer);
+        if (as_peft_half) {
+          peft_half_merge(values.data(), layer, t.type, round);
+        } else {
+          safe_merge(weight, layer);
+        }
       } catch (const value_error& e) {
         throw value_error("merging into '" + t.name + "': " + e.what());
       }
@@ -215,7 +294,8 @@ void add_merged_model(safetensors_writer& writer, const safetensors_view& base,
 /// \brief add_merged_model of a loaded adapter: its layers merged, its trained tensors in place.
 template <class T>
 void add_merged_model(safetensors_writer& writer, const safetensors_view& base,
-                      const peft_adapter<T>& adapter, const merge_options& options = {}) {
+                      const peft_adapter<T>& adapter, merge_options options = {}) {
+  options.projection_from_file = adapter.report.used_saved_projection;
   add_merged_model(writer, base, adapter.model, options, adapter.trained);
 }
 
