@@ -141,6 +141,7 @@ struct bert_workspace {
   matrix embeddings_hat;
   vec embeddings_rstd;
   matrix embeddings;           ///< the first layer's input
+  vec row_scratch;             ///< softmax row maxima and sums
   std::vector<float> key_bias; ///< batch x length: 0 for a real token, lowest float for padding
   std::vector<layer_activations> layers;
   matrix cls;                  ///< batch x hidden: the last hidden state of each [CLS]
@@ -158,12 +159,12 @@ namespace detail {
 /// \brief y = gamma ⊙ (x - mean) / sqrt(var + eps) + beta per row (biased variance, as
 ///        torch.nn.LayerNorm), keeping the normalized rows and their 1/std.
 inline void layer_norm(const matrix& x, const norm_weights& w, float eps, matrix& hat, vec& rstd, matrix& y) {
-  const index width = x.cols();
-  const vec mean = x.rowwise().sum() / static_cast<float>(width);
-  hat = x.colwise() - mean;
-  rstd = ((hat.array().square().rowwise().sum() / static_cast<float>(width)) + eps).rsqrt().matrix();
+  const float inv_width = 1.0f / static_cast<float>(x.cols());
+  rstd.noalias() = x.rowwise().sum() * inv_width;  // the mean, until overwritten below
+  hat.noalias() = x.colwise() - rstd;
+  rstd = ((hat.array().square().rowwise().sum() * inv_width) + eps).rsqrt().matrix();
   hat.array().colwise() *= rstd.array();
-  y = (hat.array().rowwise() * w.gamma.transpose().array()).rowwise() + w.beta.transpose().array();
+  y.noalias() = ((hat.array().rowwise() * w.gamma.transpose().array()).rowwise() + w.beta.transpose().array()).matrix();
 }
 
 /// \brief GELU with the exact erf form that transformers' "gelu" uses.
@@ -175,14 +176,16 @@ inline void gelu(const matrix& x, matrix& y) {
   for (index i = 0; i < x.size(); ++i) out[i] = 0.5f * in[i] * (1.0f + std::erf(in[i] * inv_sqrt2));
 }
 
-/// \brief Softmax of every row of `s` in place, after adding `key_bias` (one entry per column).
-inline void masked_softmax_rows(Eigen::Ref<matrix> s, const float* key_bias) {
+/// \brief Softmax of every row of `s` in place, after adding `key_bias` (one entry per column);
+///        `row_scratch` (any size) keeps the row maxima and sums without allocating each time.
+inline void masked_softmax_rows(Eigen::Ref<matrix> s, const float* key_bias, vec& row_scratch) {
   const Eigen::Map<const Eigen::RowVectorXf> bias(key_bias, s.cols());
   s.rowwise() += bias;
-  const vec row_max = s.rowwise().maxCoeff();
-  s = (s.colwise() - row_max).array().exp().matrix();
-  const vec row_sum = s.rowwise().sum();
-  s.array().colwise() /= row_sum.array();
+  row_scratch.resize(s.rows());
+  row_scratch.noalias() = s.rowwise().maxCoeff();
+  s = (s.colwise() - row_scratch).array().exp().matrix();
+  row_scratch.noalias() = s.rowwise().sum();
+  s.array().colwise() /= row_scratch.array();
 }
 
 /// \brief load() with the command that fetches the model appended to an io_error or
@@ -333,7 +336,7 @@ class bert_encoder {
   }
 
   // Scaled dot-product attention of every sequence and head, from a.q, a.k, a.v.
-  void attention(const bert_workspace& ws, layer_activations& a) const {
+  void attention(bert_workspace& ws, layer_activations& a) const {
     const index length = ws.length, heads = config_.heads, d = config_.head_size();
     const float scale = 1.0f / std::sqrt(static_cast<float>(d));
     a.probabilities.resize(ws.batch * heads * length, length);
@@ -346,13 +349,13 @@ class bert_encoder {
         const auto k = a.k.block(b * length, h * d, length, d);
         const auto v = a.v.block(b * length, h * d, length, d);
         p.noalias() = (q * k.transpose()) * scale;
-        detail::masked_softmax_rows(p, key_bias);
+        detail::masked_softmax_rows(p, key_bias, ws.row_scratch);
         a.context.block(b * length, h * d, length, d).noalias() = p * v;
       }
     }
   }
 
-  void layer_forward(const layer_weights& w, const matrix& x, const bert_workspace& ws, layer_activations& a) const {
+  void layer_forward(const layer_weights& w, const matrix& x, bert_workspace& ws, layer_activations& a) const {
     const float eps = config_.layer_norm_eps;
     w.query.forward(x, a.q);
     w.key.forward(x, a.k);

@@ -110,16 +110,16 @@ TEST_CASE("padding does not change a sequence's logits", "[bert]") {
   minilm::bert_workspace ws;
   const matrix batch_logits = model.forward(padded, ws);
   for (std::size_t row = 0; row < padded.batch; ++row) {
+    // The fixture pads on the right: the first `real` cells of the row are the sequence.
     const auto begin = static_cast<std::ptrdiff_t>(row * padded.length);
-    const auto real = static_cast<std::size_t>(
-        std::count(padded.mask.begin() + begin, padded.mask.begin() + begin + static_cast<std::ptrdiff_t>(padded.length), 1));
+    const auto mask_row = padded.mask.begin() + begin;
+    const auto real = std::count(mask_row, mask_row + static_cast<std::ptrdiff_t>(padded.length), 1);
     minilm::token_batch alone;
     alone.batch = 1;
-    alone.length = real;
-    alone.ids.assign(padded.ids.begin() + begin, padded.ids.begin() + begin + static_cast<std::ptrdiff_t>(real));
-    alone.type_ids.assign(padded.type_ids.begin() + begin,
-                          padded.type_ids.begin() + begin + static_cast<std::ptrdiff_t>(real));
-    alone.mask.assign(real, 1);
+    alone.length = static_cast<std::size_t>(real);
+    alone.ids.assign(padded.ids.begin() + begin, padded.ids.begin() + begin + real);
+    alone.type_ids.assign(padded.type_ids.begin() + begin, padded.type_ids.begin() + begin + real);
+    alone.mask.assign(alone.length, 1);
     minilm::bert_workspace own;
     const matrix logits = model.forward(alone, own);
     CAPTURE(row);
@@ -210,8 +210,9 @@ TEST_CASE("all-MiniLM-L6-v2 with a seeded classifier gives transformers' logits"
   minilm::bert_workspace ws;
   constexpr std::size_t chunk = 16;
   for (std::size_t first = 0; first < texts.size(); first += chunk) {
+    const std::size_t last = std::min(first + chunk, texts.size());
     const std::vector<std::string> part(texts.begin() + static_cast<std::ptrdiff_t>(first),
-                                        texts.begin() + static_cast<std::ptrdiff_t>(std::min(first + chunk, texts.size())));
+                                        texts.begin() + static_cast<std::ptrdiff_t>(last));
     logits.middleRows(static_cast<Eigen::Index>(first), static_cast<Eigen::Index>(part.size())) =
         model.forward(tokenizer.encode_batch(part, max_length), ws);
   }
