@@ -13,6 +13,9 @@
 #include "vera/io/safetensors.hpp"
 #include "vera/io/sharded_model.hpp"
 
+// merged_model merges through the CPU backend.
+#include "vera/backend/cpu/merge.hpp"
+
 /// \namespace vera::io
 /// \brief Files: safetensors reading and writing, PEFT `adapter_config.json`, PEFT adapter
 ///        directories, merged and sharded models, LoRA export.

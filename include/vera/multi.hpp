@@ -17,3 +17,9 @@
 #include "vera/multi/sibling_forward.hpp"
 #include "vera/multi/sibling_group.hpp"
 #include "vera/multi/workspace.hpp"
+
+// The CPU evaluators of the expressions above.
+#include "vera/backend/cpu/mixed_backward.hpp"
+#include "vera/backend/cpu/mixed_forward.hpp"
+#include "vera/backend/cpu/sibling_backward.hpp"
+#include "vera/backend/cpu/sibling_forward.hpp"

@@ -6,6 +6,7 @@
 
 #include "vera/core/dropout.hpp"
 #include "vera/core/error.hpp"
+#include "vera/core/exec.hpp"
 #include "vera/core/peft_uniform.hpp"
 #include "vera/core/philox.hpp"
 #include "vera/core/projection_spec.hpp"
@@ -14,17 +15,21 @@
 #include "vera/adapter/adapter.hpp"
 #include "vera/adapter/context.hpp"
 #include "vera/adapter/gradients.hpp"
-#include "vera/adapter/linear.hpp"
 #include "vera/adapter/options.hpp"
 #include "vera/adapter/projection.hpp"
 #include "vera/adapter/workspace.hpp"
 
-#include "vera/backend/exec.hpp"
 #include "vera/expr/backward.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/forward.hpp"
 #include "vera/expr/merge.hpp"
 
+// The expressions name no backend; the CPU evaluators are brought in here.
+#include "vera/backend/cpu/backward.hpp"
+#include "vera/backend/cpu/forward.hpp"
+#include "vera/backend/cpu/merge.hpp"
+
+#include "vera/layer/linear.hpp"
 #include "vera/optim.hpp"
 
 /// \namespace vera

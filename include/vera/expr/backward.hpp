@@ -11,7 +11,7 @@
 #include "vera/adapter/context.hpp"
 #include "vera/adapter/gradients.hpp"
 #include "vera/adapter/workspace.hpp"
-#include "vera/backend/exec.hpp"
+#include "vera/core/exec.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/forward.hpp"
 #include "vera/expr/settings.hpp"
@@ -241,5 +241,3 @@ void input_gradient(const Eigen::MatrixBase<GD>&, const Eigen::MatrixBase<WD>&, 
                     const forward_context<T>&) = delete;
 
 }  // namespace vera
-
-#include "vera/backend/cpu/backward.hpp"

@@ -9,7 +9,7 @@
 #include "vera/adapter/adapter.hpp"
 #include "vera/adapter/context.hpp"
 #include "vera/adapter/workspace.hpp"
-#include "vera/backend/exec.hpp"
+#include "vera/core/exec.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/operand.hpp"
 #include "vera/expr/settings.hpp"
@@ -183,5 +183,3 @@ void forward(const Eigen::MatrixBase<XD>&, const Eigen::MatrixBase<WD>&, const B
              adapter<T>&&) = delete;
 
 }  // namespace vera
-
-#include "vera/backend/cpu/forward.hpp"

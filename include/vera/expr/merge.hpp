@@ -8,7 +8,7 @@
 
 #include "vera/adapter/adapter.hpp"
 #include "vera/adapter/workspace.hpp"
-#include "vera/backend/exec.hpp"
+#include "vera/core/exec.hpp"
 #include "vera/expr/forward.hpp"
 #include "vera/expr/operand.hpp"
 #include "vera/expr/settings.hpp"
@@ -195,5 +195,3 @@ void safe_merge(Eigen::MatrixBase<WD>& w0, const adapter<T>& ad, workspace<T>* w
 }
 
 }  // namespace vera
-
-#include "vera/backend/cpu/merge.hpp"

@@ -7,7 +7,7 @@
 
 #include <Eigen/Core>
 
-#include "vera/backend/exec.hpp"
+#include "vera/core/exec.hpp"
 #include "vera/core/error.hpp"
 #include "vera/core/shape.hpp"
 

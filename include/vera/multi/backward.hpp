@@ -7,7 +7,7 @@
 
 #include <Eigen/Core>
 
-#include "vera/backend/exec.hpp"
+#include "vera/core/exec.hpp"
 #include "vera/expr/operand.hpp"
 #include "vera/multi/adapter_set.hpp"
 #include "vera/multi/context.hpp"
@@ -339,5 +339,3 @@ void mixed_backward(const Eigen::MatrixBase<GD>&, const Eigen::MatrixBase<WD>&, 
                     const mixed_context<T>&) = delete;
 
 }  // namespace vera
-
-#include "vera/backend/cpu/mixed_backward.hpp"

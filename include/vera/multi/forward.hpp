@@ -7,7 +7,7 @@
 
 #include <Eigen/Core>
 
-#include "vera/backend/exec.hpp"
+#include "vera/core/exec.hpp"
 #include "vera/expr/forward.hpp"
 #include "vera/expr/operand.hpp"
 #include "vera/multi/adapter_set.hpp"
@@ -192,5 +192,3 @@ void mixed_forward(const Eigen::MatrixBase<XD>&, const Eigen::MatrixBase<WD>&, c
                    adapter_set<T>&&) = delete;
 
 }  // namespace vera
-
-#include "vera/backend/cpu/mixed_forward.hpp"

@@ -11,7 +11,7 @@
 #include "vera/adapter/context.hpp"
 #include "vera/adapter/gradients.hpp"
 #include "vera/adapter/workspace.hpp"
-#include "vera/backend/exec.hpp"
+#include "vera/core/exec.hpp"
 #include "vera/expr/backward.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/operand.hpp"
@@ -381,5 +381,3 @@ sibling_input_gradient_expr<exec::default_policy, sibling_group<Layers...>, GD..
 }
 
 }  // namespace vera
-
-#include "vera/backend/cpu/sibling_backward.hpp"

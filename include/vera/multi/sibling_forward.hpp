@@ -11,7 +11,7 @@
 
 #include "vera/adapter/context.hpp"
 #include "vera/adapter/workspace.hpp"
-#include "vera/backend/exec.hpp"
+#include "vera/core/exec.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/operand.hpp"
 #include "vera/expr/settings.hpp"
@@ -172,5 +172,3 @@ sibling_forward_expr<exec::default_policy, XD, sibling_group<Layers...>> forward
 }
 
 }  // namespace vera
-
-#include "vera/backend/cpu/sibling_forward.hpp"

@@ -15,7 +15,7 @@
 
 #include "vera/adapter/adapter.hpp"
 #include "vera/adapter/gradients.hpp"
-#include "vera/adapter/linear.hpp"
+#include "vera/layer/linear.hpp"
 #include "vera/core/error.hpp"
 #include "vera/core/shape.hpp"
 

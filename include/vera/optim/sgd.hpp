@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "vera/optim/options.hpp"
+#include "vera/core/optim_options.hpp"
 #include "vera/optim/parameters.hpp"
 
 namespace vera::optim {

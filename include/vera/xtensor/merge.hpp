@@ -7,7 +7,8 @@
 
 #include "vera/adapter/adapter.hpp"
 #include "vera/adapter/workspace.hpp"
-#include "vera/backend/exec.hpp"
+#include "vera/backend/cpu/merge.hpp"
+#include "vera/core/exec.hpp"
 #include "vera/expr/merge.hpp"
 #include "vera/xtensor/result.hpp"
 #include "vera/xtensor/storage.hpp"

@@ -11,7 +11,7 @@
 #include "vera/adapter/gradients.hpp"
 #include "vera/backend/cpu/common.hpp"
 #include "vera/backend/cpu/gemm.hpp"
-#include "vera/backend/exec.hpp"
+#include "vera/core/exec.hpp"
 #include "vera/core/dropout.hpp"
 #include "vera/expr/operand.hpp"
 

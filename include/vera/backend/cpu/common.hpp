@@ -12,7 +12,7 @@
 #include "vera/adapter/workspace.hpp"
 #include "vera/backend/cpu/gemm.hpp"
 #include "vera/backend/cpu/gemm_threads.hpp"
-#include "vera/backend/exec.hpp"
+#include "vera/core/exec.hpp"
 #include "vera/core/dropout.hpp"
 #include "vera/expr/operand.hpp"
 

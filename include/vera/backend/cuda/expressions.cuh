@@ -13,7 +13,7 @@
 #include "vera/backend/cuda/forward.cuh"
 #include "vera/backend/cuda/memory.cuh"
 #include "vera/backend/cuda/merge.cuh"
-#include "vera/backend/exec.hpp"
+#include "vera/core/exec.hpp"
 #include "vera/core/error.hpp"
 #include "vera/expr/settings.hpp"
 

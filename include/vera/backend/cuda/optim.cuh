@@ -13,7 +13,7 @@
 #include "vera/backend/cuda/kernels.cuh"
 #include "vera/backend/cuda/launch.cuh"
 #include "vera/backend/cuda/validate.cuh"
-#include "vera/optim/options.hpp"
+#include "vera/core/optim_options.hpp"
 
 namespace vera::cuda {
 

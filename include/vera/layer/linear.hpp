@@ -11,9 +11,9 @@
 #include "vera/adapter/context.hpp"
 #include "vera/adapter/gradients.hpp"
 #include "vera/adapter/workspace.hpp"
-#include "vera/expr/backward.hpp"
-#include "vera/expr/forward.hpp"
-#include "vera/expr/merge.hpp"
+#include "vera/backend/cpu/backward.hpp"
+#include "vera/backend/cpu/forward.hpp"
+#include "vera/backend/cpu/merge.hpp"
 
 namespace vera {
 
