@@ -100,9 +100,16 @@ TEST_CASE("hostile or inconsistent shard indexes are refused", "[io][shards][err
   const auto loaded = vera::io::load_peft_adapter<float>(fixtures / "linear_seed", shapes);
   vera::io::shard_index missing = index;
   for (const auto& [path, layer] : loaded.model) missing.weight_map.erase(path + ".weight");
-  CHECK_THROWS_WITH(vera::io::merge_sharded_model(missing, loaded.model, dir / "out"),
-                    Contains("weight_map"));
+  // All three are named by count, the first and the others listed.
+  CHECK_THROWS_WITH(
+      vera::io::merge_sharded_model(missing, loaded.model, dir / "out"),
+      Contains("no tensor 'model.layers.0.down_proj.weight' in weight_map (and 2 more adapted "
+               "layers' weights: 'model.layers.0.q_proj.weight', 'model.layers.0.up_proj.weight')"));
   CHECK_FALSE(std::filesystem::exists(dir / "out"));
+  std::vector<std::string> paths;
+  for (const auto& [path, layer] : loaded.model) paths.push_back(path);
+  CHECK_THROWS_WITH(vera::io::layer_shapes_from_shards(missing, paths, false),
+                    Contains("(and 2 more adapted layers' weights"));
 }
 
 TEST_CASE("a failed sharded merge leaves no output and never overwrites", "[io][shards][errors]") {

@@ -20,6 +20,7 @@
 #include "vera/io/file.hpp"
 #include "vera/io/merged_model.hpp"
 #include "vera/io/model_adapter.hpp"
+#include "vera/io/peft.hpp"
 #include "vera/io/safetensors.hpp"
 
 namespace vera::io {
@@ -73,11 +74,41 @@ inline shard_index read_shard_index(const std::filesystem::path& path) {
   return index;
 }
 
+namespace detail {
+
+// Throws format_error naming the index, the first tensor it lacks, how many more and a few of
+// them, when weight_map lacks any of `tensors`.
+inline void expect_in_index(const shard_index& index, const std::vector<std::string>& tensors,
+                            const std::string& what) {
+  std::vector<std::string> missing;
+  for (const auto& tensor : tensors) {
+    if (index.weight_map.count(tensor) == 0) missing.push_back(tensor);
+  }
+  if (missing.empty()) return;
+  std::string message = quoted(index.path) + ": no tensor '" + missing.front() + "' in weight_map";
+  if (missing.size() > 1) {
+    missing.erase(missing.begin());
+    message += " (and " + std::to_string(missing.size()) + " more " + what + ": " +
+               quoted_list(missing) + ")";
+  }
+  throw format_error(message + "; is this the adapter's base model?");
+}
+
+inline std::vector<std::string> weight_names(const std::vector<std::string>& paths) {
+  std::vector<std::string> names;
+  for (const auto& path : paths) names.push_back(path + ".weight");
+  return names;
+}
+
+}  // namespace detail
+
 /// \brief (in, out) of each layer in `paths` from `<path>.weight` in whichever shard holds it
-///        (out x in, or in x out with fan_in_fan_out).
+///        (out x in, or in x out with fan_in_fan_out). Throws format_error naming the first
+///        weight the index lacks, how many more it lacks and a few of them.
 inline layer_shapes layer_shapes_from_shards(const shard_index& index,
                                              const std::vector<std::string>& paths,
                                              bool fan_in_fan_out) {
+  detail::expect_in_index(index, detail::weight_names(paths), "adapted layers' weights");
   std::map<std::string, std::vector<std::string>> by_shard;
   for (const auto& path : paths) by_shard[index.shard_of(path + ".weight")].push_back(path);
   layer_shapes shapes;
@@ -111,6 +142,14 @@ void merge_sharded_model(const shard_index& index, const model_adapter<T>& model
                          const std::function<void(std::size_t, std::size_t)>& progress = {},
                          const std::vector<trained_tensor>& trained = {}) {
   namespace fs = std::filesystem;
+  std::vector<std::string> paths;
+  for (const auto& [path, layer] : model) paths.push_back(path);
+  detail::expect_in_index(index, detail::weight_names(paths), "adapted layers' weights");
+  std::vector<std::string> targets;
+  for (const auto& t : trained) {
+    if (!t.target.empty()) targets.push_back(t.target);
+  }
+  detail::expect_in_index(index, targets, "targets of trained tensors");
   std::map<std::string, layer_shapes> layers_by_shard;
   for (const auto& [path, layer] : model) {
     layers_by_shard[index.shard_of(path + ".weight")][path] = {layer.in_features(),
