@@ -60,6 +60,15 @@ expect(0 "vera_A  F32 [8, 20]" inspect "${WORK}/projection.safetensors")
 expect(0 "A 2 x 3, B 4 x 2" projection --seed 1 --r 2 --max-in 3 --max-out 4 --generator philox -o "${WORK}/philox.safetensors")
 expect(0 "metadata generator = philox" inspect "${WORK}/philox.safetensors")
 
+# merge of two adapters of one model (PEFT's merge order); a pair PEFT would refuse writes nothing.
+set(multi "${FIXTURES}/multi")
+expect(0 "merged 2 adapters (4 adapted layers in all)" merge --base "${multi}/base_bf16.safetensors" --adapter "${multi}/first" --adapter "${multi}/second" -o "${WORK}/multi.safetensors")
+expect(1 "first_seed/adapter_config.json': field 'save_projection' is false but true in the first adapter's" merge --base "${multi}/base.safetensors" --adapter "${multi}/first" --adapter "${multi}/first_seed" -o "${WORK}/bad_multi.safetensors")
+if(EXISTS "${WORK}/bad_multi.safetensors")
+  message(SEND_ERROR "a refused multi-adapter merge left bad_multi.safetensors behind")
+endif()
+expect(2 "several --adapter options need a single model file" merge --base "${WORK}/model.safetensors.index.json" --adapter "${multi}/first" --adapter "${multi}/second" -o "${WORK}/multi_dir")
+
 # merge: success, and a failure that leaves no output and no temporary file behind
 expect(0 "merged 3 layers" merge --base "${linear_model}" --adapter "${FIXTURES}/linear_seed" -o "${WORK}/merged.safetensors")
 expect(0 "model.layers.0.q_proj.weight  F32 [12, 16]" inspect "${WORK}/merged.safetensors")

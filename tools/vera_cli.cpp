@@ -66,7 +66,7 @@ vera's counter-based generator (philox). The file's metadata records the paramet
 )";
 
 const char* const merge_help =
-    R"(usage: vera merge --base MODEL.safetensors --adapter DIR -o OUT.safetensors
+    R"(usage: vera merge --base MODEL.safetensors --adapter DIR [--adapter DIR2 ...] -o OUT.safetensors
                   [--rounding fused|separate] [--adapter-precision peft|full]
        vera merge --base MODEL.safetensors.index.json --adapter DIR -o OUTDIR
 
@@ -80,6 +80,11 @@ rounded to that dtype, a saved projection as stored (--adapter-precision full us
 evaluator and the unrounded projection instead).
 Like PEFT's safe_merge, a merged weight that is not finite is an error; OUT is written
 atomically, so a failure leaves no partial file. Progress goes to stderr for large models.
+
+Several --adapter options merge several adapters of one model, in the order given, as PEFT's
+merge_and_unload does with all of them active: the first one's projection is shared, and the
+others must agree with it as PEFT requires (projection_prng_key, save_projection, r, layers that
+fit the projection).
 
 A sharded model is named by its index (*.index.json): every shard is merged into OUTDIR under its
 own name, with a copy of the index. OUTDIR must not exist or be empty; it appears only once every
@@ -101,7 +106,14 @@ and bias ("vera_only" becomes LoRA's "lora_only").
 struct arguments {
   std::vector<std::string> positional;
   std::map<std::string, std::string> options;
+  std::map<std::string, std::vector<std::string>> repeated;  // options that may be given again
   bool help = false;
+
+  // Every value of a repeatable option, in command-line order.
+  std::vector<std::string> all(const std::string& name) const {
+    const auto it = repeated.find(name);
+    return it == repeated.end() ? std::vector<std::string>{} : it->second;
+  }
 
   std::optional<std::string> get(const std::string& name) const {
     const auto it = options.find(name);
@@ -116,7 +128,8 @@ struct arguments {
 };
 
 arguments parse_arguments(const std::vector<std::string>& args,
-                          const std::set<std::string>& allowed) {
+                          const std::set<std::string>& allowed,
+                          const std::set<std::string>& repeatable = {}) {
   arguments out;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
@@ -134,7 +147,8 @@ arguments parse_arguments(const std::vector<std::string>& args,
         if (i + 1 >= args.size()) throw usage_error("option '" + arg + "' needs a value");
         value = args[++i];
       }
-      if (!out.options.emplace(name, *value).second)
+      out.repeated[name].push_back(*value);
+      if (!out.options.emplace(name, *value).second && repeatable.count(name) == 0)
         throw usage_error("option '" + arg + "' given twice");
     } else if (arg.size() > 1 && arg[0] == '-') {
       throw usage_error("unknown option '" + arg + "'");
@@ -454,6 +468,33 @@ vera::io::peft_adapter<T> load_for_merge(const vera::io::vera_config& config,
   return loaded;
 }
 
+// Several adapters on one model, merged one after the other as PEFT's merge_and_unload does
+// with all of them active.
+template <class T>
+void merge_several_as(const vera::io::safetensors_file& base, const std::vector<fs::path>& dirs,
+                      const vera::io::layer_shapes& shapes, const arguments& args,
+                      const fs::path& output) {
+  vera::io::load_options options;
+  options.rounding = parse_rounding(args);
+  const auto adapters = vera::io::load_peft_adapters<T>(dirs, shapes, options);
+  for (std::size_t k = 0; k < adapters.size(); ++k) {
+    for (const auto& warning : adapters[k].report.warnings)
+      std::cerr << "vera merge: warning: " << dirs[k].string() << ": " << warning << "\n";
+  }
+  vera::io::merge_options merge;
+  merge.match_peft_precision = args.get("adapter-precision").value_or("peft") == "peft";
+  vera::io::safetensors_writer writer;
+  vera::io::add_merged_model(writer, base, adapters, merge);
+  progress_printer progress(writer.data_size());
+  writer.on_progress(
+      [&progress](std::uint64_t done, std::uint64_t total) { progress(done, total); });
+  writer.write(output);
+  std::size_t layers = 0;
+  for (const auto& adapter : adapters) layers += adapter.model.size();
+  std::cerr << "vera merge: merged " << adapters.size() << " adapters (" << layers
+            << " adapted layers in all) into " << output.string() << "\n";
+}
+
 template <class T>
 void merge_as(const vera::io::safetensors_file& base, const vera::io::vera_config& config,
               const vera::io::safetensors_file& adapter_file, const vera::io::layer_shapes& shapes,
@@ -509,6 +550,27 @@ int run_sharded_merge(const fs::path& index_path, const fs::path& adapter_dir,
   return exit_ok;
 }
 
+int run_several_merge(const fs::path& base_path, const std::vector<fs::path>& dirs,
+                      const fs::path& output, const arguments& args) {
+  const vera::io::safetensors_file base(base_path);
+  const auto config = vera::io::vera_config::read(dirs.front());
+  std::set<std::string> all_paths;
+  for (const auto& dir : dirs) {
+    const vera::io::safetensors_file adapter_file(dir / vera::io::adapter_weights_file);
+    for (const auto& path : vera::io::peft_layer_paths(adapter_file)) all_paths.insert(path);
+  }
+  const std::vector<std::string> paths(all_paths.begin(), all_paths.end());
+  const auto shapes = vera::io::layer_shapes_from_weights(base, paths, config.fan_in_fan_out);
+  bool wide = false;
+  for (const auto& path : paths) wide = wide || base.at(path + ".weight").type == dtype::f64;
+  if (wide) {
+    merge_several_as<double>(base, dirs, shapes, args, output);
+  } else {
+    merge_several_as<float>(base, dirs, shapes, args, output);
+  }
+  return exit_ok;
+}
+
 int run_merge(const arguments& args) {
   if (!args.positional.empty()) throw usage_error("merge takes no positional arguments");
   const fs::path base_path = args.required("base");
@@ -522,10 +584,15 @@ int run_merge(const arguments& args) {
 
   const std::string index_suffix = ".index.json";
   const std::string base_name = base_path.filename().string();
-  if (base_name.size() > index_suffix.size() &&
-      base_name.compare(base_name.size() - index_suffix.size(), index_suffix.size(), index_suffix) == 0) {
-    return run_sharded_merge(base_path, adapter_dir, output, args);
+  const bool sharded =
+      base_name.size() > index_suffix.size() &&
+      base_name.compare(base_name.size() - index_suffix.size(), index_suffix.size(), index_suffix) == 0;
+  const auto adapter_dirs = args.all("adapter");
+  if (adapter_dirs.size() > 1) {
+    if (sharded) throw usage_error("several --adapter options need a single model file as --base");
+    return run_several_merge(base_path, {adapter_dirs.begin(), adapter_dirs.end()}, output, args);
   }
+  if (sharded) return run_sharded_merge(base_path, adapter_dir, output, args);
   const vera::io::safetensors_file base(base_path);
   const auto config = vera::io::vera_config::read(adapter_dir);
   const vera::io::safetensors_file adapter_file(adapter_dir / vera::io::adapter_weights_file);
@@ -621,6 +688,7 @@ struct command {
   const char* help;
   std::set<std::string> options;
   int (*run)(const arguments&);
+  std::set<std::string> repeatable = {};  // options that may be given more than once
 };
 
 const std::vector<command>& commands() {
@@ -633,7 +701,8 @@ const std::vector<command>& commands() {
       {"merge",
        merge_help,
        {"base", "adapter", "output", "rounding", "adapter-precision"},
-       run_merge},
+       run_merge,
+       {"adapter"}},
       {"export-lora", export_help, {"base", "shapes", "output", "dtype"}, run_export},
   };
   return all;
@@ -655,7 +724,7 @@ int run(const std::vector<std::string>& argv) {
   for (const auto& cmd : commands()) {
     if (argv[0] != cmd.name) continue;
     try {
-      const auto args = parse_arguments({argv.begin() + 1, argv.end()}, cmd.options);
+      const auto args = parse_arguments({argv.begin() + 1, argv.end()}, cmd.options, cmd.repeatable);
       if (args.help) {
         std::cout << cmd.help;
         return exit_ok;

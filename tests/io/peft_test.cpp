@@ -319,13 +319,17 @@ TEST_CASE("seed-only saves refuse projections PEFT would not regenerate", "[io][
   CHECK_NOTHROW(vera::io::save_peft_adapter(philox, dir / "philox", with_projection));
 
   const vera::io::model_adapter<float> oversized(vera::projection<float>({1, 2, 16, 16}), shapes);
-  CHECK_THROWS_MATCHES(vera::io::save_peft_adapter(oversized, dir / "y", with_projection),
-                       vera::shape_error, message_contains("PEFT sizes it from the layers"));
+  CHECK_THROWS_MATCHES(vera::io::save_peft_adapter(oversized, dir / "y"), vera::shape_error,
+                       message_contains("PEFT sizes it from the layers"));
+  CHECK_FALSE(std::filesystem::exists(dir / "y"));
+  // With the projection written, PEFT's file for a model's later adapter looks like this.
+  CHECK_NOTHROW(vera::io::save_peft_adapter(oversized, dir / "oversized", with_projection));
   vera::adapter_options rank_one;
   rank_one.rank = 1;
   const vera::io::model_adapter<float> low_rank(vera::projection<float>({1, 2, 8, 8}), shapes,
                                                 rank_one);
   CHECK_THROWS_AS(vera::io::save_peft_adapter(low_rank, dir / "z"), vera::rank_error);
+  std::filesystem::remove_all(dir / "oversized");
   CHECK(dir.entries() == std::vector<std::string>{"philox"});
 
   // A failure after the directory was created removes it again, with no temporary file left.
@@ -464,14 +468,25 @@ TEST_CASE("adapter files that do not match the config or the base model are refu
   });
   CHECK_THROWS_MATCHES(load(no_projection.path()), format_error,
                        message_contains("save_projection = true but the file holds no"));
-  const edited_adapter wide_a("linear_projection", [&](auto& w, const auto& f) {
+  // A pair larger than the layers need loads (PEFT saves the model's pair with every adapter);
+  // a smaller one, or one of another rank, does not.
+  const edited_adapter narrow_a("linear_projection", [&](auto& w, const auto& f) {
     copy_tensors(w, f, {"base_model.vera_A"});
-    std::vector<float> a(8 * 24, 0.5f);
-    w.add("base_model.vera_A", vera::io::dtype::f32, {8, 24}, a.data());
+    std::vector<float> a(8 * 18, 0.5f);
+    w.add("base_model.vera_A", vera::io::dtype::f32, {8, 18}, a.data());
   });
   CHECK_THROWS_MATCHES(
-      load(wide_a.path()), format_error,
-      message_contains("has shape [8, 24], expected [8, 20] (r x the largest in_features"));
+      load(narrow_a.path()), format_error,
+      message_contains("has shape [8, 18], expected [8, 20] (r = 8 in adapter_config.json x the "
+                       "largest in_features of the adapted layers, or larger"));
+  const edited_adapter low_rank_b("linear_projection", [&](auto& w, const auto& f) {
+    copy_tensors(w, f, {"base_model.vera_B"});
+    std::vector<float> b(24 * 4, 0.5f);
+    w.add("base_model.vera_B", vera::io::dtype::f32, {24, 4}, b.data());
+  });
+  CHECK_THROWS_MATCHES(load(low_rank_b.path()), format_error,
+                       message_contains("'base_model.vera_B' has shape [24, 4], expected [20, 8] "
+                                        "(the largest out_features of the adapted layers x r = 8"));
 
   // A seed-only config with A and B in the file: PEFT ignores them and regenerates; so does vera.
   const auto seed_config =

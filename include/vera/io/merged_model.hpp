@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -176,12 +177,13 @@ void check_merge_targets(const safetensors_view& base, const model_adapter<T>& m
 // exists in `base` with the same shape and a dtype the trained one converts to, and is not a
 // weight the adapter merges into. Wrapper copies replace nothing.
 template <class T>
-std::map<std::string, const trained_tensor*> replacements(const safetensors_view& base,
-                                                          const model_adapter<T>& model,
-                                                          const std::vector<trained_tensor>& trained) {
+std::map<std::string, const trained_tensor*> replacements(
+    const safetensors_view& base, const model_adapter<T>& model,
+    const std::vector<const trained_tensor*>& trained) {
   std::map<std::string, const trained_tensor*> by_target;
   std::vector<std::string> missing;
-  for (const auto& t : trained) {
+  for (const trained_tensor* tensor : trained) {
+    const trained_tensor& t = *tensor;
     if (t.target.empty()) continue;
     if (!by_target.emplace(t.target, &t).second) {
       throw value_error("merge: two trained tensors replace '" + t.target + "'");
@@ -226,6 +228,77 @@ std::map<std::string, const trained_tensor*> replacements(const safetensors_view
   return by_target;
 }
 
+// One adapter of a merge and whether its projection came from its file (see merge_options).
+template <class T>
+struct merge_step {
+  const model_adapter<T>* model = nullptr;
+  bool projection_from_file = false;
+};
+
+// Rounds values in place to `type`, as storing into a float16/bfloat16 weight does.
+template <class T>
+void round_in_place(dtype type, std::vector<T>& values) {
+  std::vector<unsigned char> bytes(values.size() * dtype_size(type));
+  encode(type, values.data(), values.size(), bytes.data());
+  decode(type, bytes.data(), values.size(), values.data());
+}
+
+// add_merged_model's work for adapters merged one after the other, in order.
+template <class T>
+void add_merged_steps(safetensors_writer& writer, const safetensors_view& base,
+                      const std::vector<merge_step<T>>& steps, const merge_options& options,
+                      const std::vector<const trained_tensor*>& trained) {
+  std::map<std::string, const trained_tensor*> replaced;
+  for (const auto& step : steps) {
+    check_merge_targets(base, *step.model);
+    replaced = replacements(base, *step.model, trained);
+  }
+  for (const auto& [key, value] : base.metadata()) writer.set_metadata(key, value);
+  for (const auto& t : base.tensors()) {
+    if (const auto found = replaced.find(t.name); found != replaced.end()) {
+      const trained_tensor& source = *found->second;
+      if (source.type == t.type) {
+        writer.add_bytes(t.name, t.type, t.shape, source.bytes.data());
+      } else {
+        const auto values = source.values<double>();
+        writer.add(t.name, t.type, t.shape, values.data());
+      }
+      continue;
+    }
+    const std::string path = strip_suffix(t.name, ".weight");
+    std::vector<std::pair<const adapter<T>*, bool>> layers;  // (layer, round its projection)
+    for (const auto& step : steps) {
+      if (!path.empty() && step.model->contains(path))
+        layers.emplace_back(&step.model->at(path), !step.projection_from_file);
+    }
+    if (layers.empty()) {
+      writer.add_bytes(t.name, t.type, t.shape, base.bytes(t));
+      continue;
+    }
+    const bool as_peft_half =
+        options.match_peft_precision && (t.type == dtype::f16 || t.type == dtype::bf16);
+    writer.add_generated(t.name, t.type, t.shape, [&base, &t, layers, as_peft_half](unsigned char* bytes) {
+      auto values = base.values<T>(t);
+      Eigen::Map<row_matrix<T>> weight(values.data(), static_cast<index>(t.shape[0]),
+                                       static_cast<index>(t.shape[1]));
+      for (std::size_t k = 0; k < layers.size(); ++k) {
+        const auto& [layer, round] = layers[k];
+        try {
+          if (as_peft_half) {
+            peft_half_merge(values.data(), *layer, t.type, round);
+          } else {
+            safe_merge(weight, *layer);
+          }
+        } catch (const value_error& e) {
+          throw value_error("merging into '" + t.name + "': " + e.what());
+        }
+        if (k + 1 < layers.size()) round_in_place(t.type, values);
+      }
+      encode(t.type, values.data(), values.size(), bytes);
+    });
+  }
+}
+
 }  // namespace detail
 
 /// \brief Adds every tensor of the base model `base` to `writer`, with each adapted layer's
@@ -248,47 +321,10 @@ template <class T>
 void add_merged_model(safetensors_writer& writer, const safetensors_view& base,
                       const model_adapter<T>& model, const merge_options& options = {},
                       const std::vector<trained_tensor>& trained = {}) {
-  detail::check_merge_targets(base, model);
-  const auto replaced = detail::replacements(base, model, trained);
-  for (const auto& [key, value] : base.metadata()) writer.set_metadata(key, value);
-  for (const auto& t : base.tensors()) {
-    if (const auto found = replaced.find(t.name); found != replaced.end()) {
-      const trained_tensor& source = *found->second;
-      if (source.type == t.type) {
-        writer.add_bytes(t.name, t.type, t.shape, source.bytes.data());
-      } else {
-        const auto values = source.values<double>();
-        writer.add(t.name, t.type, t.shape, values.data());
-      }
-      continue;
-    }
-    const std::string suffix = ".weight";
-    const std::string path =
-        detail::ends_with(t.name, suffix) ? t.name.substr(0, t.name.size() - suffix.size()) : "";
-    if (path.empty() || !model.contains(path)) {
-      writer.add_bytes(t.name, t.type, t.shape, base.bytes(t));
-      continue;
-    }
-    const bool as_peft_half =
-        options.match_peft_precision && (t.type == dtype::f16 || t.type == dtype::bf16);
-    const bool round = !options.projection_from_file;
-    const adapter<T>& layer = model.at(path);
-    writer.add_generated(t.name, t.type, t.shape, [&base, &t, &layer, as_peft_half, round](unsigned char* bytes) {
-      auto values = base.values<T>(t);
-      Eigen::Map<row_matrix<T>> weight(values.data(), static_cast<index>(t.shape[0]),
-                                       static_cast<index>(t.shape[1]));
-      try {
-        if (as_peft_half) {
-          peft_half_merge(values.data(), layer, t.type, round);
-        } else {
-          safe_merge(weight, layer);
-        }
-      } catch (const value_error& e) {
-        throw value_error("merging into '" + t.name + "': " + e.what());
-      }
-      detail::encode(t.type, values.data(), values.size(), bytes);
-    });
-  }
+  std::vector<const trained_tensor*> pointers;
+  for (const auto& t : trained) pointers.push_back(&t);
+  detail::add_merged_steps<T>(writer, base, {{&model, options.projection_from_file}}, options,
+                              pointers);
 }
 
 /// \brief add_merged_model of a loaded adapter: its layers merged, its trained tensors in place.
@@ -297,6 +333,28 @@ void add_merged_model(safetensors_writer& writer, const safetensors_view& base,
                       const peft_adapter<T>& adapter, merge_options options = {}) {
   options.projection_from_file = adapter.report.used_saved_projection;
   add_merged_model(writer, base, adapter.model, options, adapter.trained);
+}
+
+/// \brief add_merged_model of several adapters of one model (load_peft_adapters), as PEFT's
+///        merge_and_unload with all of them active: each adapted weight receives, in order, the
+///        ΔW of every adapter that adapts it, rounded to the weight's dtype after each (PEFT adds
+///        into the weight in place, one adapter at a time).
+///
+/// Trained tensors of all adapters replace their targets; two replacing one target are refused
+/// (value_error). `options.projection_from_file` is taken from each adapter's load report.
+/// Throws as the single-adapter overload, before anything is added; `adapters` must outlive
+/// writer.write().
+template <class T>
+void add_merged_model(safetensors_writer& writer, const safetensors_view& base,
+                      const std::vector<peft_adapter<T>>& adapters, const merge_options& options = {}) {
+  if (adapters.empty()) throw value_error("merge: no adapter given");
+  std::vector<detail::merge_step<T>> steps;
+  std::vector<const trained_tensor*> trained;
+  for (const auto& adapter : adapters) {
+    steps.push_back({&adapter.model, adapter.report.used_saved_projection});
+    for (const auto& t : adapter.trained) trained.push_back(&t);
+  }
+  detail::add_merged_steps<T>(writer, base, steps, options, trained);
 }
 
 }  // namespace vera::io

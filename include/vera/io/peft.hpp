@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <type_traits>
@@ -448,6 +449,25 @@ inline std::string rank_origin(const vera_config& config) {
   return "r = " + std::to_string(config.r) + ", PEFT's default: adapter_config.json has no 'r'";
 }
 
+// (max_in, max_out) of the saved vera_A (r x max_in) and vera_B (max_out x r) after checking
+// them: r rows / columns, and at least the extents the adapted layers need.
+inline layer_shape projection_extents(const safetensors_view& file, const tensor_info& a,
+                                      const tensor_info& b, const vera_config& config,
+                                      const layer_shape& needed) {
+  const auto rank = static_cast<std::uint64_t>(config.r);
+  const auto in = static_cast<std::uint64_t>(needed.in);
+  const auto out = static_cast<std::uint64_t>(needed.out);
+  const bool a_fits = a.shape.size() == 2 && a.shape[0] == rank && a.shape[1] >= in;
+  const bool b_fits = b.shape.size() == 2 && b.shape[1] == rank && b.shape[0] >= out;
+  const std::string wider =
+      ", or larger: PEFT saves one pair per model, sized for its first adapter's layers";
+  expect_shape(file, a, a_fits ? a.shape : std::vector<std::uint64_t>{rank, in},
+               rank_origin(config) + " x the largest in_features of the adapted layers" + wider);
+  expect_shape(file, b, b_fits ? b.shape : std::vector<std::uint64_t>{out, rank},
+               "the largest out_features of the adapted layers x " + rank_origin(config) + wider);
+  return {static_cast<index>(a.shape[1]), static_cast<index>(b.shape[0])};
+}
+
 // The trained tensors a load keeps: dtype and values checked, bytes copied, sorted by key.
 inline std::vector<trained_tensor> keep_trained(const safetensors_view& file,
                                                 const adapter_tensors& found) {
@@ -549,16 +569,6 @@ peft_adapter<T> load_peft_adapter(const vera_config& config, const safetensors_v
   }
   auto trained = detail::keep_trained(file, found);
 
-  const layer_shape largest = max_extents(adapted);
-  const projection_spec spec{config.projection_prng_key,
-                             config.r,
-                             largest.in,
-                             largest.out,
-                             generator::peft,
-                             options.rounding};
-  const projection<T> regenerated(spec);
-  projection<T> shared = regenerated;
-
   if ((found.a == nullptr) != (found.b == nullptr)) {
     detail::mismatch(
         file, std::string("holds '") + (found.a != nullptr ? peft_vera_a_key : peft_vera_b_key) +
@@ -570,17 +580,35 @@ peft_adapter<T> load_peft_adapter(const vera_config& config, const safetensors_v
                      "adapter_config.json says save_projection = true but the file holds no '" +
                          std::string(peft_vera_a_key) + "' / '" + peft_vera_b_key + "'");
   }
+  // PEFT sizes the pair once per model, from the first adapter's layers; every later adapter
+  // saves that pair, so a file may hold a pair larger than its own layers need (they slice it).
+  const layer_shape largest = max_extents(adapted);
+  layer_shape in_file = largest;
   if (report.projection_in_file) {
-    detail::expect_shape(file, *found.a, {rank, static_cast<std::uint64_t>(largest.in)},
-                         "r x the largest in_features of the adapted layers, as PEFT sizes it");
-    detail::expect_shape(file, *found.b, {static_cast<std::uint64_t>(largest.out), rank},
-                         "the largest out_features of the adapted layers x r");
+    in_file = detail::projection_extents(file, *found.a, *found.b, config, largest);
+  }
+  const bool saved_pair = report.projection_in_file && config.save_projection;
+  const layer_shape extents = saved_pair ? in_file : largest;
+  const projection_spec spec{config.projection_prng_key,
+                             config.r,
+                             extents.in,
+                             extents.out,
+                             generator::peft,
+                             options.rounding};
+  const projection<T> regenerated(spec);
+  projection<T> shared = regenerated;
+
+  if (report.projection_in_file) {
+    projection_spec file_spec = spec;
+    file_spec.max_in = in_file.in;
+    file_spec.max_out = in_file.out;
+    const projection<T> regenerated_as_saved = saved_pair ? regenerated : projection<T>(file_spec);
     auto a_values = detail::finite_values<T>(file, *found.a);
     auto b_values = detail::finite_values<T>(file, *found.b);
-    row_matrix<T> a = Eigen::Map<const row_matrix<T>>(a_values.data(), spec.rank, spec.max_in);
-    row_matrix<T> b = Eigen::Map<const row_matrix<T>>(b_values.data(), spec.max_out, spec.rank);
-    report.a_difference = detail::compare(a, regenerated.a());
-    report.b_difference = detail::compare(b, regenerated.b());
+    row_matrix<T> a = Eigen::Map<const row_matrix<T>>(a_values.data(), file_spec.rank, file_spec.max_in);
+    row_matrix<T> b = Eigen::Map<const row_matrix<T>>(b_values.data(), file_spec.max_out, file_spec.rank);
+    report.a_difference = detail::compare(a, regenerated_as_saved.a());
+    report.b_difference = detail::compare(b, regenerated_as_saved.b());
     if (!config.save_projection) {
       report.warnings.push_back(
           "the file holds vera_A/vera_B but save_projection is false: PEFT ignores them "
@@ -635,6 +663,94 @@ peft_adapter<T> load_peft_adapter(const std::filesystem::path& dir, const layer_
 
 namespace detail {
 
+// Refuses a later adapter whose config field differs from the first's where PEFT requires one
+// value per model.
+inline std::string field_text(bool value) { return value ? "true" : "false"; }
+template <class V>
+std::string field_text(const V& value) {
+  return std::to_string(value);
+}
+
+template <class V>
+void expect_same_field(const std::filesystem::path& first, const std::filesystem::path& later,
+                       const char* field, const V& first_value, const V& later_value,
+                       const std::string& why) {
+  if (first_value == later_value) return;
+  throw format_error(quoted(later / adapter_config_file) + ": field '" + field + "' is " +
+                     field_text(later_value) + " but " + field_text(first_value) +
+                     " in the first adapter's " + quoted(first / adapter_config_file) + "; " + why);
+}
+
+}  // namespace detail
+
+/// \brief Loads the adapters in `dirs` as PEFT holds them on one model (from_pretrained with the
+///        first, load_adapter with the others): every adapter shares the first one's projection,
+///        sized for the first one's layers, and slices it.
+///
+/// Each directory is checked as load_peft_adapter checks it, and against the first as PEFT does:
+/// `projection_prng_key`, `save_projection` and `r` must be the first's (PEFT refuses another
+/// key, mixed save_projection, and a larger r; a smaller r fails in its forward, since it does
+/// not slice A's rows), every layer must fit the shared projection (PEFT refuses larger layers
+/// in a later adapter), and a saved pair must have the shared pair's shape (PEFT's load of the
+/// state dict refuses another). A later adapter with its pair saved keeps it, as PEFT loads it.
+/// \throws value_error when `dirs` is empty; format_error naming the file and the field or
+///         tensor; what load_peft_adapter throws.
+template <class T>
+std::vector<peft_adapter<T>> load_peft_adapters(const std::vector<std::filesystem::path>& dirs,
+                                                const layer_shapes& base,
+                                                const load_options& options = {}) {
+  if (dirs.empty()) throw value_error("load_peft_adapters: no adapter directory given");
+  std::vector<peft_adapter<T>> adapters;
+  adapters.push_back(load_peft_adapter<T>(dirs.front(), base, options));
+  const peft_adapter<T>& first = adapters.front();
+  const projection<T>& shared = first.model.shared_projection();
+  for (std::size_t k = 1; k < dirs.size(); ++k) {
+    const auto& dir = dirs[k];
+    const auto config = vera_config::read(dir / adapter_config_file);
+    detail::expect_same_field(dirs.front(), dir, "projection_prng_key",
+                              first.config.projection_prng_key, config.projection_prng_key,
+                              "PEFT requires one key for all VeRA adapters of a model");
+    detail::expect_same_field(dirs.front(), dir, "save_projection",
+                              first.config.save_projection, config.save_projection,
+                              "PEFT requires the projection saved for all adapters or none");
+    detail::expect_same_field(dirs.front(), dir, "r", first.config.r, config.r,
+                              "PEFT shares the first adapter's projection: it refuses a larger r, "
+                              "and a smaller one fails in the forward");
+    auto loaded = load_peft_adapter<T>(dir, base, options);
+    const auto weights = detail::quoted(dir / adapter_weights_file);
+    const auto& own = loaded.model.shared_projection();
+    if (loaded.report.used_saved_projection) {
+      if (own.max_in() != shared.max_in() || own.max_out() != shared.max_out()) {
+        throw format_error(weights + ": tensor '" + peft_vera_a_key + "' is [" +
+                           std::to_string(own.rank()) + ", " + std::to_string(own.max_in()) +
+                           "] and '" + peft_vera_b_key + "' [" + std::to_string(own.max_out()) +
+                           ", " + std::to_string(own.rank()) + "], but the first adapter's pair is [" +
+                           std::to_string(shared.rank()) + ", " + std::to_string(shared.max_in()) +
+                           "] / [" + std::to_string(shared.max_out()) + ", " +
+                           std::to_string(shared.rank()) + "]; PEFT cannot load it onto that model");
+      }
+    } else {
+      // Seed only: PEFT gives it the first adapter's pair.
+      std::unique_ptr<model_adapter<T>> on_shared;
+      try {
+        on_shared = std::make_unique<model_adapter<T>>(shared, loaded.model.shapes(), loaded.model.options());
+      } catch (const shape_error& e) {
+        throw format_error(weights + ": " + e.what() + " (the projection of the first adapter, " +
+                           detail::quoted(dirs.front()) +
+                           "); PEFT refuses a later adapter whose layers are larger");
+      }
+      for (auto& [path, layer] : *on_shared) {
+        layer.set_lambdas(loaded.model.at(path).lambda_b(), loaded.model.at(path).lambda_d());
+      }
+      loaded.model = std::move(*on_shared);
+    }
+    adapters.push_back(std::move(loaded));
+  }
+  return adapters;
+}
+
+namespace detail {
+
 // Creates the directory when missing and removes it again unless the write completes.
 class directory_transaction {
  public:
@@ -685,8 +801,10 @@ inline void write_adapter_directory(const std::filesystem::path& dir,
   transaction.done();
 }
 
+// A projection larger than the layers need is what PEFT saves for a model's later adapters, so it
+// can be written with save_projection; from the seed alone PEFT would size it from the layers.
 template <class T>
-void check_savable(const model_adapter<T>& model) {
+void check_savable(const model_adapter<T>& model, bool save_projection) {
   if (model.empty()) throw value_error("save: the model adapter has no layers");
   const auto& spec = model.shared_projection().spec();
   for (const auto& [path, layer] : model) {
@@ -697,11 +815,13 @@ void check_savable(const model_adapter<T>& model) {
     }
   }
   const layer_shape largest = max_extents(model.shapes());
-  if (largest.in != spec.max_in || largest.out != spec.max_out) {
+  const bool larger = largest.in != spec.max_in || largest.out != spec.max_out;
+  if (larger && !save_projection) {
     throw shape_error("save: the projection is sized for max_in " + std::to_string(spec.max_in) +
                       ", max_out " + std::to_string(spec.max_out) + " but the layers need " +
                       std::to_string(largest.in) + ", " + std::to_string(largest.out) +
-                      "; PEFT sizes it from the layers, so it would not match");
+                      "; PEFT sizes it from the layers, so a seed-only file would not match "
+                      "(save_projection = true writes it)");
   }
 }
 
@@ -799,7 +919,7 @@ template <class T>
 void save_peft_adapter(const model_adapter<T>& model, const std::filesystem::path& dir,
                        const save_options& options = {}, const vera_config& config = {},
                        const std::vector<trained_tensor>& trained = {}) {
-  detail::check_savable(model);
+  detail::check_savable(model, options.save_projection);
   if (!options.save_projection) detail::check_regenerable(model.shared_projection());
   detail::check_trained_writable(trained, config, "save");
   const auto& shared = model.shared_projection();
