@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// BERT's encoder, pooler and sequence-classification head in float32 over Eigen, as transformers
-// computes BertForSequenceClassification at evaluation (no dropout).
+// BERT's encoder, pooler and sequence-classification head over Eigen (float32 for the programs,
+// double for gradient checks), as transformers computes BertForSequenceClassification at
+// evaluation (no dropout), optionally with VeRA adapters on the attention's query and value.
 #pragma once
 
 #include <algorithm>
@@ -20,13 +21,18 @@
 #include <vera/io/file.hpp>
 #include <vera/io/matrix.hpp>
 #include <vera/io/safetensors.hpp>
+#include <vera/vera.hpp>
 
 #include "tokenizer.hpp"
 
 namespace minilm {
 
-using matrix = Eigen::MatrixXf;  // column-major, as vera::linear stores W0
-using vec = Eigen::VectorXf;
+template <class T>
+using matrix_t = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;  // column-major, as vera::linear stores W0
+template <class T>
+using vec_t = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+using matrix = matrix_t<float>;
+using vec = vec_t<float>;
 using index = Eigen::Index;
 
 /// \brief The fields of a BERT config.json that the forward pass depends on.
@@ -88,78 +94,100 @@ struct bert_config {
 
 /// \brief A linear layer's weight (out x in, nn.Linear's layout) and bias: the W0 and bias that
 ///        vera::forward and vera::linear take, so a layer can later be adapted without copying.
-struct linear_weights {
-  matrix weight;
-  vec bias;
+template <class T>
+struct basic_linear_weights {
+  matrix_t<T> weight;
+  vec_t<T> bias;
 
   /// \brief y (n x out) = x (n x in) Wᵀ + b, into a y that keeps its storage between calls.
   template <class XD>
-  void forward(const Eigen::MatrixBase<XD>& x, matrix& y) const {
+  void forward(const Eigen::MatrixBase<XD>& x, matrix_t<T>& y) const {
     y.noalias() = x * weight.transpose();
     y.rowwise() += bias.transpose();
   }
 };
+using linear_weights = basic_linear_weights<float>;
 
 /// \brief LayerNorm's gain and shift.
-struct norm_weights {
-  vec gamma;
-  vec beta;
+template <class T>
+struct basic_norm_weights {
+  vec_t<T> gamma;
+  vec_t<T> beta;
 };
 
 /// \brief One encoder layer's weights, named after transformers' BertLayer modules.
-struct layer_weights {
-  linear_weights query, key, value;
-  linear_weights attention_output;  ///< attention.output.dense
-  norm_weights attention_norm;      ///< attention.output.LayerNorm
-  linear_weights intermediate;      ///< intermediate.dense
-  linear_weights output;            ///< output.dense
-  norm_weights output_norm;         ///< output.LayerNorm
+template <class T>
+struct basic_layer_weights {
+  basic_linear_weights<T> query, key, value;
+  basic_linear_weights<T> attention_output;  ///< attention.output.dense
+  basic_norm_weights<T> attention_norm;      ///< attention.output.LayerNorm
+  basic_linear_weights<T> intermediate;      ///< intermediate.dense
+  basic_linear_weights<T> output;            ///< output.dense
+  basic_norm_weights<T> output_norm;         ///< output.LayerNorm
 };
+
+/// \brief VeRA adapters on one layer's attention.self.query and .value; null runs the frozen
+///        layer. The adapters are not owned and must outlive every pass that uses them.
+template <class T>
+struct attention_adapters {
+  const vera::adapter<T>* query = nullptr;
+  const vera::adapter<T>* value = nullptr;
+};
+
+/// \brief Whether a forward pass keeps what the VeRA backward needs.
+enum class pass { evaluate, train };
 
 /// \brief What one encoder layer computes, kept between steps (the storage is reused when the
 ///        batch shape repeats) and kept whole because a backward pass needs it. Rows are tokens:
 ///        row b * length + t is token t of sequence b.
+template <class T>
 struct layer_activations {
-  matrix q, k, v;              ///< tokens x hidden
-  matrix probabilities;        ///< (batch * heads * length) x length: softmax of each head
-  matrix context;              ///< tokens x hidden: heads' outputs side by side
-  matrix attention_sum;        ///< attention.output.dense(context) + layer input
-  matrix attention_hat;        ///< attention_sum normalized, before gain and shift
-  vec attention_rstd;          ///< 1 / sqrt(var + eps) of each row of attention_sum
-  matrix attention_out;        ///< LayerNorm(attention_sum)
-  matrix intermediate_in;      ///< intermediate.dense(attention_out), before GELU
-  matrix intermediate_out;     ///< GELU(intermediate_in)
-  matrix output_sum;           ///< output.dense(intermediate_out) + attention_out
-  matrix output_hat;
-  vec output_rstd;
-  matrix out;                  ///< LayerNorm(output_sum): the layer's output
+  matrix_t<T> q, k, v;              ///< tokens x hidden
+  matrix_t<T> probabilities;        ///< (batch * heads * length) x length: softmax of each head
+  matrix_t<T> context;              ///< tokens x hidden: heads' outputs side by side
+  matrix_t<T> attention_sum;        ///< attention.output.dense(context) + layer input
+  matrix_t<T> attention_hat;        ///< attention_sum normalized, before gain and shift
+  vec_t<T> attention_rstd;          ///< 1 / sqrt(var + eps) of each row of attention_sum
+  matrix_t<T> attention_out;        ///< LayerNorm(attention_sum)
+  matrix_t<T> intermediate_in;      ///< intermediate.dense(attention_out), before GELU
+  matrix_t<T> intermediate_out;     ///< GELU(intermediate_in)
+  matrix_t<T> output_sum;           ///< output.dense(intermediate_out) + attention_out
+  matrix_t<T> output_hat;
+  vec_t<T> output_rstd;
+  matrix_t<T> out;                  ///< LayerNorm(output_sum): the layer's output
+  /// What the adapted query and value keep for their backward (filled by pass::train).
+  vera::forward_context<T> query_context, value_context;
 };
 
 /// \brief Reusable buffers of a whole forward pass.
-struct bert_workspace {
-  matrix embeddings_sum;       ///< word + position + token type, before LayerNorm
-  matrix embeddings_hat;
-  vec embeddings_rstd;
-  matrix embeddings;           ///< the first layer's input
-  vec row_scratch;             ///< softmax row maxima and sums
-  std::vector<float> key_bias; ///< batch x length: 0 for a real token, lowest float for padding
-  std::vector<layer_activations> layers;
-  matrix cls;                  ///< batch x hidden: the last hidden state of each [CLS]
-  matrix pooler_in;            ///< pooler.dense(cls), before tanh
-  matrix pooled;               ///< batch x hidden
-  matrix logits;               ///< batch x num_labels
+template <class T>
+struct basic_bert_workspace {
+  matrix_t<T> embeddings_sum;       ///< word + position + token type, before LayerNorm
+  matrix_t<T> embeddings_hat;
+  vec_t<T> embeddings_rstd;
+  matrix_t<T> embeddings;           ///< the first layer's input
+  vec_t<T> row_scratch;             ///< softmax row maxima and sums
+  std::vector<T> key_bias;          ///< batch x length: 0 for a real token, lowest value for padding
+  std::vector<layer_activations<T>> layers;
+  matrix_t<T> cls;                  ///< batch x hidden: the last hidden state of each [CLS]
+  matrix_t<T> pooler_in;            ///< pooler.dense(cls), before tanh
+  matrix_t<T> pooled;               ///< batch x hidden
+  matrix_t<T> logits;               ///< batch x num_labels
   index batch = 0, length = 0;
 
   /// \brief The last layer's output (tokens x hidden), or the embeddings without layers.
-  const matrix& last_hidden_state() const { return layers.empty() ? embeddings : layers.back().out; }
+  const matrix_t<T>& last_hidden_state() const { return layers.empty() ? embeddings : layers.back().out; }
 };
+using bert_workspace = basic_bert_workspace<float>;
 
 namespace detail {
 
 /// \brief y = gamma ⊙ (x - mean) / sqrt(var + eps) + beta per row (biased variance, as
 ///        torch.nn.LayerNorm), keeping the normalized rows and their 1/std.
-inline void layer_norm(const matrix& x, const norm_weights& w, float eps, matrix& hat, vec& rstd, matrix& y) {
-  const float inv_width = 1.0f / static_cast<float>(x.cols());
+template <class T>
+void layer_norm(const matrix_t<T>& x, const basic_norm_weights<T>& w, T eps, matrix_t<T>& hat, vec_t<T>& rstd,
+                matrix_t<T>& y) {
+  const T inv_width = T(1) / static_cast<T>(x.cols());
   rstd.noalias() = x.rowwise().sum() * inv_width;  // the mean, until overwritten below
   hat.noalias() = x.colwise() - rstd;
   rstd = ((hat.array().square().rowwise().sum() * inv_width) + eps).rsqrt().matrix();
@@ -168,18 +196,20 @@ inline void layer_norm(const matrix& x, const norm_weights& w, float eps, matrix
 }
 
 /// \brief GELU with the exact erf form that transformers' "gelu" uses.
-inline void gelu(const matrix& x, matrix& y) {
+template <class T>
+void gelu(const matrix_t<T>& x, matrix_t<T>& y) {
   y.resize(x.rows(), x.cols());
-  const float* in = x.data();
-  float* out = y.data();
-  const float inv_sqrt2 = 0.70710678118654752440f;
-  for (index i = 0; i < x.size(); ++i) out[i] = 0.5f * in[i] * (1.0f + std::erf(in[i] * inv_sqrt2));
+  const T* in = x.data();
+  T* out = y.data();
+  const T inv_sqrt2 = T(0.70710678118654752440);
+  for (index i = 0; i < x.size(); ++i) out[i] = T(0.5) * in[i] * (T(1) + std::erf(in[i] * inv_sqrt2));
 }
 
 /// \brief Softmax of every row of `s` in place, after adding `key_bias` (one entry per column);
 ///        `row_scratch` (any size) keeps the row maxima and sums without allocating each time.
-inline void masked_softmax_rows(Eigen::Ref<matrix> s, const float* key_bias, vec& row_scratch) {
-  const Eigen::Map<const Eigen::RowVectorXf> bias(key_bias, s.cols());
+template <class T>
+void masked_softmax_rows(Eigen::Ref<matrix_t<T>> s, const T* key_bias, vec_t<T>& row_scratch) {
+  const Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>> bias(key_bias, s.cols());
   s.rowwise() += bias;
   row_scratch.resize(s.rows());
   row_scratch.noalias() = s.rowwise().maxCoeff();
@@ -206,12 +236,13 @@ auto with_fetch_hint(const std::filesystem::path& dir, F&& load) -> decltype(loa
 }  // namespace detail
 
 /// \brief BERT's embeddings, encoder layers and pooler, with weights read from safetensors.
-class bert_encoder {
+template <class T>
+class basic_bert_encoder {
  public:
   /// \brief Reads every tensor the forward pass needs from `file`, under `prefix` ("" for a
   ///        BertModel checkpoint, "bert." for BertForSequenceClassification).
   /// \throws vera::format_error naming the file and tensor when one is missing or misshapen.
-  bert_encoder(const bert_config& config, const vera::io::safetensors_view& file, const std::string& prefix)
+  basic_bert_encoder(const bert_config& config, const vera::io::safetensors_view& file, const std::string& prefix)
       : config_(config) {
     const index h = config.hidden_size, inner = config.intermediate_size;
     const std::string e = prefix + "embeddings.";
@@ -222,7 +253,7 @@ class bert_encoder {
     layers_.resize(static_cast<std::size_t>(config.layers));
     for (index i = 0; i < config.layers; ++i) {
       const std::string l = prefix + "encoder.layer." + std::to_string(i) + ".";
-      layer_weights& w = layers_[static_cast<std::size_t>(i)];
+      basic_layer_weights<T>& w = layers_[static_cast<std::size_t>(i)];
       w.query = read_linear(file, l + "attention.self.query.", h, h);
       w.key = read_linear(file, l + "attention.self.key.", h, h);
       w.value = read_linear(file, l + "attention.self.value.", h, h);
@@ -236,29 +267,40 @@ class bert_encoder {
   }
 
   const bert_config& config() const noexcept { return config_; }
-  const std::vector<layer_weights>& layers() const noexcept { return layers_; }
+  const std::vector<basic_layer_weights<T>>& layers() const noexcept { return layers_; }
   /// \brief The layers' weights, writable (to adapt or merge them).
-  std::vector<layer_weights>& layers() noexcept { return layers_; }
-  const linear_weights& pooler() const noexcept { return pooler_; }
+  std::vector<basic_layer_weights<T>>& layers() noexcept { return layers_; }
+  const basic_linear_weights<T>& pooler() const noexcept { return pooler_; }
 
   /// \brief Runs embeddings, every layer and the pooler on `tokens` into `ws`; the result is
   ///        ws.last_hidden_state() and ws.pooled (batch x hidden).
   /// \throws vera::value_error (before computing anything) for a token id, token type or length
   ///         the model has no embedding for, or arrays whose size is not batch x length.
-  void forward(const token_batch& tokens, bert_workspace& ws) const {
+  void forward(const token_batch& tokens, basic_bert_workspace<T>& ws) const { forward(tokens, ws, {}, pass::evaluate); }
+
+  /// \brief As above with VeRA adapters on query and value: `adapters` is empty (none) or holds
+  ///        one entry per layer. pass::train keeps each adapted layer's context in `ws` for the
+  ///        backward (bert_backward.hpp).
+  /// \throws vera::value_error as above, or when `adapters` has another number of layers.
+  void forward(const token_batch& tokens, basic_bert_workspace<T>& ws,
+               const std::vector<attention_adapters<T>>& adapters, pass mode) const {
     check(tokens);
+    if (!adapters.empty() && adapters.size() != layers_.size())
+      throw vera::value_error("bert: " + std::to_string(adapters.size()) + " layers of adapters for " +
+                              std::to_string(layers_.size()) + " layers");
     ws.batch = static_cast<index>(tokens.batch);
     ws.length = static_cast<index>(tokens.length);
     embed(tokens, ws);
     ws.key_bias.resize(tokens.mask.size());
-    // transformers adds the lowest float to the scores of padded keys: they get probability 0,
+    // transformers adds the lowest value to the scores of padded keys: they get probability 0,
     // and a row without any real key degrades to a uniform average instead of NaN.
     std::transform(tokens.mask.begin(), tokens.mask.end(), ws.key_bias.begin(),
-                   [](std::int32_t m) { return m != 0 ? 0.0f : std::numeric_limits<float>::lowest(); });
+                   [](std::int32_t m) { return m != 0 ? T(0) : std::numeric_limits<T>::lowest(); });
     ws.layers.resize(layers_.size());
-    const matrix* input = &ws.embeddings;
+    const matrix_t<T>* input = &ws.embeddings;
     for (std::size_t i = 0; i < layers_.size(); ++i) {
-      layer_forward(layers_[i], *input, ws, ws.layers[i]);
+      layer_forward(layers_[i], adapters.empty() ? attention_adapters<T>{} : adapters[i], mode, *input, ws,
+                    ws.layers[i]);
       input = &ws.layers[i].out;
     }
     ws.cls.resize(ws.batch, config_.hidden_size);
@@ -268,7 +310,7 @@ class bert_encoder {
   }
 
  private:
-  using row_matrix = vera::row_matrix<float>;
+  using row_matrix = vera::row_matrix<T>;
 
   static void require_shape(const vera::io::safetensors_view& file, const vera::io::tensor_info& info,
                             const std::vector<std::uint64_t>& shape) {
@@ -282,21 +324,21 @@ class bert_encoder {
                                    index cols) {
     const auto& info = file.at(name);
     require_shape(file, info, {static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(cols)});
-    return vera::io::read_matrix<float>(file, info);
+    return vera::io::read_matrix<T>(file, info);
   }
 
-  static vec read_vec(const vera::io::safetensors_view& file, const std::string& name, index size) {
+  static vec_t<T> read_vec(const vera::io::safetensors_view& file, const std::string& name, index size) {
     const auto& info = file.at(name);
     require_shape(file, info, {static_cast<std::uint64_t>(size)});
-    return vera::io::read_vector<float>(file, info);
+    return vera::io::read_vector<T>(file, info);
   }
 
-  static linear_weights read_linear(const vera::io::safetensors_view& file, const std::string& prefix, index in,
+  static basic_linear_weights<T> read_linear(const vera::io::safetensors_view& file, const std::string& prefix, index in,
                                     index out) {
     return {read_row_major(file, prefix + "weight", out, in), read_vec(file, prefix + "bias", out)};
   }
 
-  static norm_weights read_norm(const vera::io::safetensors_view& file, const std::string& prefix, index size) {
+  static basic_norm_weights<T> read_norm(const vera::io::safetensors_view& file, const std::string& prefix, index size) {
     return {read_vec(file, prefix + "weight", size), read_vec(file, prefix + "bias", size)};
   }
 
@@ -319,7 +361,7 @@ class bert_encoder {
                               std::to_string(config_.type_vocab_size));
   }
 
-  void embed(const token_batch& tokens, bert_workspace& ws) const {
+  void embed(const token_batch& tokens, basic_bert_workspace<T>& ws) const {
     const index n = ws.batch * ws.length;
     ws.embeddings_sum.resize(n, config_.hidden_size);
     for (index b = 0; b < ws.batch; ++b) {
@@ -331,35 +373,48 @@ class bert_encoder {
                                    position_.row(t);
       }
     }
-    detail::layer_norm(ws.embeddings_sum, embeddings_norm_, config_.layer_norm_eps, ws.embeddings_hat,
+    detail::layer_norm(ws.embeddings_sum, embeddings_norm_, static_cast<T>(config_.layer_norm_eps), ws.embeddings_hat,
                        ws.embeddings_rstd, ws.embeddings);
   }
 
   // Scaled dot-product attention of every sequence and head, from a.q, a.k, a.v.
-  void attention(bert_workspace& ws, layer_activations& a) const {
+  void attention(basic_bert_workspace<T>& ws, layer_activations<T>& a) const {
     const index length = ws.length, heads = config_.heads, d = config_.head_size();
-    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    const T scale = T(1) / std::sqrt(static_cast<T>(d));
     a.probabilities.resize(ws.batch * heads * length, length);
     a.context.resize(ws.batch * length, config_.hidden_size);
     for (index b = 0; b < ws.batch; ++b) {
-      const float* key_bias = ws.key_bias.data() + b * length;
+      const T* key_bias = ws.key_bias.data() + b * length;
       for (index h = 0; h < heads; ++h) {
         auto p = a.probabilities.middleRows((b * heads + h) * length, length);
         const auto q = a.q.block(b * length, h * d, length, d);
         const auto k = a.k.block(b * length, h * d, length, d);
         const auto v = a.v.block(b * length, h * d, length, d);
         p.noalias() = (q * k.transpose()) * scale;
-        detail::masked_softmax_rows(p, key_bias, ws.row_scratch);
+        detail::masked_softmax_rows<T>(p, key_bias, ws.row_scratch);
         a.context.block(b * length, h * d, length, d).noalias() = p * v;
       }
     }
   }
 
-  void layer_forward(const layer_weights& w, const matrix& x, bert_workspace& ws, layer_activations& a) const {
-    const float eps = config_.layer_norm_eps;
-    w.query.forward(x, a.q);
+  // Y = X Wᵀ + bias, plus the VeRA term when `ad` is set (saving its context when training).
+  static void project(const basic_linear_weights<T>& w, const vera::adapter<T>* ad, pass mode,
+                      const matrix_t<T>& x, matrix_t<T>& y, vera::forward_context<T>& ctx) {
+    if (ad == nullptr) {
+      w.forward(x, y);
+    } else if (mode == pass::train) {
+      y = vera::forward(x, w.weight, w.bias, *ad).train(ctx);
+    } else {
+      y = vera::forward(x, w.weight, w.bias, *ad);
+    }
+  }
+
+  void layer_forward(const basic_layer_weights<T>& w, const attention_adapters<T>& adapters, pass mode,
+                     const matrix_t<T>& x, basic_bert_workspace<T>& ws, layer_activations<T>& a) const {
+    const T eps = static_cast<T>(config_.layer_norm_eps);
+    project(w.query, adapters.query, mode, x, a.q, a.query_context);
     w.key.forward(x, a.k);
-    w.value.forward(x, a.v);
+    project(w.value, adapters.value, mode, x, a.v, a.value_context);
     attention(ws, a);
     w.attention_output.forward(a.context, a.attention_sum);
     a.attention_sum += x;
@@ -373,16 +428,18 @@ class bert_encoder {
 
   bert_config config_;
   row_matrix word_, position_, token_type_;  // row-major: a token's embedding is contiguous
-  norm_weights embeddings_norm_;
-  std::vector<layer_weights> layers_;
-  linear_weights pooler_;
+  basic_norm_weights<T> embeddings_norm_;
+  std::vector<basic_layer_weights<T>> layers_;
+  basic_linear_weights<T> pooler_;
 };
+using bert_encoder = basic_bert_encoder<float>;
 
 /// \brief BertForSequenceClassification at evaluation: encoder, pooler, then a linear classifier
 ///        on the pooled [CLS] (dropout is the identity at evaluation).
-class bert_classifier {
+template <class T>
+class basic_bert_classifier {
  public:
-  bert_classifier(bert_encoder encoder, linear_weights classifier)
+  basic_bert_classifier(basic_bert_encoder<T> encoder, basic_linear_weights<T> classifier)
       : encoder_(std::move(encoder)), classifier_(std::move(classifier)) {
     const index h = encoder_.config().hidden_size;
     if (classifier_.weight.cols() != h || classifier_.bias.size() != classifier_.weight.rows())
@@ -399,45 +456,54 @@ class bert_classifier {
   ///        classifier from elsewhere: see load_encoder.
   /// \throws vera::io_error or vera::format_error naming the file, with a pointer to
   ///         scripts/fetch-minilm.sh when the files are missing or unreadable.
-  static bert_classifier load(const std::filesystem::path& dir) {
+  static basic_bert_classifier load(const std::filesystem::path& dir) {
     return detail::with_fetch_hint(dir, [&] {
       const bert_config config = bert_config::from_file(dir / "config.json");
       const vera::io::safetensors_file file(dir / "model.safetensors");
       const std::string prefix = file.contains("bert.embeddings.word_embeddings.weight") ? "bert." : "";
-      linear_weights head{
-          vera::io::read_matrix<float>(file, "classifier.weight"),
-          vera::io::read_vector<float>(file, "classifier.bias")};
-      return bert_classifier(bert_encoder(config, file, prefix), std::move(head));
+      basic_linear_weights<T> head{
+          vera::io::read_matrix<T>(file, "classifier.weight"),
+          vera::io::read_vector<T>(file, "classifier.bias")};
+      return basic_bert_classifier(basic_bert_encoder<T>(config, file, prefix), std::move(head));
     });
   }
 
   /// \brief The encoder of the checkpoint in `dir` (config.json, model.safetensors; BertModel's
   ///        unprefixed names or BertForSequenceClassification's "bert." ones).
   /// \throws as load.
-  static bert_encoder load_encoder(const std::filesystem::path& dir) {
+  static basic_bert_encoder<T> load_encoder(const std::filesystem::path& dir) {
     return detail::with_fetch_hint(dir, [&] {
       const bert_config config = bert_config::from_file(dir / "config.json");
       const vera::io::safetensors_file file(dir / "model.safetensors");
       const std::string prefix = file.contains("bert.embeddings.word_embeddings.weight") ? "bert." : "";
-      return bert_encoder(config, file, prefix);
+      return basic_bert_encoder<T>(config, file, prefix);
     });
   }
 
-  const bert_encoder& encoder() const noexcept { return encoder_; }
-  bert_encoder& encoder() noexcept { return encoder_; }
-  const linear_weights& classifier() const noexcept { return classifier_; }
+  const basic_bert_encoder<T>& encoder() const noexcept { return encoder_; }
+  basic_bert_encoder<T>& encoder() noexcept { return encoder_; }
+  const basic_linear_weights<T>& classifier() const noexcept { return classifier_; }
+  /// \brief The head, writable (to train it).
+  basic_linear_weights<T>& classifier() noexcept { return classifier_; }
 
   /// \brief Logits (batch x labels) of `tokens`, computed into `ws` (which keeps every
   ///        intermediate result; see bert_workspace).
-  const matrix& forward(const token_batch& tokens, bert_workspace& ws) const {
-    encoder_.forward(tokens, ws);
+  const matrix_t<T>& forward(const token_batch& tokens, basic_bert_workspace<T>& ws) const {
+    return forward(tokens, ws, {}, pass::evaluate);
+  }
+
+  /// \brief As above with VeRA adapters on query and value (see basic_bert_encoder::forward).
+  const matrix_t<T>& forward(const token_batch& tokens, basic_bert_workspace<T>& ws,
+                             const std::vector<attention_adapters<T>>& adapters, pass mode) const {
+    encoder_.forward(tokens, ws, adapters, mode);
     classifier_.forward(ws.pooled, ws.logits);
     return ws.logits;
   }
 
  private:
-  bert_encoder encoder_;
-  linear_weights classifier_;
+  basic_bert_encoder<T> encoder_;
+  basic_linear_weights<T> classifier_;
 };
+using bert_classifier = basic_bert_classifier<float>;
 
 }  // namespace minilm
