@@ -1,0 +1,432 @@
+// SPDX-License-Identifier: Apache-2.0
+// Fine-tunes all-MiniLM-L6-v2 as a BertForSequenceClassification on a topic task made from
+// Debian's fortunes: the classifier head alone, then VeRA on every query and value plus the head.
+// Prints test accuracy and writes the VeRA adapter in PEFT's format with the logits of 64 test
+// texts, which tools/check_minilm_peft.py compares with PEFT. Run with --help for the options.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <vera/io.hpp>
+#include <vera/optim.hpp>
+#include <vera/vera.hpp>
+
+#include "../fashion_mnist/progress.hpp"
+#include "bert.hpp"
+#include "fortunes.hpp"
+#include "tokenizer.hpp"
+#include "training.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using minilm::index;
+using minilm::matrix;
+using minilm::vec;
+
+constexpr int exit_usage = 2;
+constexpr int exit_no_data = 77;  // ctest's conventional "skipped"
+
+// Five topics whose files are large enough for 120 training fortunes each. They overlap in
+// vocabulary and style (jokes and quotations, many about computers, science or law at once), so
+// neither a head on frozen features nor an adapted encoder gets close to 100%.
+const std::vector<std::string> topics = {"computers", "science", "politics", "law", "food"};
+
+struct settings {
+  fs::path model = "data/minilm";
+  fs::path fortunes = "/usr/share/games/fortunes";
+  fs::path out = "minilm_results";
+  std::uint64_t seed = 0;
+  std::size_t train_per_topic = 120;
+  std::size_t test_per_topic = 40;
+  std::size_t max_length = 128;
+  std::size_t batch = 16;
+  int vera_epochs = 3;
+  int head_epochs = 30;
+  index rank = 256;
+  double vera_lr = 1e-2;
+  double head_lr = 5e-3;
+  bool quick = false;
+};
+
+void usage(const char* program) {
+  std::printf(
+      "usage: %s [--model DIR] [--fortunes DIR] [--out DIR] [--seed N] [--quick]\n"
+      "  --model DIR     all-MiniLM-L6-v2 from scripts/fetch-minilm.sh (default data/minilm)\n"
+      "  --fortunes DIR  Debian's fortunes files (default /usr/share/games/fortunes)\n"
+      "  --out DIR       where the PEFT adapter and check logits go (default minilm_results)\n"
+      "  --seed N        head initialisation and batch order (default 0)\n"
+      "  --quick         16 training fortunes per topic, one epoch: a smoke run\n",
+      program);
+}
+
+settings parse(int argc, char** argv) {
+  settings s;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", arg.c_str());
+        std::exit(exit_usage);
+      }
+      return argv[++i];
+    };
+    if (arg == "--model") {
+      s.model = value();
+    } else if (arg == "--fortunes") {
+      s.fortunes = value();
+    } else if (arg == "--out") {
+      s.out = value();
+    } else if (arg == "--seed") {
+      s.seed = std::stoull(value());
+    } else if (arg == "--quick") {
+      s.quick = true;
+    } else if (arg == "--help" || arg == "-h") {
+      usage(argv[0]);
+      std::exit(0);
+    } else {
+      usage(argv[0]);
+      std::exit(exit_usage);
+    }
+  }
+  if (s.quick) {
+    s.train_per_topic = 16;
+    s.test_per_topic = 8;
+    s.vera_epochs = 1;
+    s.head_epochs = 3;
+  }
+  return s;
+}
+
+/// \brief The texts and labels of `examples[rows]`.
+struct batch_view {
+  std::vector<std::string> texts;
+  std::vector<int> labels;
+};
+
+batch_view gather(const std::vector<minilm::labelled_text>& examples, const std::vector<std::size_t>& rows) {
+  batch_view b;
+  for (const std::size_t i : rows) {
+    b.texts.push_back(examples[i].text);
+    b.labels.push_back(examples[i].label);
+  }
+  return b;
+}
+
+/// \brief One epoch's batches: a shuffle, then texts of similar length grouped within windows of
+///        eight batches (a batch is padded to its longest text, and fortunes range from a few
+///        tokens to far past 128), then the batches shuffled again.
+std::vector<std::vector<std::size_t>> epoch_batches(const std::vector<minilm::labelled_text>& examples,
+                                                    std::size_t batch, std::mt19937& engine) {
+  std::vector<std::size_t> order(examples.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::shuffle(order.begin(), order.end(), engine);
+  const std::size_t window = 8 * batch;
+  for (std::size_t first = 0; first < order.size(); first += window) {
+    const auto begin = order.begin() + static_cast<std::ptrdiff_t>(first);
+    const auto end = order.begin() + static_cast<std::ptrdiff_t>(std::min(first + window, order.size()));
+    std::stable_sort(begin, end, [&](std::size_t a, std::size_t b) {
+      return examples[a].text.size() < examples[b].text.size();
+    });
+  }
+  std::vector<std::vector<std::size_t>> batches;
+  for (std::size_t first = 0; first < order.size(); first += batch)
+    batches.emplace_back(order.begin() + static_cast<std::ptrdiff_t>(first),
+                         order.begin() + static_cast<std::ptrdiff_t>(std::min(first + batch, order.size())));
+  std::shuffle(batches.begin(), batches.end(), engine);
+  return batches;
+}
+
+std::vector<std::string> texts_of(const std::vector<minilm::labelled_text>& examples) {
+  std::vector<std::string> out;
+  for (const auto& e : examples) out.push_back(e.text);
+  return out;
+}
+
+/// \brief Indices of `texts` from shortest to longest, so that inference batches pad little.
+std::vector<std::size_t> by_length(const std::vector<std::string>& texts) {
+  std::vector<std::size_t> order(texts.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return texts[a].size() < texts[b].size(); });
+  return order;
+}
+
+/// \brief transformers' initialisation of a new classifier: weight ~ N(0, 0.02), bias 0.
+minilm::linear_weights fresh_head(index labels, index hidden, std::uint64_t seed) {
+  std::mt19937 engine(static_cast<std::uint32_t>(seed));
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  minilm::linear_weights head{matrix(labels, hidden), vec::Zero(labels)};
+  for (index i = 0; i < head.weight.size(); ++i) head.weight.data()[i] = normal(engine);
+  return head;
+}
+
+/// \brief Linear decay from the base rate to zero over `total` steps.
+double decayed(double lr, long step, long total) {
+  return lr * (1.0 - static_cast<double>(step) / static_cast<double>(total));
+}
+
+/// \brief Registers the head's weight (with decay) and bias (without) with `optimizer`.
+void add_head(vera::optim::adamw<float>& optimizer, minilm::linear_weights& head,
+              minilm::classifier_gradients<float>& grads) {
+  grads.head_weight = matrix::Zero(head.weight.rows(), head.weight.cols());
+  grads.head_bias = vec::Zero(head.bias.size());
+  optimizer.add("classifier.weight", head.weight, grads.head_weight);
+  optimizer.add("classifier.bias", head.bias, grads.head_bias, /*decay=*/false);
+}
+
+std::vector<std::size_t> shuffled(std::size_t n, std::mt19937& engine) {
+  std::vector<std::size_t> order(n);
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::shuffle(order.begin(), order.end(), engine);
+  return order;
+}
+
+/// \brief Logits of `texts` (rows in order), in batches, with the given adapters (none: empty).
+matrix predict(const minilm::bert_classifier& model, const minilm::wordpiece_tokenizer& tokenizer,
+               const std::vector<minilm::attention_adapters<float>>& adapters,
+               const std::vector<std::string>& texts, const settings& s) {
+  matrix logits(static_cast<index>(texts.size()), model.classifier().weight.rows());
+  minilm::bert_workspace ws;
+  const auto order = by_length(texts);
+  for (std::size_t first = 0; first < texts.size(); first += s.batch) {
+    const std::size_t last = std::min(first + s.batch, texts.size());
+    std::vector<std::string> part;
+    for (std::size_t i = first; i < last; ++i) part.push_back(texts[order[i]]);
+    const matrix& out = model.forward(tokenizer.encode_batch(part, s.max_length), ws, adapters, minilm::pass::evaluate);
+    for (std::size_t i = first; i < last; ++i) logits.row(static_cast<index>(order[i])) = out.row(static_cast<index>(i - first));
+  }
+  return logits;
+}
+
+double accuracy(const matrix& logits, const std::vector<minilm::labelled_text>& examples) {
+  std::size_t right = 0;
+  for (index r = 0; r < logits.rows(); ++r) {
+    index best = 0;
+    logits.row(r).maxCoeff(&best);
+    right += best == examples[static_cast<std::size_t>(r)].label ? 1 : 0;
+  }
+  return static_cast<double>(right) / static_cast<double>(logits.rows());
+}
+
+/// \brief Head only: the encoder is frozen, so the pooled features are computed once and the
+///        head is trained on them for many epochs. Returns test accuracy.
+double train_head_only(const minilm::bert_encoder& encoder, const minilm::wordpiece_tokenizer& tokenizer,
+                       const minilm::topic_split& data, const settings& s) {
+  const index labels = static_cast<index>(data.topics.size()), hidden = encoder.config().hidden_size;
+  minilm::bert_classifier model(encoder, fresh_head(labels, hidden, s.seed));
+  const auto features = [&](const std::vector<minilm::labelled_text>& examples, const char* label) {
+    fashion::progress bar(label, static_cast<long>(examples.size()));
+    matrix pooled(static_cast<index>(examples.size()), hidden);
+    minilm::bert_workspace ws;
+    const auto order = by_length(texts_of(examples));
+    for (std::size_t first = 0; first < examples.size(); first += s.batch) {
+      const std::size_t last = std::min(first + s.batch, examples.size());
+      std::vector<std::string> part;
+      for (std::size_t i = first; i < last; ++i) part.push_back(examples[order[i]].text);
+      model.encoder().forward(tokenizer.encode_batch(part, s.max_length), ws);
+      for (std::size_t i = first; i < last; ++i)
+        pooled.row(static_cast<index>(order[i])) = ws.pooled.row(static_cast<index>(i - first));
+      bar.update(static_cast<long>(last), "");
+    }
+    bar.finish(std::to_string(examples.size()) + " texts");
+    return pooled;
+  };
+  const matrix train_pooled = features(data.train, "head only: features");
+  const matrix test_pooled = features(data.test, "head only: test features");
+
+  minilm::classifier_gradients<float> grads;
+  vera::optim::adamw<float> optimizer({s.head_lr, 0.9, 0.999, 1e-8, 0.01});
+  add_head(optimizer, model.classifier(), grads);
+  std::mt19937 engine(static_cast<std::uint32_t>(s.seed));
+  const long steps_per_epoch = static_cast<long>((data.train.size() + s.batch - 1) / s.batch);
+  const long total = steps_per_epoch * s.head_epochs;
+  long step = 0;
+  fashion::progress bar("head only: train", total);
+  matrix pooled, logits, d_logits;
+  float loss = 0;
+  for (int epoch = 0; epoch < s.head_epochs; ++epoch) {
+    const auto order = shuffled(data.train.size(), engine);
+    for (std::size_t first = 0; first < order.size(); first += s.batch, ++step) {
+      const std::size_t last = std::min(first + s.batch, order.size());
+      pooled.resize(static_cast<index>(last - first), hidden);
+      std::vector<int> batch_labels;
+      for (std::size_t i = first; i < last; ++i) {
+        pooled.row(static_cast<index>(i - first)) = train_pooled.row(static_cast<index>(order[i]));
+        batch_labels.push_back(data.train[order[i]].label);
+      }
+      model.classifier().forward(pooled, logits);
+      loss = minilm::cross_entropy(logits, batch_labels, d_logits);
+      grads.head_weight.noalias() = d_logits.transpose() * pooled;
+      grads.head_bias = d_logits.colwise().sum().transpose();
+      optimizer.set_lr(decayed(s.head_lr, step, total));
+      optimizer.step();
+      bar.update(step + 1, "loss " + std::to_string(loss));
+    }
+  }
+  bar.finish("loss " + std::to_string(loss));
+  model.classifier().forward(test_pooled, logits);
+  return accuracy(logits, data.test);
+}
+
+/// \brief The head's weight or bias as a modules_to_save tensor of a PEFT adapter.
+vera::io::trained_tensor head_tensor(const std::string& name, const float* row_major, std::vector<std::uint64_t> shape) {
+  vera::io::trained_tensor t;
+  t.key = t.target = name;
+  t.kind = vera::io::trained_kind::module_to_save;
+  t.type = vera::io::dtype::f32;
+  t.shape = std::move(shape);
+  t.bytes.resize(t.expected_bytes());
+  std::memcpy(t.bytes.data(), row_major, t.bytes.size());  // little-endian hosts, as the writer assumes
+  return t;
+}
+
+/// \brief The adapter in PEFT's format (with A and B, as PEFT saves by default, so that loading
+///        does not depend on how the CPU rounds the regenerated projection; SEQ_CLS; the
+///        classifier under modules_to_save),
+///        and the logits of 64 test texts for tools/check_minilm_peft.py.
+void save_for_peft(const vera::io::model_adapter<float>& adapters, const minilm::bert_classifier& model,
+                   const minilm::wordpiece_tokenizer& tokenizer, const minilm::topic_split& data,
+                   const settings& s) {
+  vera::io::vera_config config;
+  config.task_type = "SEQ_CLS";
+  config.target_modules.names = {"query", "value"};
+  config.modules_to_save = std::vector<std::string>{"classifier"};
+  config.base_model_name_or_path = "sentence-transformers/all-MiniLM-L6-v2";
+  const vera::row_matrix<float> weight = model.classifier().weight;
+  const auto labels = static_cast<std::uint64_t>(weight.rows()), hidden = static_cast<std::uint64_t>(weight.cols());
+  const std::vector<vera::io::trained_tensor> head = {
+      head_tensor("classifier.bias", model.classifier().bias.data(), {labels}),
+      head_tensor("classifier.weight", weight.data(), {labels, hidden})};
+  const fs::path adapter_dir = s.out / "vera_adapter";
+  vera::io::save_options options;
+  options.save_projection = true;
+  vera::io::save_peft_adapter(adapters, adapter_dir, options, config, head);
+
+  // 64 test texts spread over every topic.
+  std::vector<std::string> texts;
+  const std::size_t count = std::min<std::size_t>(64, data.test.size());
+  for (std::size_t i = 0; i < count; ++i) texts.push_back(data.test[i * data.test.size() / count].text);
+  const matrix logits = predict(model, tokenizer, minilm::attention_adapters_of(adapters, model.encoder().config().layers),
+                                texts, s);
+  nlohmann::json check;
+  check["topics"] = data.topics;
+  check["max_length"] = s.max_length;
+  check["texts"] = texts;
+  for (index r = 0; r < logits.rows(); ++r) {
+    std::vector<float> row;
+    for (index c = 0; c < logits.cols(); ++c) row.push_back(logits(r, c));
+    check["logits"].push_back(row);
+  }
+  std::ofstream(s.out / "check_logits.json") << check.dump(1, ' ', false, nlohmann::json::error_handler_t::replace);
+  std::printf("PEFT adapter: %s; logits of %zu test texts: %s\n", adapter_dir.string().c_str(), texts.size(),
+              (s.out / "check_logits.json").string().c_str());
+}
+
+/// \brief VeRA (rank s.rank, PEFT's projection from key 0) on every query and value, trained
+///        with the head. Returns test accuracy; saves the adapter for PEFT.
+double train_vera(const minilm::bert_encoder& encoder, const minilm::wordpiece_tokenizer& tokenizer,
+                  const minilm::topic_split& data, const settings& s) {
+  const auto& config = encoder.config();
+  minilm::bert_classifier model(encoder, fresh_head(static_cast<index>(data.topics.size()), config.hidden_size, s.seed));
+  auto adapters = minilm::query_value_adapters<float>(config, s.rank, /*projection_prng_key=*/0);
+  const auto per_layer = minilm::attention_adapters_of(adapters, config.layers);
+
+  minilm::classifier_gradients<float> grads;
+  grads.layers.resize(static_cast<std::size_t>(config.layers));
+  vera::optim::adamw<float> body({s.vera_lr, 0.9, 0.999, 1e-8, 0.0});
+  for (index i = 0; i < config.layers; ++i) {
+    auto& g = grads.layers[static_cast<std::size_t>(i)];
+    auto& query = adapters.at(minilm::attention_path(i, "query"));
+    auto& value = adapters.at(minilm::attention_path(i, "value"));
+    g.query = vera::gradients<float>(query);
+    g.value = vera::gradients<float>(value);
+    body.add(minilm::attention_path(i, "query"), query, g.query);
+    body.add(minilm::attention_path(i, "value"), value, g.value);
+  }
+  vera::optim::adamw<float> head({s.head_lr, 0.9, 0.999, 1e-8, 0.01});
+  add_head(head, model.classifier(), grads);
+
+  std::mt19937 engine(static_cast<std::uint32_t>(s.seed));
+  const long steps_per_epoch = static_cast<long>((data.train.size() + s.batch - 1) / s.batch);
+  const long total = steps_per_epoch * s.vera_epochs;
+  long step = 0;
+  fashion::progress bar("VeRA(q,v) + head: train", total);
+  minilm::bert_workspace ws;
+  minilm::backward_workspace<float> bws;
+  matrix d_logits;
+  float loss = 0, smoothed = 0;
+  for (int epoch = 0; epoch < s.vera_epochs; ++epoch) {
+    for (const auto& rows : epoch_batches(data.train, s.batch, engine)) {
+      const batch_view b = gather(data.train, rows);
+      const matrix& logits = model.forward(tokenizer.encode_batch(b.texts, s.max_length), ws, per_layer,
+                                           minilm::pass::train);
+      loss = minilm::cross_entropy(logits, b.labels, d_logits);
+      smoothed = step == 0 ? loss : 0.9f * smoothed + 0.1f * loss;
+      minilm::backward(model, per_layer, ws, d_logits, grads, bws);
+      body.set_lr(decayed(s.vera_lr, step, total));
+      head.set_lr(decayed(s.head_lr, step, total));
+      body.step();
+      head.step();
+      bar.update(++step, "loss " + std::to_string(smoothed));
+    }
+  }
+  bar.finish("loss " + std::to_string(smoothed));
+  const double result = accuracy(predict(model, tokenizer, per_layer, texts_of(data.test), s), data.test);
+  save_for_peft(adapters, model, tokenizer, data, s);
+  return result;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const settings s = parse(argc, argv);
+  try {
+    if (!fs::exists(s.model / "model.safetensors") || !fs::exists(s.fortunes / topics.front())) {
+      std::fprintf(stderr,
+                   "minilm: needs all-MiniLM-L6-v2 in %s (scripts/fetch-minilm.sh) and Debian's fortunes in %s "
+                   "(bash scripts/install-deps.sh fortunes)\n",
+                   s.model.string().c_str(), s.fortunes.string().c_str());
+      return exit_no_data;
+    }
+    const auto data = minilm::load_topic_split(s.fortunes, topics, s.train_per_topic, s.test_per_topic);
+    const auto tokenizer = minilm::wordpiece_tokenizer::from_file(s.model / "tokenizer.json");
+    const auto encoder = minilm::bert_classifier::load_encoder(s.model);
+    std::printf("topics:");
+    for (const auto& t : topics) std::printf(" %s", t.c_str());
+    std::printf("; %zu training and %zu test fortunes; seed %llu\n", data.train.size(), data.test.size(),
+                static_cast<unsigned long long>(s.seed));
+    std::fflush(stdout);  // progress bars go to stderr
+
+    const auto seconds_since = [](fashion::progress::clock::time_point start) {
+      return std::chrono::duration<double>(fashion::progress::clock::now() - start).count();
+    };
+    auto start = fashion::progress::clock::now();
+    const double head_only = train_head_only(encoder, tokenizer, data, s);
+    const double head_seconds = seconds_since(start);
+    start = fashion::progress::clock::now();
+    const double vera = train_vera(encoder, tokenizer, data, s);
+    const double vera_seconds = seconds_since(start);
+    const minilm::index adapter_params = 2 * encoder.config().layers * (encoder.config().hidden_size + s.rank);
+    const minilm::index head_params = static_cast<minilm::index>(topics.size()) * (encoder.config().hidden_size + 1);
+    std::printf("| method | trained parameters | test accuracy | seconds |\n|---|---|---|---|\n");
+    std::printf("| head only | %ld | %.4f | %.0f |\n", static_cast<long>(head_params), head_only, head_seconds);
+    std::printf("| VeRA(q,v) r=%ld + head | %ld | %.4f | %.0f |\n", static_cast<long>(s.rank),
+                static_cast<long>(adapter_params + head_params), vera, vera_seconds);
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "minilm: %s\n", e.what());
+    return 1;
+  }
+}
