@@ -276,7 +276,9 @@ class basic_bert_encoder {
   ///        ws.last_hidden_state() and ws.pooled (batch x hidden).
   /// \throws vera::value_error (before computing anything) for a token id, token type or length
   ///         the model has no embedding for, or arrays whose size is not batch x length.
-  void forward(const token_batch& tokens, basic_bert_workspace<T>& ws) const { forward(tokens, ws, {}, pass::evaluate); }
+  void forward(const token_batch& tokens, basic_bert_workspace<T>& ws) const {
+    forward(tokens, ws, {}, pass::evaluate);
+  }
 
   /// \brief As above with VeRA adapters on query and value: `adapters` is empty (none) or holds
   ///        one entry per layer. pass::train keeps each adapted layer's context in `ws` for the
@@ -333,12 +335,13 @@ class basic_bert_encoder {
     return vera::io::read_vector<T>(file, info);
   }
 
-  static basic_linear_weights<T> read_linear(const vera::io::safetensors_view& file, const std::string& prefix, index in,
-                                    index out) {
+  static basic_linear_weights<T> read_linear(const vera::io::safetensors_view& file, const std::string& prefix,
+                                             index in, index out) {
     return {read_row_major(file, prefix + "weight", out, in), read_vec(file, prefix + "bias", out)};
   }
 
-  static basic_norm_weights<T> read_norm(const vera::io::safetensors_view& file, const std::string& prefix, index size) {
+  static basic_norm_weights<T> read_norm(const vera::io::safetensors_view& file, const std::string& prefix,
+                                         index size) {
     return {read_vec(file, prefix + "weight", size), read_vec(file, prefix + "bias", size)};
   }
 

@@ -205,7 +205,8 @@ matrix predict(const minilm::bert_classifier& model, const minilm::wordpiece_tok
     std::vector<std::string> part;
     for (std::size_t i = first; i < last; ++i) part.push_back(texts[order[i]]);
     const matrix& out = model.forward(tokenizer.encode_batch(part, s.max_length), ws, adapters, minilm::pass::evaluate);
-    for (std::size_t i = first; i < last; ++i) logits.row(static_cast<index>(order[i])) = out.row(static_cast<index>(i - first));
+    for (std::size_t i = first; i < last; ++i)
+      logits.row(static_cast<index>(order[i])) = out.row(static_cast<index>(i - first));
   }
   return logits;
 }
@@ -281,7 +282,8 @@ double train_head_only(const minilm::bert_encoder& encoder, const minilm::wordpi
 }
 
 /// \brief The head's weight or bias as a modules_to_save tensor of a PEFT adapter.
-vera::io::trained_tensor head_tensor(const std::string& name, const float* row_major, std::vector<std::uint64_t> shape) {
+vera::io::trained_tensor head_tensor(const std::string& name, const float* row_major,
+                                     std::vector<std::uint64_t> shape) {
   vera::io::trained_tensor t;
   t.key = t.target = name;
   t.kind = vera::io::trained_kind::module_to_save;
@@ -318,8 +320,8 @@ void save_for_peft(const vera::io::model_adapter<float>& adapters, const minilm:
   std::vector<std::string> texts;
   const std::size_t count = std::min<std::size_t>(64, data.test.size());
   for (std::size_t i = 0; i < count; ++i) texts.push_back(data.test[i * data.test.size() / count].text);
-  const matrix logits = predict(model, tokenizer, minilm::attention_adapters_of(adapters, model.encoder().config().layers),
-                                texts, s);
+  const matrix logits =
+      predict(model, tokenizer, minilm::attention_adapters_of(adapters, model.encoder().config().layers), texts, s);
   nlohmann::json check;
   check["topics"] = data.topics;
   check["max_length"] = s.max_length;
@@ -339,7 +341,8 @@ void save_for_peft(const vera::io::model_adapter<float>& adapters, const minilm:
 double train_vera(const minilm::bert_encoder& encoder, const minilm::wordpiece_tokenizer& tokenizer,
                   const minilm::topic_split& data, const settings& s) {
   const auto& config = encoder.config();
-  minilm::bert_classifier model(encoder, fresh_head(static_cast<index>(data.topics.size()), config.hidden_size, s.seed));
+  const auto labels = static_cast<index>(data.topics.size());
+  minilm::bert_classifier model(encoder, fresh_head(labels, config.hidden_size, s.seed));
   auto adapters = minilm::query_value_adapters<float>(config, s.rank, /*projection_prng_key=*/0);
   const auto per_layer = minilm::attention_adapters_of(adapters, config.layers);
 
