@@ -109,8 +109,17 @@ file(WRITE "${WORK}/no_bias/adapter_config.json" "${seq_cls_config}")
 expect(1 "no_bias/adapter_model.safetensors': tensor 'base_model.model.bert.encoder.layer.0.attention.self.query.base_layer.bias' is not part of a VeRA adapter (and 1 more)" merge --base "${seq_cls}/base.safetensors" --adapter "${WORK}/no_bias" -o "${WORK}/bad_bias.safetensors")
 expect(1 "its bias = \"none\" trains no bias" export-lora "${WORK}/no_bias" -o "${WORK}/lora_bad_bias" --base "${seq_cls}/base.safetensors")
 
+# A model mixing Conv1D and nn.Linear: a square layer's layout must be given.
+set(mixed "${FIXTURES}/mixed")
+expect(1 "layer 'mlp.square' (adapted in '${mixed}/adapter/adapter_model.safetensors') has a square weight" merge --base "${mixed}/base.safetensors" --adapter "${mixed}/adapter" -o "${WORK}/bad_mixed.safetensors")
+expect(1 "--conv1d mlp.square or --linear mlp.square" export-lora "${mixed}/adapter" -o "${WORK}/lora_bad_mixed" --base "${mixed}/base.safetensors")
+expect(1 "layer 'attn.c_attn' is given the layout out x in (nn.Linear)" merge --base "${mixed}/base.safetensors" --adapter "${mixed}/adapter" -o "${WORK}/bad_mixed.safetensors" --linear mlp.square --linear attn.c_attn)
+expect(2 "layer 'mlp.square' given to both --conv1d and --linear" merge --base "${mixed}/base.safetensors" --adapter "${mixed}/adapter" -o "${WORK}/bad_mixed.safetensors" --linear mlp.square --conv1d mlp.square)
+expect(0 "merged 3 layers" merge --base "${mixed}/base_bf16.safetensors" --adapter "${mixed}/adapter" -o "${WORK}/mixed_bf16.safetensors" --linear mlp.square)
+expect(0 "attn.c_attn  in 12  out 20  Conv1D" inspect "${mixed}/adapter" --base "${mixed}/base.safetensors" --linear mlp.square)
+
 file(GLOB leftovers "${WORK}/*.tmp.*" "${WORK}/bad.safetensors" "${WORK}/lora_bad" "${WORK}/bad_seq_cls.safetensors"
-  "${WORK}/bad_bias.safetensors" "${WORK}/lora_bad_bias")
+  "${WORK}/bad_bias.safetensors" "${WORK}/lora_bad_bias" "${WORK}/bad_mixed.safetensors" "${WORK}/lora_bad_mixed")
 if(leftovers)
   message(SEND_ERROR "failed commands left files behind: ${leftovers}")
 endif()

@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <vera/io.hpp>
@@ -46,13 +47,17 @@ Run 'vera <command> --help' for a command's options. 'vera --version' prints the
 Exit status: 0 success, 1 failure (bad file, I/O error), 2 usage error.
 )";
 
-const char* const inspect_help = R"(usage: vera inspect PATH [--base MODEL.safetensors]
+const char* const inspect_help = R"(usage: vera inspect PATH [--base MODEL.safetensors] [--conv1d NAME ...] [--linear NAME ...]
 
 PATH is a PEFT adapter directory or a .safetensors file.
 For a directory: the config, the layers, the tensors kept whole (modules_to_save copies, trained
 biases) and the model tensors they replace, and whether the saved projection (if any) equals the
 one regenerated from projection_prng_key. With --base, the base model's weights give every
 layer's in/out features and the adapter is fully loaded and checked.
+Each layer's weight layout (out x in for nn.Linear, in x out for transformers' Conv1D) is read
+from the base weight's shape, whatever the config's fan_in_fan_out says (PEFT decides it per
+module). A square weight in a model that mixes both kinds is refused unless named with
+--conv1d NAME or --linear NAME (module paths; each may be given more than once).
 For a file: every tensor (dtype, shape, bytes) and the metadata.
 )";
 
@@ -68,6 +73,7 @@ vera's counter-based generator (philox). The file's metadata records the paramet
 const char* const merge_help =
     R"(usage: vera merge --base MODEL.safetensors --adapter DIR [--adapter DIR2 ...] -o OUT.safetensors
                   [--rounding fused|separate] [--adapter-precision peft|full]
+                  [--conv1d NAME ...] [--linear NAME ...]
        vera merge --base MODEL.safetensors.index.json --adapter DIR -o OUTDIR
 
 Writes a copy of MODEL in which every adapted layer's '<path>.weight' is W0 + Λb B Λd A, computed
@@ -89,17 +95,25 @@ fit the projection).
 A sharded model is named by its index (*.index.json): every shard is merged into OUTDIR under its
 own name, with a copy of the index. OUTDIR must not exist or be empty; it appears only once every
 shard is complete.
+Each layer's weight layout (out x in for nn.Linear, in x out for transformers' Conv1D) is read
+from the base weight's shape, whatever the config's fan_in_fan_out says (PEFT decides it per
+module). A square weight in a model that mixes both kinds is refused unless named with
+--conv1d NAME or --linear NAME (module paths; each may be given more than once).
 )";
 
 const char* const export_help =
     R"(usage: vera export-lora DIR -o OUTDIR (--base MODEL.safetensors | --shapes SHAPES.json)
-                        [--dtype F32|F64|BF16|F16]
+                        [--dtype F32|F64|BF16|F16] [--conv1d NAME ...] [--linear NAME ...]
 
 Writes a PEFT LoRA adapter with lora_A = A[:r, :in], lora_B = Λb B Λd and lora_alpha = r, so
 that any LoRA runtime computes exactly the VeRA update. Each layer's in_features come from the
 base model's '<path>.weight' (--base) or from a JSON object {"<path>": [in, out], ...} (--shapes).
 modules_to_save copies and trained biases are copied unchanged, with the config's modules_to_save
 and bias ("vera_only" becomes LoRA's "lora_only").
+Each layer's weight layout (out x in for nn.Linear, in x out for transformers' Conv1D) is read
+from the base weight's shape, whatever the config's fan_in_fan_out says (PEFT decides it per
+module). A square weight in a model that mixes both kinds is refused unless named with
+--conv1d NAME or --linear NAME (module paths; each may be given more than once).
 )";
 
 // Parsed command line of one command: positional arguments and --name value options.
@@ -179,6 +193,22 @@ vera::index parse_extent(const std::string& name, const std::string& text) {
     throw usage_error("--" + name + " expects a positive integer, got '" + text + "'");
   }
   return static_cast<vera::index>(value);
+}
+
+// Layouts named with --conv1d NAME / --linear NAME, each repeatable.
+vera::io::layer_layouts parse_layouts(const arguments& args) {
+  vera::io::layer_layouts layouts;
+  for (const auto& [option, conv1d] : {std::pair<const char*, bool>{"conv1d", true}, {"linear", false}}) {
+    for (const auto& name : args.all(option)) {
+      const auto [it, fresh] = layouts.emplace(name, conv1d);
+      if (!fresh) {
+        throw usage_error("layer '" + name + "' given " +
+                          (it->second == conv1d ? "twice to --" + std::string(option)
+                                                : std::string("to both --conv1d and --linear")));
+      }
+    }
+  }
+  return layouts;
 }
 
 vera::peft_rounding parse_rounding(const arguments& args) {
@@ -323,11 +353,10 @@ void inspect_adapter_alone(const fs::path& dir, const vera::io::vera_config& con
 }
 
 void inspect_adapter_with_base(const fs::path& dir, const vera::io::vera_config& config,
-                               const fs::path& base_path) {
+                               const fs::path& base_path, const arguments& args) {
   const vera::io::safetensors_file base(base_path);
   const vera::io::safetensors_file weights(dir / vera::io::adapter_weights_file);
-  const auto shapes = vera::io::layer_shapes_from_weights(base, vera::io::peft_layer_paths(weights),
-                                                          config.fan_in_fan_out);
+  const auto shapes = vera::io::adapted_layer_shapes(base, weights, config, parse_layouts(args));
   vera::io::load_options options;
   options.allow_extra_tensors = true;
   const auto loaded = vera::io::load_peft_adapter<double>(config, weights, shapes, options);
@@ -337,7 +366,8 @@ void inspect_adapter_with_base(const fs::path& dir, const vera::io::vera_config&
             << shared.max_in() << " / " << shared.max_out() << " x " << shared.rank() << "\n";
   for (const auto& [path, layer] : loaded.model) {
     std::cout << "    " << path << "  in " << layer.in_features() << "  out "
-              << layer.out_features() << "  max |b| " << layer.lambda_b().cwiseAbs().maxCoeff()
+              << layer.out_features() << (layer.options().fan_in_fan_out ? "  Conv1D" : "  Linear")
+              << "  max |b| " << layer.lambda_b().cwiseAbs().maxCoeff()
               << "  max |d| " << layer.lambda_d().cwiseAbs().maxCoeff() << "\n";
   }
   if (loaded.report.projection_in_file) {
@@ -364,7 +394,8 @@ int run_inspect(const arguments& args) {
   if (args.positional.size() != 1) throw usage_error("inspect takes one PATH");
   const fs::path path = args.positional[0];
   if (!fs::is_directory(path)) {
-    if (args.get("base")) throw usage_error("--base applies to adapter directories only");
+    if (args.get("base") || args.get("conv1d") || args.get("linear"))
+      throw usage_error("--base, --conv1d and --linear apply to adapter directories only");
     inspect_file(path);
     return exit_ok;
   }
@@ -372,8 +403,10 @@ int run_inspect(const arguments& args) {
   std::cout << path.string() << ": PEFT VeRA adapter\n";
   print_config(config);
   if (const auto base = args.get("base")) {
-    inspect_adapter_with_base(path, config, *base);
+    inspect_adapter_with_base(path, config, *base, args);
   } else {
+    if (args.get("conv1d") || args.get("linear"))
+      throw usage_error("--conv1d and --linear need --base (they name layouts of its weights)");
     inspect_adapter_alone(path, config);
   }
   return exit_ok;
@@ -536,7 +569,7 @@ int run_sharded_merge(const fs::path& index_path, const fs::path& adapter_dir,
   const auto config = vera::io::vera_config::read(adapter_dir);
   const vera::io::safetensors_file adapter_file(adapter_dir / vera::io::adapter_weights_file);
   const auto paths = vera::io::peft_layer_paths(adapter_file);
-  const auto shapes = vera::io::layer_shapes_from_shards(index, paths, config.fan_in_fan_out);
+  const auto shapes = vera::io::adapted_layer_shapes(index, adapter_file, config, parse_layouts(args));
   bool wide = false;
   for (const auto& path : paths) {
     const vera::io::safetensors_file shard(index.directory() / index.shard_of(path + ".weight"));
@@ -553,16 +586,28 @@ int run_sharded_merge(const fs::path& index_path, const fs::path& adapter_dir,
 int run_several_merge(const fs::path& base_path, const std::vector<fs::path>& dirs,
                       const fs::path& output, const arguments& args) {
   const vera::io::safetensors_file base(base_path);
-  const auto config = vera::io::vera_config::read(dirs.front());
-  std::set<std::string> all_paths;
+  // Each adapter's layers with their layouts; a layout given on the command line goes to every
+  // adapter that adapts the layer, and must name a layer of at least one.
+  const auto given = parse_layouts(args);
+  std::set<std::string> used;
+  vera::io::layer_shapes shapes;
   for (const auto& dir : dirs) {
+    const auto config = vera::io::vera_config::read(dir);
     const vera::io::safetensors_file adapter_file(dir / vera::io::adapter_weights_file);
-    for (const auto& path : vera::io::peft_layer_paths(adapter_file)) all_paths.insert(path);
+    vera::io::layer_layouts own;
+    for (const auto& path : vera::io::peft_layer_paths(adapter_file)) {
+      if (const auto it = given.find(path); it != given.end()) own.insert(*it);
+    }
+    for (const auto& [path, layout] : own) used.insert(path);
+    for (const auto& [path, shape] : vera::io::adapted_layer_shapes(base, adapter_file, config, own))
+      shapes.emplace(path, shape);
   }
-  const std::vector<std::string> paths(all_paths.begin(), all_paths.end());
-  const auto shapes = vera::io::layer_shapes_from_weights(base, paths, config.fan_in_fan_out);
+  for (const auto& [path, layout] : given) {
+    if (used.count(path) == 0)
+      throw vera::value_error("a layout is given for layer '" + path + "', which no --adapter adapts");
+  }
   bool wide = false;
-  for (const auto& path : paths) wide = wide || base.at(path + ".weight").type == dtype::f64;
+  for (const auto& [path, shape] : shapes) wide = wide || base.at(path + ".weight").type == dtype::f64;
   if (wide) {
     merge_several_as<double>(base, dirs, shapes, args, output);
   } else {
@@ -577,6 +622,7 @@ int run_merge(const arguments& args) {
   const fs::path adapter_dir = args.required("adapter");
   const fs::path output = args.required("output");
   parse_rounding(args);  // usage errors before any work
+  parse_layouts(args);
   const auto precision = args.get("adapter-precision").value_or("peft");
   if (precision != "peft" && precision != "full") {
     throw usage_error("--adapter-precision expects 'peft' or 'full', got '" + precision + "'");
@@ -597,7 +643,7 @@ int run_merge(const arguments& args) {
   const auto config = vera::io::vera_config::read(adapter_dir);
   const vera::io::safetensors_file adapter_file(adapter_dir / vera::io::adapter_weights_file);
   const auto paths = vera::io::peft_layer_paths(adapter_file);
-  const auto shapes = vera::io::layer_shapes_from_weights(base, paths, config.fan_in_fan_out);
+  const auto shapes = vera::io::adapted_layer_shapes(base, adapter_file, config, parse_layouts(args));
   bool wide = false;
   for (const auto& path : paths) wide = wide || base.at(path + ".weight").type == dtype::f64;
   if (wide) {
@@ -668,9 +714,10 @@ int run_export(const arguments& args) {
     const auto config = vera::io::vera_config::read(dir);
     const vera::io::safetensors_file model(*base);
     const vera::io::safetensors_file weights(dir / vera::io::adapter_weights_file);
-    shapes = vera::io::layer_shapes_from_weights(model, vera::io::peft_layer_paths(weights),
-                                                 config.fan_in_fan_out);
+    shapes = vera::io::adapted_layer_shapes(model, weights, config, parse_layouts(args));
   } else {
+    if (args.get("conv1d") || args.get("linear"))
+      throw usage_error("--conv1d and --linear need --base (a LoRA export does not depend on layouts)");
     shapes = read_shapes_json(*shapes_file);
   }
   if (stored == dtype::f64) {
@@ -693,17 +740,21 @@ struct command {
 
 const std::vector<command>& commands() {
   static const std::vector<command> all{
-      {"inspect", inspect_help, {"base"}, run_inspect},
+      {"inspect", inspect_help, {"base", "conv1d", "linear"}, run_inspect, {"conv1d", "linear"}},
       {"projection",
        projection_help,
        {"seed", "r", "max-in", "max-out", "generator", "rounding", "dtype", "output"},
        run_projection},
       {"merge",
        merge_help,
-       {"base", "adapter", "output", "rounding", "adapter-precision"},
+       {"base", "adapter", "output", "rounding", "adapter-precision", "conv1d", "linear"},
        run_merge,
-       {"adapter"}},
-      {"export-lora", export_help, {"base", "shapes", "output", "dtype"}, run_export},
+       {"adapter", "conv1d", "linear"}},
+      {"export-lora",
+       export_help,
+       {"base", "shapes", "output", "dtype", "conv1d", "linear"},
+       run_export,
+       {"conv1d", "linear"}},
   };
   return all;
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -17,13 +18,18 @@
 
 namespace vera::io {
 
-/// \brief Input and output features of one base layer (nn.Linear(in, out) or Conv1D(out, in)).
+/// \brief Input and output features of one base layer (nn.Linear(in, out) or Conv1D(out, in)),
+///        and how its weight is stored when that is the layer's own.
 struct layer_shape {
   index in = 0;  ///< input features
   index out = 0;  ///< output features
+  /// The weight's layout: true for in x out (transformers' Conv1D), false for out x in
+  /// (nn.Linear); empty: the model's adapter_options::fan_in_fan_out. A model mixing both kinds
+  /// needs it per layer (adapted_layer_shapes reads it from the weights).
+  std::optional<bool> fan_in_fan_out = std::nullopt;
 
   friend bool operator==(const layer_shape& a, const layer_shape& b) {
-    return a.in == b.in && a.out == b.out;
+    return a.in == b.in && a.out == b.out && a.fan_in_fan_out == b.fan_in_fan_out;
   }
   friend bool operator!=(const layer_shape& a, const layer_shape& b) { return !(a == b); }
 };
@@ -51,7 +57,8 @@ class model_adapter {
  public:
   using layer_map = std::map<std::string, adapter<T>>;  ///< Adapters by module path.
 
-  /// \brief Creates an adapter per layer on `shared`, initialised as `options` says.
+  /// \brief Creates an adapter per layer on `shared`, initialised as `options` says; a layer
+  ///        whose shape names its own layout (layer_shape::fan_in_fan_out) gets that layout.
   ///
   /// Throws value_error for an empty path, and what adapter<T> throws for a layer that does not
   /// fit the projection (shape_error, rank_error) or bad options (value_error), with the path
@@ -61,8 +68,10 @@ class model_adapter {
       : projection_(std::move(shared)), options_(options) {
     for (const auto& [path, shape] : layers) {
       if (path.empty()) throw value_error("model_adapter: a layer has an empty module path");
+      adapter_options own = options_;
+      own.fan_in_fan_out = shape.fan_in_fan_out.value_or(options_.fan_in_fan_out);
       try {
-        layers_.try_emplace(path, projection_, shape.in, shape.out, options_);
+        layers_.try_emplace(path, projection_, shape.in, shape.out, own);
       } catch (const rank_error& e) {
         throw rank_error("layer '" + path + "': " + e.what());
       } catch (const shape_error& e) {
@@ -89,7 +98,8 @@ class model_adapter {
 
   /// \brief The projection every layer's adapter slices.
   const projection<T>& shared_projection() const noexcept { return projection_; }
-  /// \brief The options every layer's adapter was created with.
+  /// \brief The options every layer's adapter was created with (a layer's own layout aside:
+  ///        `at(path).options().fan_in_fan_out` is the layer's).
   const adapter_options& options() const noexcept { return options_; }
   /// \brief Number of adapted layers.
   std::size_t size() const noexcept { return layers_.size(); }
@@ -116,11 +126,17 @@ class model_adapter {
   /// \brief End of the read-only iteration.
   typename layer_map::const_iterator end() const noexcept { return layers_.end(); }
 
-  /// \brief The (in, out) of every layer.
+  /// \brief The (in, out) of every layer, and its layout where it differs from options()'s, so
+  ///        that model_adapter(projection, shapes(), options()) lays the layers out as this one.
   layer_shapes shapes() const {
     layer_shapes out;
-    for (const auto& [path, layer] : layers_)
-      out[path] = {layer.in_features(), layer.out_features()};
+    for (const auto& [path, layer] : layers_) {
+      layer_shape& shape = out[path];
+      shape.in = layer.in_features();
+      shape.out = layer.out_features();
+      if (layer.options().fan_in_fan_out != options_.fan_in_fan_out)
+        shape.fan_in_fan_out = layer.options().fan_in_fan_out;
+    }
     return out;
   }
 

@@ -404,7 +404,9 @@ inline std::vector<std::string> peft_layer_paths(const safetensors_view& file) {
 
 /// \brief (in, out) of each layer in `paths` from a base model's `<path>.weight` tensors.
 ///
-/// The weight is out x in (nn.Linear) or in x out when `fan_in_fan_out` (GPT-2 Conv1D). Throws
+/// The weight is out x in (nn.Linear) or in x out when `fan_in_fan_out` (GPT-2 Conv1D), the same
+/// for every layer; adapted_layer_shapes reads each layer's layout for a model that mixes them.
+/// Throws
 /// format_error when a weight is missing (naming the first and how many more are missing), not
 /// 2-D or empty.
 inline layer_shapes layer_shapes_from_weights(const safetensors_view& base,
@@ -438,6 +440,136 @@ inline layer_shapes layer_shapes_from_weights(const safetensors_view& base,
     shapes[path] = fan_in_fan_out ? layer_shape{rows, cols} : layer_shape{cols, rows};
   }
   return shapes;
+}
+
+/// \brief Base weight layouts the caller gives by module path: true for in x out (transformers'
+///        Conv1D), false for out x in (nn.Linear). adapted_layer_shapes needs one for a square
+///        weight in a model that mixes both kinds; for any other it must agree with the weight.
+using layer_layouts = std::map<std::string, bool>;
+
+namespace detail {
+
+// A base weight's extents as stored and the file that holds it.
+struct stored_weight {
+  std::uint64_t rows = 0;
+  std::uint64_t cols = 0;
+  std::string source;
+};
+
+inline const char* layout_name(bool fan_in_fan_out) {
+  return fan_in_fan_out ? "in x out (Conv1D)" : "out x in (nn.Linear)";
+}
+
+// Each adapted layer's (in, out) and layout. A non-square weight shows its layout: its extent
+// equal to the adapter's out_features (the length of lambda_b) comes first for nn.Linear, second
+// for Conv1D. A square one follows the other layers and the config when they all agree; when
+// they do not, the model mixes both kinds and only `given` can say.
+inline layer_shapes resolve_layouts(const std::map<std::string, stored_weight>& weights,
+                                    const safetensors_view& adapter, const vera_config& config,
+                                    const layer_layouts& given) {
+  for (const auto& [path, layout] : given) {
+    if (weights.count(path) == 0) {
+      throw value_error("a layout is given for layer '" + path + "', which " + adapter.source() +
+                        " does not adapt");
+    }
+  }
+  const auto found = split_tensors(adapter);
+  std::string linear_example, conv1d_example;  // a non-square layer of each kind, if any
+  std::vector<std::string> square;
+  layer_shapes shapes;
+  for (const auto& [path, weight] : weights) {
+    const auto rows = static_cast<index>(weight.rows);
+    const auto cols = static_cast<index>(weight.cols);
+    const auto given_layout = given.find(path);
+    const auto tensors = found.layers.find(path);
+    const tensor_info* lambda_b = tensors == found.layers.end() ? nullptr : tensors->second.lambda_b;
+    if (lambda_b == nullptr || lambda_b->shape.size() != 1) {
+      // load_peft_adapter names what is wrong with the vectors.
+      const bool layout = given_layout != given.end() ? given_layout->second : config.fan_in_fan_out;
+      shapes[path] = {layout ? rows : cols, layout ? cols : rows, layout};
+      continue;
+    }
+    const auto out = static_cast<index>(lambda_b->shape[0]);
+    const std::string weight_text =
+        "'" + path + ".weight' [" + std::to_string(rows) + ", " + std::to_string(cols) + "] in " +
+        weight.source;
+    if (rows != out && cols != out) {
+      throw format_error(adapter.source() + ": tensor '" + lambda_b->name + "' has " +
+                         std::to_string(out) + " elements (out_features), but neither extent of " +
+                         "the base weight " + weight_text + " is " + std::to_string(out) +
+                         "; is this the adapter's base model?");
+    }
+    if (rows == cols) {
+      square.push_back(path);
+      continue;
+    }
+    const bool layout = cols == out;
+    if (given_layout != given.end() && given_layout->second != layout) {
+      throw value_error("layer '" + path + "' is given the layout " + layout_name(!layout) +
+                        ", but its weight " + weight_text + " with out_features " +
+                        std::to_string(out) + " is stored " + layout_name(layout));
+    }
+    (layout ? conv1d_example : linear_example) = path;
+    shapes[path] = {layout ? rows : cols, layout ? cols : rows, layout};
+  }
+  for (const auto& path : square) {
+    const stored_weight& weight = weights.at(path);
+    const auto extent = static_cast<index>(weight.rows);
+    if (const auto given_layout = given.find(path); given_layout != given.end()) {
+      shapes[path] = {extent, extent, given_layout->second};
+      continue;
+    }
+    const bool mixed = !linear_example.empty() && !conv1d_example.empty();
+    const bool against_config = (!linear_example.empty() && config.fan_in_fan_out) ||
+                                (!conv1d_example.empty() && !config.fan_in_fan_out);
+    if (mixed || against_config) {
+      std::string why;
+      if (mixed) {
+        why = "'" + conv1d_example + "' is stored " + layout_name(true) + " and '" + linear_example +
+              "' " + layout_name(false);
+      } else {
+        const std::string& other = linear_example.empty() ? conv1d_example : linear_example;
+        why = "'" + other + "' is stored " + layout_name(linear_example.empty()) +
+              " but adapter_config.json's fan_in_fan_out is " +
+              (config.fan_in_fan_out ? "true" : "false") +
+              ", the value PEFT saves from the last module it adapted";
+      }
+      throw format_error(weight.source + ": layer '" + path + "' (adapted in " + adapter.source() +
+                         ") has a square weight '" + path + ".weight' [" + std::to_string(extent) +
+                         ", " + std::to_string(extent) +
+                         "], whose layout its shape does not tell, and the model mixes Conv1D and "
+                         "nn.Linear layers: " + why +
+                         "; give its layout (layer_layouts; vera: --conv1d " + path + " or --linear " +
+                         path + ")");
+    }
+    shapes[path] = {extent, extent, !conv1d_example.empty() || config.fan_in_fan_out};
+  }
+  return shapes;
+}
+
+}  // namespace detail
+
+/// \brief (in, out) and layout of each layer adapted in `adapter` (a PEFT adapter file) from the
+///        base model's `<path>.weight` tensors, for a model that may mix nn.Linear and Conv1D.
+///
+/// PEFT decides fan_in_fan_out per module from its type and saves the value it set last, so
+/// `config.fan_in_fan_out` can be wrong for some layers. A non-square weight shows its layout
+/// (out x in when its first extent is the adapter's out_features, the length of lambda_b; in x
+/// out otherwise); a square one takes the layout of the non-square ones and the config when they
+/// agree, else `given`'s (module path -> fan_in_fan_out). Throws format_error as
+/// layer_shapes_from_weights does, for a weight of which neither extent is out_features, and for
+/// a square weight whose layout nothing settles (naming the layer and both files); value_error
+/// when `given` names a layer the adapter does not adapt or contradicts a weight's shape.
+inline layer_shapes adapted_layer_shapes(const safetensors_view& base,
+                                         const safetensors_view& adapter,
+                                         const vera_config& config, const layer_layouts& given = {}) {
+  std::map<std::string, detail::stored_weight> weights;
+  // Checked and read as out x in: in = columns, out = rows.
+  for (const auto& [path, shape] : layer_shapes_from_weights(base, peft_layer_paths(adapter), false)) {
+    weights[path] = {static_cast<std::uint64_t>(shape.out), static_cast<std::uint64_t>(shape.in),
+                     base.source()};
+  }
+  return detail::resolve_layouts(weights, adapter, config, given);
 }
 
 namespace detail {
@@ -512,8 +644,9 @@ inline std::vector<trained_tensor> keep_trained(const safetensors_view& file,
 
 /// \brief Builds the adapter described by `config` and the tensors of `file`.
 ///
-/// `base` gives (in, out) of the base model's layers; it may list more layers than the adapter
-/// adapts. The projection is sized from the element-wise maximum over the adapted layers, as
+/// `base` gives (in, out) of the base model's layers, and a layer's own layout where it has one
+/// (adapted_layer_shapes sets it; otherwise `config.fan_in_fan_out` applies); it may list more
+/// layers than the adapter adapts. The projection is sized from the element-wise maximum over the adapted layers, as
 /// PEFT sizes it. A seed-only file regenerates A and B from projection_prng_key; a file with A
 /// and B is compared with the regenerated pair (see load_report) and, by default, its pair is
 /// used. Tensors of modules in `config.modules_to_save` and biases trained under `config.bias`
@@ -562,8 +695,13 @@ peft_adapter<T> load_peft_adapter(const vera_config& config, const safetensors_v
   }
   for (const auto& [path, tensors] : found.layers) {
     const layer_shape& shape = base.at(path);
-    detail::expect_shape(file, *tensors.lambda_b, {static_cast<std::uint64_t>(shape.out)},
-                         "out_features of layer '" + path + "'");
+    std::string why = "out_features of layer '" + path + "'";
+    if (shape.in != shape.out && tensors.lambda_b->shape.size() == 1 &&
+        tensors.lambda_b->shape[0] == static_cast<std::uint64_t>(shape.in)) {
+      why += "; its length is the layer's in_features, as when the base weight is stored the other "
+             "way (nn.Linear vs Conv1D): adapted_layer_shapes reads each layer's layout";
+    }
+    detail::expect_shape(file, *tensors.lambda_b, {static_cast<std::uint64_t>(shape.out)}, why);
     detail::expect_shape(file, *tensors.lambda_d, {rank}, detail::rank_origin(config));
     adapted[path] = shape;
   }

@@ -121,6 +121,27 @@ inline layer_shapes layer_shapes_from_shards(const shard_index& index,
   return shapes;
 }
 
+/// \brief adapted_layer_shapes for a sharded model: (in, out) and layout of each layer adapted in
+///        `adapter`, from `<path>.weight` in whichever shard holds it. Throws as
+///        layer_shapes_from_shards and adapted_layer_shapes do.
+inline layer_shapes adapted_layer_shapes(const shard_index& index, const safetensors_view& adapter,
+                                         const vera_config& config, const layer_layouts& given = {}) {
+  const auto paths = peft_layer_paths(adapter);
+  detail::expect_in_index(index, detail::weight_names(paths), "adapted layers' weights");
+  std::map<std::string, std::vector<std::string>> by_shard;
+  for (const auto& path : paths) by_shard[index.shard_of(path + ".weight")].push_back(path);
+  std::map<std::string, detail::stored_weight> weights;
+  for (const auto& [shard, members] : by_shard) {
+    const safetensors_file file(index.directory() / shard);
+    // Checked and read as out x in: in = columns, out = rows.
+    for (const auto& [path, shape] : layer_shapes_from_weights(file, members, false)) {
+      weights[path] = {static_cast<std::uint64_t>(shape.out), static_cast<std::uint64_t>(shape.in),
+                       file.source()};
+    }
+  }
+  return detail::resolve_layouts(weights, adapter, config, given);
+}
+
 /// \brief Writes a merged copy of the sharded model at `index` into the new directory `out`:
 ///        every shard with the adapted layers' weights replaced by W0 + ΔW (add_merged_model's
 ///        rules), plus a copy of the index. Shards without adapted layers are copied tensor by
@@ -151,9 +172,8 @@ void merge_sharded_model(const shard_index& index, const model_adapter<T>& model
   }
   detail::expect_in_index(index, targets, "targets of trained tensors");
   std::map<std::string, layer_shapes> layers_by_shard;
-  for (const auto& [path, layer] : model) {
-    layers_by_shard[index.shard_of(path + ".weight")][path] = {layer.in_features(),
-                                                                layer.out_features()};
+  for (const auto& [path, shape] : model.shapes()) {
+    layers_by_shard[index.shard_of(path + ".weight")][path] = shape;  // with the layer's layout
   }
   std::map<std::string, std::vector<trained_tensor>> trained_by_shard;
   for (const auto& t : trained) {
