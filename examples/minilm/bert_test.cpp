@@ -21,34 +21,6 @@ namespace {
 
 using minilm::matrix;
 
-/// \brief A rows x cols matrix from nested JSON arrays.
-matrix to_matrix(const nlohmann::json& rows) {
-  matrix m(static_cast<Eigen::Index>(rows.size()), static_cast<Eigen::Index>(rows.at(0).size()));
-  for (Eigen::Index i = 0; i < m.rows(); ++i)
-    for (Eigen::Index j = 0; j < m.cols(); ++j) m(i, j) = rows.at(i).at(j).get<float>();
-  return m;
-}
-
-/// \brief The batch of the fixture's nested id/type/mask arrays (type ids 0 when absent).
-minilm::token_batch to_batch(const nlohmann::json& reference) {
-  const auto ids = reference.at("ids").get<std::vector<std::vector<std::int32_t>>>();
-  const auto mask = reference.at("mask").get<std::vector<std::vector<std::int32_t>>>();
-  minilm::token_batch batch;
-  batch.batch = ids.size();
-  batch.length = ids.at(0).size();
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    batch.ids.insert(batch.ids.end(), ids[i].begin(), ids[i].end());
-    batch.mask.insert(batch.mask.end(), mask[i].begin(), mask[i].end());
-  }
-  if (reference.contains("type_ids")) {
-    for (const auto& row : reference.at("type_ids").get<std::vector<std::vector<std::int32_t>>>())
-      batch.type_ids.insert(batch.type_ids.end(), row.begin(), row.end());
-  } else {
-    batch.type_ids.assign(batch.ids.size(), 0);
-  }
-  return batch;
-}
-
 /// \brief max |got - want| / max |want|: the error relative to the reference's scale.
 double relative_error(const matrix& got, const matrix& want) {
   REQUIRE(got.rows() == want.rows());
@@ -90,23 +62,23 @@ TEST_CASE("a tiny BertForSequenceClassification gives transformers' pooler outpu
   CHECK(model.encoder().config().layers == 2);
   CHECK(model.classifier().weight.rows() == 3);
   minilm::bert_workspace ws;
-  const matrix logits = model.forward(to_batch(reference), ws);
-  const double pooled_error = relative_error(ws.pooled, to_matrix(reference.at("pooled")));
-  const double logits_error = relative_error(logits, to_matrix(reference.at("logits")));
+  const matrix logits = model.forward(minilm::test::to_batch(reference), ws);
+  const double pooled_error = relative_error(ws.pooled, minilm::test::to_matrix(reference.at("pooled")));
+  const double logits_error = relative_error(logits, minilm::test::to_matrix(reference.at("logits")));
   std::cout << "minilm: tiny model vs transformers: pooled " << pooled_error << ", logits " << logits_error
             << " (max abs error / max abs value)\n";
   CHECK(pooled_error < 1e-5);
   CHECK(logits_error < 1e-5);
 
   // The same workspace again: the same numbers, bit for bit.
-  const matrix again = model.forward(to_batch(reference), ws);
+  const matrix again = model.forward(minilm::test::to_batch(reference), ws);
   CHECK(again == logits);
 }
 
 TEST_CASE("padding does not change a sequence's logits", "[bert]") {
   const auto reference = minilm::test::read_json(minilm::test::fixture_dir() / "tiny_reference.json");
   const auto model = minilm::bert_classifier::load(tiny_dir());
-  const minilm::token_batch padded = to_batch(reference);
+  const minilm::token_batch padded = minilm::test::to_batch(reference);
   minilm::bert_workspace ws;
   const matrix batch_logits = model.forward(padded, ws);
   for (std::size_t row = 0; row < padded.batch; ++row) {
@@ -192,7 +164,7 @@ TEST_CASE("all-MiniLM-L6-v2 with a seeded classifier gives transformers' logits"
   // The C++ tokenizer first: its ids and mask must be the ones transformers ran.
   const auto tokenizer = minilm::wordpiece_tokenizer::from_file(minilm::test::data_dir() / "tokenizer.json");
   const minilm::token_batch all = tokenizer.encode_batch(texts, max_length);
-  const minilm::token_batch want = to_batch(reference);
+  const minilm::token_batch want = minilm::test::to_batch(reference);
   REQUIRE(all.length == want.length);
   CHECK(all.ids == want.ids);
   CHECK(all.mask == want.mask);
@@ -205,7 +177,7 @@ TEST_CASE("all-MiniLM-L6-v2 with a seeded classifier gives transformers' logits"
   CHECK(model.encoder().config().hidden_size == 384);
 
   // Sixteen texts at a time, each chunk padded only to its own longest text.
-  const matrix want_logits = to_matrix(reference.at("logits"));
+  const matrix want_logits = minilm::test::to_matrix(reference.at("logits"));
   matrix logits(want_logits.rows(), want_logits.cols());
   minilm::bert_workspace ws;
   constexpr std::size_t chunk = 16;

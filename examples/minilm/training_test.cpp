@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// The backward pass of the BERT classifier with VeRA on query and value against central finite
-// differences of the cross-entropy loss, in double, on the tiny random fixture model.
+// The BERT classifier with VeRA on query and value, on the tiny random fixture model: the
+// backward pass against central finite differences in double, and a PEFT adapter's logits.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -10,6 +10,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include <vera/io.hpp>
 
 #include "bert.hpp"
 #include "test_support.hpp"
@@ -149,4 +151,40 @@ TEST_CASE("cross-entropy refuses labels that do not fit the logits", "[training]
   CHECK(std::abs(minilm::cross_entropy(logits, {0, 2}, d) - std::log(3.0f)) < 1e-6f);
   CHECK_THROWS_AS(minilm::cross_entropy(logits, {0}, d), vera::value_error);
   CHECK_THROWS_AS(minilm::cross_entropy(logits, {0, 3}, d), vera::value_error);
+}
+
+TEST_CASE("an adapter saved by PEFT runs on the C++ model to PEFT's logits", "[training]") {
+  // tools/make_minilm_peft_fixture.py: VeRA r = 8 on query and value with PEFT's random init
+  // (b = 1, d ~ N(0, 1)), A and B saved, a random classifier under modules_to_save.
+  const auto dir = minilm::test::fixture_dir();
+  const auto reference = minilm::test::read_json(dir / "tiny_vera_reference.json");
+  const vera::io::safetensors_file base(dir / "tiny_model" / "model.safetensors");
+  const vera::io::safetensors_file weights(dir / "tiny_vera_adapter" / vera::io::adapter_weights_file);
+  const auto config = vera::io::vera_config::read(dir / "tiny_vera_adapter");
+  const auto shapes = vera::io::layer_shapes_from_weights(base, vera::io::peft_layer_paths(weights), false);
+  const auto loaded = vera::io::load_peft_adapter<float>(config, weights, shapes);
+  CHECK(loaded.model.size() == 4);
+  CHECK(loaded.report.projection_in_file);
+
+  // The head comes from the adapter (modules_to_save), not from the base model.
+  const auto* weight = loaded.find_trained("classifier.weight");
+  const auto* bias = loaded.find_trained("classifier.bias");
+  REQUIRE(weight != nullptr);
+  REQUIRE(bias != nullptr);
+  const std::vector<float> w = weight->values<float>(), b = bias->values<float>();
+  const auto labels = static_cast<minilm::index>(b.size());
+  minilm::linear_weights head{
+      Eigen::Map<const vera::row_matrix<float>>(w.data(), labels, static_cast<minilm::index>(w.size()) / labels),
+      Eigen::Map<const minilm::vec>(b.data(), labels)};
+  const minilm::bert_classifier model(minilm::bert_classifier::load_encoder(dir / "tiny_model"), std::move(head));
+  minilm::bert_workspace ws;
+  const minilm::matrix logits =
+      model.forward(minilm::test::to_batch(reference), ws,
+                    minilm::attention_adapters_of(loaded.model, model.encoder().config().layers),
+                    minilm::pass::evaluate);
+  const minilm::matrix want = minilm::test::to_matrix(reference.at("logits"));
+  const double error = (logits - want).cwiseAbs().maxCoeff() / want.cwiseAbs().maxCoeff();
+  std::cout << "minilm: tiny model with a PEFT VeRA adapter vs PEFT: logits " << error
+            << " (max abs error / max abs value)\n";
+  CHECK(error < 1e-5);
 }
