@@ -6,27 +6,28 @@
 
 #include "vera/backend/cpu/bfloat16.hpp"
 #include "vera/backend/cpu/common.hpp"
+#include "vera/backend/cpu/plan.hpp"
 #include "vera/expr/backward.hpp"
 
 namespace vera {
 
 namespace cpu {
 
-/// dX += G W0 and, in the merged order, G ΔW. In the low-rank order the adapter term is left in
+/// dX += G W0 and, in the merged order (as `how` says), G ΔW. In the low-rank order the adapter term is left in
 /// `t` (n x rank): t = (or +=, per `t_mode`) T Λd with T = (G Λb) B, for add_back_projection to
 /// finish. Sibling groups sum t over siblings and project back once.
 template <class G, class W, class T, class Dx, class Thin>
-void input_gradient_terms(const G& g, const W& w0, const adapter<T>& ad, order chosen, Dx& dx,
+void input_gradient_terms(const G& g, const W& w0, const adapter<T>& ad, const plan& how, Dx& dx,
                           Thin& t, assign_mode t_mode, workspace<T>& ws) {
   with_weight(ad, w0, [&](const auto& w) {
-    if (chosen == order::merged) {
+    if (how.chosen == order::merged) {
       auto merged = ws.get(slot_weight, ad.out_features(), ad.in_features());
       fold_into_weight(w, scaled_b(ad, ws), ad.a(), merged);
       gemm(dx, g, merged, true);
       return;
     }
     gemm(dx, g, w, true);
-    if (scale_thin_sides(g.rows(), ad)) {
+    if (how.thin_side_scales) {
       // T Λd with T = (G Λb) B, the scales on the thin sides; the scaled-B and weight slots
       // are free in this order.
       auto product = ws.get(slot_weight, g.rows(), ad.rank());
@@ -89,7 +90,8 @@ void evaluate(Exec, const parameter_gradient_expr<Exec, GD, T>& e, gradients<T>&
     const auto& p = e.context().projected();
     // Evaluate an expression-valued G once: the single-row path reads it twice.
     const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.upstream())>, 2>::type g(e.upstream());
-    if (p.rows() == 1) {
+    const auto request = cpu::request_for(cpu::product_kind::parameter_gradients, cpu::extents_of(p.rows(), ad));
+    if (cpu::plan_for(request).single_row) {
       // One row: grad_b = colsum(G ⊙ Q) with Q = (P Λd) B^T, grad_d = colsum(T ⊙ P) with
       // T = (G Λb) B. Two matrix-vector products read B twice, cheaper than writing the out x rank
       // outer product M and reading it back. From two rows on, the GEMM that forms M costs less
@@ -137,14 +139,15 @@ void evaluate(Exec, const input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx, assi
     const dropout_key& key = e.context().mask_key();
     cpu::scratch<T> scratch(e.scratch());
     workspace<T>& ws = scratch.get();
-    const product_extents extents{g.rows(), ad.in_features(), ad.out_features(), ad.rank()};
-    const order chosen = choose_order(e.requested_order(),
-                                      input_gradient_costs(extents, scratch.reused()),
-                                      key.probability == 0.0);
+    cpu::plan_request request = cpu::request_for(cpu::product_kind::input_gradient,
+                                                 cpu::extents_of(g.rows(), ad), e.requested_order());
+    request.workspace_reused = scratch.reused();
+    request.merged_valid = key.probability == 0.0;
+    const cpu::plan how = cpu::plan_for(request);
     if (mode == assign_mode::overwrite) dx.setZero();
-    auto t = ws.get(cpu::slot_thin, chosen == order::low_rank ? g.rows() : 0, ad.rank());
-    cpu::input_gradient_terms(g, e.w0(), ad, chosen, dx, t, assign_mode::overwrite, ws);
-    if (chosen == order::low_rank) cpu::add_back_projection(t, ad.a(), key, dx, ws);
+    auto t = ws.get(cpu::slot_thin, how.chosen == order::low_rank ? g.rows() : 0, ad.rank());
+    cpu::input_gradient_terms(g, e.w0(), ad, how, dx, t, assign_mode::overwrite, ws);
+    if (how.chosen == order::low_rank) cpu::add_back_projection(t, ad.a(), key, dx, ws);
   }
 }
 

@@ -11,6 +11,7 @@
 #include "vera/adapter/gradients.hpp"
 #include "vera/backend/cpu/common.hpp"
 #include "vera/backend/cpu/gemm.hpp"
+#include "vera/backend/cpu/plan.hpp"
 #include "vera/core/exec.hpp"
 #include "vera/core/dropout.hpp"
 #include "vera/expr/operand.hpp"
@@ -101,7 +102,7 @@ void forward(const X& x, const W& w0, const Bias& bias, const adapter<float>& ad
   with_weight(ad, w0, [&](const auto& w) { gemm(acc, x, w.transpose(), true); });
   const auto b = ad.shared_projection().b_bfloat16(ad.out_features(), rank);
   auto p_half = ws.get_bfloat16(half_thin, n, rank);
-  if (scale_thin_sides(n, ad)) {
+  if (plan_for(request_for(product_kind::forward, extents_of(n, ad), order::low_rank)).thin_side_scales) {
     // Small batches: ((P Λd) B^T) Λb, the scales on the n-row sides.
     p_half = (p * ad.lambda_d().asDiagonal()).template cast<half>();
     auto q = ws.get(slot_scaled_b, n, ad.out_features());
@@ -139,7 +140,8 @@ void input_gradient(const G& g, const W& w0, const adapter<float>& ad, const dro
   with_weight(ad, w0, [&](const auto& w) { gemm(acc, g, w, true); });
 
   auto t = ws.get(slot_thin, n, rank);
-  if (scale_thin_sides(n, ad)) {
+  if (plan_for(request_for(product_kind::input_gradient, extents_of(n, ad), order::low_rank))
+          .thin_side_scales) {
     auto g_half = ws.get_bfloat16(half_scaled_b, n, ad.out_features());
     g_half = (g.template cast<float>() * ad.lambda_b().asDiagonal()).template cast<half>();
     auto u = ws.get(slot_scaled_b, n, rank);

@@ -11,7 +11,7 @@
 #include "vera/adapter/gradients.hpp"
 #include "vera/adapter/workspace.hpp"
 #include "vera/backend/cpu/gemm.hpp"
-#include "vera/backend/cpu/gemm_threads.hpp"
+#include "vera/backend/cpu/plan.hpp"
 #include "vera/core/exec.hpp"
 #include "vera/core/dropout.hpp"
 #include "vera/expr/operand.hpp"
@@ -52,37 +52,6 @@ Eigen::Map<row_matrix<T>> scaled_b(const adapter<T>& ad, workspace<T>& ws) {
     out.row(j) = lambda_b(j) * b.row(j).cwiseProduct(lambda_d.transpose());
   }
   return out;
-}
-
-/// True when a low-rank product over `rows` rows is cheaper with the scales applied to its thin
-/// n x rank and n x out sides (n (rank + out) multiplies) than folded into Λb B Λd
-/// (out x rank): small batches and single tokens, where building the folded matrix would cost
-/// as much as the GEMMs themselves.
-template <class T>
-bool scale_thin_sides(index rows, const adapter<T>& ad) {
-  return rows * (ad.rank() + ad.out_features()) < ad.out_features() * ad.rank();
-}
-
-/// True when the forward's low-rank order over `rows` rows is faster issued transposed,
-/// Y^T = W0 X^T + Λb B Λd P^T into an out x rows scratch that is then added to Y: a threaded BLAS
-/// splits a GEMM between threads along the output's leading side, and with only 2-64 rows there
-/// the second thread gained little (OpenBLAS 0.3.21, 2 threads, 768 x 768: X W0^T 0.233 ms against
-/// W0 X^T 0.155 ms at 16 rows, 0.440 against 0.368 ms at 64, the other way from 128 rows on).
-/// On one thread, and with Eigen's own GEMM under OpenMP, the direct order was as fast or faster.
-template <class Y>
-bool transposed_small_batch(index rows) {
-  if constexpr (std::decay_t<Y>::IsRowMajor) {
-    return false;  // a row-major Y already puts the long side first
-  } else {
-    if (rows <= 1 || rows > 64) return false;
-#if defined(EIGEN_USE_BLAS)
-    const int threads = gemm_threads();
-#else
-    // Eigen's own GEMM is only switched by an explicit set_gemm_threads, as for the tests.
-    const int threads = detail::gemm_threads_setting.load(std::memory_order_relaxed);
-#endif
-    return threads > 1;
-  }
 }
 
 /// B with one of its two scales, in the same slot and layout as scaled_b: B Λd (`lambda_d`

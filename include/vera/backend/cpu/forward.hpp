@@ -6,6 +6,7 @@
 
 #include "vera/backend/cpu/bfloat16.hpp"
 #include "vera/backend/cpu/common.hpp"
+#include "vera/backend/cpu/plan.hpp"
 #include "vera/expr/forward.hpp"
 
 namespace vera {
@@ -27,25 +28,25 @@ void project_input(const X& x, const A& a, const dropout_key* key, P& p, workspa
   }
 }
 
-/// Y = (or +=) X W0^T + bias + adapter term, in `chosen` order. The low-rank order reads
+/// Y = (or +=) X W0^T + bias + adapter term, as `how` says. The low-rank order reads
 /// P = drop(X) A^T, which the caller has filled; the merged order does not read it. Sibling
 /// groups call this once per sibling with their shared P.
 template <class X, class P, class W, class Bias, class T, class Y>
 void adapted_product(const X& x, const P& p, const W& w0, const Bias& bias, const adapter<T>& ad,
-                     order chosen, Y& y, assign_mode mode, workspace<T>& ws) {
+                     const plan& how, Y& y, assign_mode mode, workspace<T>& ws) {
   initialise_output(y, bias, mode);
   with_weight(ad, w0, [&](const auto& w) {
-    if (chosen == order::merged) {
+    if (how.chosen == order::merged) {
       auto merged = ws.get(slot_weight, ad.out_features(), ad.in_features());
       fold_into_weight(w, scaled_b(ad, ws), ad.a(), merged);
       gemm(y, x, merged.transpose(), true);
       return;
     }
-    if (transposed_small_batch<Y>(x.rows())) {
+    if (how.transposed) {
       // Y += (W0 X^T + Λb B Λd P^T)^T: every GEMM has the output's long side first.
       auto yt = ws.get(slot_weight, ad.out_features(), x.rows());
       gemm(yt, w, x.transpose(), false);
-      if (scale_thin_sides(x.rows(), ad)) {
+      if (how.thin_side_scales) {
         auto zt = ws.get(slot_tile, ad.out_features(), x.rows());
         thin_q(p, ad, ws, zt.transpose());
         y += (yt + ad.lambda_b().asDiagonal() * zt).transpose();
@@ -56,7 +57,7 @@ void adapted_product(const X& x, const P& p, const W& w0, const Bias& bias, cons
       return;
     }
     gemm(y, x, w.transpose(), true);
-    if (scale_thin_sides(x.rows(), ad)) {
+    if (how.thin_side_scales) {
       // Y += ((P Λd) Bᵀ) Λb: the scaled-B slot and the weight slot are free in this order.
       auto z = ws.get(slot_weight, x.rows(), ad.out_features());
       thin_q(p, ad, ws, z);
@@ -95,27 +96,31 @@ void evaluate(Exec, const forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign
 
     forward_context<T>* ctx = e.context();
     const double dropout = ctx != nullptr ? ad.options().dropout : 0.0;
-    const product_extents extents{x.rows(), ad.in_features(), ad.out_features(), ad.rank()};
-    const order chosen =
-        choose_order(e.requested_order(), forward_costs(extents, ctx != nullptr, scratch.reused()),
-                     dropout == 0.0);
+    cpu::plan_request request =
+        cpu::request_for(cpu::product_kind::forward, cpu::extents_of(x.rows(), ad), e.requested_order());
+    request.keeps_projection = ctx != nullptr;
+    request.workspace_reused = scratch.reused();
+    request.merged_valid = dropout == 0.0;
+    request.row_major_output = std::decay_t<Dst>::IsRowMajor;
+    request.gemm_threads = cpu::planning_threads();
+    const cpu::plan how = cpu::plan_for(request);
 
     // P is needed for backward (training) and by the low-rank order.
     using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
     T* p_data = nullptr;
     if (ctx != nullptr) {
       p_data = ctx->begin_step(x.rows(), ad.rank(), dropout).data();
-    } else if (chosen == order::low_rank) {
+    } else if (how.chosen == order::low_rank) {
       p_data = ws.get(cpu::slot_thin, x.rows(), ad.rank()).data();
     }
-    const bool has_p = ctx != nullptr || chosen == order::low_rank;
+    const bool has_p = ctx != nullptr || how.chosen == order::low_rank;
     Eigen::Map<matrix> p(p_data, has_p ? x.rows() : 0, has_p ? ad.rank() : 0);
     if (has_p) {
       const dropout_key* key = ctx != nullptr ? &ctx->mask_key() : nullptr;
       cpu::project_input(x, ad.a(), key, p, ws);
     }
 
-    cpu::adapted_product(x, p, e.w0(), e.bias(), ad, chosen, y, mode, ws);
+    cpu::adapted_product(x, p, e.w0(), e.bias(), ad, how, y, mode, ws);
     if (ctx != nullptr) ctx->finish_step();
   }
 }

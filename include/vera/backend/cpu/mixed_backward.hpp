@@ -8,6 +8,7 @@
 
 #include "vera/backend/cpu/gemm.hpp"
 #include "vera/backend/cpu/mixed_common.hpp"
+#include "vera/backend/cpu/plan.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/multi/backward.hpp"
 
@@ -53,9 +54,10 @@ void backward_one_adapter(const adapter_set<T>& set, const mixed_context<T>& ctx
   if (dx == nullptr) return;
 
   const bool dropout = options.dropout > 0.0;
-  const product_extents extents{g.rows(), set.in_features(), out, rank};
-  const order chosen = choose_order(order::automatic, input_gradient_costs(extents, workspace_reused),
-                                    !dropout);
+  auto request = request_for(product_kind::input_gradient, {g.rows(), set.in_features(), out, rank});
+  request.workspace_reused = workspace_reused;
+  request.merged_valid = !dropout;
+  const order chosen = plan_for(request).chosen;
   const auto bbd = folded_b(set, column, ws);
   with_weight(set, *w0, [&](const auto& w) {
     if (chosen == order::merged) {

@@ -9,6 +9,7 @@
 #include "vera/backend/cpu/forward.hpp"
 #include "vera/backend/cpu/gemm.hpp"
 #include "vera/backend/cpu/mixed_common.hpp"
+#include "vera/backend/cpu/plan.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/multi/forward.hpp"
 
@@ -66,10 +67,10 @@ void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, 
   const bool one_adapter = rows.single_column >= 0;
   bool merged_order = false;
   if (one_adapter && rows.adapter_rows == n && !dropout) {
-    const product_extents extents{n, set.in_features(), set.out_features(), set.rank()};
-    merged_order = choose_order(order::automatic,
-                                forward_costs(extents, ctx != nullptr, scratch.reused()),
-                                true) == order::merged;
+    auto request = cpu::request_for(cpu::product_kind::forward, cpu::extents_of(n, set));
+    request.keeps_projection = ctx != nullptr;
+    request.workspace_reused = scratch.reused();
+    merged_order = cpu::plan_for(request).chosen == order::merged;
   }
 
   using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;

@@ -9,6 +9,7 @@
 #include "vera/backend/cpu/backward.hpp"
 #include "vera/backend/cpu/common.hpp"
 #include "vera/backend/cpu/gemm.hpp"
+#include "vera/backend/cpu/plan.hpp"
 #include "vera/backend/cpu/sibling_forward.hpp"
 #include "vera/multi/sibling_backward.hpp"
 
@@ -26,10 +27,12 @@ void evaluate(Exec, const sibling_input_gradient_expr<Exec, Group, GD...>& e, Ds
   const dropout_key& key = e.context().mask_key();
   cpu::scratch<T> scratch(e.scratch());
   workspace<T>& ws = scratch.get();
-  const auto chosen = choose_sibling_orders(e.requested_order(), cpu::sibling_extents(group, rows),
-                                            /*shared_paid=*/false, scratch.reused(), key.probability == 0.0);
+  const auto plans = cpu::plan_siblings(cpu::product_kind::input_gradient, e.requested_order(),
+                                        cpu::sibling_extents(group, rows), /*shared_paid=*/false,
+                                        scratch.reused(), key.probability == 0.0,
+                                        std::array<bool, Group::size>{}, cpu::planning_threads());
   bool any_low_rank = false;
-  for (const order o : chosen) any_low_rank = any_low_rank || o == order::low_rank;
+  for (const cpu::plan& how : plans) any_low_rank = any_low_rank || how.chosen == order::low_rank;
 
   if (mode == assign_mode::overwrite) dx.setZero();
   auto t = ws.get(cpu::slot_thin, any_low_rank ? rows : 0, group.rank());
@@ -37,8 +40,8 @@ void evaluate(Exec, const sibling_input_gradient_expr<Exec, Group, GD...>& e, Ds
   detail::for_each_index<Group::size>([&](auto i) {
     constexpr std::size_t I = decltype(i)::value;
     const auto& member = group.template member<I>();
-    cpu::input_gradient_terms(std::get<I>(upstream), member.w0(), member.layer(), chosen[I], dx, t, t_mode, ws);
-    if (chosen[I] == order::low_rank) t_mode = assign_mode::accumulate;
+    cpu::input_gradient_terms(std::get<I>(upstream), member.w0(), member.layer(), plans[I], dx, t, t_mode, ws);
+    if (plans[I].chosen == order::low_rank) t_mode = assign_mode::accumulate;
   });
   if (any_low_rank) cpu::add_back_projection(t, group.lead().a(), key, dx, ws);
 }
@@ -67,7 +70,9 @@ void evaluate(Exec, const sibling_backward_expr<Exec, Group, GD...>& e, DX& dx, 
     if (mode == assign_mode::overwrite) out.set_zero();
     if (ad.options().train_b) out.lambda_b.noalias() += g.cwiseProduct(e.context().kept(I)).colwise().sum().transpose();
     auto u = ws.get(cpu::slot_weight, p.rows(), p.cols());
-    if (cpu::scale_thin_sides(p.rows(), ad)) {
+    const auto request = cpu::request_for(cpu::product_kind::input_gradient,
+                                          cpu::extents_of(p.rows(), ad), order::low_rank);
+    if (cpu::plan_for(request).thin_side_scales) {
       cpu::thin_t(g, ad, ws, u);  // U = (G Λb) B, small batches: Λb on the thin side
     } else {
       cpu::gemm(u, g, cpu::half_scaled_b(ad, /*lambda_d=*/false, ws), false);  // U = G Λb B

@@ -10,6 +10,7 @@
 #include "vera/backend/cpu/common.hpp"
 #include "vera/backend/cpu/forward.hpp"
 #include "vera/backend/cpu/gemm.hpp"
+#include "vera/backend/cpu/plan.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/multi/sibling_forward.hpp"
 
@@ -22,8 +23,7 @@ template <class Group>
 std::array<product_extents, Group::size> sibling_extents(const Group& group, index rows) {
   std::array<product_extents, Group::size> extents{};
   detail::for_each_index<Group::size>([&](auto i) {
-    const auto& ad = group.template member<decltype(i)::value>().layer();
-    extents[i] = product_extents{rows, ad.in_features(), ad.out_features(), ad.rank()};
+    extents[i] = extents_of(rows, group.template member<decltype(i)::value>().layer());
   });
   return extents;
 }
@@ -46,10 +46,12 @@ void evaluate(Exec, const sibling_forward_expr<Exec, XD, Group>& e, std::tuple<D
   forward_context<T>* ctx = kept != nullptr ? &kept->begin_step(Group::size) : e.context();
   const double dropout = ctx != nullptr ? group.dropout() : 0.0;
   // Keeping Q_i means running the low-rank order.
-  const auto chosen = choose_sibling_orders(e.requested_order(), cpu::sibling_extents(group, x.rows()),
-                                            ctx != nullptr, scratch.reused(), dropout == 0.0 && kept == nullptr);
+  const auto plans = cpu::plan_siblings(cpu::product_kind::forward, e.requested_order(),
+                                        cpu::sibling_extents(group, x.rows()), ctx != nullptr,
+                                        scratch.reused(), dropout == 0.0 && kept == nullptr,
+                                        {static_cast<bool>(std::decay_t<Dst>::IsRowMajor)...}, cpu::planning_threads());
   bool any_low_rank = false;
-  for (const order o : chosen) any_low_rank = any_low_rank || o == order::low_rank;
+  for (const cpu::plan& how : plans) any_low_rank = any_low_rank || how.chosen == order::low_rank;
 
   // P is needed for backward (training) and by every low-rank sibling: computed once.
   T* p_data = nullptr;
@@ -72,12 +74,12 @@ void evaluate(Exec, const sibling_forward_expr<Exec, XD, Group>& e, std::tuple<D
     const adapter<T>& ad = member.layer();
     auto& y = std::get<I>(ys);
     if (kept == nullptr) {
-      cpu::adapted_product(x, p, member.w0(), member.bias(), ad, chosen[I], y, mode, ws);
+      cpu::adapted_product(x, p, member.w0(), member.bias(), ad, plans[I], y, mode, ws);
       return;
     }
     // Q_i = (P Λd_i) B_i^T is kept for backward; Λb_i is applied on the way into Y_i.
     auto& q = kept->kept_buffer(I, x.rows(), ad.out_features());
-    if (cpu::scale_thin_sides(x.rows(), ad)) {
+    if (plans[I].thin_side_scales) {
       cpu::thin_q(p, ad, ws, q);  // small batches: Λd on the thin side
     } else {
       cpu::gemm(q, p, cpu::half_scaled_b(ad, /*lambda_d=*/true, ws).transpose(), false);
