@@ -12,6 +12,7 @@
 #include "vera/adapter/gradients.hpp"
 #include "vera/adapter/workspace.hpp"
 #include "vera/core/exec.hpp"
+#include "vera/expr/assignable.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/forward.hpp"
 #include "vera/expr/settings.hpp"
@@ -133,7 +134,7 @@ gradients<T>& operator+=(gradients<T>& out, const parameter_gradient_expr<Exec, 
 /// `dX = expr;` overwrites; `expr.add_to(dX)` accumulates without a temporary. The destination
 /// must not share memory with G or W0.
 template <class Exec, class GD, class WD, class T>
-class input_gradient_expr : public Eigen::ReturnByValue<input_gradient_expr<Exec, GD, WD, T>>,
+class input_gradient_expr : public assignable<input_gradient_expr<Exec, GD, WD, T>, Exec>,
                             public uses_workspace<input_gradient_expr<Exec, GD, WD, T>, T>,
                             public takes_order<input_gradient_expr<Exec, GD, WD, T>> {
   static_assert(storage_matches<GD, T>,
@@ -155,30 +156,6 @@ class input_gradient_expr : public Eigen::ReturnByValue<input_gradient_expr<Exec
   Eigen::Index rows() const { return g_.rows(); }
   /// \brief in, the layer's input features.
   Eigen::Index cols() const { return adapter_->in_features(); }
-
-  /// \brief Eigen's hook for `dX = expr`: overwrites dX.
-  /// \throws shape_error when dX is not n x in; aliasing_error when dX overlaps G or W0.
-  template <class Dst>
-  void evalTo(Dst& dst) const {
-    // A resizable destination already has this shape; a block or map may not.
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    evaluate(Exec{}, *this, dst, assign_mode::overwrite);
-  }
-  /// \brief dX = expr into any destination of the right shape, whatever its scalar: with
-  ///        bfloat16 operands, a float dX receives the float32 accumulator unrounded.
-  /// \throws shape_error when dX is not n x in; aliasing_error when dX overlaps G or W0.
-  template <class Dst>
-  void assign_to(Eigen::MatrixBase<Dst>& dst) const {
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    evaluate(Exec{}, *this, dst.derived(), assign_mode::overwrite);
-  }
-  /// \brief dX += expr without a temporary; dX must already be n x in.
-  /// \throws shape_error when dX is not n x in; aliasing_error when dX overlaps G or W0.
-  template <class Dst>
-  void add_to(Eigen::MatrixBase<Dst>& dst) const {
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
-  }
 
   /// \brief G = dL/dY, n x out.
   const detail::closure_t<GD>& upstream() const noexcept { return g_; }

@@ -10,6 +10,7 @@
 #include "vera/adapter/context.hpp"
 #include "vera/adapter/workspace.hpp"
 #include "vera/core/exec.hpp"
+#include "vera/expr/assignable.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/operand.hpp"
 #include "vera/expr/settings.hpp"
@@ -73,9 +74,10 @@ void check_base_weight(const char* operand, const WD& w0, const adapter<T>& ad) 
 /// dropout applies to the adapter input and P is saved in ctx for backward. The order of the
 /// products follows the cost model unless `.with_order()` forces one.
 template <class Exec, class XD, class WD, class Bias, class T>
-class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias, T>>,
+class forward_expr : public assignable<forward_expr<Exec, XD, WD, Bias, T>, Exec>,
                      public uses_workspace<forward_expr<Exec, XD, WD, Bias, T>, T>,
-                     public takes_order<forward_expr<Exec, XD, WD, Bias, T>> {
+                     public takes_order<forward_expr<Exec, XD, WD, Bias, T>>,
+                     public trains<forward_expr<Exec, XD, WD, Bias, T>, forward_context<T>> {
   static_assert(storage_matches<XD, T>,
                 "vera::forward: X must have the adapter's scalar type (or bfloat16 for a float adapter)");
   static_assert(std::is_same_v<typename XD::Scalar, typename WD::Scalar>,
@@ -101,37 +103,6 @@ class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias
   /// \brief out, the layer's output features.
   Eigen::Index cols() const { return adapter_->out_features(); }
 
-  /// \brief Training forward: dropout on, P saved in `ctx` (one context per layer, reused).
-  forward_expr train(forward_context<T>& ctx) const {
-    forward_expr copy(*this);
-    copy.context_ = &ctx;
-    return copy;
-  }
-
-  /// \brief Eigen's hook for `Y = expr`: overwrites Y.
-  /// \throws shape_error when Y is not n x out; aliasing_error when Y overlaps X, W0 or bias.
-  template <class Dst>
-  void evalTo(Dst& dst) const {
-    // A resizable destination already has this shape; a block or map may not.
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    evaluate(Exec{}, *this, dst, assign_mode::overwrite);
-  }
-  /// \brief Y = expr into any destination of the right shape, whatever its scalar: with bfloat16
-  ///        operands, a float Y receives the float32 accumulator unrounded.
-  /// \throws shape_error when Y is not n x out; aliasing_error when Y overlaps X, W0 or bias.
-  template <class Dst>
-  void assign_to(Eigen::MatrixBase<Dst>& dst) const {
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    evaluate(Exec{}, *this, dst.derived(), assign_mode::overwrite);
-  }
-  /// \brief Y += expr without a temporary; Y must already be n x out.
-  /// \throws shape_error when Y is not n x out; aliasing_error when Y overlaps X, W0 or bias.
-  template <class Dst>
-  void add_to(Eigen::MatrixBase<Dst>& dst) const {
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
-  }
-
   /// \brief X, n x in (as held: by reference or by value, see the aliasing rule).
   const detail::closure_t<XD>& x() const noexcept { return x_; }
   /// \brief W0, out x in (in x out with fan_in_fan_out).
@@ -140,15 +111,12 @@ class forward_expr : public Eigen::ReturnByValue<forward_expr<Exec, XD, WD, Bias
   const detail::bias_closure_t<Bias>& bias() const noexcept { return bias_; }
   /// \brief The adapter.
   const adapter<T>& layer() const noexcept { return *adapter_; }
-  /// \brief The context set by train(), or null for an inference forward.
-  forward_context<T>* context() const noexcept { return context_; }
 
  private:
   detail::closure_t<XD> x_;
   detail::closure_t<WD> w0_;
   detail::bias_closure_t<Bias> bias_;
   const adapter<T>* adapter_;
-  forward_context<T>* context_ = nullptr;
 };
 
 /// \brief Lazy forward of an adapted linear layer on policy `Exec`.

@@ -8,7 +8,9 @@
 #include <Eigen/Core>
 
 #include "vera/core/exec.hpp"
+#include "vera/expr/assignable.hpp"
 #include "vera/expr/operand.hpp"
+#include "vera/expr/settings.hpp"
 #include "vera/multi/adapter_set.hpp"
 #include "vera/multi/context.hpp"
 #include "vera/multi/forward.hpp"
@@ -80,7 +82,8 @@ void prepare_gradients(mixed_gradients<T>& out, const adapter_set<T>& set, assig
 /// `grads = expr;` overwrites every column (adapters without rows, frozen vectors and free
 /// columns get zero); `grads += expr;` adds to the adapters present and leaves the rest alone.
 template <class Exec, class GD, class T>
-class mixed_parameter_gradient_expr {
+class mixed_parameter_gradient_expr
+    : public uses_workspace<mixed_parameter_gradient_expr<Exec, GD, T>, T, mixed_workspace<T>> {
   static_assert(scalar_matches<GD, T>, "vera::mixed_parameter_gradients: G must have the set's scalar type");
 
  public:
@@ -89,13 +92,6 @@ class mixed_parameter_gradient_expr {
   mixed_parameter_gradient_expr(const GD& g, const adapter_set<T>& set, const mixed_context<T>& ctx)
       : g_(g), set_(&set), context_(&ctx) {
     detail::check_mixed_upstream("vera::mixed_parameter_gradients", g, set, ctx);
-  }
-
-  /// \brief Use `ws` for scratch memory instead of allocating.
-  mixed_parameter_gradient_expr using_workspace(mixed_workspace<T>& ws) const {
-    mixed_parameter_gradient_expr copy(*this);
-    copy.workspace_ = &ws;
-    return copy;
   }
 
   /// \brief Writes (or adds) the gradients into `out`. On overwrite, empty buffers (a
@@ -123,14 +119,11 @@ class mixed_parameter_gradient_expr {
   const adapter_set<T>& set() const noexcept { return *set_; }
   /// \brief The context of the mixed training forward.
   const mixed_context<T>& context() const noexcept { return *context_; }
-  /// \brief The workspace set by using_workspace(), or null.
-  mixed_workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
   detail::closure_t<GD> g_;
   const adapter_set<T>* set_;
   const mixed_context<T>* context_;
-  mixed_workspace<T>* workspace_ = nullptr;
 };
 
 /// \brief `grads += mixed_parameter_gradients(...)`: accumulates into existing buffers.
@@ -146,7 +139,8 @@ mixed_gradients<T>& operator+=(mixed_gradients<T>& out, const mixed_parameter_gr
 ///        dX must not share memory with G or W0.
 template <class Exec, class GD, class WD, class T>
 class mixed_input_gradient_expr
-    : public Eigen::ReturnByValue<mixed_input_gradient_expr<Exec, GD, WD, T>> {
+    : public assignable<mixed_input_gradient_expr<Exec, GD, WD, T>, Exec>,
+      public uses_workspace<mixed_input_gradient_expr<Exec, GD, WD, T>, T, mixed_workspace<T>> {
   static_assert(scalar_matches<GD, T>, "vera::mixed_input_gradient: G must have the set's scalar type");
   static_assert(scalar_matches<WD, T>, "vera::mixed_input_gradient: W0 must have the set's scalar type");
 
@@ -165,30 +159,12 @@ class mixed_input_gradient_expr
   /// \brief in, the layer's input features.
   Eigen::Index cols() const { return set_->in_features(); }
 
-  /// \brief Use `ws` for scratch memory instead of allocating.
-  mixed_input_gradient_expr using_workspace(mixed_workspace<T>& ws) const {
-    mixed_input_gradient_expr copy(*this);
-    copy.workspace_ = &ws;
-    return copy;
-  }
-
-  /// \brief Eigen's hook for `dX = expr`: overwrites dX (n x in).
-  /// \throws state_error when the context no longer matches the set; shape_error when dX is not
-  ///         n x in; aliasing_error when dX overlaps G or W0.
+  /// \brief Checked by `dX = expr` and `expr.add_to(dX)` besides dX's shape (n x in): the context
+  ///        must still match the set (aliasing with G or W0 is checked by the evaluator).
+  /// \throws state_error when the context no longer matches the set.
   template <class Dst>
-  void evalTo(Dst& dst) const {
+  void check_destination(const Dst&) const {
     detail::check_mixed_upstream("vera::mixed_input_gradient", g_, *set_, *context_);
-    // A resizable destination already has this shape; a block or map may not.
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    evaluate(Exec{}, *this, dst, assign_mode::overwrite);
-  }
-  /// \brief dX += expr without a temporary; dX must already be n x in.
-  /// \throws shape_error when dX is not n x in; otherwise as evalTo.
-  template <class Dst>
-  void add_to(Eigen::MatrixBase<Dst>& dst) const {
-    detail::check_mixed_upstream("vera::mixed_input_gradient", g_, *set_, *context_);
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
   }
 
   /// \brief G = dL/dY, n x out.
@@ -199,15 +175,12 @@ class mixed_input_gradient_expr
   const adapter_set<T>& set() const noexcept { return *set_; }
   /// \brief The context of the mixed training forward.
   const mixed_context<T>& context() const noexcept { return *context_; }
-  /// \brief The workspace set by using_workspace(), or null.
-  mixed_workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
   detail::closure_t<GD> g_;
   detail::closure_t<WD> w0_;
   const adapter_set<T>* set_;
   const mixed_context<T>* context_;
-  mixed_workspace<T>* workspace_ = nullptr;
 };
 
 /// \brief Parameter gradients and dL/dX together, sharing T = (G ⊙ b_a(i)) B: four GEMMs in
@@ -215,7 +188,8 @@ class mixed_input_gradient_expr
 ///
 /// `expr.eval_to(grads, dX)` overwrites both; with assign_mode::accumulate it adds to both.
 template <class Exec, class GD, class WD, class T>
-class mixed_backward_expr {
+class mixed_backward_expr
+    : public uses_workspace<mixed_backward_expr<Exec, GD, WD, T>, T, mixed_workspace<T>> {
   static_assert(scalar_matches<GD, T>, "vera::mixed_backward: G must have the set's scalar type");
   static_assert(scalar_matches<WD, T>, "vera::mixed_backward: W0 must have the set's scalar type");
 
@@ -226,13 +200,6 @@ class mixed_backward_expr {
       : g_(g), w0_(w0), set_(&set), context_(&ctx) {
     detail::check_mixed_upstream("vera::mixed_backward", g, set, ctx);
     detail::check_set_weight("W0", w0, set);
-  }
-
-  /// \brief Use `ws` for scratch memory instead of allocating.
-  mixed_backward_expr using_workspace(mixed_workspace<T>& ws) const {
-    mixed_backward_expr copy(*this);
-    copy.workspace_ = &ws;
-    return copy;
   }
 
   /// \brief Writes (or adds) the gradients into `grads` and dL/dX (n x in) into `dx`; dx must
@@ -265,15 +232,12 @@ class mixed_backward_expr {
   const adapter_set<T>& set() const noexcept { return *set_; }
   /// \brief The context of the mixed training forward.
   const mixed_context<T>& context() const noexcept { return *context_; }
-  /// \brief The workspace set by using_workspace(), or null.
-  mixed_workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
   detail::closure_t<GD> g_;
   detail::closure_t<WD> w0_;
   const adapter_set<T>* set_;
   const mixed_context<T>* context_;
-  mixed_workspace<T>* workspace_ = nullptr;
 };
 
 /// \brief Lazy gradients of every adapter's lambda_b and lambda_d. Shapes: G n x out, ctx from

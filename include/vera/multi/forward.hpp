@@ -9,7 +9,9 @@
 
 #include "vera/core/exec.hpp"
 #include "vera/expr/forward.hpp"
+#include "vera/expr/assignable.hpp"
 #include "vera/expr/operand.hpp"
+#include "vera/expr/settings.hpp"
 #include "vera/multi/adapter_set.hpp"
 #include "vera/multi/context.hpp"
 #include "vera/multi/resolve.hpp"
@@ -61,8 +63,13 @@ void require_nothing_merged(const char* operation, const adapter_set<T>& set) {
 /// row shares the two GEMMs X W0^T and P B^T; the per-adapter vectors are gathered row by row.
 /// `Y = expr;` overwrites Y, `expr.add_to(Y)` accumulates; Y must not share memory with X, W0 or
 /// bias. `.train(ctx)` applies each adapter's dropout to its rows and saves what backward needs.
+/// Evaluation throws state_error when an adapter of the set was merged after the expression was
+/// built, value_error when a row's adapter was removed since.
 template <class Exec, class XD, class WD, class Bias, class T>
-class mixed_forward_expr : public Eigen::ReturnByValue<mixed_forward_expr<Exec, XD, WD, Bias, T>> {
+class mixed_forward_expr
+    : public assignable<mixed_forward_expr<Exec, XD, WD, Bias, T>, Exec>,
+      public uses_workspace<mixed_forward_expr<Exec, XD, WD, Bias, T>, T, mixed_workspace<T>>,
+      public trains<mixed_forward_expr<Exec, XD, WD, Bias, T>, mixed_context<T>> {
   static_assert(scalar_matches<XD, T>, "vera::mixed_forward: X must have the set's scalar type");
   static_assert(scalar_matches<WD, T>, "vera::mixed_forward: W0 must have the set's scalar type");
 
@@ -87,37 +94,6 @@ class mixed_forward_expr : public Eigen::ReturnByValue<mixed_forward_expr<Exec, 
   /// \brief out, the layer's output features.
   Eigen::Index cols() const { return set_->out_features(); }
 
-  /// \brief Training forward: per-adapter dropout on, P and the row columns saved in `ctx`.
-  mixed_forward_expr train(mixed_context<T>& ctx) const {
-    mixed_forward_expr copy(*this);
-    copy.context_ = &ctx;
-    return copy;
-  }
-  /// \brief Use `ws` for scratch memory instead of allocating.
-  mixed_forward_expr using_workspace(mixed_workspace<T>& ws) const {
-    mixed_forward_expr copy(*this);
-    copy.workspace_ = &ws;
-    return copy;
-  }
-
-  /// \brief Eigen's hook for `Y = expr`: overwrites Y (n x out).
-  /// \throws shape_error when Y is not n x out; aliasing_error when Y overlaps X, W0 or bias;
-  ///         state_error when an adapter of the set was merged after the expression was built;
-  ///         value_error when a row's adapter was removed since.
-  template <class Dst>
-  void evalTo(Dst& dst) const {
-    // A resizable destination already has this shape; a block or map may not.
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    evaluate(Exec{}, *this, dst, assign_mode::overwrite);
-  }
-  /// \brief Y += expr without a temporary; Y must already be n x out.
-  /// \throws shape_error when Y is not n x out; otherwise as evalTo.
-  template <class Dst>
-  void add_to(Eigen::MatrixBase<Dst>& dst) const {
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
-  }
-
   /// \brief X, n x in.
   const detail::closure_t<XD>& x() const noexcept { return x_; }
   /// \brief W0, out x in (in x out with fan_in_fan_out).
@@ -128,10 +104,6 @@ class mixed_forward_expr : public Eigen::ReturnByValue<mixed_forward_expr<Exec, 
   const adapter_set<T>& set() const noexcept { return *set_; }
   /// \brief The per-row adapter ids.
   const row_assignment& assignment() const noexcept { return ids_; }
-  /// \brief The context set by train(), or null for an inference forward.
-  mixed_context<T>* context() const noexcept { return context_; }
-  /// \brief The workspace set by using_workspace(), or null.
-  mixed_workspace<T>* scratch() const noexcept { return workspace_; }
 
  private:
   detail::closure_t<XD> x_;
@@ -139,8 +111,6 @@ class mixed_forward_expr : public Eigen::ReturnByValue<mixed_forward_expr<Exec, 
   detail::bias_closure_t<Bias> bias_;
   const adapter_set<T>* set_;
   row_assignment ids_;
-  mixed_context<T>* context_ = nullptr;
-  mixed_workspace<T>* workspace_ = nullptr;
 };
 
 /// \brief Lazy mixed forward on policy `Exec`.

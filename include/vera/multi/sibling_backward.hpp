@@ -12,6 +12,7 @@
 #include "vera/adapter/gradients.hpp"
 #include "vera/adapter/workspace.hpp"
 #include "vera/core/exec.hpp"
+#include "vera/expr/assignable.hpp"
 #include "vera/expr/backward.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/operand.hpp"
@@ -173,7 +174,7 @@ class sibling_parameter_gradient_expr
 /// cost model (the product against A charged once); `.with_order()` forces one for all.
 template <class Exec, class Group, class... GD>
 class sibling_input_gradient_expr
-    : public Eigen::ReturnByValue<sibling_input_gradient_expr<Exec, Group, GD...>>,
+    : public assignable<sibling_input_gradient_expr<Exec, Group, GD...>, Exec>,
       public uses_workspace<sibling_input_gradient_expr<Exec, Group, GD...>, typename Group::scalar>,
       public takes_order<sibling_input_gradient_expr<Exec, Group, GD...>> {
   using T = typename Group::scalar;
@@ -192,21 +193,11 @@ class sibling_input_gradient_expr
   /// \brief in, the siblings' shared input features.
   Eigen::Index cols() const { return group_.in_features(); }
 
-  /// \brief Eigen's hook for `dX = expr`: overwrites dX.
-  /// \throws shape_error when dX is not n x in; aliasing_error when dX overlaps a G_i or a W0.
+  /// \brief Checked by `dX = expr` and `expr.add_to(dX)` besides dX's shape (n x in).
+  /// \throws aliasing_error when dX overlaps a G_i or a W0.
   template <class Dst>
-  void evalTo(Dst& dst) const {
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+  void check_destination(const Dst& dst) const {
     detail::check_dx_against_siblings("vera::input_gradient (siblings)", group_, dst, upstream_);
-    evaluate(Exec{}, *this, dst, assign_mode::overwrite);
-  }
-  /// \brief dX += expr without a temporary; dX must already be n x in.
-  /// \throws shape_error when dX is not n x in; aliasing_error when dX overlaps a G_i or a W0.
-  template <class Dst>
-  void add_to(Eigen::MatrixBase<Dst>& dst) const {
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    detail::check_dx_against_siblings("vera::input_gradient (siblings)", group_, dst.derived(), upstream_);
-    evaluate(Exec{}, *this, dst.derived(), assign_mode::accumulate);
   }
 
   /// \brief The sibling group.
