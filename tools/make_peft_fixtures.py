@@ -132,6 +132,36 @@ def versions():
     }
 
 
+def generator_record(generator, **settings):
+    """The versions record of a generator under tools/: versions() plus its name and settings."""
+    record = versions()
+    record.update({"generator": generator, **{k: str(v) for k, v in settings.items()}})
+    return record
+
+
+def finish_fixtures(directory, meta, versions_name="VERSIONS.json"):
+    """Writes the versions record beside the fixtures and makes every file world-readable."""
+    with open(os.path.join(directory, versions_name), "w", encoding="utf-8") as file:
+        json.dump(meta, file, indent=2, sort_keys=True)
+        file.write("\n")
+    for root, _, files in os.walk(directory):
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)  # safetensors writes 0600
+    print(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def fix_hash_seed():
+    """Re-runs the script with PYTHONHASHSEED=0: PEFT keeps target_modules in a set, and a fixed
+    hash seed makes the saved order reproducible."""
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, PYTHONHASHSEED="0"))
+
+
+def default_fixture_dir():
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                         "fixtures", "peft"))
+
+
 def base_model(kind):
     torch.manual_seed(MODEL_SEED)
     model = MODELS[kind]()
@@ -281,13 +311,7 @@ def write_fixtures(out_dir):
 
     bf16 = adapted_model("linear", save_projection=True).to(torch.bfloat16)
     save_adapter(bf16, os.path.join(out_dir, "linear_bf16_projection"))
-    with open(os.path.join(out_dir, "VERSIONS.json"), "w", encoding="utf-8") as file:
-        json.dump(meta, file, indent=2, sort_keys=True)
-        file.write("\n")
-    for root, _, files in os.walk(out_dir):
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o644)  # safetensors writes 0600
-    print(json.dumps(meta, indent=2, sort_keys=True))
+    finish_fixtures(out_dir, meta)
 
 
 def check_vera(directory, fixtures, tolerance):
@@ -387,11 +411,8 @@ def check_projection(path, fixtures):
 
 
 def main():
-    if os.environ.get("PYTHONHASHSEED") != "0":
-        # PEFT keeps target_modules in a set: a fixed hash seed makes the saved order reproducible.
-        os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, PYTHONHASHSEED="0"))
-    here = os.path.dirname(os.path.abspath(__file__))
-    default_out = os.path.join(here, "..", "tests", "fixtures", "peft")
+    fix_hash_seed()
+    default_out = default_fixture_dir()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=default_out, help="fixture directory to write")
     parser.add_argument("--check-vera", metavar="DIR", help="VeRA adapter directory saved by vera")

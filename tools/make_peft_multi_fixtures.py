@@ -31,7 +31,6 @@ from the saved adapter directories loaded onto a fresh base model:
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -63,10 +62,7 @@ class Stack(nn.Module):
 
 
 def versions():
-    record = make_peft_fixtures.versions()
-    record.update({"generator": "tools/make_peft_multi_fixtures.py",
-                   "projection_prng_key": str(PRNG_KEY), "r": str(RANK)})
-    return record
+    return make_peft_fixtures.generator_record("tools/make_peft_multi_fixtures.py", projection_prng_key=PRNG_KEY, r=RANK)
 
 
 def base_state():
@@ -160,22 +156,13 @@ def write_fixtures(out_dir):
     io.update(merged_weights(load(state, both, ["first", "second"], torch.bfloat16), "merged_bf16_both"))
     safetensors.torch.save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(directory, "io.safetensors"),
                                 metadata=dict(meta, format="pt"))
-    with open(os.path.join(directory, "VERSIONS.json"), "w", encoding="utf-8") as file:
-        json.dump(meta, file, indent=2, sort_keys=True)
-        file.write("\n")
-    for root, _, files in os.walk(directory):
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o644)  # safetensors writes 0600
-    print(json.dumps(meta, indent=2, sort_keys=True))
+    make_peft_fixtures.finish_fixtures(directory, meta)
     return 0
 
 
 def main():
-    if os.environ.get("PYTHONHASHSEED") != "0":
-        # PEFT keeps target_modules in a set: a fixed hash seed makes the saved order reproducible.
-        os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, PYTHONHASHSEED="0"))
-    here = os.path.dirname(os.path.abspath(__file__))
-    default_out = os.path.normpath(os.path.join(here, "..", "tests", "fixtures", "peft"))
+    make_peft_fixtures.fix_hash_seed()
+    default_out = make_peft_fixtures.default_fixture_dir()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=default_out, help="fixture directory to write into")
     args = parser.parse_args()

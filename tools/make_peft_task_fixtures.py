@@ -29,7 +29,6 @@ part of an adapter is a no-op. Each case directory holds:
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -58,10 +57,8 @@ CASES = {
 
 def versions():
     # The same record as the single-layer fixtures' (library versions, CPU), for this generator.
-    record = make_peft_fixtures.versions()
-    record.update({"generator": "tools/make_peft_task_fixtures.py",
-                   "projection_prng_key": str(PRNG_KEY), "r": str(RANK)})
-    return record
+    return make_peft_fixtures.generator_record("tools/make_peft_task_fixtures.py",
+                                               projection_prng_key=PRNG_KEY, r=RANK)
 
 
 def base_model():
@@ -127,13 +124,7 @@ def write_fixtures(out_dir):
         print(f"{case}: {len(merged)} tensors; PEFT's reload merges to the same bits: {same}")
         if not same:
             return 1
-    with open(os.path.join(out_dir, "VERSIONS_task.json"), "w", encoding="utf-8") as file:
-        json.dump(meta, file, indent=2, sort_keys=True)
-        file.write("\n")
-    for root, _, files in os.walk(out_dir):
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o644)  # safetensors writes 0600
-    print(json.dumps(meta, indent=2, sort_keys=True))
+    make_peft_fixtures.finish_fixtures(out_dir, meta, "VERSIONS_task.json")
     return 0
 
 
@@ -176,11 +167,8 @@ def check_adapter(case, directory, fixtures):
 
 
 def main():
-    if os.environ.get("PYTHONHASHSEED") != "0":
-        # PEFT keeps target_modules in a set: a fixed hash seed makes the saved order reproducible.
-        os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, PYTHONHASHSEED="0"))
-    here = os.path.dirname(os.path.abspath(__file__))
-    default_out = os.path.normpath(os.path.join(here, "..", "tests", "fixtures", "peft"))
+    make_peft_fixtures.fix_hash_seed()
+    default_out = make_peft_fixtures.default_fixture_dir()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=default_out, help="fixture directory to write")
     parser.add_argument("--fixtures", default=default_out, help="fixture directory (for the checks)")
