@@ -162,6 +162,14 @@ def default_fixture_dir():
                                          "fixtures", "peft"))
 
 
+def generator_main(write_fixtures, description):
+    """Command line of a generator that only writes fixtures: `--out DIR` (default tests/fixtures/peft)."""
+    fix_hash_seed()
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=default_fixture_dir(), help="fixture directory to write into")
+    return write_fixtures(os.path.normpath(parser.parse_args().out))
+
+
 def base_model(kind):
     torch.manual_seed(MODEL_SEED)
     model = MODELS[kind]()

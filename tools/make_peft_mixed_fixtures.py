@@ -26,7 +26,6 @@ the saved adapter loaded onto a fresh base model:
                               merged_f16 and merged_bf16 (the adapter on the half-precision copies)
 """
 
-import argparse
 import os
 import shutil
 import sys
@@ -150,14 +149,5 @@ def write_fixtures(out_dir):
     return 0
 
 
-def main():
-    make_peft_fixtures.fix_hash_seed()
-    default_out = make_peft_fixtures.default_fixture_dir()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=default_out, help="fixture directory to write into")
-    args = parser.parse_args()
-    return write_fixtures(os.path.normpath(args.out))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(make_peft_fixtures.generator_main(write_fixtures, __doc__))
