@@ -16,13 +16,20 @@
 
 #include <Eigen/Core>
 #include <nlohmann/json.hpp>
+#include <unsupported/Eigen/SpecialFunctions>
 #include <vera/core/error.hpp>
 #include <vera/io/error.hpp>
 #include <vera/io/file.hpp>
 #include <vera/io/matrix.hpp>
 #include <vera/io/safetensors.hpp>
+#include <vera/multi.hpp>
 #include <vera/vera.hpp>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "profile.hpp"
 #include "tokenizer.hpp"
 
 namespace minilm {
@@ -31,6 +38,9 @@ template <class T>
 using matrix_t = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;  // column-major, as vera::linear stores W0
 template <class T>
 using vec_t = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+/// Row-major, for attention probabilities: each row's softmax runs over contiguous memory.
+template <class T>
+using row_matrix_t = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using matrix = matrix_t<float>;
 using vec = vec_t<float>;
 using index = Eigen::Index;
@@ -92,6 +102,51 @@ struct bert_config {
   }
 };
 
+namespace detail {
+
+/// \brief Threads that loops over sequences and heads may use: OpenMP's team size when the
+///        program is built with OpenMP, else 1.
+inline int loop_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+/// \brief f(i) for i in [0, count), split between OpenMP threads when there are several (a team
+///        of one would still cost the runtime an allocation per region).
+template <class F>
+void parallel_for(index count, F&& f) {
+#ifdef _OPENMP
+  if (omp_get_max_threads() > 1) {
+#pragma omp parallel for schedule(static)
+    for (index i = 0; i < count; ++i) f(i);
+    return;
+  }
+#endif
+  for (index i = 0; i < count; ++i) f(i);
+}
+
+/// \brief The calling thread's number in such a loop (0 outside one).
+inline int loop_thread() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+/// \brief dst = lhs rhs, or dst += lhs rhs with `accumulate`, through vera's GEMM entry point, so
+///        that the model's own products run in the same kernel as the adapters' (oneDNN when
+///        built with vera::onednn, Eigen otherwise). dst must already have its shape.
+template <class Dst, class Lhs, class Rhs>
+void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate = false) {
+  vera::cpu::gemm(std::forward<Dst>(dst), lhs, rhs, accumulate);
+}
+
+}  // namespace detail
+
 /// \brief A linear layer's weight (out x in, nn.Linear's layout) and bias: the W0 and bias that
 ///        vera::forward and vera::linear take, so a layer can later be adapted without copying.
 template <class T>
@@ -102,7 +157,8 @@ struct basic_linear_weights {
   /// \brief y (n x out) = x (n x in) Wᵀ + b, into a y that keeps its storage between calls.
   template <class XD>
   void forward(const Eigen::MatrixBase<XD>& x, matrix_t<T>& y) const {
-    y.noalias() = x * weight.transpose();
+    y.resize(x.rows(), weight.rows());
+    detail::gemm(y, x.derived(), weight.transpose());
     y.rowwise() += bias.transpose();
   }
 };
@@ -137,46 +193,59 @@ struct attention_adapters {
 /// \brief Whether a forward pass keeps what the VeRA backward needs.
 enum class pass { evaluate, train };
 
-/// \brief What one encoder layer computes, kept between steps (the storage is reused when the
-///        batch shape repeats) and kept whole because a backward pass needs it. Rows are tokens:
-///        row b * length + t is token t of sequence b.
+/// \brief What one encoder layer computes that the backward pass needs (or that the next layer
+///        reads), kept between steps: the storage is reused when the batch shape repeats. Rows are
+///        tokens: row b * length + t is token t of sequence b.
 template <class T>
 struct layer_activations {
   matrix_t<T> q, k, v;              ///< tokens x hidden
-  matrix_t<T> probabilities;        ///< (batch * heads * length) x length: softmax of each head
-  matrix_t<T> context;              ///< tokens x hidden: heads' outputs side by side
-  matrix_t<T> attention_sum;        ///< attention.output.dense(context) + layer input
-  matrix_t<T> attention_hat;        ///< attention_sum normalized, before gain and shift
-  vec_t<T> attention_rstd;          ///< 1 / sqrt(var + eps) of each row of attention_sum
-  matrix_t<T> attention_out;        ///< LayerNorm(attention_sum)
-  matrix_t<T> intermediate_in;      ///< intermediate.dense(attention_out), before GELU
-  matrix_t<T> intermediate_out;     ///< GELU(intermediate_in)
-  matrix_t<T> output_sum;           ///< output.dense(intermediate_out) + attention_out
+  row_matrix_t<T> probabilities;    ///< (batch * heads * length) x length: softmax of each head
+  matrix_t<T> attention_hat;        ///< attention.output.dense(context) + input, normalized, before gain and shift
+  vec_t<T> attention_rstd;          ///< 1 / sqrt(var + eps) of each of those rows
+  matrix_t<T> intermediate_in;      ///< intermediate.dense(attention output), before GELU
   matrix_t<T> output_hat;
   vec_t<T> output_rstd;
-  matrix_t<T> out;                  ///< LayerNorm(output_sum): the layer's output
-  /// What the adapted query and value keep for their backward (filled by pass::train).
+  matrix_t<T> out;                  ///< the layer's output
+  /// What the adapted query or value keeps for its backward (filled by pass::train) when only one
+  /// of them is adapted.
   vera::forward_context<T> query_context, value_context;
+  /// With both adapted, as one vera sibling group: X Aᵀ, computed once for both, kept.
+  vera::forward_context<T> query_value_context;
 };
 
-/// \brief Reusable buffers of a whole forward pass.
+/// \brief What a layer computes on the way and no backward needs (the base weights are frozen):
+///        one set, shared by every layer.
+template <class T>
+struct layer_scratch {
+  matrix_t<T> context;              ///< tokens x hidden: heads' outputs side by side
+  matrix_t<T> attention_sum;        ///< attention.output.dense(context) + layer input
+  matrix_t<T> attention_out;        ///< LayerNorm(attention_sum)
+  matrix_t<T> intermediate_out;     ///< GELU(intermediate_in)
+  matrix_t<T> output_sum;           ///< output.dense(intermediate_out) + attention_out
+};
+
+/// \brief Reusable buffers of a whole forward pass. A training pass keeps one layer_activations
+///        per layer for the backward; an evaluation pass needs two, used in turn.
 template <class T>
 struct basic_bert_workspace {
   matrix_t<T> embeddings_sum;       ///< word + position + token type, before LayerNorm
   matrix_t<T> embeddings_hat;
   vec_t<T> embeddings_rstd;
   matrix_t<T> embeddings;           ///< the first layer's input
-  vec_t<T> row_scratch;             ///< softmax row maxima and sums
   std::vector<T> key_bias;          ///< batch x length: 0 for a real token, lowest value for padding
   std::vector<layer_activations<T>> layers;
+  layer_scratch<T> scratch;
   matrix_t<T> cls;                  ///< batch x hidden: the last hidden state of each [CLS]
   matrix_t<T> pooler_in;            ///< pooler.dense(cls), before tanh
   matrix_t<T> pooled;               ///< batch x hidden
   matrix_t<T> logits;               ///< batch x num_labels
+  vera::workspace<T> adapter_scratch;  ///< vera's scratch for the adapted projections
   index batch = 0, length = 0;
+  const matrix_t<T>* last = nullptr;  ///< the last layer's output (or the embeddings)
 
-  /// \brief The last layer's output (tokens x hidden), or the embeddings without layers.
-  const matrix_t<T>& last_hidden_state() const { return layers.empty() ? embeddings : layers.back().out; }
+  /// \brief The last layer's output (tokens x hidden), or the embeddings without layers, of the
+  ///        latest forward pass.
+  const matrix_t<T>& last_hidden_state() const { return last != nullptr ? *last : embeddings; }
 };
 using bert_workspace = basic_bert_workspace<float>;
 
@@ -195,27 +264,33 @@ void layer_norm(const matrix_t<T>& x, const basic_norm_weights<T>& w, T eps, mat
   y.noalias() = ((hat.array().rowwise() * w.gamma.transpose().array()).rowwise() + w.beta.transpose().array()).matrix();
 }
 
-/// \brief GELU with the exact erf form that transformers' "gelu" uses.
+/// \brief GELU with the exact erf form that transformers' "gelu" uses (Eigen's vectorized erf
+///        for float, as PyTorch's vectorized kernel; std::erf for double).
 template <class T>
 void gelu(const matrix_t<T>& x, matrix_t<T>& y) {
   y.resize(x.rows(), x.cols());
-  const T* in = x.data();
-  T* out = y.data();
   const T inv_sqrt2 = T(0.70710678118654752440);
-  for (index i = 0; i < x.size(); ++i) out[i] = T(0.5) * in[i] * (T(1) + std::erf(in[i] * inv_sqrt2));
+  // Column blocks split between threads: coefficient-wise work that Eigen runs on one.
+  const index cols = x.cols(), threads = loop_threads();
+  parallel_for(threads, [&](index t) {
+    const index first = cols * t / threads, width = cols * (t + 1) / threads - first;
+    const auto in = x.middleCols(first, width).array();
+    y.middleCols(first, width).array() = T(0.5) * in * (T(1) + (in * inv_sqrt2).erf());
+  });
 }
 
-/// \brief Softmax of every row of `s` in place, after adding `key_bias` (one entry per column);
-///        `row_scratch` (any size) keeps the row maxima and sums without allocating each time.
+/// \brief Softmax of every row of `s` in place, of scale * s + key_bias (`key_bias`: one entry per
+///        column); each row is contiguous, and the pass over it runs in one vectorized loop.
 template <class T>
-void masked_softmax_rows(Eigen::Ref<matrix_t<T>> s, const T* key_bias, vec_t<T>& row_scratch) {
-  const Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>> bias(key_bias, s.cols());
-  s.rowwise() += bias;
-  row_scratch.resize(s.rows());
-  row_scratch.noalias() = s.rowwise().maxCoeff();
-  s = (s.colwise() - row_scratch).array().exp().matrix();
-  row_scratch.noalias() = s.rowwise().sum();
-  s.array().colwise() /= row_scratch.array();
+void masked_softmax_rows(Eigen::Ref<row_matrix_t<T>> s, const T* key_bias, T scale) {
+  const Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>> bias(key_bias, s.cols());
+  for (index r = 0; r < s.rows(); ++r) {
+    auto row = s.row(r).array();
+    row = row * scale + bias;
+    const T top = row.maxCoeff();
+    row = (row - top).exp();
+    row *= T(1) / row.sum();
+  }
 }
 
 /// \brief load() with the command that fetches the model appended to an io_error or
@@ -292,19 +367,27 @@ class basic_bert_encoder {
                               std::to_string(layers_.size()) + " layers");
     ws.batch = static_cast<index>(tokens.batch);
     ws.length = static_cast<index>(tokens.length);
-    embed(tokens, ws);
+    {
+      const profile::scope timer(profile::phase::embeddings);
+      embed(tokens, ws);
+    }
     ws.key_bias.resize(tokens.mask.size());
     // transformers adds the lowest value to the scores of padded keys: they get probability 0,
     // and a row without any real key degrades to a uniform average instead of NaN.
     std::transform(tokens.mask.begin(), tokens.mask.end(), ws.key_bias.begin(),
                    [](std::int32_t m) { return m != 0 ? T(0) : std::numeric_limits<T>::lowest(); });
-    ws.layers.resize(layers_.size());
+    // Training keeps every layer's activations for the backward; evaluation only needs the
+    // previous layer's output, so two sets take turns.
+    const std::size_t kept = mode == pass::train ? layers_.size() : std::min<std::size_t>(2, layers_.size());
+    if (ws.layers.size() < kept) ws.layers.resize(kept);
     const matrix_t<T>* input = &ws.embeddings;
     for (std::size_t i = 0; i < layers_.size(); ++i) {
-      layer_forward(layers_[i], adapters.empty() ? attention_adapters<T>{} : adapters[i], mode, *input, ws,
-                    ws.layers[i]);
-      input = &ws.layers[i].out;
+      layer_activations<T>& a = ws.layers[mode == pass::train ? i : i % 2];
+      layer_forward(layers_[i], adapters.empty() ? attention_adapters<T>{} : adapters[i], mode, *input, ws, a);
+      input = &a.out;
     }
+    ws.last = input;
+    const profile::scope timer(profile::phase::pooler_head);
     ws.cls.resize(ws.batch, config_.hidden_size);
     for (index b = 0; b < ws.batch; ++b) ws.cls.row(b) = input->row(b * ws.length);
     pooler_.forward(ws.cls, ws.pooler_in);
@@ -385,48 +468,93 @@ class basic_bert_encoder {
     const index length = ws.length, heads = config_.heads, d = config_.head_size();
     const T scale = T(1) / std::sqrt(static_cast<T>(d));
     a.probabilities.resize(ws.batch * heads * length, length);
-    a.context.resize(ws.batch * length, config_.hidden_size);
-    for (index b = 0; b < ws.batch; ++b) {
+    matrix_t<T>& context = ws.scratch.context;
+    context.resize(ws.batch * length, config_.hidden_size);
+    // Each (sequence, head) is independent; the products are small (length x head size), so
+    // Eigen's own kernel runs them (no provider call per head), and threads split the heads.
+    detail::parallel_for(ws.batch * heads, [&](index pair) {
+      const index b = pair / heads, h = pair % heads;
       const T* key_bias = ws.key_bias.data() + b * length;
-      for (index h = 0; h < heads; ++h) {
-        auto p = a.probabilities.middleRows((b * heads + h) * length, length);
-        const auto q = a.q.block(b * length, h * d, length, d);
-        const auto k = a.k.block(b * length, h * d, length, d);
-        const auto v = a.v.block(b * length, h * d, length, d);
-        p.noalias() = (q * k.transpose()) * scale;
-        detail::masked_softmax_rows<T>(p, key_bias, ws.row_scratch);
-        a.context.block(b * length, h * d, length, d).noalias() = p * v;
+      auto p = a.probabilities.middleRows(pair * length, length);
+      const auto q = a.q.block(b * length, h * d, length, d);
+      const auto k = a.k.block(b * length, h * d, length, d);
+      const auto v = a.v.block(b * length, h * d, length, d);
+      {
+        const profile::scope timer(profile::phase::attention_gemm);
+        p.noalias() = q * k.transpose();
       }
-    }
+      {
+        const profile::scope timer(profile::phase::softmax);
+        detail::masked_softmax_rows<T>(p, key_bias, scale);
+      }
+      const profile::scope timer(profile::phase::attention_gemm);
+      context.block(b * length, h * d, length, d).noalias() = p * v;
+    });
   }
 
   // Y = X Wᵀ + bias, plus the VeRA term when `ad` is set (saving its context when training).
   static void project(const basic_linear_weights<T>& w, const vera::adapter<T>* ad, pass mode,
-                      const matrix_t<T>& x, matrix_t<T>& y, vera::forward_context<T>& ctx) {
+                      const matrix_t<T>& x, matrix_t<T>& y, vera::forward_context<T>& ctx,
+                      vera::workspace<T>& scratch) {
     if (ad == nullptr) {
       w.forward(x, y);
     } else if (mode == pass::train) {
-      y = vera::forward(x, w.weight, w.bias, *ad).train(ctx);
+      y = vera::forward(x, w.weight, w.bias, *ad).train(ctx).using_workspace(scratch);
     } else {
-      y = vera::forward(x, w.weight, w.bias, *ad);
+      y = vera::forward(x, w.weight, w.bias, *ad).using_workspace(scratch);
     }
   }
 
   void layer_forward(const basic_layer_weights<T>& w, const attention_adapters<T>& adapters, pass mode,
                      const matrix_t<T>& x, basic_bert_workspace<T>& ws, layer_activations<T>& a) const {
+    using profile::phase;
     const T eps = static_cast<T>(config_.layer_norm_eps);
-    project(w.query, adapters.query, mode, x, a.q, a.query_context);
-    w.key.forward(x, a.k);
-    project(w.value, adapters.value, mode, x, a.v, a.value_context);
+    {
+      const profile::scope timer(phase::qv_projection);
+      if (adapters.query != nullptr && adapters.value != nullptr) {
+        // Query and value read the same input through one projection: a sibling group.
+        const auto group = vera::siblings(vera::sibling(w.query.weight, w.query.bias, *adapters.query),
+                                          vera::sibling(w.value.weight, w.value.bias, *adapters.value));
+        if (mode == pass::train) {
+          vera::forward(x, group).train(a.query_value_context).using_workspace(ws.adapter_scratch).eval_to(a.q, a.v);
+        } else {
+          vera::forward(x, group).using_workspace(ws.adapter_scratch).eval_to(a.q, a.v);
+        }
+      } else {
+        project(w.query, adapters.query, mode, x, a.q, a.query_context, ws.adapter_scratch);
+        project(w.value, adapters.value, mode, x, a.v, a.value_context, ws.adapter_scratch);
+      }
+    }
+    {
+      const profile::scope timer(phase::k_projection);
+      w.key.forward(x, a.k);
+    }
     attention(ws, a);
-    w.attention_output.forward(a.context, a.attention_sum);
-    a.attention_sum += x;
-    detail::layer_norm(a.attention_sum, w.attention_norm, eps, a.attention_hat, a.attention_rstd, a.attention_out);
-    w.intermediate.forward(a.attention_out, a.intermediate_in);
-    detail::gelu(a.intermediate_in, a.intermediate_out);
-    w.output.forward(a.intermediate_out, a.output_sum);
-    a.output_sum += a.attention_out;
-    detail::layer_norm(a.output_sum, w.output_norm, eps, a.output_hat, a.output_rstd, a.out);
+    layer_scratch<T>& s = ws.scratch;
+    {
+      const profile::scope timer(phase::attention_output);
+      w.attention_output.forward(s.context, s.attention_sum);
+    }
+    {
+      const profile::scope timer(phase::layer_norm);
+      s.attention_sum += x;
+      detail::layer_norm(s.attention_sum, w.attention_norm, eps, a.attention_hat, a.attention_rstd, s.attention_out);
+    }
+    {
+      const profile::scope timer(phase::ffn_gemm);
+      w.intermediate.forward(s.attention_out, a.intermediate_in);
+    }
+    {
+      const profile::scope timer(phase::gelu);
+      detail::gelu(a.intermediate_in, s.intermediate_out);
+    }
+    {
+      const profile::scope timer(phase::ffn_gemm);
+      w.output.forward(s.intermediate_out, s.output_sum);
+    }
+    const profile::scope timer(phase::layer_norm);
+    s.output_sum += s.attention_out;
+    detail::layer_norm(s.output_sum, w.output_norm, eps, a.output_hat, a.output_rstd, a.out);
   }
 
   bert_config config_;
@@ -499,6 +627,7 @@ class basic_bert_classifier {
   const matrix_t<T>& forward(const token_batch& tokens, basic_bert_workspace<T>& ws,
                              const std::vector<attention_adapters<T>>& adapters, pass mode) const {
     encoder_.forward(tokens, ws, adapters, mode);
+    const profile::scope timer(profile::phase::pooler_head);
     classifier_.forward(ws.pooled, ws.logits);
     return ws.logits;
   }

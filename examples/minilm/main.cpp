@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -25,6 +24,7 @@
 #include "../fashion_mnist/progress.hpp"
 #include "bert.hpp"
 #include "fortunes.hpp"
+#include "peft_export.hpp"
 #include "tokenizer.hpp"
 #include "training.hpp"
 
@@ -281,40 +281,13 @@ double train_head_only(const minilm::bert_encoder& encoder, const minilm::wordpi
   return accuracy(logits, data.test);
 }
 
-/// \brief The head's weight or bias as a modules_to_save tensor of a PEFT adapter.
-vera::io::trained_tensor head_tensor(const std::string& name, const float* row_major,
-                                     std::vector<std::uint64_t> shape) {
-  vera::io::trained_tensor t;
-  t.key = t.target = name;
-  t.kind = vera::io::trained_kind::module_to_save;
-  t.type = vera::io::dtype::f32;
-  t.shape = std::move(shape);
-  t.bytes.resize(t.expected_bytes());
-  std::memcpy(t.bytes.data(), row_major, t.bytes.size());  // little-endian hosts, as the writer assumes
-  return t;
-}
-
-/// \brief The adapter in PEFT's format (with A and B, as PEFT saves by default, so that loading
-///        does not depend on how the CPU rounds the regenerated projection; SEQ_CLS; the
-///        classifier under modules_to_save),
-///        and the logits of 64 test texts for tools/check_minilm_peft.py.
+/// \brief The adapter in PEFT's format (save_classifier_adapter) and the logits of 64 test texts
+///        for tools/check_minilm_peft.py.
 void save_for_peft(const vera::io::model_adapter<float>& adapters, const minilm::bert_classifier& model,
                    const minilm::wordpiece_tokenizer& tokenizer, const minilm::topic_split& data,
                    const settings& s) {
-  vera::io::vera_config config;
-  config.task_type = "SEQ_CLS";
-  config.target_modules.names = {"query", "value"};
-  config.modules_to_save = std::vector<std::string>{"classifier"};
-  config.base_model_name_or_path = "sentence-transformers/all-MiniLM-L6-v2";
-  const vera::row_matrix<float> weight = model.classifier().weight;
-  const auto labels = static_cast<std::uint64_t>(weight.rows()), hidden = static_cast<std::uint64_t>(weight.cols());
-  const std::vector<vera::io::trained_tensor> head = {
-      head_tensor("classifier.bias", model.classifier().bias.data(), {labels}),
-      head_tensor("classifier.weight", weight.data(), {labels, hidden})};
   const fs::path adapter_dir = s.out / "vera_adapter";
-  vera::io::save_options options;
-  options.save_projection = true;
-  vera::io::save_peft_adapter(adapters, adapter_dir, options, config, head);
+  minilm::save_classifier_adapter(adapters, model.classifier(), adapter_dir);
 
   // 64 test texts spread over every topic.
   std::vector<std::string> texts;

@@ -67,8 +67,10 @@ struct backward_workspace {
   matrix_t<T> pooled, pooler_in, cls;   ///< dL/d of the pooler's output, its input before tanh, [CLS]
   matrix_t<T> hidden;                   ///< dL/d of the current layer's output, then of its input
   matrix_t<T> output_sum, intermediate, attention_out, attention_sum, context;
-  matrix_t<T> q, k, v, scores;
+  matrix_t<T> q, k, v;
+  std::vector<row_matrix_t<T>> scores;  ///< per thread: one head's dL/dp, then dL/d(scores)
   vec_t<T> row, row2;
+  vera::workspace<T> adapter_scratch;   ///< vera's scratch for the adapters' gradients
 };
 
 /// \brief Mean cross-entropy of `logits` (batch x labels) against `labels`; writes its gradient
@@ -116,12 +118,13 @@ void layer_norm_backward(const matrix_t<T>& dy, const matrix_t<T>& hat, const ve
 template <class T>
 void gelu_backward(const matrix_t<T>& x, matrix_t<T>& d) {
   const T inv_sqrt2 = T(0.70710678118654752440), inv_sqrt_2pi = T(0.39894228040143267794);
-  const T* in = x.data();
-  T* out = d.data();
-  for (index i = 0; i < x.size(); ++i) {
-    const T cdf = T(0.5) * (T(1) + std::erf(in[i] * inv_sqrt2));
-    out[i] *= cdf + in[i] * inv_sqrt_2pi * std::exp(T(-0.5) * in[i] * in[i]);
-  }
+  const index cols = x.cols(), threads = loop_threads();
+  parallel_for(threads, [&](index t) {
+    const index first = cols * t / threads, width = cols * (t + 1) / threads - first;
+    const auto in = x.middleCols(first, width).array();
+    d.middleCols(first, width).array() *=
+        T(0.5) * (T(1) + (in * inv_sqrt2).erf()) + in * inv_sqrt_2pi * (T(-0.5) * in.square()).exp();
+  });
 }
 
 /// \brief dL/dq, dL/dk, dL/dv of every sequence's and head's attention from dL/dcontext.
@@ -133,33 +136,46 @@ void attention_backward(const bert_config& config, const basic_bert_workspace<T>
   g.q.resize(a.q.rows(), a.q.cols());
   g.k.resize(a.k.rows(), a.k.cols());
   g.v.resize(a.v.rows(), a.v.cols());
-  for (index b = 0; b < ws.batch; ++b) {
-    for (index h = 0; h < heads; ++h) {
-      const auto p = a.probabilities.middleRows((b * heads + h) * length, length);
-      const auto dc = g.context.block(b * length, h * d, length, d);
+  g.scores.resize(static_cast<std::size_t>(loop_threads()));
+  parallel_for(ws.batch * heads, [&](index pair) {
+    const index b = pair / heads, h = pair % heads;
+    row_matrix_t<T>& scores = g.scores[static_cast<std::size_t>(loop_thread())];
+    const auto p = a.probabilities.middleRows(pair * length, length);
+    const auto dc = g.context.block(b * length, h * d, length, d);
+    {
+      const profile::scope timer(profile::phase::attention_backward_gemm);
       g.v.block(b * length, h * d, length, d).noalias() = p.transpose() * dc;
-      g.scores.noalias() = dc * a.v.block(b * length, h * d, length, d).transpose();  // dL/dp
-      // Softmax: ds = p ⊙ (dp - rowsum(p ⊙ dp)); padded keys have p = 0 and get nothing.
-      g.row = (g.scores.array() * p.array()).rowwise().sum();
-      g.scores = (p.array() * (g.scores.colwise() - g.row).array()).matrix() * scale;
-      g.q.block(b * length, h * d, length, d).noalias() = g.scores * a.k.block(b * length, h * d, length, d);
-      g.k.block(b * length, h * d, length, d).noalias() =
-          g.scores.transpose() * a.q.block(b * length, h * d, length, d);
+      scores.noalias() = dc * a.v.block(b * length, h * d, length, d).transpose();  // dL/dp
     }
-  }
+    {
+      const profile::scope timer(profile::phase::softmax_backward);
+      // Softmax: ds = p ⊙ (dp - rowsum(p ⊙ dp)); padded keys have p = 0 and get nothing.
+      for (index r = 0; r < length; ++r) {
+        auto ds = scores.row(r).array();
+        const auto pr = p.row(r).array();
+        const T dot = (ds * pr).sum();
+        ds = pr * (ds - dot) * scale;
+      }
+    }
+    const profile::scope timer(profile::phase::attention_backward_gemm);
+    g.q.block(b * length, h * d, length, d).noalias() = scores * a.k.block(b * length, h * d, length, d);
+    g.k.block(b * length, h * d, length, d).noalias() = scores.transpose() * a.q.block(b * length, h * d, length, d);
+  });
 }
 
 /// \brief dL/dx (tokens x in) += dL/dy of an adapted (or, without adapter, frozen) projection,
 ///        and the adapter's gradients.
 template <class T>
 void projection_backward(const matrix_t<T>& dy, const basic_linear_weights<T>& w, const vera::adapter<T>* ad,
-                         const vera::forward_context<T>& ctx, vera::gradients<T>& grads, matrix_t<T>* dx) {
-  if (ad != nullptr) grads = vera::parameter_gradients(dy, *ad, ctx);
+                         const vera::forward_context<T>& ctx, vera::gradients<T>& grads, matrix_t<T>* dx,
+                         vera::workspace<T>& scratch) {
+  // Into the same buffers every step: an optimizer may hold them.
+  if (ad != nullptr) vera::parameter_gradients(dy, *ad, ctx).using_workspace(scratch).eval_to(grads);
   if (dx == nullptr) return;
   if (ad != nullptr) {
-    vera::input_gradient(dy, w.weight, *ad, ctx).add_to(*dx);
+    vera::input_gradient(dy, w.weight, *ad, ctx).using_workspace(scratch).add_to(*dx);
   } else {
-    dx->noalias() += dy * w.weight;
+    detail::gemm(*dx, dy, w.weight, /*accumulate=*/true);
   }
 }
 
@@ -169,23 +185,56 @@ template <class T>
 void layer_backward(const bert_config& config, const basic_layer_weights<T>& w, const attention_adapters<T>& ad,
                     const basic_bert_workspace<T>& ws, const layer_activations<T>& a, bool input_needed,
                     attention_gradients<T>& grads, backward_workspace<T>& g) {
-  layer_norm_backward(g.hidden, a.output_hat, a.output_rstd, w.output_norm.gamma, g.row, g.row2, g.output_sum);
-  g.intermediate.noalias() = g.output_sum * w.output.weight;
-  gelu_backward(a.intermediate_in, g.intermediate);
-  g.attention_out = g.output_sum;  // the residual around the feed-forward block
-  g.attention_out.noalias() += g.intermediate * w.intermediate.weight;
-  layer_norm_backward(g.attention_out, a.attention_hat, a.attention_rstd, w.attention_norm.gamma, g.row,
-                      g.row2, g.attention_sum);
-  g.context.noalias() = g.attention_sum * w.attention_output.weight;
+  using profile::phase;
+  {
+    const profile::scope timer(phase::layer_norm_backward);
+    layer_norm_backward(g.hidden, a.output_hat, a.output_rstd, w.output_norm.gamma, g.row, g.row2, g.output_sum);
+  }
+  {
+    const profile::scope timer(phase::ffn_backward);
+    g.intermediate.resize(g.output_sum.rows(), w.output.weight.cols());
+    detail::gemm(g.intermediate, g.output_sum, w.output.weight);
+  }
+  {
+    const profile::scope timer(phase::gelu_backward);
+    gelu_backward(a.intermediate_in, g.intermediate);
+  }
+  {
+    const profile::scope timer(phase::ffn_backward);
+    g.attention_out = g.output_sum;  // the residual around the feed-forward block
+    detail::gemm(g.attention_out, g.intermediate, w.intermediate.weight, /*accumulate=*/true);
+  }
+  {
+    const profile::scope timer(phase::layer_norm_backward);
+    layer_norm_backward(g.attention_out, a.attention_hat, a.attention_rstd, w.attention_norm.gamma, g.row,
+                        g.row2, g.attention_sum);
+  }
+  {
+    const profile::scope timer(phase::attention_output_backward);
+    g.context.resize(g.attention_sum.rows(), w.attention_output.weight.cols());
+    detail::gemm(g.context, g.attention_sum, w.attention_output.weight);
+  }
   attention_backward(config, ws, a, g);
   matrix_t<T>* dx = nullptr;
   if (input_needed) {
+    const profile::scope timer(phase::k_backward);
     g.hidden = g.attention_sum;  // the residual around attention
-    g.hidden.noalias() += g.k * w.key.weight;
+    detail::gemm(g.hidden, g.k, w.key.weight, /*accumulate=*/true);
     dx = &g.hidden;
   }
-  projection_backward(g.q, w.query, ad.query, a.query_context, grads.query, dx);
-  projection_backward(g.v, w.value, ad.value, a.value_context, grads.value, dx);
+  const profile::scope timer(phase::qv_backward);
+  if (ad.query != nullptr && ad.value != nullptr) {
+    const auto group = vera::siblings(vera::sibling(w.query.weight, w.query.bias, *ad.query),
+                                      vera::sibling(w.value.weight, w.value.bias, *ad.value));
+    vera::parameter_gradients(group, a.query_value_context, g.q, g.v)
+        .using_workspace(g.adapter_scratch)
+        .eval_to(grads.query, grads.value);
+    // Both adapters' input-gradient terms meet in one product.
+    if (dx != nullptr) vera::input_gradient(group, a.query_value_context, g.q, g.v).using_workspace(g.adapter_scratch).add_to(*dx);
+    return;
+  }
+  projection_backward(g.q, w.query, ad.query, a.query_context, grads.query, dx, g.adapter_scratch);
+  projection_backward(g.v, w.value, ad.value, a.value_context, grads.value, dx, g.adapter_scratch);
 }
 
 }  // namespace detail
@@ -198,16 +247,19 @@ template <class T>
 void backward(const basic_bert_classifier<T>& model, const std::vector<attention_adapters<T>>& adapters,
               const basic_bert_workspace<T>& ws, const matrix_t<T>& d_logits, classifier_gradients<T>& grads,
               backward_workspace<T>& g) {
-  grads.head_weight.noalias() = d_logits.transpose() * ws.pooled;
-  grads.head_bias = d_logits.colwise().sum().transpose();
-  if (adapters.empty()) return;
   const auto& encoder = model.encoder();
   const bert_config& config = encoder.config();
-  g.pooled.noalias() = d_logits * model.classifier().weight;
-  g.pooler_in = (g.pooled.array() * (T(1) - ws.pooled.array().square())).matrix();
-  g.cls.noalias() = g.pooler_in * encoder.pooler().weight;
-  g.hidden.setZero(ws.batch * ws.length, config.hidden_size);
-  for (index b = 0; b < ws.batch; ++b) g.hidden.row(b * ws.length) = g.cls.row(b);
+  {
+    const profile::scope timer(profile::phase::head_backward);
+    grads.head_weight.noalias() = d_logits.transpose() * ws.pooled;
+    grads.head_bias = d_logits.colwise().sum().transpose();
+    if (adapters.empty()) return;
+    g.pooled.noalias() = d_logits * model.classifier().weight;
+    g.pooler_in = (g.pooled.array() * (T(1) - ws.pooled.array().square())).matrix();
+    g.cls.noalias() = g.pooler_in * encoder.pooler().weight;
+    g.hidden.setZero(ws.batch * ws.length, config.hidden_size);
+    for (index b = 0; b < ws.batch; ++b) g.hidden.row(b * ws.length) = g.cls.row(b);
+  }
   grads.layers.resize(encoder.layers().size());
   for (std::size_t i = encoder.layers().size(); i-- > 0;) {
     detail::layer_backward(config, encoder.layers()[i], adapters[i], ws, ws.layers[i], i > 0, grads.layers[i], g);
