@@ -9,8 +9,9 @@ anything is timed. Then every configuration (side x task x threads) runs as its 
 interleaved rounds (C++ and PEFT alternately, the order flipped each round); the table shows the
 median over rounds of each process's median step. Peak RSS is each process's ru_maxrss.
 
-  ../peer-venv/bin/python bench/minilm_vs_peft.py --cxx build/minilm-helper/bench/minilm_step_eigen \
-      [--rounds 3] [--steps 10] [--threads 1,2] [--out bench_results]
+  ../peer-venv/bin/python bench/minilm_vs_peft.py --cxx build/default/bench/minilm_step_eigen \
+      [--cxx build/default/bench/minilm_step_onednn] [--rounds 3] [--steps 10] [--threads 1,2] [--out DIR]
+Each --cxx is one vera contender (its name: the binary's suffix, the GEMM provider it was built with).
 
 PEFT side alone (what the driver starts):
   python bench/minilm_vs_peft.py --side peft --reference DIR --task train|infer --threads T [--check]
@@ -119,6 +120,7 @@ def peft_side(args):
         with torch.no_grad():
             after = model(**batch, labels=labels).loss.item()  # eval-free: no dropout either way
         errors["loss after one AdamW step"] = abs(after - ref["loss_after_step"]) / abs(ref["loss_after_step"])
+        info["loss_before_after_step"] = [ref["loss"], after]
         info["check"] = errors
         info["check_passed"] = all(e <= TOLERANCE for e in errors.values())
         print(json.dumps(info), flush=True)
@@ -177,15 +179,20 @@ def cpu_model():
     return platform.processor()
 
 
+def contender_name(path):
+    return "vera-" + pathlib.Path(path).name.rsplit("_", 1)[-1]
+
+
 def driver(args):
-    cxx = str(args.cxx)
+    contenders = [(contender_name(c), str(c)) for c in args.cxx]
+    cxx = contenders[0][1]
     me = [sys.executable, str(pathlib.Path(__file__).resolve())]
     common_cxx = ["--model", str(args.model), "--fortunes", str(args.fortunes)]
     common_py = ["--model", str(args.model)]
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="minilm_vs_peft_"))
     reference = workdir / "reference"
     run_json([cxx, "--reference", str(reference)] + common_cxx, thread_env(1), args.timeout)
-    check = run_json(me + ["--side", "peft", "--reference", str(reference), "--check"] + common_py,
+    check = run_json(me + ["--side", "peft", "--reference", str(reference), "--check", "--threads", "1"] + common_py,
                      thread_env(1), args.timeout)[0]
     print("same batch, same starting adapter; PEFT against vera (max abs difference / max abs value):")
     for name, error in check["check"].items():
@@ -198,58 +205,80 @@ def driver(args):
     for rnd in range(args.rounds):
         for threads in args.threads:
             for task in ("train", "infer"):
-                sides = [("vera", [cxx, "--task", task, "--threads", str(threads), "--steps", str(args.steps),
-                                   "--warmup", str(args.warmup)] + common_cxx),
-                         ("peft", me + ["--side", "peft", "--reference", str(reference), "--task", task,
-                                        "--threads", str(threads), "--steps", str(args.steps),
-                                        "--warmup", str(args.warmup)] + common_py)]
+                sides = [(name, [path, "--task", task, "--threads", str(threads), "--steps", str(args.steps),
+                                 "--warmup", str(args.warmup)] + common_cxx) for name, path in contenders]
+                sides.append(("peft", me + ["--side", "peft", "--reference", str(reference), "--task", task,
+                                            "--threads", str(threads), "--steps", str(args.steps),
+                                            "--warmup", str(args.warmup)] + common_py))
                 if rnd % 2 == 1:
                     sides.reverse()
                 for side, command in sides:
                     loads.append(load_average())
                     rec = run_json(command, thread_env(threads), args.timeout)[0]
                     rec["round"] = rnd
+                    rec["side"] = side
                     records.append(rec)
-                    print(f"round {rnd + 1}/{args.rounds} {side:4} {task:5} threads={threads}: "
+                    print(f"round {rnd + 1}/{args.rounds} {side:12} {task:5} threads={threads}: "
                           f"median {rec['median_ms']:.1f} ms, peak RSS {rec['peak_rss_kib'] / 1024:.0f} MiB "
                           f"(load {loads[-1]:.2f})", flush=True)
-    profile = None
+    profiles = []
     if args.profile:
-        out = run_json([cxx, "--task", "train", "--threads", "1", "--steps", str(args.steps), "--warmup",
-                        str(args.warmup), "--profile"] + common_cxx, thread_env(1), args.timeout)
-        profile = next(r for r in out if "phases" in r)
+        for name, path in contenders:
+            out = run_json([path, "--task", "train", "--threads", "1", "--steps", str(args.steps), "--warmup",
+                            str(args.warmup), "--profile"] + common_cxx, thread_env(1), args.timeout)
+            profile = next(r for r in out if "phases" in r)
+            profile["side"] = name
+            profiles.append(profile)
 
     def cell(side, task, threads, key):
         values = [r[key] for r in records if r["side"] == side and r["task"] == task and r["threads"] == threads]
         return statistics.median(values)
 
-    first = {side: next(r for r in records if r["side"] == side) for side in ("vera", "peft")}
-    lines = [f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; load average during the runs "
-             f"{min(loads):.2f} to {max(loads):.2f}.",
-             f"vera: GEMM {first['vera']['gemm']}, {cxx.rsplit('/', 1)[-1]}.",
-             f"PyTorch {first['peft']['torch']} + PEFT {first['peft']['peft']} + transformers "
-             f"{first['peft']['transformers']} (attention: {first['peft']['attention']}), eager, float32; "
-             f"GEMM {first['peft']['gemm']}.",
-             f"Batch {first['vera']['batch']} x {first['vera']['length']} tokens, VeRA r = "
-             f"{first['vera']['rank']} on the 12 query/value layers + classifier; median of {args.steps} "
-             f"steps after {args.warmup} warm-up, median over {args.rounds} interleaved rounds.",
-             "",
-             "| task | threads | vera ms | PEFT ms | PEFT / vera | vera peak RSS | PEFT peak RSS | vera / PEFT memory |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    names = [name for name, _ in contenders]
+    first = {side: next(r for r in records if r["side"] == side) for side in names + ["peft"]}
+    lines = [f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; load average (1 min) when each process "
+             f"started: {min(loads):.2f} to {max(loads):.2f}, median {statistics.median(loads):.2f}."]
+    for name in names:
+        lines.append(f"{name}: GEMM {first[name]['gemm']}.")
+    lines += [f"PEFT: PyTorch {first['peft']['torch']} + PEFT {first['peft']['peft']} + transformers "
+              f"{first['peft']['transformers']} (attention: {first['peft']['attention']}), eager, float32; "
+              f"GEMM {first['peft']['gemm']}.",
+              f"Batch {first[names[0]]['batch']} x {first[names[0]]['length']} tokens, VeRA r = "
+              f"{first[names[0]]['rank']} on the 12 query/value layers + classifier; each process: median of "
+              f"{args.steps} steps after {args.warmup} warm-up; each cell: median over {args.rounds} interleaved "
+              f"rounds. Ratios: PEFT time / vera time, vera peak RSS / PEFT peak RSS.",
+              ""]
+    header = "| task | threads | PEFT ms | PEFT peak RSS |"
+    rule = "|---|---:|---:|---:|"
+    for name in names:
+        header += f" {name} ms | speed-up | {name} peak RSS | memory ratio |"
+        rule += "---:|---:|---:|---:|"
+    lines += [f"Before timing, PEFT (from the adapter the C++ side saved) reproduced its numbers on the batch: "
+              + ", ".join(f"{name} {error:.1e}" for name, error in check["check"].items())
+              + f" (max abs difference / max abs value; the step moved the loss from "
+              f"{check['loss_before_after_step'][0]:.4f} to {check['loss_before_after_step'][1]:.4f}).", "",
+              header, rule]
     for task in ("train", "infer"):
         for threads in args.threads:
-            v, p = cell("vera", task, threads, "median_ms"), cell("peft", task, threads, "median_ms")
-            vm, pm = cell("vera", task, threads, "peak_rss_kib"), cell("peft", task, threads, "peak_rss_kib")
-            name = "training step" if task == "train" else "inference batch"
-            lines.append(f"| {name} | {threads} | {v:.0f} | {p:.0f} | {p / v:.2f}x | {vm / 1024:.0f} MiB | "
-                         f"{pm / 1024:.0f} MiB | {vm / pm:.2f} |")
-    allocs = max(r["allocations_per_step"] for r in records if r["side"] == "vera")
+            p = cell("peft", task, threads, "median_ms")
+            pm = cell("peft", task, threads, "peak_rss_kib")
+            row = (f"| {'training step' if task == 'train' else 'inference batch'} | {threads} | {p:.0f} | "
+                   f"{pm / 1024:.0f} MiB |")
+            for name in names:
+                v = cell(name, task, threads, "median_ms")
+                vm = cell(name, task, threads, "peak_rss_kib")
+                row += f" {v:.0f} | {p / v:.2f}x | {vm / 1024:.0f} MiB | {vm / pm:.2f} |"
+            lines.append(row)
     lines.append("")
-    lines.append(f"Heap allocations in a timed vera step (most of any step, any configuration): {allocs}.")
-    if profile:
+    for name in names:
+        for threads in args.threads:
+            counts = [r["allocations_per_step"] for r in records if r["side"] == name and r["threads"] == threads]
+            lines.append(f"Heap allocations in a timed {name} step or batch, {threads} thread(s): at most {max(counts)}.")
+    for profile in profiles:
         total = sum(p["ms_per_step"] for p in profile["phases"])
-        lines += ["", f"Where vera's training step goes (1 thread, {profile['profile_steps']} steps, "
-                  f"{total:.0f} ms per step under the timers):", "", "| phase | ms per step | share |", "|---|---:|---:|"]
+        lines += ["", f"Where the {profile['side']} training step goes (1 thread, {profile['profile_steps']} steps, "
+                  f"{total:.0f} ms per step under the timers):", "", "| phase | ms per step | share |",
+                  "|---|---:|---:|"]
         for p in sorted(profile["phases"], key=lambda p: -p["ms_per_step"]):
             lines.append(f"| {p['phase']} | {p['ms_per_step']:.1f} | {100 * p['ms_per_step'] / total:.1f}% |")
     table = "\n".join(lines)
@@ -259,7 +288,7 @@ def driver(args):
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "table.md").write_text(table + "\n")
         with open(args.out / "results.jsonl", "w") as f:
-            for r in [check] + records + ([profile] if profile else []):
+            for r in [check] + records + profiles:
                 f.write(json.dumps(r) + "\n")
     return 0
 
@@ -267,7 +296,8 @@ def driver(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--side", choices=["peft"], help="run one PEFT configuration (started by the driver)")
-    p.add_argument("--cxx", type=pathlib.Path, default=ROOT / "build" / "default" / "bench" / "minilm_step_eigen")
+    p.add_argument("--cxx", type=pathlib.Path, action="append",
+                   help="a minilm_step binary (repeatable; default build/default/bench/minilm_step_eigen)")
     p.add_argument("--model", type=pathlib.Path, default=ROOT / "data" / "minilm")
     p.add_argument("--fortunes", type=pathlib.Path, default=pathlib.Path("/usr/share/games/fortunes"))
     p.add_argument("--reference", type=pathlib.Path)
@@ -285,6 +315,7 @@ def main():
         args.threads = int(args.threads)
         return peft_side(args)
     args.threads = [int(t) for t in args.threads.split(",")]
+    args.cxx = args.cxx or [ROOT / "build" / "default" / "bench" / "minilm_step_eigen"]
     return driver(args)
 
 
