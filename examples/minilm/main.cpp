@@ -58,6 +58,7 @@ struct settings {
   double vera_lr = 1e-2;
   double head_lr = 5e-3;
   bool quick = false;
+  fs::path check_peft;  ///< with --check-peft: a directory from tools/check_minilm_from_peft.py
 };
 
 void usage(const char* program) {
@@ -67,7 +68,9 @@ void usage(const char* program) {
       "  --fortunes DIR  Debian's fortunes files (default /usr/share/games/fortunes)\n"
       "  --out DIR       where the PEFT adapter and check logits go (default minilm_results)\n"
       "  --seed N        head initialisation and batch order (default 0)\n"
-      "  --quick         16 training fortunes per topic, one epoch: a smoke run\n",
+      "  --quick         16 training fortunes per topic, one epoch: a smoke run\n"
+      "  --check-peft DIR  no training: load DIR/peft_adapter (trained by PEFT), run the texts of\n"
+      "                  DIR/check_logits.json and compare with PEFT's logits there (exit 1 above 1e-4)\n",
       program);
 }
 
@@ -92,6 +95,8 @@ settings parse(int argc, char** argv) {
       s.seed = std::stoull(value());
     } else if (arg == "--quick") {
       s.quick = true;
+    } else if (arg == "--check-peft") {
+      s.check_peft = value();
     } else if (arg == "--help" || arg == "-h") {
       usage(argv[0]);
       std::exit(0);
@@ -364,11 +369,66 @@ double train_vera(const minilm::bert_encoder& encoder, const minilm::wordpiece_t
   return result;
 }
 
+/// \brief Loads a VeRA adapter that PEFT trained on all-MiniLM-L6-v2 (query and value; the
+///        classifier under modules_to_save) with vera::io, runs the texts PEFT ran and compares
+///        the logits. Returns the exit status: 0 within 1e-4 (max abs difference / max abs logit).
+int check_peft_adapter(const settings& s) {
+  const nlohmann::json check =
+      nlohmann::json::parse(vera::io::read_text_file(s.check_peft / "check_logits.json", std::size_t{1} << 26));
+  const fs::path adapter_dir = s.check_peft / "peft_adapter";
+  const vera::io::safetensors_file weights(adapter_dir / vera::io::adapter_weights_file);
+  const auto config = vera::io::vera_config::read(adapter_dir);
+  auto encoder = minilm::bert_classifier::load_encoder(s.model);
+  const index hidden = encoder.config().hidden_size;
+  // The checkpoint is a BertModel (no "bert." prefix), so the shapes come from the config:
+  // every query and value is hidden x hidden.
+  vera::io::layer_shapes shapes;
+  const auto ends_with = [](const std::string& text, const std::string& tail) {
+    return text.size() >= tail.size() && text.compare(text.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  for (const std::string& path : vera::io::peft_layer_paths(weights)) {
+    if (!ends_with(path, ".attention.self.query") && !ends_with(path, ".attention.self.value")) throw vera::format_error(adapter_dir.string() + ": adapted layer " + path + " is not a query or value");
+    shapes[path] = {hidden, hidden};
+  }
+  auto loaded = vera::io::load_peft_adapter<float>(config, weights, shapes);
+  const auto* weight = loaded.find_trained("classifier.weight");
+  const auto* bias = loaded.find_trained("classifier.bias");
+  if (weight == nullptr || bias == nullptr)
+    throw vera::format_error(adapter_dir.string() + ": no classifier under modules_to_save");
+  const std::vector<float> w = weight->values<float>(), b = bias->values<float>();
+  const auto labels = static_cast<index>(b.size());
+  minilm::linear_weights head{Eigen::Map<const vera::row_matrix<float>>(w.data(), labels, hidden),
+                              Eigen::Map<const vec>(b.data(), labels)};
+  const minilm::bert_classifier model(std::move(encoder), std::move(head));
+
+  settings run = s;
+  run.max_length = check.at("max_length").get<std::size_t>();
+  const auto texts = check.at("texts").get<std::vector<std::string>>();
+  const index layers = model.encoder().config().layers;
+  const auto tokenizer = minilm::wordpiece_tokenizer::from_file(s.model / "tokenizer.json");
+  const matrix logits = predict(model, tokenizer, minilm::attention_adapters_of(loaded.model, layers), texts, run);
+  matrix want(logits.rows(), logits.cols());
+  for (index r = 0; r < want.rows(); ++r)
+    for (index c = 0; c < want.cols(); ++c) want(r, c) = check.at("logits").at(r).at(c).get<float>();
+  const double scale = want.cwiseAbs().maxCoeff();
+  const double error = (logits - want).cwiseAbs().maxCoeff() / scale;
+  // For scale: the same model with every b at zero (the VeRA vectors' contribution).
+  for (index i = 0; i < layers; ++i)
+    for (const char* which : {"query", "value"}) loaded.model.at(minilm::attention_path(i, which)).lambda_b().setZero();
+  const matrix without = predict(model, tokenizer, minilm::attention_adapters_of(loaded.model, layers), texts, run);
+  std::printf("PEFT adapter %s (r %ld, %zu layers), %zu texts: max |C++ - PEFT| / max |PEFT| = %.3g (tolerance 1e-4); "
+              "the VeRA vectors move the logits by up to %.3g of that scale\n",
+              adapter_dir.string().c_str(), static_cast<long>(config.r), loaded.model.size(), texts.size(),
+              error, (logits - without).cwiseAbs().maxCoeff() / scale);
+  return error <= 1e-4 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const settings s = parse(argc, argv);
   try {
+    if (!s.check_peft.empty()) return check_peft_adapter(s);
     if (!fs::exists(s.model / "model.safetensors") || !fs::exists(s.fortunes / topics.front())) {
       std::fprintf(stderr,
                    "minilm: needs all-MiniLM-L6-v2 in %s (scripts/fetch-minilm.sh) and Debian's fortunes in %s "
