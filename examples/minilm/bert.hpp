@@ -182,12 +182,23 @@ struct basic_layer_weights {
   basic_norm_weights<T> output_norm;         ///< output.LayerNorm
 };
 
-/// \brief VeRA adapters on one layer's attention.self.query and .value; null runs the frozen
-///        layer. The adapters are not owned and must outlive every pass that uses them.
+/// \brief LoRA on one projection (PEFT's lora_A, lora_B): Y = X W0ᵀ + bias + scale (X Aᵀ) Bᵀ.
+template <class T>
+struct lora_adapter {
+  matrix_t<T> a;  ///< rank x in
+  matrix_t<T> b;  ///< out x rank
+  T scale = 1;    ///< lora_alpha / rank
+};
+
+/// \brief Adapters on one layer's attention.self.query and .value: VeRA or LoRA (not both on one
+///        projection); null runs the frozen projection. Not owned: they must outlive every pass
+///        that uses them.
 template <class T>
 struct attention_adapters {
   const vera::adapter<T>* query = nullptr;
   const vera::adapter<T>* value = nullptr;
+  const lora_adapter<T>* lora_query = nullptr;
+  const lora_adapter<T>* lora_value = nullptr;
 };
 
 /// \brief Whether a forward pass keeps what the VeRA backward needs.
@@ -211,6 +222,8 @@ struct layer_activations {
   vera::forward_context<T> query_context, value_context;
   /// With both adapted, as one vera sibling group: X Aᵀ, computed once for both, kept.
   vera::forward_context<T> query_value_context;
+  /// X Aᵀ of LoRA on query and value (tokens x rank).
+  matrix_t<T> lora_query_p, lora_value_p;
 };
 
 /// \brief What a layer computes on the way and no backward needs (the base weights are frozen):
@@ -493,11 +506,16 @@ class basic_bert_encoder {
   }
 
   // Y = X Wᵀ + bias, plus the VeRA term when `ad` is set (saving its context when training).
-  static void project(const basic_linear_weights<T>& w, const vera::adapter<T>* ad, pass mode,
-                      const matrix_t<T>& x, matrix_t<T>& y, vera::forward_context<T>& ctx,
-                      vera::workspace<T>& scratch) {
+  static void project(const basic_linear_weights<T>& w, const vera::adapter<T>* ad, const lora_adapter<T>* lora,
+                      pass mode, const matrix_t<T>& x, matrix_t<T>& y, vera::forward_context<T>& ctx,
+                      matrix_t<T>& lora_p, vera::workspace<T>& scratch) {
     if (ad == nullptr) {
       w.forward(x, y);
+      if (lora != nullptr) {
+        lora_p.resize(x.rows(), lora->a.rows());
+        detail::gemm(lora_p, x, lora->a.transpose());
+        y.noalias() += (lora_p * lora->b.transpose()) * lora->scale;
+      }
     } else if (mode == pass::train) {
       y = vera::forward(x, w.weight, w.bias, *ad).train(ctx).using_workspace(scratch);
     } else {
@@ -521,8 +539,10 @@ class basic_bert_encoder {
           vera::forward(x, group).using_workspace(ws.adapter_scratch).eval_to(a.q, a.v);
         }
       } else {
-        project(w.query, adapters.query, mode, x, a.q, a.query_context, ws.adapter_scratch);
-        project(w.value, adapters.value, mode, x, a.v, a.value_context, ws.adapter_scratch);
+        project(w.query, adapters.query, adapters.lora_query, mode, x, a.q, a.query_context, a.lora_query_p,
+                ws.adapter_scratch);
+        project(w.value, adapters.value, adapters.lora_value, mode, x, a.v, a.value_context, a.lora_value_p,
+                ws.adapter_scratch);
       }
     }
     {

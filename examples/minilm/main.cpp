@@ -5,6 +5,7 @@
 // texts, which tools/check_minilm_peft.py compares with PEFT. Run with --help for the options.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -57,6 +58,8 @@ struct settings {
   index rank = 256;
   double vera_lr = 1e-2;
   double head_lr = 5e-3;
+  index lora_rank = 8;
+  double lora_lr = 1e-3;
   bool quick = false;
   fs::path check_peft;  ///< with --check-peft: a directory from tools/check_minilm_from_peft.py
 };
@@ -314,6 +317,40 @@ void save_for_peft(const vera::io::model_adapter<float>& adapters, const minilm:
               (s.out / "check_logits.json").string().c_str());
 }
 
+/// \brief Trains the head and what `per_layer` adapts (optimizer `body`, base rate `body_lr`)
+///        for s.vera_epochs epochs with linear decay; returns test accuracy.
+double train_adapted(minilm::bert_classifier& model, const std::vector<minilm::attention_adapters<float>>& per_layer,
+                     minilm::classifier_gradients<float>& grads, vera::optim::adamw<float>& body, double body_lr,
+                     vera::optim::adamw<float>& head, const char* label, const minilm::wordpiece_tokenizer& tokenizer,
+                     const minilm::topic_split& data, const settings& s) {
+  std::mt19937 engine(static_cast<std::uint32_t>(s.seed));
+  const long steps_per_epoch = static_cast<long>((data.train.size() + s.batch - 1) / s.batch);
+  const long total = steps_per_epoch * s.vera_epochs;
+  long step = 0;
+  fashion::progress bar(label, total);
+  minilm::bert_workspace ws;
+  minilm::backward_workspace<float> bws;
+  matrix d_logits;
+  float loss = 0, smoothed = 0;
+  for (int epoch = 0; epoch < s.vera_epochs; ++epoch) {
+    for (const auto& rows : epoch_batches(data.train, s.batch, engine)) {
+      const batch_view b = gather(data.train, rows);
+      const matrix& logits = model.forward(tokenizer.encode_batch(b.texts, s.max_length), ws, per_layer,
+                                           minilm::pass::train);
+      loss = minilm::cross_entropy(logits, b.labels, d_logits);
+      smoothed = step == 0 ? loss : 0.9f * smoothed + 0.1f * loss;
+      minilm::backward(model, per_layer, ws, d_logits, grads, bws);
+      body.set_lr(decayed(body_lr, step, total));
+      head.set_lr(decayed(s.head_lr, step, total));
+      body.step();
+      head.step();
+      bar.update(++step, "loss " + std::to_string(smoothed));
+    }
+  }
+  bar.finish("loss " + std::to_string(smoothed));
+  return accuracy(predict(model, tokenizer, per_layer, texts_of(data.test), s), data.test);
+}
+
 /// \brief VeRA (rank s.rank, PEFT's projection from key 0) on every query and value, trained
 ///        with the head. Returns test accuracy; saves the adapter for PEFT.
 double train_vera(const minilm::bert_encoder& encoder, const minilm::wordpiece_tokenizer& tokenizer,
@@ -339,34 +376,50 @@ double train_vera(const minilm::bert_encoder& encoder, const minilm::wordpiece_t
   vera::optim::adamw<float> head({s.head_lr, 0.9, 0.999, 1e-8, 0.01});
   add_head(head, model.classifier(), grads);
 
-  std::mt19937 engine(static_cast<std::uint32_t>(s.seed));
-  const long steps_per_epoch = static_cast<long>((data.train.size() + s.batch - 1) / s.batch);
-  const long total = steps_per_epoch * s.vera_epochs;
-  long step = 0;
-  fashion::progress bar("VeRA(q,v) + head: train", total);
-  minilm::bert_workspace ws;
-  minilm::backward_workspace<float> bws;
-  matrix d_logits;
-  float loss = 0, smoothed = 0;
-  for (int epoch = 0; epoch < s.vera_epochs; ++epoch) {
-    for (const auto& rows : epoch_batches(data.train, s.batch, engine)) {
-      const batch_view b = gather(data.train, rows);
-      const matrix& logits = model.forward(tokenizer.encode_batch(b.texts, s.max_length), ws, per_layer,
-                                           minilm::pass::train);
-      loss = minilm::cross_entropy(logits, b.labels, d_logits);
-      smoothed = step == 0 ? loss : 0.9f * smoothed + 0.1f * loss;
-      minilm::backward(model, per_layer, ws, d_logits, grads, bws);
-      body.set_lr(decayed(s.vera_lr, step, total));
-      head.set_lr(decayed(s.head_lr, step, total));
-      body.step();
-      head.step();
-      bar.update(++step, "loss " + std::to_string(smoothed));
-    }
-  }
-  bar.finish("loss " + std::to_string(smoothed));
-  const double result = accuracy(predict(model, tokenizer, per_layer, texts_of(data.test), s), data.test);
+  const double result = train_adapted(model, per_layer, grads, body, s.vera_lr, head, "VeRA(q,v) + head: train",
+                                      tokenizer, data, s);
   save_for_peft(adapters, model, tokenizer, data, s);
   return result;
+}
+
+/// \brief LoRA (rank s.lora_rank, lora_alpha = rank: scale 1) on every query and value with
+///        PEFT's initialisation (A Kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in)),
+///        from the seed; B = 0), trained with the head as VeRA is. Returns test accuracy.
+double train_lora(const minilm::bert_encoder& encoder, const minilm::wordpiece_tokenizer& tokenizer,
+                  const minilm::topic_split& data, const settings& s) {
+  const auto& config = encoder.config();
+  const index hidden = config.hidden_size;
+  minilm::bert_classifier model(encoder, fresh_head(static_cast<index>(data.topics.size()), hidden, s.seed));
+  std::mt19937 engine(static_cast<std::uint32_t>(s.seed) + 1000u);
+  const float bound = 1.0f / std::sqrt(static_cast<float>(hidden));
+  std::uniform_real_distribution<float> uniform(-bound, bound);
+  std::vector<minilm::lora_adapter<float>> loras(static_cast<std::size_t>(2 * config.layers));
+  for (auto& lora : loras) {
+    lora.a.resize(s.lora_rank, hidden);
+    for (index i = 0; i < lora.a.size(); ++i) lora.a.data()[i] = uniform(engine);
+    lora.b = matrix::Zero(hidden, s.lora_rank);
+    lora.scale = 1.0f;
+  }
+  std::vector<minilm::attention_adapters<float>> per_layer(static_cast<std::size_t>(config.layers));
+  minilm::classifier_gradients<float> grads;
+  grads.layers.resize(per_layer.size());
+  vera::optim::adamw<float> body({s.lora_lr, 0.9, 0.999, 1e-8, 0.0});
+  for (std::size_t i = 0; i < per_layer.size(); ++i) {
+    auto& g = grads.layers[i];
+    for (int which = 0; which < 2; ++which) {
+      auto& lora = loras[2 * i + static_cast<std::size_t>(which)];
+      auto& lg = which == 0 ? g.lora_query : g.lora_value;
+      (which == 0 ? per_layer[i].lora_query : per_layer[i].lora_value) = &lora;
+      lg.a = matrix::Zero(lora.a.rows(), lora.a.cols());
+      lg.b = matrix::Zero(lora.b.rows(), lora.b.cols());
+      const std::string path = minilm::attention_path(static_cast<index>(i), which == 0 ? "query" : "value");
+      body.add(path + ".lora_A", lora.a, lg.a);
+      body.add(path + ".lora_B", lora.b, lg.b);
+    }
+  }
+  vera::optim::adamw<float> head({s.head_lr, 0.9, 0.999, 1e-8, 0.01});
+  add_head(head, model.classifier(), grads);
+  return train_adapted(model, per_layer, grads, body, s.lora_lr, head, "LoRA(q,v) + head: train", tokenizer, data, s);
 }
 
 /// \brief Loads a VeRA adapter that PEFT trained on all-MiniLM-L6-v2 (query and value; the
@@ -454,12 +507,26 @@ int main(int argc, char** argv) {
     start = fashion::progress::clock::now();
     const double vera = train_vera(encoder, tokenizer, data, s);
     const double vera_seconds = seconds_since(start);
-    const minilm::index adapter_params = 2 * encoder.config().layers * (encoder.config().hidden_size + s.rank);
-    const minilm::index head_params = static_cast<minilm::index>(topics.size()) * (encoder.config().hidden_size + 1);
-    std::printf("| method | trained parameters | test accuracy | seconds |\n|---|---|---|---|\n");
-    std::printf("| head only | %ld | %.4f | %.0f |\n", static_cast<long>(head_params), head_only, head_seconds);
-    std::printf("| VeRA(q,v) r=%ld + head | %ld | %.4f | %.0f |\n", static_cast<long>(s.rank),
-                static_cast<long>(adapter_params + head_params), vera, vera_seconds);
+    start = fashion::progress::clock::now();
+    const double lora = train_lora(encoder, tokenizer, data, s);
+    const double lora_seconds = seconds_since(start);
+    const minilm::index hidden = encoder.config().hidden_size, layers = encoder.config().layers;
+    const minilm::index vera_params = 2 * layers * (hidden + s.rank);
+    const minilm::index lora_params = 2 * layers * s.lora_rank * (hidden + hidden);
+    const minilm::index head_params = static_cast<minilm::index>(topics.size()) * (hidden + 1);
+    char table[1024];
+    std::snprintf(table, sizeof table,
+                  "| method | seed | trained parameters | test accuracy | seconds |\n|---|---:|---:|---:|---:|\n"
+                  "| head only | %llu | %ld | %.4f | %.0f |\n"
+                  "| VeRA(q,v) r=%ld + head | %llu | %ld | %.4f | %.0f |\n"
+                  "| LoRA(q,v) r=%ld + head | %llu | %ld | %.4f | %.0f |\n",
+                  static_cast<unsigned long long>(s.seed), static_cast<long>(head_params), head_only, head_seconds,
+                  static_cast<long>(s.rank), static_cast<unsigned long long>(s.seed),
+                  static_cast<long>(vera_params + head_params), vera, vera_seconds, static_cast<long>(s.lora_rank),
+                  static_cast<unsigned long long>(s.seed), static_cast<long>(lora_params + head_params), lora,
+                  lora_seconds);
+    std::printf("%s", table);
+    std::ofstream(s.out / "results.md") << table;
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "minilm: %s\n", e.what());

@@ -47,10 +47,18 @@ std::vector<attention_adapters<T>> attention_adapters_of(const vera::io::model_a
   return out;
 }
 
-/// \brief dL/db and dL/dd of one layer's query and value adapters.
+/// \brief dL/dA and dL/dB of a LoRA adapter.
+template <class T>
+struct lora_gradients {
+  matrix_t<T> a, b;
+};
+
+/// \brief dL/db and dL/dd of one layer's query and value VeRA adapters, or dL/dA, dL/dB of its
+///        LoRA ones.
 template <class T>
 struct attention_gradients {
   vera::gradients<T> query, value;
+  lora_gradients<T> lora_query, lora_value;
 };
 
 /// \brief Everything the backward pass computes for the trained parameters.
@@ -71,6 +79,7 @@ struct backward_workspace {
   std::vector<row_matrix_t<T>> scores;  ///< per thread: one head's dL/dp, then dL/d(scores)
   vec_t<T> row, row2;
   vera::workspace<T> adapter_scratch;   ///< vera's scratch for the adapters' gradients
+  matrix_t<T> lora_p;                   ///< dL/d(X Aᵀ) of a LoRA adapter
 };
 
 /// \brief Mean cross-entropy of `logits` (batch x labels) against `labels`; writes its gradient
@@ -169,22 +178,37 @@ template <class T>
 void projection_backward(const matrix_t<T>& dy, const basic_linear_weights<T>& w, const vera::adapter<T>* ad,
                          const vera::forward_context<T>& ctx, vera::gradients<T>& grads, matrix_t<T>* dx,
                          vera::workspace<T>& scratch) {
+  if (ad == nullptr) return;
   // Into the same buffers every step: an optimizer may hold them.
   if (ad != nullptr) vera::parameter_gradients(dy, *ad, ctx).using_workspace(scratch).eval_to(grads);
   if (dx == nullptr) return;
-  if (ad != nullptr) {
-    vera::input_gradient(dy, w.weight, *ad, ctx).using_workspace(scratch).add_to(*dx);
-  } else {
-    detail::gemm(*dx, dy, w.weight, /*accumulate=*/true);
-  }
+  vera::input_gradient(dy, w.weight, *ad, ctx).using_workspace(scratch).add_to(*dx);
+}
+
+/// \brief As projection_backward for a frozen projection with LoRA (or, without, nothing):
+///        dB = s Gᵀ P, dP = s G B, dA = dPᵀ X, dX += G W0 + dP A, with P = X Aᵀ from the forward
+///        and X the projection's input.
+template <class T>
+void lora_backward(const matrix_t<T>& dy, const basic_linear_weights<T>& w, const lora_adapter<T>* lora,
+                   const matrix_t<T>& lora_p, const matrix_t<T>& x, lora_gradients<T>& grads, matrix_t<T>* dx,
+                   matrix_t<T>& dp) {
+  if (dx != nullptr) detail::gemm(*dx, dy, w.weight, /*accumulate=*/true);
+  if (lora == nullptr) return;
+  grads.b.resize(lora->b.rows(), lora->b.cols());
+  grads.b.noalias() = (dy.transpose() * lora_p) * lora->scale;
+  dp.resize(dy.rows(), lora->b.cols());
+  dp.noalias() = (dy * lora->b) * lora->scale;
+  grads.a.resize(lora->a.rows(), lora->a.cols());
+  grads.a.noalias() = dp.transpose() * x;
+  if (dx != nullptr) dx->noalias() += dp * lora->a;
 }
 
 /// \brief One encoder layer backward: g.hidden holds dL/d(layer output) and, when
 ///        `input_needed`, becomes dL/d(layer input).
 template <class T>
 void layer_backward(const bert_config& config, const basic_layer_weights<T>& w, const attention_adapters<T>& ad,
-                    const basic_bert_workspace<T>& ws, const layer_activations<T>& a, bool input_needed,
-                    attention_gradients<T>& grads, backward_workspace<T>& g) {
+                    const basic_bert_workspace<T>& ws, const layer_activations<T>& a, const matrix_t<T>& x,
+                    bool input_needed, attention_gradients<T>& grads, backward_workspace<T>& g) {
   using profile::phase;
   {
     const profile::scope timer(phase::layer_norm_backward);
@@ -235,6 +259,10 @@ void layer_backward(const bert_config& config, const basic_layer_weights<T>& w, 
   }
   projection_backward(g.q, w.query, ad.query, a.query_context, grads.query, dx, g.adapter_scratch);
   projection_backward(g.v, w.value, ad.value, a.value_context, grads.value, dx, g.adapter_scratch);
+  if (ad.query == nullptr)
+    lora_backward(g.q, w.query, ad.lora_query, a.lora_query_p, x, grads.lora_query, dx, g.lora_p);
+  if (ad.value == nullptr)
+    lora_backward(g.v, w.value, ad.lora_value, a.lora_value_p, x, grads.lora_value, dx, g.lora_p);
 }
 
 }  // namespace detail
@@ -262,7 +290,9 @@ void backward(const basic_bert_classifier<T>& model, const std::vector<attention
   }
   grads.layers.resize(encoder.layers().size());
   for (std::size_t i = encoder.layers().size(); i-- > 0;) {
-    detail::layer_backward(config, encoder.layers()[i], adapters[i], ws, ws.layers[i], i > 0, grads.layers[i], g);
+    const matrix_t<T>& input = i > 0 ? ws.layers[i - 1].out : ws.embeddings;
+    detail::layer_backward(config, encoder.layers()[i], adapters[i], ws, ws.layers[i], input, i > 0, grads.layers[i],
+                           g);
   }
 }
 

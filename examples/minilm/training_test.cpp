@@ -132,6 +132,54 @@ TEST_CASE("the VeRA backward through BERT matches finite differences in double",
   CHECK(head_only.layers.empty());
 }
 
+TEST_CASE("the LoRA backward through BERT matches finite differences in double", "[training]") {
+  model_t model = model_t::load(minilm::test::fixture_dir() / "tiny_model");
+  const auto& config = model.encoder().config();
+  const minilm::index hidden = config.hidden_size, rank = 3;
+  // Random A and B (PEFT's B = 0 would make every dL/dA zero), lora_alpha 6: scale 2.
+  std::mt19937 engine(11);
+  std::uniform_real_distribution<double> uniform(-0.5, 0.5);
+  const auto random = [&](minilm::index rows, minilm::index cols) {
+    matrix_t<double> m(rows, cols);
+    for (minilm::index i = 0; i < m.size(); ++i) m.data()[i] = uniform(engine);
+    return m;
+  };
+  std::vector<minilm::lora_adapter<double>> loras;
+  for (minilm::index i = 0; i < 2 * config.layers; ++i) loras.push_back({random(rank, hidden), random(hidden, rank), 2.0});
+  std::vector<minilm::attention_adapters<double>> per_layer(static_cast<std::size_t>(config.layers));
+  for (std::size_t i = 0; i < per_layer.size(); ++i) {
+    per_layer[i].lora_query = &loras[2 * i];
+    per_layer[i].lora_value = &loras[2 * i + 1];
+  }
+  const minilm::token_batch tokens = tiny_batch();
+  const std::vector<int> labels{1, 2, 0};
+  minilm::basic_bert_workspace<double> ws;
+  matrix_t<double> d_logits;
+  const auto loss = [&] {
+    return minilm::cross_entropy(model.forward(tokens, ws, per_layer, minilm::pass::train), labels, d_logits);
+  };
+  (void)loss();
+  minilm::classifier_gradients<double> grads;
+  minilm::backward_workspace<double> bws;
+  minilm::backward(model, per_layer, ws, d_logits, grads, bws);
+
+  double worst = 0;
+  for (std::size_t i = 0; i < loras.size(); ++i) {
+    auto& lora = loras[i];
+    const auto& g = grads.layers[i / 2];
+    const auto& want = i % 2 == 0 ? g.lora_query : g.lora_value;
+    const Eigen::Map<const Eigen::VectorXd> grad_a(want.a.data(), want.a.size()), grad_b(want.b.data(), want.b.size());
+    const double a_error = relative_error(as_vector(grad_a), numeric_gradient(lora.a.data(), lora.a.size(), loss));
+    const double b_error = relative_error(as_vector(grad_b), numeric_gradient(lora.b.data(), lora.b.size(), loss));
+    CAPTURE(i);
+    CHECK(a_error < 1e-6);
+    CHECK(b_error < 1e-6);
+    worst = std::max({worst, a_error, b_error});
+  }
+  std::cout << "minilm: LoRA backward vs finite differences (double, max abs error / max abs value): " << worst
+            << "\n";
+}
+
 TEST_CASE("fresh VeRA adapters (b = 0) leave the logits unchanged", "[training]") {
   const auto model = minilm::bert_classifier::load(minilm::test::fixture_dir() / "tiny_model");
   const auto adapters = minilm::query_value_adapters<float>(model.encoder().config(), 4, 0);
