@@ -12,8 +12,10 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <numeric>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -26,6 +28,7 @@
 #include "bert.hpp"
 #include "fortunes.hpp"
 #include "peft_export.hpp"
+#include "plot.hpp"
 #include "tokenizer.hpp"
 #include "training.hpp"
 
@@ -49,6 +52,7 @@ struct settings {
   fs::path fortunes = "/usr/share/games/fortunes";
   fs::path out = "minilm_results";
   std::uint64_t seed = 0;
+  std::vector<std::uint64_t> seeds = {0};  ///< --seed N or --seeds A,B,C
   std::size_t train_per_topic = 120;
   std::size_t test_per_topic = 40;
   std::size_t max_length = 128;
@@ -70,7 +74,9 @@ void usage(const char* program) {
       "  --model DIR     all-MiniLM-L6-v2 from scripts/fetch-minilm.sh (default data/minilm)\n"
       "  --fortunes DIR  Debian's fortunes files (default /usr/share/games/fortunes)\n"
       "  --out DIR       where the PEFT adapter and check logits go (default minilm_results)\n"
-      "  --seed N        head initialisation and batch order (default 0)\n"
+      "  --seed N        head initialisation, LoRA's A and batch order (default 0)\n"
+      "  --seeds A,B,..  every method for each seed (outputs under DIR/seedN); the table and\n"
+      "                  plot (DIR/results.md, DIR/accuracy.png) show them all\n"
       "  --quick         16 training fortunes per topic, one epoch: a smoke run\n"
       "  --check-peft DIR  no training: load DIR/peft_adapter (trained by PEFT), run the texts of\n"
       "                  DIR/check_logits.json and compare with PEFT's logits there (exit 1 above 1e-4)\n",
@@ -95,7 +101,15 @@ settings parse(int argc, char** argv) {
     } else if (arg == "--out") {
       s.out = value();
     } else if (arg == "--seed") {
-      s.seed = std::stoull(value());
+      s.seeds = {std::stoull(value())};
+    } else if (arg == "--seeds") {
+      s.seeds.clear();
+      std::stringstream list(value());
+      for (std::string item; std::getline(list, item, ',');) s.seeds.push_back(std::stoull(item));
+      if (s.seeds.empty()) {
+        std::fprintf(stderr, "--seeds needs at least one seed\n");
+        std::exit(exit_usage);
+      }
     } else if (arg == "--quick") {
       s.quick = true;
     } else if (arg == "--check-peft") {
@@ -422,6 +436,70 @@ double train_lora(const minilm::bert_encoder& encoder, const minilm::wordpiece_t
   return train_adapted(model, per_layer, grads, body, s.lora_lr, head, "LoRA(q,v) + head: train", tokenizer, data, s);
 }
 
+/// \brief One method's outcome for one seed.
+struct method_result {
+  std::string name, short_name;
+  std::uint64_t seed = 0;
+  index parameters = 0;
+  double accuracy = 0, seconds = 0;
+};
+
+/// \brief Head only, VeRA and LoRA for seed s.seed (the VeRA adapter saved into s.out).
+std::vector<method_result> run_methods(const minilm::bert_encoder& encoder, const minilm::wordpiece_tokenizer& tokenizer,
+                                       const minilm::topic_split& data, const settings& s) {
+  const index hidden = encoder.config().hidden_size, layers = encoder.config().layers;
+  const index head_params = static_cast<index>(data.topics.size()) * (hidden + 1);
+  const auto timed = [&](auto&& train) {
+    const auto start = fashion::progress::clock::now();
+    const double accuracy = train(encoder, tokenizer, data, s);
+    return std::make_pair(accuracy, std::chrono::duration<double>(fashion::progress::clock::now() - start).count());
+  };
+  std::vector<method_result> out;
+  const auto [head, head_seconds] = timed(train_head_only);
+  out.push_back({"head only", "HEAD ONLY", s.seed, head_params, head, head_seconds});
+  const auto [vera, vera_seconds] = timed(train_vera);
+  out.push_back({"VeRA(q,v) r=" + std::to_string(s.rank) + " + head", "VERA R=" + std::to_string(s.rank), s.seed,
+                 2 * layers * (hidden + s.rank) + head_params, vera, vera_seconds});
+  const auto [lora, lora_seconds] = timed(train_lora);
+  out.push_back({"LoRA(q,v) r=" + std::to_string(s.lora_rank) + " + head", "LORA R=" + std::to_string(s.lora_rank),
+                 s.seed, 2 * layers * s.lora_rank * 2 * hidden + head_params, lora, lora_seconds});
+  return out;
+}
+
+/// \brief Markdown: one row per method and seed, then (several seeds) mean, min and max.
+std::string results_table(const std::vector<method_result>& results, std::size_t seeds) {
+  std::string table = "| method | seed | trained parameters | test accuracy | seconds |\n|---|---:|---:|---:|---:|\n";
+  char row[256];
+  for (const auto& r : results) {
+    std::snprintf(row, sizeof row, "| %s | %llu | %ld | %.4f | %.0f |\n", r.name.c_str(),
+                  static_cast<unsigned long long>(r.seed), static_cast<long>(r.parameters), r.accuracy, r.seconds);
+    table += row;
+  }
+  if (seeds < 2) return table;
+  table += "\n| method | trained parameters | test accuracy, mean (min-max) over " + std::to_string(seeds) +
+           " seeds |\n|---|---:|---:|\n";
+  std::vector<std::string> names;
+  for (const auto& r : results)
+    if (std::find(names.begin(), names.end(), r.name) == names.end()) names.push_back(r.name);
+  for (const auto& name : names) {
+    double sum = 0, low = 1, high = 0;
+    std::size_t count = 0;
+    index parameters = 0;
+    for (const auto& r : results) {
+      if (r.name != name) continue;
+      sum += r.accuracy;
+      low = std::min(low, r.accuracy);
+      high = std::max(high, r.accuracy);
+      parameters = r.parameters;
+      ++count;
+    }
+    std::snprintf(row, sizeof row, "| %s | %ld | %.4f (%.4f-%.4f) |\n", name.c_str(), static_cast<long>(parameters),
+                  sum / static_cast<double>(count), low, high);
+    table += row;
+  }
+  return table;
+}
+
 /// \brief Loads a VeRA adapter that PEFT trained on all-MiniLM-L6-v2 (query and value; the
 ///        classifier under modules_to_save) with vera::io, runs the texts PEFT ran and compares
 ///        the logits. Returns the exit status: 0 within 1e-4 (max abs difference / max abs logit).
@@ -494,39 +572,34 @@ int main(int argc, char** argv) {
     const auto encoder = minilm::bert_classifier::load_encoder(s.model);
     std::printf("topics:");
     for (const auto& t : topics) std::printf(" %s", t.c_str());
-    std::printf("; %zu training and %zu test fortunes; seed %llu\n", data.train.size(), data.test.size(),
-                static_cast<unsigned long long>(s.seed));
+    std::printf("; %zu training and %zu test fortunes; %zu seed(s)\n", data.train.size(), data.test.size(),
+                s.seeds.size());
     std::fflush(stdout);  // progress bars go to stderr
 
-    const auto seconds_since = [](fashion::progress::clock::time_point start) {
-      return std::chrono::duration<double>(fashion::progress::clock::now() - start).count();
-    };
-    auto start = fashion::progress::clock::now();
-    const double head_only = train_head_only(encoder, tokenizer, data, s);
-    const double head_seconds = seconds_since(start);
-    start = fashion::progress::clock::now();
-    const double vera = train_vera(encoder, tokenizer, data, s);
-    const double vera_seconds = seconds_since(start);
-    start = fashion::progress::clock::now();
-    const double lora = train_lora(encoder, tokenizer, data, s);
-    const double lora_seconds = seconds_since(start);
-    const minilm::index hidden = encoder.config().hidden_size, layers = encoder.config().layers;
-    const minilm::index vera_params = 2 * layers * (hidden + s.rank);
-    const minilm::index lora_params = 2 * layers * s.lora_rank * (hidden + hidden);
-    const minilm::index head_params = static_cast<minilm::index>(topics.size()) * (hidden + 1);
-    char table[1024];
-    std::snprintf(table, sizeof table,
-                  "| method | seed | trained parameters | test accuracy | seconds |\n|---|---:|---:|---:|---:|\n"
-                  "| head only | %llu | %ld | %.4f | %.0f |\n"
-                  "| VeRA(q,v) r=%ld + head | %llu | %ld | %.4f | %.0f |\n"
-                  "| LoRA(q,v) r=%ld + head | %llu | %ld | %.4f | %.0f |\n",
-                  static_cast<unsigned long long>(s.seed), static_cast<long>(head_params), head_only, head_seconds,
-                  static_cast<long>(s.rank), static_cast<unsigned long long>(s.seed),
-                  static_cast<long>(vera_params + head_params), vera, vera_seconds, static_cast<long>(s.lora_rank),
-                  static_cast<unsigned long long>(s.seed), static_cast<long>(lora_params + head_params), lora,
-                  lora_seconds);
-    std::printf("%s", table);
+    std::vector<method_result> results;
+    for (const std::uint64_t seed : s.seeds) {
+      settings run = s;
+      run.seed = seed;
+      if (s.seeds.size() > 1) run.out = s.out / ("seed" + std::to_string(seed));
+      for (const auto& r : run_methods(encoder, tokenizer, data, run)) results.push_back(r);
+    }
+    const std::string table = results_table(results, s.seeds.size());
+    std::printf("%s", table.c_str());
+    fs::create_directories(s.out);
     std::ofstream(s.out / "results.md") << table;
+    std::vector<minilm::plot::bar> bars;
+    for (const auto& r : results) {
+      auto it = std::find_if(bars.begin(), bars.end(), [&](const auto& b) { return b.label == r.short_name; });
+      if (it == bars.end()) {
+        bars.push_back({r.short_name, {}});
+        it = std::prev(bars.end());
+      }
+      it->values.push_back(r.accuracy);
+    }
+    const std::string title = "TEST ACCURACY, " + std::to_string(s.seeds.size()) + (s.seeds.size() == 1 ? " SEED" : " SEEDS");
+    minilm::plot::write_png(minilm::plot::bar_chart(title, bars, 0.6, 0.9, 0.05), s.out / "accuracy.png");
+    std::printf("table: %s; plot: %s\n", (s.out / "results.md").string().c_str(),
+                (s.out / "accuracy.png").string().c_str());
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "minilm: %s\n", e.what());
