@@ -10,7 +10,7 @@ using namespace vera_bench;
 
 std::string cost_model_label(const layer_shape& s) {
   return vera_bench::model_label(
-      vera::input_gradient_costs(s.extents(), /*workspace_reused=*/true));
+      vera::detail::input_gradient_costs(s.extents(), /*workspace_reused=*/true));
 }
 
 /// A training forward already run: the context holds P, as it does when backward starts.

@@ -11,7 +11,7 @@ using namespace vera_bench;
 /// The cost model's view of this shape, with a reused workspace as in the benchmarks.
 std::string cost_model_label(const layer_shape& s, bool training) {
   return vera_bench::model_label(
-      vera::forward_costs(s.extents(), training, /*workspace_reused=*/true));
+      vera::detail::forward_costs(s.extents(), training, /*workspace_reused=*/true));
 }
 
 void finish(benchmark::State& state, const allocation_meter& meter, const layer_shape& s) {

@@ -80,7 +80,7 @@ struct layer_shape {
     return std::to_string(in) + "x" + std::to_string(out) + "/r" + std::to_string(rank) + "/n" +
            std::to_string(rows);
   }
-  vera::product_extents extents() const { return {rows, in, out, rank}; }
+  vera::detail::product_extents extents() const { return {rows, in, out, rank}; }
   bool operator<(const layer_shape& o) const {
     return std::tie(rows, in, out, rank) < std::tie(o.rows, o.in, o.out, o.rank);
   }
@@ -226,8 +226,8 @@ inline const char* order_name(vera::order o) {
 /// "model picks merged (low_rank 4.0e+08, merged 3.0e+08)": the cost model's choice for a
 /// benchmark's shape and the two estimates behind it, so its output can be checked against the
 /// measured times of both forced orders.
-inline std::string model_label(const vera::order_costs& costs) {
-  const vera::order pick = vera::choose_order(vera::order::automatic, costs, /*merged_valid=*/true);
+inline std::string model_label(const vera::detail::order_costs& costs) {
+  const vera::order pick = vera::detail::choose_order(vera::order::automatic, costs, /*merged_valid=*/true);
   char text[96];
   std::snprintf(text, sizeof text, "model picks %s (low_rank %.1e, merged %.1e)", order_name(pick),
                 costs.low_rank, costs.merged);

@@ -142,12 +142,12 @@ int run(const options& o, const vera::io::safetensors_file& file) {
     checks += std::string(i ? ", " : "") + "\"" + names[i] + "\": " + std::to_string(errors[i]);
   }
 
-  const std::string side = std::string("vera-") + vera::cpu::gemm_provider();
+  const std::string side = std::string("vera-") + vera::gemm_provider();
   std::string kernels;
 #if VERA_ONEDNN
-  for (const auto& k : vera::cpu::onednn::kernels_used()) kernels += (kernels.empty() ? "" : ", ") + k;
+  for (const auto& k : vera::detail::cpu::onednn::kernels_used()) kernels += (kernels.empty() ? "" : ", ") + k;
 #else
-  kernels = vera::cpu::gemm_provider();
+  kernels = vera::gemm_provider();
 #endif
   std::printf("{\"side\": \"%s\", \"info\": {\"cpu\": \"%s\", \"kernels\": \"%s\", \"shape\": \"%s\", "
               "\"dtype\": \"%s\", \"tolerance\": %g, \"max_relative_error\": {%s}}}\n",
@@ -186,8 +186,8 @@ int run(const options& o, const vera::io::safetensors_file& file) {
       // The base GEMMs of fwd_bwd_bdx alone, on the same provider: X W0^T and G W0.
       {"floor",
        [&] {
-         vera::cpu::gemm(floor_y, x, w0.transpose(), false);
-         vera::cpu::gemm(floor_dx, g, w0, false);
+         vera::detail::cpu::gemm(floor_y, x, w0.transpose(), false);
+         vera::detail::cpu::gemm(floor_dx, g, w0, false);
        }},
   };
   for (const auto& [op, step] : steps) {

@@ -35,7 +35,7 @@ std::string describe(const layer_shape& s, bool fan_in_fan_out, double dropout) 
   std::ostringstream os;
   os << "n " << s.rows << ", in " << s.in << ", out " << s.out << ", rank " << s.rank
      << ", fan_in_fan_out " << fan_in_fan_out << ", dropout " << dropout << ", provider "
-     << vera::cpu::gemm_provider();
+     << vera::gemm_provider();
   return os.str();
 }
 

@@ -54,7 +54,7 @@ expected_product reference(const wide_matrix& a, const wide_matrix& b, const wid
 std::string describe(idx m, idx n, idx k, bool accumulate, const char* layout) {
   std::ostringstream os;
   os << "m " << m << ", n " << n << ", k " << k << ", accumulate " << accumulate << ", " << layout
-     << ", provider " << vera::cpu::gemm_provider();
+     << ", provider " << vera::gemm_provider();
   return os.str();
 }
 
@@ -82,7 +82,7 @@ void check_layouts(const extents& e) {
     const expected_product want = reference(wa, wb, accumulate ? &wc0 : nullptr);
     const auto run = [&](const char* layout, const auto& lhs, const auto& rhs) {
       Dst dst = c0;
-      vera::cpu::gemm(dst, lhs, rhs, accumulate);
+      vera::gemm(dst, lhs, rhs, accumulate);
       const auto result = compare(dst, want.value, want.magnitude, budget<T>(e.k));
       INFO(describe(e.m, e.n, e.k, accumulate, layout) << ": " << result);
       CHECK(result.ok());
@@ -109,7 +109,7 @@ TEST_CASE("gemm writes into a strided block of a larger destination", "[gemm]") 
   const auto b = vera_test::random_matrix<float>(67, 8, 22);
   col_matrix<float> big = vera_test::random_matrix<float>(20, 12, 23);
   const col_matrix<float> before = big;
-  vera::cpu::gemm(big.block(3, 2, 9, 8), a, b, true);
+  vera::gemm(big.block(3, 2, 9, 8), a, b, true);
   wide_matrix c0 = widen(before.block(3, 2, 9, 8));
   const expected_product want = reference(widen(a), widen(b), &c0);
   const auto result = compare(big.block(3, 2, 9, 8), want.value, want.magnitude, budget<float>(67));
@@ -133,12 +133,12 @@ TEST_CASE("gemm with bfloat16 factors accumulates in float", "[gemm][bfloat16]")
       const wide_matrix wc0 = widen(c0);
       const expected_product want = reference(widen(a), widen(b), accumulate ? &wc0 : nullptr);
       col_matrix<float> dst = c0;
-      vera::cpu::gemm(dst, a, b, accumulate);
+      vera::gemm(dst, a, b, accumulate);
       const auto result = compare(dst, want.value, want.magnitude, budget<float>(e.k));
       INFO(describe(e.m, e.n, e.k, accumulate, "bfloat16 factors") << ": " << result);
       CHECK(result.ok());
       row_matrix<float> dst_t = c0.transpose();
-      vera::cpu::gemm(dst_t, b.transpose(), a.transpose(), accumulate);
+      vera::gemm(dst_t, b.transpose(), a.transpose(), accumulate);
       const auto transposed =
           compare(dst_t.transpose(), want.value, want.magnitude, budget<float>(e.k));
       INFO("transposed: " << transposed);
@@ -149,17 +149,17 @@ TEST_CASE("gemm with bfloat16 factors accumulates in float", "[gemm][bfloat16]")
 
 TEST_CASE("the provider is the one the build asked for", "[gemm]") {
 #if VERA_ONEDNN
-  CHECK(std::string(vera::cpu::gemm_provider()) == "onednn");
+  CHECK(std::string(vera::gemm_provider()) == "onednn");
   const col_matrix<float> a = col_matrix<float>::Ones(64, 64);
   col_matrix<float> c(64, 64);
-  vera::cpu::gemm(c, a, a, false);
+  vera::gemm(c, a, a, false);
   // A float GEMM on plain memory ran in oneDNN, which recorded the kernel it chose.
-  CHECK_FALSE(vera::cpu::onednn::kernels_used().empty());
+  CHECK_FALSE(vera::detail::cpu::onednn::kernels_used().empty());
   CHECK(c(5, 7) == 64.0f);
 #elif defined(EIGEN_USE_BLAS)
-  CHECK(std::string(vera::cpu::gemm_provider()) == "blas");
+  CHECK(std::string(vera::gemm_provider()) == "blas");
 #else
-  CHECK(std::string(vera::cpu::gemm_provider()) == "eigen");
+  CHECK(std::string(vera::gemm_provider()) == "eigen");
 #endif
 }
 
@@ -168,10 +168,19 @@ TEST_CASE("gemm refuses mismatched extents before writing anything", "[gemm]") {
   const col_matrix<float> b = vera_test::random_matrix<float>(6, 3, 42);  // needs 5 rows
   col_matrix<float> c = vera_test::random_matrix<float>(4, 3, 43);
   const col_matrix<float> before = c;
-  CHECK_THROWS_AS(vera::cpu::gemm(c, a, b, true), vera::shape_error);
-  CHECK_THROWS_WITH(vera::cpu::gemm(c, a, b, false), Catch::Contains("rhs") && Catch::Contains("5 x 3"));
+  CHECK_THROWS_AS(vera::gemm(c, a, b, true), vera::shape_error);
+  CHECK_THROWS_WITH(vera::gemm(c, a, b, false), Catch::Contains("rhs") && Catch::Contains("5 x 3"));
   const col_matrix<float> b_ok = vera_test::random_matrix<float>(5, 3, 44);
   col_matrix<float> wrong(4, 2);
-  CHECK_THROWS_WITH(vera::cpu::gemm(wrong, a, b_ok, false), Catch::Contains("destination"));
+  CHECK_THROWS_WITH(vera::gemm(wrong, a, b_ok, false), Catch::Contains("destination"));
   CHECK(vera_test::same_bits(c, before));
+}
+
+TEST_CASE("gemm refuses a destination that shares memory with a factor", "[gemm]") {
+  col_matrix<float> a = vera_test::random_matrix<float>(6, 6, 45);
+  const col_matrix<float> b = vera_test::random_matrix<float>(6, 6, 46);
+  const col_matrix<float> before = a;
+  CHECK_THROWS_WITH(vera::gemm(a, a, b), Catch::Contains("vera::gemm") && Catch::Contains("lhs"));
+  CHECK_THROWS_WITH(vera::gemm(a.block(0, 0, 6, 6), b, a.transpose(), true), Catch::Contains("rhs"));
+  CHECK(vera_test::same_bits(a, before));
 }

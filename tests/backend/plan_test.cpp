@@ -9,11 +9,11 @@
 namespace {
 
 using vera::order;
-using vera::cpu::plan;
-using vera::cpu::plan_for;
-using vera::cpu::plan_request;
-using vera::cpu::product_kind;
-using vera::cpu::request_for;
+using vera::detail::cpu::plan;
+using vera::detail::cpu::plan_for;
+using vera::detail::cpu::plan_request;
+using vera::detail::cpu::product_kind;
+using vera::detail::cpu::request_for;
 
 plan forward_plan(vera::index rows, vera::index in, vera::index out, vera::index rank, bool row_major,
                   int threads) {
@@ -31,10 +31,10 @@ TEST_CASE("plan: the order is the cost model's, merged only where it is valid", 
       for (const bool reused : {false, true}) {
         plan_request r = request_for(kind, {rows, 64, 64, 8});
         r.workspace_reused = reused;
-        const vera::order_costs costs = kind == product_kind::forward
-                                            ? vera::forward_costs(r.extents, false, reused)
-                                            : vera::input_gradient_costs(r.extents, reused);
-        CHECK(plan_for(r).chosen == vera::choose_order(order::automatic, costs, true));
+        const vera::detail::order_costs costs = kind == product_kind::forward
+                                            ? vera::detail::forward_costs(r.extents, false, reused)
+                                            : vera::detail::input_gradient_costs(r.extents, reused);
+        CHECK(plan_for(r).chosen == vera::detail::choose_order(order::automatic, costs, true));
         r.merged_valid = false;  // dropout on the adapter input
         CHECK(plan_for(r).chosen == order::low_rank);
         r.merged_valid = true;
@@ -86,10 +86,10 @@ TEST_CASE("plan: parameter gradients of one row take two matrix-vector products"
 }
 
 TEST_CASE("plan: siblings share the joint order choice and plan the rest one by one", "[plan]") {
-  const std::array<vera::product_extents, 3> three{{{16, 768, 768, 256}, {16, 768, 768, 256}, {16, 768, 3072, 256}}};
-  const auto plans = vera::cpu::plan_siblings(product_kind::forward, order::automatic, three, false, true,
+  const std::array<vera::detail::product_extents, 3> three{{{16, 768, 768, 256}, {16, 768, 768, 256}, {16, 768, 3072, 256}}};
+  const auto plans = vera::detail::cpu::plan_siblings(product_kind::forward, order::automatic, three, false, true,
                                               true, {false, true, false}, 2);
-  const auto orders = vera::choose_sibling_orders(order::automatic, three, false, true, true);
+  const auto orders = vera::detail::choose_sibling_orders(order::automatic, three, false, true, true);
   for (std::size_t i = 0; i < 3; ++i) {
     CHECK(plans[i].chosen == orders[i]);
     plan_request r = request_for(product_kind::forward, three[i], orders[i]);
@@ -101,7 +101,7 @@ TEST_CASE("plan: siblings share the joint order choice and plan the rest one by 
   }
   CHECK(plans[0].transposed);
   CHECK_FALSE(plans[1].transposed);  // its destination is row-major
-  const auto dropout = vera::cpu::plan_siblings(product_kind::input_gradient, order::merged, three, false,
+  const auto dropout = vera::detail::cpu::plan_siblings(product_kind::input_gradient, order::merged, three, false,
                                                 true, false, {false, false, false}, 1);
   for (const plan& p : dropout) CHECK(p.chosen == order::low_rank);
 }

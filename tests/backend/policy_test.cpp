@@ -106,16 +106,16 @@ TEST_CASE("the GEMM thread setting picks the small-batch arrangement", "[backend
   {
     const vera_test::gemm_threads_scope scope(2);
     CHECK(vera::gemm_threads() == 2);
-    CHECK(vera::cpu::transposed_small_batch<col>(2));
-    CHECK(vera::cpu::transposed_small_batch<col>(64));
-    CHECK_FALSE(vera::cpu::transposed_small_batch<col>(1));
-    CHECK_FALSE(vera::cpu::transposed_small_batch<col>(65));
-    CHECK_FALSE(vera::cpu::transposed_small_batch<row>(16));  // row-major Y is already transposed
+    CHECK(vera::detail::cpu::transposed_small_batch<col>(2));
+    CHECK(vera::detail::cpu::transposed_small_batch<col>(64));
+    CHECK_FALSE(vera::detail::cpu::transposed_small_batch<col>(1));
+    CHECK_FALSE(vera::detail::cpu::transposed_small_batch<col>(65));
+    CHECK_FALSE(vera::detail::cpu::transposed_small_batch<row>(16));  // row-major Y is already transposed
   }
   {
     const vera_test::gemm_threads_scope scope(1);
     CHECK(vera::gemm_threads() == 1);
-    CHECK_FALSE(vera::cpu::transposed_small_batch<col>(16));
+    CHECK_FALSE(vera::detail::cpu::transposed_small_batch<col>(16));
   }
   CHECK(vera::gemm_threads() >= 1);  // 0 asks the GEMM library, which runs at least one thread
   CHECK_THROWS_AS(vera::set_gemm_threads(-1), vera::value_error);

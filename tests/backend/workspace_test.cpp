@@ -99,8 +99,8 @@ TEMPLATE_TEST_CASE("a reused workspace may change the order, never the result be
   // in = out = 64, r = 8, n = 300: the cost model merges only when the weight buffer is reused.
   const vera_test::layer_shape shape{300, 64, 64, 8};
   const vera_test::test_layer<T> layer(shape, {}, 90);
-  REQUIRE(vera::choose_order(vera::order::automatic,
-                             vera::forward_costs({300, 64, 64, 8}, false, true),
+  REQUIRE(vera::detail::choose_order(vera::order::automatic,
+                             vera::detail::forward_costs({300, 64, 64, 8}, false, true),
                              true) == vera::order::merged);
   vera::workspace<T> ws;
   const matrix y_plain = vera::forward(layer.x, layer.w0, layer.bias, layer.ad);

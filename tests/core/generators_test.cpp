@@ -85,7 +85,7 @@ const kat philox_kats[] = {
 };
 
 // generate() is constexpr, so the first vector doubles as a compile-time check.
-static_assert(vera::philox4x32::generate({0u, 0u, 0u, 0u}, {0u, 0u})[0] == 0x6627e8d5u,
+static_assert(vera::detail::philox4x32::generate({0u, 0u, 0u, 0u}, {0u, 0u})[0] == 0x6627e8d5u,
               "Philox4x32-10 known answer");
 
 }  // namespace
@@ -111,7 +111,7 @@ TEST_CASE("peft generator's separate rounding matches torch's scalar kernel", "[
   // which is a last-bit difference except for the rare values that cancel to near zero.
   spec.rounding = vera::peft_rounding::fused;
   const generated fused = generate(spec);
-  const float ulp_of_bound = vera::kaiming_uniform_bound(spec.max_in) / 8388608.0f;
+  const float ulp_of_bound = vera::detail::kaiming_uniform_bound(spec.max_in) / 8388608.0f;
   std::size_t differing = 0;
   for (std::size_t i = 0; i < fused.a.size(); ++i) {
     CHECK(std::fabs(fused.a[i] - separate.a[i]) <= ulp_of_bound);
@@ -127,12 +127,12 @@ TEST_CASE("peft generator draws A then B from one mt19937 stream seeded with the
   const generated g = generate(spec);
 
   std::mt19937 engine(0x1234567u);
-  const float bound_a = vera::kaiming_uniform_bound(11);
-  const float bound_b = vera::kaiming_uniform_bound(5);
+  const float bound_a = vera::detail::kaiming_uniform_bound(11);
+  const float bound_b = vera::detail::kaiming_uniform_bound(5);
   std::vector<float> a(g.a.size()), b(g.b.size());
-  vera::peft_uniform_fill(engine, -bound_a, bound_a, vera::peft_rounding::fused, a.data(),
+  vera::detail::peft_uniform_fill(engine, -bound_a, bound_a, vera::peft_rounding::fused, a.data(),
                           a.size());
-  vera::peft_uniform_fill(engine, -bound_b, bound_b, vera::peft_rounding::fused, b.data(),
+  vera::detail::peft_uniform_fill(engine, -bound_b, bound_b, vera::peft_rounding::fused, b.data(),
                           b.size());
   CHECK(a == g.a);
   CHECK(b == g.b);
@@ -150,7 +150,7 @@ TEST_CASE("kaiming bound is sqrt(6 / fan_in) rounded to float", "[core][peft]") 
   for (std::int64_t fan_in : {1, 7, 8, 16, 67, 768, 4096}) {
     INFO("fan_in " << fan_in);
     const double exact = std::sqrt(6.0 / static_cast<double>(fan_in));
-    const float bound = vera::kaiming_uniform_bound(fan_in);
+    const float bound = vera::detail::kaiming_uniform_bound(fan_in);
     // torch computes sqrt(3) * (sqrt(2) / sqrt(fan_in)) in double: a few double roundings, then
     // one float rounding, so the result is within one float ulp of the exact value.
     CHECK(std::fabs(static_cast<double>(bound) - exact) <= exact * 1.2e-7);
@@ -159,7 +159,7 @@ TEST_CASE("kaiming bound is sqrt(6 / fan_in) rounded to float", "[core][peft]") 
 
 TEST_CASE("Philox4x32-10 matches the Random123 known-answer vectors", "[core][philox]") {
   for (const kat& k : philox_kats) {
-    const auto library = vera::philox4x32::generate(k.counter, k.key);
+    const auto library = vera::detail::philox4x32::generate(k.counter, k.key);
     const auto published = published_philox(k.counter, k.key);
     for (std::size_t w = 0; w < 4; ++w) {
       INFO("counter[0] " << k.counter[0] << ", word " << w);
@@ -178,7 +178,7 @@ TEST_CASE("Philox4x32-10 agrees with the published algorithm on many counters an
         static_cast<std::uint32_t>(engine()), static_cast<std::uint32_t>(engine())};
     const std::array<std::uint32_t, 2> key{static_cast<std::uint32_t>(engine()),
                                            static_cast<std::uint32_t>(engine())};
-    if (vera::philox4x32::generate(counter, key) != published_philox(counter, key)) {
+    if (vera::detail::philox4x32::generate(counter, key) != published_philox(counter, key)) {
       FAIL("mismatch at trial " << trial);
     }
   }
@@ -201,8 +201,8 @@ TEST_CASE("philox projection equals the published recipe element by element", "[
         vera::projection_spec{0xfedcba9876543210u, 9, 1, 130, vera::generator::philox}}) {
     INFO("seed " << spec.seed << ", rank " << spec.rank);
     const generated g = generate(spec);
-    const float bound_a = vera::kaiming_uniform_bound(spec.max_in);
-    const float bound_b = vera::kaiming_uniform_bound(spec.rank);
+    const float bound_a = vera::detail::kaiming_uniform_bound(spec.max_in);
+    const float bound_b = vera::detail::kaiming_uniform_bound(spec.rank);
     std::size_t mismatches = 0;
     for (std::int64_t i = 0; i < spec.rank; ++i) {
       for (std::int64_t j = 0; j < spec.max_in; ++j) {
@@ -271,7 +271,7 @@ TEST_CASE("philox A and B differ, and different seeds differ", "[core][philox]")
 TEST_CASE("philox values are uniform on [-bound, bound)", "[core][philox]") {
   const vera::projection_spec spec{3, 256, 512, 8, vera::generator::philox};
   const generated g = generate(spec);
-  const double bound = vera::kaiming_uniform_bound(spec.max_in);
+  const double bound = vera::detail::kaiming_uniform_bound(spec.max_in);
   const double n = static_cast<double>(g.a.size());  // 131072 values
   double sum = 0.0, sum_sq = 0.0;
   std::array<double, 8> bins{};
@@ -300,11 +300,11 @@ TEST_CASE("philox values are uniform on [-bound, bound)", "[core][philox]") {
 
 TEST_CASE("word-to-float conversions cover their ranges exactly", "[core][philox]") {
   const float bound = 0.75f;
-  CHECK(vera::symmetric_unit_to_float(0u, bound) == -bound);
-  CHECK(vera::symmetric_unit_to_float(0xffffffffu, bound) < bound);
-  CHECK(vera::symmetric_unit_to_float(0xffffffffu, bound) == bound - 2 * bound / 16777216.0f);
-  CHECK(vera::symmetric_unit_to_float(0x80000000u, bound) == 0.0f);
-  CHECK(vera::unit_interval_float(0u) == 0.0f);
-  CHECK(vera::unit_interval_float(0xffffffffu) == 1.0f - 1.0f / 16777216.0f);
-  CHECK(vera::unit_interval_float(0x80000000u) == 0.5f);
+  CHECK(vera::detail::symmetric_unit_to_float(0u, bound) == -bound);
+  CHECK(vera::detail::symmetric_unit_to_float(0xffffffffu, bound) < bound);
+  CHECK(vera::detail::symmetric_unit_to_float(0xffffffffu, bound) == bound - 2 * bound / 16777216.0f);
+  CHECK(vera::detail::symmetric_unit_to_float(0x80000000u, bound) == 0.0f);
+  CHECK(vera::detail::unit_interval_float(0u) == 0.0f);
+  CHECK(vera::detail::unit_interval_float(0xffffffffu) == 1.0f - 1.0f / 16777216.0f);
+  CHECK(vera::detail::unit_interval_float(0x80000000u) == 0.5f);
 }

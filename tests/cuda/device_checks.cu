@@ -20,7 +20,7 @@ namespace vc = vera::cuda;
 
 template <class T>
 T to_storage(double v) {
-  return vc::detail::host_round<T>(static_cast<float>(v));
+  return vc::storage<T>::from_float(static_cast<float>(v));
 }
 float to_host(float v) { return v; }
 float to_host(__half v) { return __half2float(v); }

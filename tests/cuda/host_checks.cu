@@ -24,18 +24,18 @@ std::uint32_t bits_of(float v) {
 // compiled by the host compiler in reference.cpp: same bits, element by element.
 void philox_matches_cpu(const vera::projection_spec& spec) {
   const vera_test::host_projection cpu = vera_test::cpu_projection(spec);
-  const float bound_a = vera::kaiming_uniform_bound(spec.max_in);
-  const float bound_b = vera::kaiming_uniform_bound(spec.rank);
+  const float bound_a = vera::detail::kaiming_uniform_bound(spec.max_in);
+  const float bound_b = vera::detail::kaiming_uniform_bound(spec.rank);
   int mismatches = 0;
   for (vera::index i = 0; i < spec.rank; ++i) {
     for (vera::index j = 0; j < spec.max_in; ++j) {
-      const float here = vera::philox_projection_element(spec.seed, 0u, i, j, bound_a);
+      const float here = vera::detail::philox_projection_element(spec.seed, 0u, i, j, bound_a);
       mismatches += bits_of(here) != bits_of(cpu.a[static_cast<std::size_t>(i * spec.max_in + j)]);
     }
   }
   for (vera::index i = 0; i < spec.max_out; ++i) {
     for (vera::index j = 0; j < spec.rank; ++j) {
-      const float here = vera::philox_projection_element(spec.seed, 1u, i, j, bound_b);
+      const float here = vera::detail::philox_projection_element(spec.seed, 1u, i, j, bound_b);
       mismatches += bits_of(here) != bits_of(cpu.b[static_cast<std::size_t>(i * spec.rank + j)]);
     }
   }
@@ -44,18 +44,18 @@ void philox_matches_cpu(const vera::projection_spec& spec) {
 
 void philox_checks() {
   // Random123's published Philox4x32-10 answers, through the plain-word form device code uses.
-  const vera::philox4x32::block zero =
-      vera::philox4x32::generate_block({{0u, 0u, 0u, 0u}}, 0u, 0u);
+  const vera::detail::philox4x32::block zero =
+      vera::detail::philox4x32::generate_block({{0u, 0u, 0u, 0u}}, 0u, 0u);
   VERA_CHECK(zero.word[0] == 0x6627e8d5u && zero.word[1] == 0xe169c58du &&
              zero.word[2] == 0xbc57ac4cu && zero.word[3] == 0x9b00dbd8u);
-  const vera::philox4x32::block pi = vera::philox4x32::generate_block(
+  const vera::detail::philox4x32::block pi = vera::detail::philox4x32::generate_block(
       {{0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}}, 0xa4093822u, 0x299f31d0u);
   VERA_CHECK(pi.word[0] == 0xd16cfe09u && pi.word[1] == 0x94fdccebu && pi.word[2] == 0x5001e420u &&
              pi.word[3] == 0x24126ea1u);
   // The bits the CPU generator was released with (tests/core), through the shared function.
-  const float bound_a = vera::kaiming_uniform_bound(9);
-  VERA_CHECK(bits_of(vera::philox_projection_element(42, 0u, 1, 0, bound_a)) == 0xbec79fcfu);
-  VERA_CHECK(bits_of(vera::philox_projection_element(42, 0u, 1, 4, bound_a)) == 0xbf197a9du);
+  const float bound_a = vera::detail::kaiming_uniform_bound(9);
+  VERA_CHECK(bits_of(vera::detail::philox_projection_element(42, 0u, 1, 0, bound_a)) == 0xbec79fcfu);
+  VERA_CHECK(bits_of(vera::detail::philox_projection_element(42, 0u, 1, 4, bound_a)) == 0xbf197a9du);
   philox_matches_cpu({42, 4, 9, 7, vera::generator::philox});
   philox_matches_cpu({7, 13, 67, 5, vera::generator::philox});
   philox_matches_cpu({0x123456789abcdefull, 17, 127, 33, vera::generator::philox});
@@ -267,41 +267,41 @@ void order_checks() {
   llama.rank = 256;
   for (const auto& layer : {roberta, llama}) {
     for (const vera::index n : {vera::index{1}, vera::index{16}, vera::index{512}, vera::index{4096}}) {
-      const vera::product_extents e{n, layer.in, layer.out, layer.rank};
+      const vera::detail::product_extents e{n, layer.in, layer.out, layer.rank};
       for (const bool keeps : {false, true}) {
-        VERA_CHECK(vera::cuda::forward_order(layer, n, keeps, false) ==
-                   vera::choose_order(order::automatic, vera::forward_costs(e, keeps, true), true));
+        VERA_CHECK(vera::cuda::detail::forward_order(layer, n, keeps, false) ==
+                   vera::detail::choose_order(order::automatic, vera::detail::forward_costs(e, keeps, true), true));
       }
-      VERA_CHECK(vera::cuda::input_gradient_order(layer, n, false) ==
-                 vera::choose_order(order::automatic, vera::input_gradient_costs(e, true), true));
+      VERA_CHECK(vera::cuda::detail::input_gradient_order(layer, n, false) ==
+                 vera::detail::choose_order(order::automatic, vera::detail::input_gradient_costs(e, true), true));
     }
   }
   // 4096 tokens: inference builds W0 + ΔW at both shapes, as does grad_X; single tokens never do.
-  VERA_CHECK(vera::cuda::forward_order(roberta, 4096, false, false) == order::merged);
-  VERA_CHECK(vera::cuda::forward_order(llama, 4096, false, false) == order::merged);
-  VERA_CHECK(vera::cuda::input_gradient_order(roberta, 4096, false) == order::merged);
-  VERA_CHECK(vera::cuda::input_gradient_order(llama, 4096, false) == order::merged);
-  VERA_CHECK(vera::cuda::forward_order(roberta, 1, false, false) == order::low_rank);
-  VERA_CHECK(vera::cuda::input_gradient_order(llama, 1, false) == order::low_rank);
+  VERA_CHECK(vera::cuda::detail::forward_order(roberta, 4096, false, false) == order::merged);
+  VERA_CHECK(vera::cuda::detail::forward_order(llama, 4096, false, false) == order::merged);
+  VERA_CHECK(vera::cuda::detail::input_gradient_order(roberta, 4096, false) == order::merged);
+  VERA_CHECK(vera::cuda::detail::input_gradient_order(llama, 4096, false) == order::merged);
+  VERA_CHECK(vera::cuda::detail::forward_order(roberta, 1, false, false) == order::low_rank);
+  VERA_CHECK(vera::cuda::detail::input_gradient_order(llama, 1, false) == order::low_rank);
   // A requested order wins, except under dropout.
-  VERA_CHECK(vera::cuda::forward_order(roberta, 4096, false, false, order::low_rank) == order::low_rank);
-  VERA_CHECK(vera::cuda::forward_order(roberta, 1, true, false, order::merged) == order::merged);
-  VERA_CHECK(vera::cuda::forward_order(roberta, 4096, true, true, order::merged) == order::low_rank);
-  VERA_CHECK(vera::cuda::input_gradient_order(roberta, 4096, true) == order::low_rank);
+  VERA_CHECK(vera::cuda::detail::forward_order(roberta, 4096, false, false, order::low_rank) == order::low_rank);
+  VERA_CHECK(vera::cuda::detail::forward_order(roberta, 1, true, false, order::merged) == order::merged);
+  VERA_CHECK(vera::cuda::detail::forward_order(roberta, 4096, true, true, order::merged) == order::low_rank);
+  VERA_CHECK(vera::cuda::detail::input_gradient_order(roberta, 4096, true) == order::low_rank);
   // 16-bit storage: low-rank unless merged is asked for (a rounded W0 + ΔW would lose ΔW).
   vera::cuda::layer_ref<__nv_bfloat16> half_llama;
   half_llama.in = half_llama.out = 4096;
   half_llama.rank = 256;
-  VERA_CHECK(vera::cuda::forward_order(half_llama, 4096, false, false) == order::low_rank);
-  VERA_CHECK(vera::cuda::input_gradient_order(half_llama, 4096, false) == order::low_rank);
-  VERA_CHECK(vera::cuda::forward_order(half_llama, 4096, false, false, order::merged) == order::merged);
-  VERA_CHECK(vera::cuda::input_gradient_order(half_llama, 4096, true, order::merged) == order::low_rank);
+  VERA_CHECK(vera::cuda::detail::forward_order(half_llama, 4096, false, false) == order::low_rank);
+  VERA_CHECK(vera::cuda::detail::input_gradient_order(half_llama, 4096, false) == order::low_rank);
+  VERA_CHECK(vera::cuda::detail::forward_order(half_llama, 4096, false, false, order::merged) == order::merged);
+  VERA_CHECK(vera::cuda::detail::input_gradient_order(half_llama, 4096, true, order::merged) == order::low_rank);
   // Bad extents are refused, here and in the workspace sizes that ask for an order.
-  VERA_CHECK_THROWS(vera::cuda::forward_order(llama, -1, false, false), vera::value_error,
-                    "vera::cuda::forward_order: rows must be >= 0, got -1");
+  VERA_CHECK_THROWS(vera::cuda::detail::forward_order(llama, -1, false, false), vera::value_error,
+                    "vera::cuda::detail::forward_order: rows must be >= 0, got -1");
   auto no_rank = llama;
   no_rank.rank = 0;
-  VERA_CHECK_THROWS(vera::cuda::input_gradient_order(no_rank, 16, false), vera::value_error,
+  VERA_CHECK_THROWS(vera::cuda::detail::input_gradient_order(no_rank, 16, false), vera::value_error,
                     "layer rank: expected a positive value, got 0");
   VERA_CHECK_THROWS(vera::cuda::forward_workspace_bytes(llama, -3, false, false), vera::value_error,
                     "rows must be >= 0, got -3");

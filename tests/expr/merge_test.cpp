@@ -189,15 +189,15 @@ TEMPLATE_TEST_CASE("merge refuses a W0 of the wrong layout", "[expr][merge]", fl
 }
 
 TEST_CASE("cost model prefers the low-rank order for few rows", "[expr][cost]") {
-  const vera::product_extents small{4, 1024, 1024, 256};
+  const vera::detail::product_extents small{4, 1024, 1024, 256};
   for (bool reused : {false, true}) {
     for (bool training : {false, true}) {
-      const vera::order_costs costs = vera::forward_costs(small, training, reused);
+      const vera::detail::order_costs costs = vera::detail::forward_costs(small, training, reused);
       CHECK(costs.low_rank < costs.merged);
-      CHECK(vera::choose_order(vera::order::automatic, costs, true) == vera::order::low_rank);
+      CHECK(vera::detail::choose_order(vera::order::automatic, costs, true) == vera::order::low_rank);
     }
-    const vera::order_costs backward = vera::input_gradient_costs(small, reused);
-    CHECK(vera::choose_order(vera::order::automatic, backward, true) == vera::order::low_rank);
+    const vera::detail::order_costs backward = vera::detail::input_gradient_costs(small, reused);
+    CHECK(vera::detail::choose_order(vera::order::automatic, backward, true) == vera::order::low_rank);
   }
 }
 
@@ -205,21 +205,21 @@ TEST_CASE("cost model merges for many rows once the weight buffer is reused", "[
   // in = out = 64, r = 8: low-rank costs 2 n r (in + out) = 2048 n; merged costs
   // 2 out r in + 4 out in = 81920 with a reused workspace (n > 40 wins) and
   // 2 out r in + 256 out in ~ 1.1e6 with a fresh buffer (n > 544 wins).
-  const auto at = [](vera::index rows) { return vera::product_extents{rows, 64, 64, 8}; };
-  CHECK(vera::choose_order(vera::order::automatic, vera::forward_costs(at(40), false, true),
+  const auto at = [](vera::index rows) { return vera::detail::product_extents{rows, 64, 64, 8}; };
+  CHECK(vera::detail::choose_order(vera::order::automatic, vera::detail::forward_costs(at(40), false, true),
                            true) == vera::order::low_rank);
-  CHECK(vera::choose_order(vera::order::automatic, vera::forward_costs(at(41), false, true),
+  CHECK(vera::detail::choose_order(vera::order::automatic, vera::detail::forward_costs(at(41), false, true),
                            true) == vera::order::merged);
-  CHECK(vera::choose_order(vera::order::automatic, vera::forward_costs(at(500), false, false),
+  CHECK(vera::detail::choose_order(vera::order::automatic, vera::detail::forward_costs(at(500), false, false),
                            true) == vera::order::low_rank);
-  CHECK(vera::choose_order(vera::order::automatic, vera::forward_costs(at(600), false, false),
+  CHECK(vera::detail::choose_order(vera::order::automatic, vera::detail::forward_costs(at(600), false, false),
                            true) == vera::order::merged);
-  CHECK(vera::choose_order(vera::order::automatic, vera::input_gradient_costs(at(4096), true),
+  CHECK(vera::detail::choose_order(vera::order::automatic, vera::detail::input_gradient_costs(at(4096), true),
                            true) == vera::order::merged);
 
   // A training forward also needs P, which the merged order must compute on top.
-  const vera::order_costs inference = vera::forward_costs(at(100), false, true);
-  const vera::order_costs training = vera::forward_costs(at(100), true, true);
+  const vera::detail::order_costs inference = vera::detail::forward_costs(at(100), false, true);
+  const vera::detail::order_costs training = vera::detail::forward_costs(at(100), true, true);
   CHECK(training.low_rank == inference.low_rank);
   CHECK(training.merged == inference.merged + 2.0 * 100 * 8 * 64);
   CHECK(inference.low_rank == 2.0 * 100 * 8 * (64 + 64));
@@ -227,16 +227,16 @@ TEST_CASE("cost model merges for many rows once the weight buffer is reused", "[
 
 TEST_CASE("cost model never merges while dropout is active and honours forced orders",
           "[expr][cost]") {
-  const vera::order_costs cheap_merge = vera::forward_costs({1 << 20, 64, 64, 8}, true, true);
+  const vera::detail::order_costs cheap_merge = vera::detail::forward_costs({1 << 20, 64, 64, 8}, true, true);
   REQUIRE(cheap_merge.merged < cheap_merge.low_rank);
   // merged_valid = false is how evaluators say "dropout is on".
   for (vera::order requested :
        {vera::order::automatic, vera::order::low_rank, vera::order::merged}) {
-    CHECK(vera::choose_order(requested, cheap_merge, false) == vera::order::low_rank);
+    CHECK(vera::detail::choose_order(requested, cheap_merge, false) == vera::order::low_rank);
   }
-  CHECK(vera::choose_order(vera::order::low_rank, cheap_merge, true) == vera::order::low_rank);
-  const vera::order_costs cheap_low_rank = vera::forward_costs({1, 64, 64, 8}, false, false);
-  CHECK(vera::choose_order(vera::order::merged, cheap_low_rank, true) == vera::order::merged);
+  CHECK(vera::detail::choose_order(vera::order::low_rank, cheap_merge, true) == vera::order::low_rank);
+  const vera::detail::order_costs cheap_low_rank = vera::detail::forward_costs({1, 64, 64, 8}, false, false);
+  CHECK(vera::detail::choose_order(vera::order::merged, cheap_low_rank, true) == vera::order::merged);
 }
 
 TEMPLATE_TEST_CASE("safe_merge and merge give the same bits for row-major weights too",

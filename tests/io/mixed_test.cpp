@@ -91,9 +91,9 @@ struct synthetic {
     vera::io::safetensors_writer base, adapter;
     for (std::size_t k = 0; k < weights.size(); ++k) {
       base.add(weights[k].first + ".weight", vera::io::dtype::f32, weights[k].second, zeros.data());
-      adapter.add(vera::io::peft_lambda_b_key(weights[k].first), vera::io::dtype::f32, {outs[k]},
+      adapter.add(vera::io::detail::peft_lambda_b_key(weights[k].first), vera::io::dtype::f32, {outs[k]},
                   zeros.data());
-      adapter.add(vera::io::peft_lambda_d_key(weights[k].first), vera::io::dtype::f32, {4},
+      adapter.add(vera::io::detail::peft_lambda_d_key(weights[k].first), vera::io::dtype::f32, {4},
                   zeros.data());
     }
     base_image = base.serialize();
@@ -288,8 +288,8 @@ TEST_CASE("a mixed model re-saves as PEFT saved it and exports an exact LoRA ada
   const safetensors_file io(fixtures / "io.safetensors");
   for (const auto& path : layers) {
     INFO(path);
-    const Eigen::MatrixXd product = vera::io::read_matrix<double>(lora, vera::io::peft_lora_b_key(path)) *
-                                    vera::io::read_matrix<double>(lora, vera::io::peft_lora_a_key(path));
+    const Eigen::MatrixXd product = vera::io::read_matrix<double>(lora, vera::io::detail::peft_lora_b_key(path)) *
+                                    vera::io::read_matrix<double>(lora, vera::io::detail::peft_lora_a_key(path));
     const auto& layer = loaded.model.at(path);
     const Eigen::MatrixXd w0 = vera::io::read_matrix<double>(base, path + ".weight");
     const Eigen::MatrixXd ours =

@@ -231,7 +231,7 @@ TEST_CASE(
   CHECK_THAT(bf16.report.warnings[0],
              Catch::Matchers::Contains("differs from the one regenerated"));
   const auto round = [](float v) {
-    return vera::io::bfloat16_to_float(vera::io::float_to_bfloat16(v));
+    return vera::io::detail::bfloat16_to_float(vera::io::detail::float_to_bfloat16(v));
   };
   CHECK(bf16.model.shared_projection().a() == seed.model.shared_projection().a().unaryExpr(round));
   for (const auto& [path, layer] : bf16.model) {
@@ -608,7 +608,7 @@ TEST_CASE("merging into bfloat16 weights matches PEFT's merge on a bfloat16 mode
   // PEFT rounds the projection to bfloat16 on such a model and keeps the vectors.
   const auto rounded = vera::io::round_projection(loaded.model, vera::io::dtype::bf16);
   const auto to_bf16 = [](float v) {
-    return vera::io::bfloat16_to_float(vera::io::float_to_bfloat16(v));
+    return vera::io::detail::bfloat16_to_float(vera::io::detail::float_to_bfloat16(v));
   };
   CHECK(rounded.shared_projection().a() == loaded.model.shared_projection().a().unaryExpr(to_bf16));
   CHECK(rounded.shared_projection().b() == loaded.model.shared_projection().b().unaryExpr(to_bf16));

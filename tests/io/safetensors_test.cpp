@@ -59,14 +59,14 @@ TEST_CASE("dtype names parse back and sub-byte types are refused", "[io][safeten
   }
   CHECK_FALSE(vera::io::parse_dtype("F4").has_value());
   CHECK_FALSE(vera::io::parse_dtype("f32").has_value());  // names are case-sensitive
-  CHECK(vera::io::dtype_size(dtype::bf16) == 2);
-  CHECK(vera::io::dtype_size(dtype::c64) == 8);
+  CHECK(vera::io::detail::dtype_size(dtype::bf16) == 2);
+  CHECK(vera::io::detail::dtype_size(dtype::c64) == 8);
 }
 
 TEST_CASE("float16 conversion is exact one way and rounds to nearest even the other",
           "[io][safetensors]") {
-  using vera::io::float_to_half;
-  using vera::io::half_to_float;
+  using vera::io::detail::float_to_half;
+  using vera::io::detail::half_to_float;
   CHECK(float_to_half(1.0f) == 0x3C00);
   CHECK(float_to_half(-2.0f) == 0xC000);
   CHECK(float_to_half(-0.0f) == 0x8000);
@@ -102,8 +102,8 @@ TEST_CASE("float16 conversion is exact one way and rounds to nearest even the ot
 
 TEST_CASE("bfloat16 conversion is exact one way and rounds to nearest even the other",
           "[io][safetensors]") {
-  using vera::io::bfloat16_to_float;
-  using vera::io::float_to_bfloat16;
+  using vera::io::detail::bfloat16_to_float;
+  using vera::io::detail::float_to_bfloat16;
   CHECK(float_to_bfloat16(1.0f) == 0x3F80);
   CHECK(float_to_bfloat16(0.1f) == 0x3DCD);
   CHECK(bfloat16_to_float(0x3DCD) == 0.10009765625f);  // PEFT's effective d_initial in bf16
@@ -123,11 +123,11 @@ TEST_CASE("bfloat16 conversion is exact one way and rounds to nearest even the o
 
 TEST_CASE("double to float16/bfloat16 rounds once", "[io][safetensors]") {
   // Rounding these to float first lands exactly on a tie, which would then round down.
-  CHECK(vera::io::double_to_half(1.0 + std::ldexp(1.0, -11) + std::ldexp(1.0, -40)) == 0x3C01);
-  CHECK(vera::io::double_to_bfloat16(1.0 + std::ldexp(1.0, -8) + std::ldexp(1.0, -40)) == 0x3F81);
-  CHECK(vera::io::double_to_half(1.0 + std::ldexp(1.0, -11)) == 0x3C00);  // a true tie stays even
-  CHECK(vera::io::double_to_half(1e300) == 0x7C00);
-  CHECK(vera::io::double_to_bfloat16(-1e300) == 0xFF80);
+  CHECK(vera::io::detail::double_to_half(1.0 + std::ldexp(1.0, -11) + std::ldexp(1.0, -40)) == 0x3C01);
+  CHECK(vera::io::detail::double_to_bfloat16(1.0 + std::ldexp(1.0, -8) + std::ldexp(1.0, -40)) == 0x3F81);
+  CHECK(vera::io::detail::double_to_half(1.0 + std::ldexp(1.0, -11)) == 0x3C00);  // a true tie stays even
+  CHECK(vera::io::detail::double_to_half(1e300) == 0x7C00);
+  CHECK(vera::io::detail::double_to_bfloat16(-1e300) == 0xFF80);
 }
 
 TEMPLATE_TEST_CASE("every float dtype round-trips through the writer and the reader",

@@ -297,8 +297,8 @@ TEST_CASE("a LoRA export carries modules_to_save and the biases; its product mer
     for (const auto& [path, layer] : loaded.model) {
       INFO(path);
       const Eigen::MatrixXd w0 = vera::io::read_matrix<double>(base, path + ".weight");
-      const Eigen::MatrixXd a = vera::io::read_matrix<double>(lora, vera::io::peft_lora_a_key(path));
-      const Eigen::MatrixXd b = vera::io::read_matrix<double>(lora, vera::io::peft_lora_b_key(path));
+      const Eigen::MatrixXd a = vera::io::read_matrix<double>(lora, vera::io::detail::peft_lora_a_key(path));
+      const Eigen::MatrixXd b = vera::io::read_matrix<double>(lora, vera::io::detail::peft_lora_b_key(path));
       const Eigen::MatrixXd merged = w0 + b * a;
       const Eigen::MatrixXd theirs = vera::io::read_matrix<double>(peft, path + ".weight");
       CHECK(((merged - theirs).cwiseAbs().array() <= merge_bound(w0, layer).array()).all());
@@ -505,7 +505,7 @@ TEST_CASE("merges that cannot apply a trained tensor write nothing and say why",
   const auto got = merged.values<float>("classifier.weight");
   REQUIRE(got.size() == expected.size());
   for (std::size_t i = 0; i < got.size(); ++i) {
-    CHECK(got[i] == vera::io::bfloat16_to_float(vera::io::float_to_bfloat16(expected[i])));
+    CHECK(got[i] == vera::io::detail::bfloat16_to_float(vera::io::detail::float_to_bfloat16(expected[i])));
   }
 }
 

@@ -673,45 +673,45 @@ TEST_CASE("the group cost model charges the shared product once", "[multi][sibli
   // One sibling: exactly the single-layer model, for forwards and input gradients.
   for (const vera::index rows : {1, 32, 512, 2048, 8192}) {
     for (const vera::index rank : {16, 256, 1024}) {
-      const vera::product_extents e{rows, 768, 768, rank};
+      const vera::detail::product_extents e{rows, 768, 768, rank};
       for (const bool reused : {false, true}) {
         INFO("rows " << rows << ", rank " << rank << ", reused workspace " << reused);
-        const std::array<vera::product_extents, 1> one{e};
-        CHECK(vera::choose_sibling_orders(vera::order::automatic, one, false, reused, true)[0] ==
-              vera::choose_order(vera::order::automatic, vera::forward_costs(e, false, reused), true));
-        CHECK(vera::choose_sibling_orders(vera::order::automatic, one, true, reused, true)[0] ==
-              vera::choose_order(vera::order::automatic, vera::forward_costs(e, true, reused), true));
-        CHECK(vera::choose_sibling_orders(vera::order::automatic, one, false, reused, true)[0] ==
-              vera::choose_order(vera::order::automatic, vera::input_gradient_costs(e, reused), true));
+        const std::array<vera::detail::product_extents, 1> one{e};
+        CHECK(vera::detail::choose_sibling_orders(vera::order::automatic, one, false, reused, true)[0] ==
+              vera::detail::choose_order(vera::order::automatic, vera::detail::forward_costs(e, false, reused), true));
+        CHECK(vera::detail::choose_sibling_orders(vera::order::automatic, one, true, reused, true)[0] ==
+              vera::detail::choose_order(vera::order::automatic, vera::detail::forward_costs(e, true, reused), true));
+        CHECK(vera::detail::choose_sibling_orders(vera::order::automatic, one, false, reused, true)[0] ==
+              vera::detail::choose_order(vera::order::automatic, vera::detail::input_gradient_costs(e, reused), true));
       }
     }
   }
   // 768x768, r = 256, reused workspace, n = 512: a lone inference layer runs merged (P costs as
   // much as the rest of its low-rank term); three siblings sharing P run low-rank.
-  const vera::product_extents e{512, 768, 768, 256};
-  CHECK(vera::choose_order(vera::order::automatic, vera::forward_costs(e, false, true), true) == vera::order::merged);
-  const std::array<vera::product_extents, 3> three{e, e, e};
-  for (const vera::order o : vera::choose_sibling_orders(vera::order::automatic, three, false, true, true)) {
+  const vera::detail::product_extents e{512, 768, 768, 256};
+  CHECK(vera::detail::choose_order(vera::order::automatic, vera::detail::forward_costs(e, false, true), true) == vera::order::merged);
+  const std::array<vera::detail::product_extents, 3> three{e, e, e};
+  for (const vera::order o : vera::detail::choose_sibling_orders(vera::order::automatic, three, false, true, true)) {
     CHECK(o == vera::order::low_rank);
   }
   // With P paid (training), both orders grow with out_i alike, so siblings of one group agree:
   // merged for a long batch, low-rank for a short one.
-  const vera::product_extents wide{8192, 768, 3072, 256}, narrow{8192, 768, 64, 256};
-  for (const vera::order o : vera::choose_sibling_orders(vera::order::automatic,
-                                                        std::array<vera::product_extents, 2>{wide, narrow}, true,
+  const vera::detail::product_extents wide{8192, 768, 3072, 256}, narrow{8192, 768, 64, 256};
+  for (const vera::order o : vera::detail::choose_sibling_orders(vera::order::automatic,
+                                                        std::array<vera::detail::product_extents, 2>{wide, narrow}, true,
                                                         true, true)) {
     CHECK(o == vera::order::merged);
   }
-  const vera::product_extents short_wide{32, 768, 3072, 256}, short_narrow{32, 768, 64, 256};
-  for (const vera::order o : vera::choose_sibling_orders(
-           vera::order::automatic, std::array<vera::product_extents, 2>{short_wide, short_narrow}, true, true, true)) {
+  const vera::detail::product_extents short_wide{32, 768, 3072, 256}, short_narrow{32, 768, 64, 256};
+  for (const vera::order o : vera::detail::choose_sibling_orders(
+           vera::order::automatic, std::array<vera::detail::product_extents, 2>{short_wide, short_narrow}, true, true, true)) {
     CHECK(o == vera::order::low_rank);
   }
   // Requests apply to all; dropout (merged not valid) forces low-rank.
-  for (const vera::order o : vera::choose_sibling_orders(vera::order::merged, three, false, true, true)) {
+  for (const vera::order o : vera::detail::choose_sibling_orders(vera::order::merged, three, false, true, true)) {
     CHECK(o == vera::order::merged);
   }
-  for (const vera::order o : vera::choose_sibling_orders(vera::order::merged, three, false, true, false)) {
+  for (const vera::order o : vera::detail::choose_sibling_orders(vera::order::merged, three, false, true, false)) {
     CHECK(o == vera::order::low_rank);
   }
 }

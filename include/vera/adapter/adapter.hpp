@@ -78,8 +78,8 @@ class adapter {
   /// \throws shape_error when a size differs; value_error when an element is NaN or infinite.
   template <class DB, class DD>
   void set_lambdas(const Eigen::MatrixBase<DB>& b, const Eigen::MatrixBase<DD>& d) {
-    check_size("lambda_b", out_, b.size());
-    check_size("lambda_d", rank_, d.size());
+    vera::detail::check_size("lambda_b", out_, b.size());
+    vera::detail::check_size("lambda_d", rank_, d.size());
     require_finite("lambda_b", b);
     require_finite("lambda_d", d);
     lambda_b_ = b.template cast<T>();
@@ -110,10 +110,10 @@ class adapter {
     lambda_b_.setOnes();
     // Box-Muller on counter-based uniforms: reproducible on every platform, unlike
     // std::normal_distribution whose algorithm is implementation-defined.
-    const philox4x32::key_type key{static_cast<std::uint32_t>(options_.init_seed),
+    const vera::detail::philox4x32::key_type key{static_cast<std::uint32_t>(options_.init_seed),
                                    static_cast<std::uint32_t>(options_.init_seed >> 32)};
     for (index k = 0; k < rank_; ++k) {
-      const auto words = philox4x32::generate({static_cast<std::uint32_t>(k), 0u, 2u, 0u}, key);
+      const auto words = vera::detail::philox4x32::generate({static_cast<std::uint32_t>(k), 0u, 2u, 0u}, key);
       const double u1 = (static_cast<double>(words[0]) + 1.0) / 4294967296.0;  // (0, 1]
       const double u2 = static_cast<double>(words[1]) / 4294967296.0;
       const double two_pi = 6.283185307179586;

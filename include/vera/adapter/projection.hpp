@@ -63,8 +63,8 @@ class projection {
   /// \throws value_error for a bad spec; shape_error when A or B has another shape.
   projection(const projection_spec& spec, row_matrix<T> a, row_matrix<T> b) {
     validate(spec);
-    check_shape("projection A", spec.rank, spec.max_in, a.rows(), a.cols());
-    check_shape("projection B", spec.max_out, spec.rank, b.rows(), b.cols());
+    vera::detail::check_shape("projection A", spec.rank, spec.max_in, a.rows(), a.cols());
+    vera::detail::check_shape("projection B", spec.max_out, spec.rank, b.rows(), b.cols());
     auto built = std::make_shared<state>();
     built->spec = spec;
     built->a = std::move(a);
@@ -141,9 +141,9 @@ class projection {
   }
 
   void check_slice(index extent, index available, const char* name, index rank) const {
-    check_positive(name, extent);
-    check_fits(name, extent, available);
-    check_positive("rank", rank);
+    vera::detail::check_positive(name, extent);
+    vera::detail::check_fits(name, extent, available);
+    vera::detail::check_positive("rank", rank);
     if (rank > this->rank()) {
       throw rank_error("rank: layer needs " + std::to_string(rank) +
                        " but the projection provides " + std::to_string(this->rank()));

@@ -22,13 +22,13 @@ struct dropout_key {
 VERA_HOST_DEVICE inline bool dropout_keeps(const dropout_key& key, index row, index col) {
   // The top bit of the last counter word marks the dropout stream: projections and random init
   // use 0 there, so a mask never repeats projection or init bits under the same seed.
-  const philox4x32::block counter{
+  const vera::detail::philox4x32::block counter{
       {static_cast<std::uint32_t>(col / 4), static_cast<std::uint32_t>(row),
        static_cast<std::uint32_t>(key.step),
        static_cast<std::uint32_t>(key.step >> 32) | 0x80000000u}};
-  const philox4x32::block words = philox4x32::generate_block(
+  const vera::detail::philox4x32::block words = vera::detail::philox4x32::generate_block(
       counter, static_cast<std::uint32_t>(key.seed), static_cast<std::uint32_t>(key.seed >> 32));
-  return static_cast<double>(unit_interval_float(words.word[col % 4])) >= key.probability;
+  return static_cast<double>(vera::detail::unit_interval_float(words.word[col % 4])) >= key.probability;
 }
 
 }  // namespace vera

@@ -25,8 +25,6 @@ inline float round_product(float a, float b) {
   return product;
 }
 
-}  // namespace detail
-
 /// \brief Fills `out[0..count)` the way `torch.empty(count).uniform_(from, to, generator=gen)`
 ///        does on the CPU for float32, continuing the generator's stream.
 inline void peft_uniform_fill(std::mt19937& engine, float from, float to, peft_rounding rounding,
@@ -47,5 +45,7 @@ inline float kaiming_uniform_bound(std::int64_t fan_in) {
   const double std_dev = std::sqrt(2.0) / std::sqrt(static_cast<double>(fan_in));
   return static_cast<float>(std::sqrt(3.0) * std_dev);
 }
+
+}  // namespace detail
 
 }  // namespace vera

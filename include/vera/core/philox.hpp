@@ -9,6 +9,8 @@
 
 namespace vera {
 
+namespace detail {
+
 /// \brief Philox4x32 with 10 rounds (Salmon et al., SC'11), usable on host and device.
 ///
 /// Streams under one seed are kept apart by the counter: projection A is (col/4, row, 0, 0),
@@ -81,5 +83,7 @@ VERA_HOST_DEVICE inline float philox_projection_element(std::uint64_t seed, std:
       counter, static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32));
   return symmetric_unit_to_float(words.word[col % 4], bound);
 }
+
+}  // namespace detail
 
 }  // namespace vera

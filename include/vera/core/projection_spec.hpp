@@ -40,9 +40,9 @@ struct projection_spec {
 ///        memory.
 /// \throws value_error naming the extent otherwise.
 inline void validate(const projection_spec& spec) {
-  check_positive("projection rank", spec.rank);
-  check_positive("projection max_in", spec.max_in);
-  check_positive("projection max_out", spec.max_out);
+  vera::detail::check_positive("projection rank", spec.rank);
+  vera::detail::check_positive("projection max_in", spec.max_in);
+  vera::detail::check_positive("projection max_out", spec.max_out);
   constexpr index limit = index{1} << 40;  // elements; far beyond any real model, avoids overflow
   if (spec.rank > limit / spec.max_in || spec.rank > limit / spec.max_out) {
     throw value_error("projection: rank x max_in or max_out x rank is too large to allocate (rank " +
@@ -56,7 +56,7 @@ namespace detail {
 // Element (row, col) of matrix `which` (0 = A, 1 = B); shared with the device kernels.
 inline float philox_element(std::uint64_t seed, std::uint32_t which, index row, index col,
                             float bound) {
-  return philox_projection_element(seed, which, row, col, bound);
+  return vera::detail::philox_projection_element(seed, which, row, col, bound);
 }
 
 inline void philox_fill(std::uint64_t seed, std::uint32_t which, index rows, index cols,
@@ -78,15 +78,15 @@ inline void philox_fill(std::uint64_t seed, std::uint32_t which, index rows, ind
 inline void generate_projection(const projection_spec& spec, float* a_row_major,
                                 float* b_row_major) {
   validate(spec);
-  const float bound_a = kaiming_uniform_bound(spec.max_in);
-  const float bound_b = kaiming_uniform_bound(spec.rank);
+  const float bound_a = vera::detail::kaiming_uniform_bound(spec.max_in);
+  const float bound_b = vera::detail::kaiming_uniform_bound(spec.rank);
   const auto count_a = static_cast<std::size_t>(spec.rank * spec.max_in);
   const auto count_b = static_cast<std::size_t>(spec.max_out * spec.rank);
   if (spec.kind == generator::peft) {
     // torch.Generator.manual_seed keeps the low 32 bits for mt19937; A then B from one stream.
     std::mt19937 engine(static_cast<std::uint32_t>(spec.seed));
-    peft_uniform_fill(engine, -bound_a, bound_a, spec.rounding, a_row_major, count_a);
-    peft_uniform_fill(engine, -bound_b, bound_b, spec.rounding, b_row_major, count_b);
+    vera::detail::peft_uniform_fill(engine, -bound_a, bound_a, spec.rounding, a_row_major, count_a);
+    vera::detail::peft_uniform_fill(engine, -bound_b, bound_b, spec.rounding, b_row_major, count_b);
   } else {
     detail::philox_fill(spec.seed, 0u, spec.rank, spec.max_in, bound_a, a_row_major);
     detail::philox_fill(spec.seed, 1u, spec.max_out, spec.rank, bound_b, b_row_major);

@@ -18,8 +18,6 @@ inline std::string dims(index rows, index cols) {
   return std::to_string(rows) + " x " + std::to_string(cols);
 }
 
-}  // namespace detail
-
 /// \brief Throws shape_error unless `operand` is exactly rows x cols.
 inline void check_shape(const char* operand, index expected_rows, index expected_cols, index rows,
                         index cols) {
@@ -67,5 +65,7 @@ inline void check_fits(const char* what, index needed, index available) {
                       " but the projection provides " + std::to_string(available));
   }
 }
+
+}  // namespace detail
 
 }  // namespace vera

@@ -48,8 +48,8 @@ class gradient_bucket {
   /// \throws shape_error when `grads` is not sized for `ad` (out, rank); value_error for an empty
   ///         or repeated name. On error nothing is registered.
   void add(const std::string& name, const adapter<T>& ad, gradients<T>& grads) {
-    check_size(("'" + name + "' gradients lambda_b").c_str(), ad.out_features(), grads.lambda_b.size());
-    check_size(("'" + name + "' gradients lambda_d").c_str(), ad.rank(), grads.lambda_d.size());
+    vera::detail::check_size(("'" + name + "' gradients lambda_b").c_str(), ad.out_features(), grads.lambda_b.size());
+    vera::detail::check_size(("'" + name + "' gradients lambda_d").c_str(), ad.rank(), grads.lambda_d.size());
     // Both names are checked before either is registered, so an error leaves no half adapter.
     if (ad.options().train_b) check_buffer(name + ".lambda_b", grads.lambda_b);
     if (ad.options().train_d) check_buffer(name + ".lambda_d", grads.lambda_d);

@@ -44,7 +44,7 @@ class assignable : public Eigen::ReturnByValue<Derived> {
   template <class Dst>
   void run(Dst& dst, assign_mode mode) const {
     const Derived& self = static_cast<const Derived&>(*this);
-    check_shape("destination", self.rows(), self.cols(), dst.rows(), dst.cols());
+    vera::detail::check_shape("destination", self.rows(), self.cols(), dst.rows(), dst.cols());
     self.check_destination(dst);
     evaluate(Exec{}, self, dst, mode);
   }

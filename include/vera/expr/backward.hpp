@@ -30,7 +30,7 @@ class input_gradient_expr;
 namespace Eigen::internal {
 template <class Exec, class GD, class WD, class T>
 struct traits<vera::input_gradient_expr<Exec, GD, WD, T>> {
-  using ReturnType = Eigen::Matrix<vera::result_scalar_t<GD, T>, Eigen::Dynamic, Eigen::Dynamic>;
+  using ReturnType = Eigen::Matrix<vera::detail::result_scalar_t<GD, T>, Eigen::Dynamic, Eigen::Dynamic>;
 };
 }  // namespace Eigen::internal
 
@@ -44,8 +44,8 @@ void check_upstream(const GD& g, const adapter<T>& ad, const forward_context<T>&
     throw state_error("vera backward: the forward context holds no training forward; evaluate "
                       "vera::forward(...).train(ctx) first");
   }
-  check_cols("G", ad.out_features(), g.cols(), "the layer's out_features");
-  check_rows("G", ctx.rows(), g.rows(), "rows of the training forward");
+  vera::detail::check_cols("G", ad.out_features(), g.cols(), "the layer's out_features");
+  vera::detail::check_rows("G", ctx.rows(), g.rows(), "rows of the training forward");
   if (ctx.projected().cols() != ad.rank()) {
     throw rank_error("forward context: holds rank " + std::to_string(ctx.projected().cols()) +
                      ", the adapter has rank " + std::to_string(ad.rank()));
@@ -59,10 +59,10 @@ template <class T, class Name>
 bool gradient_buffers_need_sizing(const gradients<T>& out, const adapter<T>& ad, assign_mode mode, Name&& name) {
   if (mode == assign_mode::overwrite && out.lambda_b.size() == 0 && out.lambda_d.size() == 0) return true;
   if (out.lambda_b.size() != ad.out_features()) {
-    check_size((name() + ".lambda_b").c_str(), ad.out_features(), out.lambda_b.size());
+    vera::detail::check_size((name() + ".lambda_b").c_str(), ad.out_features(), out.lambda_b.size());
   }
   if (out.lambda_d.size() != ad.rank()) {
-    check_size((name() + ".lambda_d").c_str(), ad.rank(), out.lambda_d.size());
+    vera::detail::check_size((name() + ".lambda_d").c_str(), ad.rank(), out.lambda_d.size());
   }
   return false;
 }
@@ -75,7 +75,7 @@ bool gradient_buffers_need_sizing(const gradients<T>& out, const adapter<T>& ad,
 /// vector (train_b / train_d false) gets zero on overwrite and is left as is on accumulate.
 template <class Exec, class GD, class T>
 class parameter_gradient_expr : public uses_workspace<parameter_gradient_expr<Exec, GD, T>, T> {
-  static_assert(storage_matches<GD, T>,
+  static_assert(vera::detail::storage_matches<GD, T>,
                 "vera::parameter_gradients: G must have the adapter's scalar type (or bfloat16 for a float adapter)");
 
  public:
@@ -137,7 +137,7 @@ template <class Exec, class GD, class WD, class T>
 class input_gradient_expr : public assignable<input_gradient_expr<Exec, GD, WD, T>, Exec>,
                             public uses_workspace<input_gradient_expr<Exec, GD, WD, T>, T>,
                             public takes_order<input_gradient_expr<Exec, GD, WD, T>> {
-  static_assert(storage_matches<GD, T>,
+  static_assert(vera::detail::storage_matches<GD, T>,
                 "vera::input_gradient: G must have the adapter's scalar type (or bfloat16 for a float adapter)");
   static_assert(std::is_same_v<typename GD::Scalar, typename WD::Scalar>,
                 "vera::input_gradient: G and W0 must have the same scalar type");

@@ -16,6 +16,8 @@ enum class order {
   merged,     ///< X (W0 + Λb B Λd A)^T: forms the adapted weight once, then one GEMM
 };
 
+namespace detail {
+
 /// \brief Extents of one adapted product: rows (tokens), in, out and rank.
 struct product_extents {
   index rows = 0;  ///< n: rows of X and Y (tokens)
@@ -40,16 +42,12 @@ struct merge_overheads {
   static constexpr double fresh_allocation = 256.0;
 };
 
-namespace detail {
-
 inline double merged_build_cost(const product_extents& e, bool workspace_reused) {
   const double per_element =
       workspace_reused ? merge_overheads::reused_workspace : merge_overheads::fresh_allocation;
   const double elements = static_cast<double>(e.out) * static_cast<double>(e.in);
   return 2.0 * elements * static_cast<double>(e.rank) + per_element * elements;
 }
-
-}  // namespace detail
 
 /// \brief Forward cost of both orders beyond the shared base GEMM (2 n in out, same in both).
 ///
@@ -98,7 +96,7 @@ inline order choose_order(order requested, const order_costs& costs, bool merged
 template <std::size_t N>
 std::array<order, N> choose_sibling_orders(order requested, const std::array<product_extents, N>& siblings,
                                            bool shared_paid, bool workspace_reused, bool merged_valid) {
-  static_assert(N >= 1, "vera::choose_sibling_orders: a group needs at least one sibling");
+  static_assert(N >= 1, "vera::detail::choose_sibling_orders: a group needs at least one sibling");
   std::array<order, N> chosen{};
   if (!merged_valid || requested != order::automatic) {
     chosen.fill(merged_valid ? requested : order::low_rank);
@@ -124,5 +122,7 @@ std::array<order, N> choose_sibling_orders(order requested, const std::array<pro
   if (any_low_rank && !shared_paid && all_merged < mixed) chosen.fill(order::merged);
   return chosen;
 }
+
+}  // namespace detail
 
 }  // namespace vera

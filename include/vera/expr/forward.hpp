@@ -25,7 +25,7 @@ class forward_expr;
 namespace Eigen::internal {
 template <class Exec, class XD, class WD, class Bias, class T>
 struct traits<vera::forward_expr<Exec, XD, WD, Bias, T>> {
-  using ReturnType = Eigen::Matrix<vera::result_scalar_t<XD, T>, Eigen::Dynamic, Eigen::Dynamic>;
+  using ReturnType = Eigen::Matrix<vera::detail::result_scalar_t<XD, T>, Eigen::Dynamic, Eigen::Dynamic>;
 };
 }  // namespace Eigen::internal
 
@@ -59,9 +59,9 @@ void check_base_weight(const char* operand, const WD& w0, const adapter<T>& ad) 
   const index out = ad.out_features();
   const index in = ad.in_features();
   if (ad.options().fan_in_fan_out) {
-    check_shape(operand, in, out, w0.rows(), w0.cols());
+    vera::detail::check_shape(operand, in, out, w0.rows(), w0.cols());
   } else {
-    check_shape(operand, out, in, w0.rows(), w0.cols());
+    vera::detail::check_shape(operand, out, in, w0.rows(), w0.cols());
   }
 }
 
@@ -78,7 +78,7 @@ class forward_expr : public assignable<forward_expr<Exec, XD, WD, Bias, T>, Exec
                      public uses_workspace<forward_expr<Exec, XD, WD, Bias, T>, T>,
                      public takes_order<forward_expr<Exec, XD, WD, Bias, T>>,
                      public trains<forward_expr<Exec, XD, WD, Bias, T>, forward_context<T>> {
-  static_assert(storage_matches<XD, T>,
+  static_assert(vera::detail::storage_matches<XD, T>,
                 "vera::forward: X must have the adapter's scalar type (or bfloat16 for a float adapter)");
   static_assert(std::is_same_v<typename XD::Scalar, typename WD::Scalar>,
                 "vera::forward: X and W0 must have the same scalar type");
@@ -88,13 +88,13 @@ class forward_expr : public assignable<forward_expr<Exec, XD, WD, Bias, T>, Exec
   /// \throws shape_error naming X, W0 or bias when its shape does not fit the adapter.
   forward_expr(const XD& x, const WD& w0, const Bias& bias, const adapter<T>& ad)
       : x_(x), w0_(w0), bias_(bias), adapter_(&ad) {
-    check_cols("X", ad.in_features(), x.cols(), "the layer's in_features");
+    vera::detail::check_cols("X", ad.in_features(), x.cols(), "the layer's in_features");
     detail::check_base_weight("W0", w0, ad);
     if constexpr (!std::is_same_v<Bias, no_bias_t>) {
-      static_assert(storage_matches<Bias, T>, "vera::forward: bias must have the adapter's scalar type (or bfloat16)");
+      static_assert(vera::detail::storage_matches<Bias, T>, "vera::forward: bias must have the adapter's scalar type (or bfloat16)");
       static_assert(Bias::RowsAtCompileTime == 1 || Bias::ColsAtCompileTime == 1,
                     "vera::forward: bias must be a vector (out elements)");
-      check_size("bias", ad.out_features(), bias.size());
+      vera::detail::check_size("bias", ad.out_features(), bias.size());
     }
   }
 

@@ -29,7 +29,7 @@ struct traits<vera::delta_weight_expr<Exec, T>> {
 };
 template <class Exec, class WD, class T>
 struct traits<vera::merged_weight_expr<Exec, WD, T>> {
-  using ReturnType = Eigen::Matrix<vera::result_scalar_t<WD, T>, Eigen::Dynamic, Eigen::Dynamic>;
+  using ReturnType = Eigen::Matrix<vera::detail::result_scalar_t<WD, T>, Eigen::Dynamic, Eigen::Dynamic>;
 };
 }  // namespace Eigen::internal
 
@@ -60,21 +60,21 @@ class delta_weight_expr : public Eigen::ReturnByValue<delta_weight_expr<Exec, T>
   /// \throws shape_error when dW does not have the shape rows() x cols().
   template <class Dst>
   void evalTo(Dst& dst) const {
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    vera::detail::check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst, T(0), T(1));
   }
   /// \brief W += ΔW (a merge) in one GEMM, without a temporary of W's size.
   /// \throws shape_error when W does not have the shape rows() x cols().
   template <class Dst>
   void add_to(Eigen::MatrixBase<Dst>& dst) const {
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    vera::detail::check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst.derived(), T(1), T(1));
   }
   /// \brief W -= ΔW (an unmerge) in one GEMM, without a temporary of W's size.
   /// \throws shape_error when W does not have the shape rows() x cols().
   template <class Dst>
   void subtract_from(Eigen::MatrixBase<Dst>& dst) const {
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    vera::detail::check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
     evaluate(Exec{}, *this, dst.derived(), T(1), T(-1));
   }
 
@@ -88,7 +88,7 @@ class delta_weight_expr : public Eigen::ReturnByValue<delta_weight_expr<Exec, T>
 /// \brief W0 + ΔW, lazily; W0 has the layout the adapter's options say.
 template <class Exec, class WD, class T>
 class merged_weight_expr : public Eigen::ReturnByValue<merged_weight_expr<Exec, WD, T>> {
-  static_assert(storage_matches<WD, T>,
+  static_assert(vera::detail::storage_matches<WD, T>,
                 "vera::merged_weight: W0 must have the adapter's scalar type (or bfloat16 for a float adapter)");
 
  public:
@@ -106,8 +106,8 @@ class merged_weight_expr : public Eigen::ReturnByValue<merged_weight_expr<Exec, 
   /// \throws shape_error when W does not have W0's shape; aliasing_error when W overlaps W0.
   template <class Dst>
   void evalTo(Dst& dst) const {
-    check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    check_no_alias("vera::merged_weight", dst, "W0", w0_);
+    vera::detail::check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
+    vera::detail::check_no_alias("vera::merged_weight", dst, "W0", w0_);
     dst = w0_;
     delta_.add_to(dst);
   }

@@ -51,8 +51,6 @@ bool overlaps(const Dst& dst, const Operand& operand) {
   }
 }
 
-}  // namespace detail
-
 /// \brief The aliasing rule: a vera expression is evaluated directly into its destination, as
 ///        Eigen's noalias() would, so the destination must not share memory with any operand.
 ///        Violations are detected for operands with direct access and reported, never computed.
@@ -83,5 +81,7 @@ inline constexpr bool storage_matches =
 template <class Operand, class T>
 using result_scalar_t =
     std::conditional_t<std::is_same_v<typename Operand::Scalar, Eigen::bfloat16>, Eigen::bfloat16, T>;
+
+}  // namespace detail
 
 }  // namespace vera

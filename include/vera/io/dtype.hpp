@@ -85,8 +85,12 @@ inline const dtype_entry& entry(dtype type) { return dtype_table[static_cast<std
 /// \brief The name safetensors uses for `type` ("F32", "BF16", ...).
 inline const char* dtype_name(dtype type) { return detail::entry(type).name; }
 
+namespace detail {
+
 /// \brief Bytes per element.
 inline std::size_t dtype_size(dtype type) { return detail::entry(type).size; }
+
+}  // namespace detail
 
 /// \brief The dtype named `name`, or nothing for names this reader does not know (including
 ///        sub-byte types such as F4, whose elements cannot be addressed one by one).
@@ -147,8 +151,6 @@ inline float round_to_odd_float(double value) {
   }
   return bits_float(bits);
 }
-
-}  // namespace detail
 
 /// \brief float16 bits to float (exact).
 inline float half_to_float(std::uint16_t half) {
@@ -211,5 +213,7 @@ inline std::uint16_t double_to_half(double value) {
 inline std::uint16_t double_to_bfloat16(double value) {
   return float_to_bfloat16(detail::round_to_odd_float(value));
 }
+
+}  // namespace detail
 
 }  // namespace vera::io

@@ -34,8 +34,6 @@ inline std::string quoted(const std::filesystem::path& path) { return "'" + path
 
 inline std::string system_message(int code) { return std::system_category().message(code); }
 
-}  // namespace detail
-
 /// \brief A whole file mapped read-only into memory (POSIX mmap; a plain read elsewhere).
 ///
 /// The bytes stay valid for the object's lifetime. Another process truncating the file while it
@@ -249,10 +247,12 @@ class atomic_file {
   bool committed_ = false;
 };
 
+}  // namespace detail
+
 /// \brief Reads a whole text file of at most `max_size` bytes; throws io_error, or format_error
 ///        when the file is larger (a configuration file is small; a huge one is hostile).
 inline std::string read_text_file(const std::filesystem::path& path, std::size_t max_size) {
-  const mapped_file file(path);
+  const detail::mapped_file file(path);
   if (file.size() > max_size) {
     throw format_error(detail::quoted(path) + " is " + std::to_string(file.size()) +
                        " bytes, more than the " + std::to_string(max_size) + " accepted");

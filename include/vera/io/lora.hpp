@@ -35,11 +35,13 @@ lora_factors<T> to_lora(const adapter<T>& layer) {
   out.a = layer.a();
   // The merge evaluator's own folded scale, so that lora_B rounds exactly as ΔW's factor does.
   workspace<T> scratch;
-  out.b = cpu::scaled_b(layer, scratch);
+  out.b = vera::detail::cpu::scaled_b(layer, scratch);
   return out;
 }
 template <class T>
 lora_factors<T> to_lora(adapter<T>&&) = delete;
+
+namespace detail {
 
 /// \brief PEFT LoRA's `bias` value for a VeRA `bias` ("vera_only" is LoRA's "lora_only").
 inline const char* lora_bias_name(bias_mode mode) {
@@ -52,6 +54,8 @@ inline const char* lora_bias_name(bias_mode mode) {
       return "none";
   }
 }
+
+}  // namespace detail
 
 /// \brief Writes `model` as a PEFT LoRA adapter directory that reproduces it exactly:
 ///        lora_A = A[:r, :in], lora_B = Λb B Λd, lora_alpha = r, target_modules = layer paths.
@@ -75,11 +79,11 @@ void export_lora(const model_adapter<T>& model, const std::filesystem::path& dir
   index rank = 0;
   for (const auto& [path, layer] : model) {
     const auto factors = to_lora(layer);
-    weights.add(peft_lora_a_key(path), stored,
+    weights.add(detail::peft_lora_a_key(path), stored,
                 {static_cast<std::uint64_t>(factors.a.rows()),
                  static_cast<std::uint64_t>(factors.a.cols())},
                 factors.a.data());
-    weights.add(peft_lora_b_key(path), stored,
+    weights.add(detail::peft_lora_b_key(path), stored,
                 {static_cast<std::uint64_t>(factors.b.rows()),
                  static_cast<std::uint64_t>(factors.b.cols())},
                 factors.b.data());
@@ -97,7 +101,7 @@ void export_lora(const model_adapter<T>& model, const std::filesystem::path& dir
   auto config = lora_config_json(settings, rank, targets);
   if (!trained.empty()) {
     config["modules_to_save"] = detail::optional_json(source.modules_to_save);
-    config["bias"] = lora_bias_name(source.bias);
+    config["bias"] = detail::lora_bias_name(source.bias);
   }
   detail::write_adapter_directory(dir, weights, config);
 }

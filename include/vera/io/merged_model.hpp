@@ -238,7 +238,7 @@ struct merge_step {
 // Rounds values in place to `type`, as storing into a float16/bfloat16 weight does.
 template <class T>
 void round_in_place(dtype type, std::vector<T>& values) {
-  std::vector<unsigned char> bytes(values.size() * dtype_size(type));
+  std::vector<unsigned char> bytes(values.size() * detail::dtype_size(type));
   encode(type, values.data(), values.size(), bytes.data());
   decode(type, bytes.data(), values.size(), values.data());
 }

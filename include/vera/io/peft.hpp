@@ -35,11 +35,15 @@ inline constexpr const char* adapter_config_file = "adapter_config.json";
 /// \brief Name of the weights file inside a PEFT adapter directory.
 inline constexpr const char* adapter_weights_file = "adapter_model.safetensors";
 
+namespace detail {
+
 /// \brief Prefix of every module key in a file saved by PEFT's save_pretrained (transformers'
 ///        own PEFT integration can save without it).
 inline constexpr const char* peft_key_prefix = "base_model.model.";
+
 /// \brief Key of the saved projection A (rank x max_in) in a PEFT VeRA file.
 inline constexpr const char* peft_vera_a_key = "base_model.vera_A";
+
 /// \brief Key of the saved projection B (max_out x rank).
 inline constexpr const char* peft_vera_b_key = "base_model.vera_B";
 
@@ -47,18 +51,23 @@ inline constexpr const char* peft_vera_b_key = "base_model.vera_B";
 inline std::string peft_lambda_b_key(const std::string& path) {
   return peft_key_prefix + path + ".vera_lambda_b";
 }
+
 /// \brief PEFT's key of layer `path`'s lambda_d (rank elements).
 inline std::string peft_lambda_d_key(const std::string& path) {
   return peft_key_prefix + path + ".vera_lambda_d";
 }
+
 /// \brief PEFT LoRA key of layer `path`'s lora_A (r x in).
 inline std::string peft_lora_a_key(const std::string& path) {
   return peft_key_prefix + path + ".lora_A.weight";
 }
+
 /// \brief PEFT LoRA key of layer `path`'s lora_B (out x r).
 inline std::string peft_lora_b_key(const std::string& path) {
   return peft_key_prefix + path + ".lora_B.weight";
 }
+
+}  // namespace detail
 
 /// \brief Why a PEFT adapter file holds a whole tensor of the base model.
 enum class trained_kind {
@@ -96,7 +105,7 @@ struct trained_tensor {
 
   /// \brief Bytes that dtype and shape call for (bytes.size() must equal it).
   std::uint64_t expected_bytes() const {
-    std::uint64_t size = dtype_size(type);
+    std::uint64_t size = detail::dtype_size(type);
     for (const auto extent : shape) size *= extent;
     return size;
   }
@@ -116,7 +125,7 @@ struct trained_tensor {
       throw format_error("trained tensor '" + key + "' holds " + std::to_string(bytes.size()) +
                          " bytes, but dtype and shape need " + std::to_string(expected_bytes()));
     }
-    std::vector<T> out(bytes.size() / dtype_size(type));
+    std::vector<T> out(bytes.size() / detail::dtype_size(type));
     detail::decode(type, bytes.data(), out.size(), out.data());
     return out;
   }
@@ -709,14 +718,14 @@ peft_adapter<T> load_peft_adapter(const vera_config& config, const safetensors_v
 
   if ((found.a == nullptr) != (found.b == nullptr)) {
     detail::mismatch(
-        file, std::string("holds '") + (found.a != nullptr ? peft_vera_a_key : peft_vera_b_key) +
-                  "' but not '" + (found.a != nullptr ? peft_vera_b_key : peft_vera_a_key) + "'");
+        file, std::string("holds '") + (found.a != nullptr ? detail::peft_vera_a_key : detail::peft_vera_b_key) +
+                  "' but not '" + (found.a != nullptr ? detail::peft_vera_b_key : detail::peft_vera_a_key) + "'");
   }
   report.projection_in_file = found.a != nullptr;
   if (config.save_projection && !report.projection_in_file) {
     detail::mismatch(file,
                      "adapter_config.json says save_projection = true but the file holds no '" +
-                         std::string(peft_vera_a_key) + "' / '" + peft_vera_b_key + "'");
+                         std::string(detail::peft_vera_a_key) + "' / '" + detail::peft_vera_b_key + "'");
   }
   // PEFT sizes the pair once per model, from the first adapter's layers; every later adapter
   // saves that pair, so a file may hold a pair larger than its own layers need (they slice it).
@@ -859,9 +868,9 @@ std::vector<peft_adapter<T>> load_peft_adapters(const std::vector<std::filesyste
     const auto& own = loaded.model.shared_projection();
     if (loaded.report.used_saved_projection) {
       if (own.max_in() != shared.max_in() || own.max_out() != shared.max_out()) {
-        throw format_error(weights + ": tensor '" + peft_vera_a_key + "' is [" +
+        throw format_error(weights + ": tensor '" + detail::peft_vera_a_key + "' is [" +
                            std::to_string(own.rank()) + ", " + std::to_string(own.max_in()) +
-                           "] and '" + peft_vera_b_key + "' [" + std::to_string(own.max_out()) +
+                           "] and '" + detail::peft_vera_b_key + "' [" + std::to_string(own.max_out()) +
                            ", " + std::to_string(own.rank()) + "], but the first adapter's pair is [" +
                            std::to_string(shared.rank()) + ", " + std::to_string(shared.max_in()) +
                            "] / [" + std::to_string(shared.max_out()) + ", " +
@@ -1064,18 +1073,18 @@ void save_peft_adapter(const model_adapter<T>& model, const std::filesystem::pat
   safetensors_writer weights;
   weights.set_metadata("format", "pt");
   for (const auto& [path, layer] : model) {
-    weights.add(peft_lambda_b_key(path), options.stored,
+    weights.add(detail::peft_lambda_b_key(path), options.stored,
                 {static_cast<std::uint64_t>(layer.out_features())}, layer.lambda_b().data());
-    weights.add(peft_lambda_d_key(path), options.stored, {static_cast<std::uint64_t>(layer.rank())},
+    weights.add(detail::peft_lambda_d_key(path), options.stored, {static_cast<std::uint64_t>(layer.rank())},
                 layer.lambda_d().data());
   }
   if (options.save_projection) {
     weights.add(
-        peft_vera_a_key, options.stored,
+        detail::peft_vera_a_key, options.stored,
         {static_cast<std::uint64_t>(shared.rank()), static_cast<std::uint64_t>(shared.max_in())},
         shared.a().data());
     weights.add(
-        peft_vera_b_key, options.stored,
+        detail::peft_vera_b_key, options.stored,
         {static_cast<std::uint64_t>(shared.max_out()), static_cast<std::uint64_t>(shared.rank())},
         shared.b().data());
   }

@@ -25,8 +25,12 @@
 
 namespace vera::io {
 
+namespace detail {
+
 /// \brief Largest header accepted, in bytes (the reference implementation's limit).
 inline constexpr std::uint64_t max_header_size = 100'000'000;
+
+}  // namespace detail
 
 /// \brief One tensor of a safetensors file, as its header describes it (already validated).
 struct tensor_info {
@@ -250,9 +254,9 @@ class safetensors_view {
            "missing)");
     }
     const std::uint64_t header_size = detail::load_le(data, 8);
-    if (header_size > max_header_size) {
+    if (header_size > detail::max_header_size) {
       fail("header length " + std::to_string(header_size) + " (bytes 0-7) exceeds the limit of " +
-           std::to_string(max_header_size) + " bytes");
+           std::to_string(detail::max_header_size) + " bytes");
     }
     if (header_size > size - 8) {
       fail("header length " + std::to_string(header_size) +
@@ -370,7 +374,7 @@ class safetensors_view {
     info.begin = read_count(name, "data_offsets", 0, offsets[0]);
     info.end = read_count(name, "data_offsets", 1, offsets[1]);
 
-    std::uint64_t bytes = dtype_size(info.type);
+    std::uint64_t bytes = detail::dtype_size(info.type);
     for (const auto extent : info.shape) {
       if (detail::multiply_overflows(bytes, extent, bytes)) {
         fail(where + ": shape " + shape_string(info.shape) + " of " + dtype_name(info.type) +
@@ -499,7 +503,7 @@ class safetensors_writer {
     }
     entry& e = new_entry(name, stored, std::move(shape), values != nullptr);
     e.owned.resize(static_cast<std::size_t>(e.size));
-    detail::encode(stored, values, static_cast<std::size_t>(e.size / dtype_size(stored)),
+    detail::encode(stored, values, static_cast<std::size_t>(e.size / detail::dtype_size(stored)),
                    e.owned.data());
   }
 
@@ -545,7 +549,7 @@ class safetensors_writer {
   /// \throws io_error when writing fails; value_error as serialize(); whatever a generator
   ///         throws. The target is then unchanged.
   void write(const std::filesystem::path& path) const {
-    atomic_file file(path);
+    detail::atomic_file file(path);
     write_to(file);
     file.commit();
   }
@@ -553,7 +557,7 @@ class safetensors_writer {
   /// \brief Writes the image into `file` without committing it, so that several files can be
   ///        committed together once all of them are complete.
   /// \throws io_error when writing fails; value_error as serialize().
-  void write_to(atomic_file& file) const {
+  void write_to(detail::atomic_file& file) const {
     emit([&](const unsigned char* data, std::size_t size) { file.write(data, size); });
   }
 
@@ -575,7 +579,7 @@ class safetensors_writer {
     if (names_.count(name) != 0) {
       throw value_error("safetensors_writer: tensor '" + name + "' added twice");
     }
-    std::uint64_t size = dtype_size(stored);
+    std::uint64_t size = detail::dtype_size(stored);
     for (const auto extent : shape) {
       if (detail::multiply_overflows(size, extent, size) ||
           size > std::numeric_limits<std::size_t>::max()) {
@@ -601,7 +605,7 @@ class safetensors_writer {
     std::vector<const entry*> order;
     for (const auto& e : entries_) order.push_back(&e);
     std::sort(order.begin(), order.end(), [](const entry* a, const entry* b) {
-      const auto sa = dtype_size(a->type), sb = dtype_size(b->type);
+      const auto sa = detail::dtype_size(a->type), sb = detail::dtype_size(b->type);
       return sa != sb ? sa > sb : a->name < b->name;
     });
     return order;

@@ -210,7 +210,7 @@ void merge_sharded_model(const shard_index& index, const model_adapter<T>& model
       writer.write(staging / shard);
       if (progress) progress(++done, index.shards.size());
     }
-    atomic_file index_copy(staging / index.path.filename());
+    detail::atomic_file index_copy(staging / index.path.filename());
     const std::string text = read_text_file(index.path, std::size_t{64} << 20);
     index_copy.write(text.data(), text.size());
     index_copy.commit();

@@ -37,7 +37,7 @@ class linear {
   linear(matrix w0, std::optional<vector<T>> bias, adapter<T> ad, std::uint64_t dropout_seed = 0)
       : w0_(std::move(w0)), bias_(std::move(bias)), adapter_(std::move(ad)), context_(dropout_seed) {
     detail::check_base_weight("W0", w0_, adapter_);
-    if (bias_) check_size("bias", adapter_.out_features(), bias_->size());
+    if (bias_) vera::detail::check_size("bias", adapter_.out_features(), bias_->size());
   }
 
   /// \brief W0 as stored (out x in, or in x out with fan_in_fan_out); holds W0 + ΔW while merged.
@@ -73,7 +73,7 @@ class linear {
   /// \throws aliasing_error when Y overlaps X (unmerged path).
   template <class XD, class YD>
   void forward(const Eigen::MatrixBase<XD>& x, Eigen::MatrixBase<YD>& y) {
-    check_cols("X", adapter_.in_features(), x.cols(), "the layer's in_features");
+    vera::detail::check_cols("X", adapter_.in_features(), x.cols(), "the layer's in_features");
     if (merged_) {
       if (adapter_.options().fan_in_fan_out) {
         y.derived().noalias() = x * w0_;

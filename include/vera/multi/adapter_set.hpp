@@ -269,8 +269,8 @@ class adapter_set {
   template <class DB, class DD>
   void set_lambdas(adapter_id id, const Eigen::MatrixBase<DB>& b, const Eigen::MatrixBase<DD>& d) {
     const index column = column_of(id, "adapter_set::set_lambdas");
-    check_size("lambda_b", out_, b.size());
-    check_size("lambda_d", rank_, d.size());
+    vera::detail::check_size("lambda_b", out_, b.size());
+    vera::detail::check_size("lambda_d", rank_, d.size());
     require_finite("lambda_b", b);
     require_finite("lambda_d", d);
     lambda_b_.col(column) = b.template cast<T>();

@@ -54,8 +54,8 @@ void check_mixed_upstream(const char* operation, const GD& g, const adapter_set<
                       "since the training forward; run the forward again");
   }
   require_nothing_merged(operation, set);
-  check_cols("G", set.out_features(), g.cols(), "the layer's out_features");
-  check_rows("G", ctx.rows(), g.rows(), "rows of the training forward");
+  vera::detail::check_cols("G", set.out_features(), g.cols(), "the layer's out_features");
+  vera::detail::check_rows("G", ctx.rows(), g.rows(), "rows of the training forward");
 }
 
 // As the core's gradients<T>: empty buffers are sized on overwrite; buffers of another size throw
@@ -66,9 +66,9 @@ void prepare_gradients(mixed_gradients<T>& out, const adapter_set<T>& set, assig
     out.lambda_b.resize(set.out_features(), set.columns());
     out.lambda_d.resize(set.rank(), set.columns());
   } else {
-    check_shape("gradients.lambda_b", set.out_features(), set.columns(), out.lambda_b.rows(),
+    vera::detail::check_shape("gradients.lambda_b", set.out_features(), set.columns(), out.lambda_b.rows(),
                 out.lambda_b.cols());
-    check_shape("gradients.lambda_d", set.rank(), set.columns(), out.lambda_d.rows(),
+    vera::detail::check_shape("gradients.lambda_d", set.rank(), set.columns(), out.lambda_d.rows(),
                 out.lambda_d.cols());
   }
 }
@@ -84,7 +84,7 @@ void prepare_gradients(mixed_gradients<T>& out, const adapter_set<T>& set, assig
 template <class Exec, class GD, class T>
 class mixed_parameter_gradient_expr
     : public uses_workspace<mixed_parameter_gradient_expr<Exec, GD, T>, T, mixed_workspace<T>> {
-  static_assert(scalar_matches<GD, T>, "vera::mixed_parameter_gradients: G must have the set's scalar type");
+  static_assert(vera::detail::scalar_matches<GD, T>, "vera::mixed_parameter_gradients: G must have the set's scalar type");
 
  public:
   /// \brief Checks G against the set and the context; see vera::mixed_parameter_gradients.
@@ -141,8 +141,8 @@ template <class Exec, class GD, class WD, class T>
 class mixed_input_gradient_expr
     : public assignable<mixed_input_gradient_expr<Exec, GD, WD, T>, Exec>,
       public uses_workspace<mixed_input_gradient_expr<Exec, GD, WD, T>, T, mixed_workspace<T>> {
-  static_assert(scalar_matches<GD, T>, "vera::mixed_input_gradient: G must have the set's scalar type");
-  static_assert(scalar_matches<WD, T>, "vera::mixed_input_gradient: W0 must have the set's scalar type");
+  static_assert(vera::detail::scalar_matches<GD, T>, "vera::mixed_input_gradient: G must have the set's scalar type");
+  static_assert(vera::detail::scalar_matches<WD, T>, "vera::mixed_input_gradient: W0 must have the set's scalar type");
 
  public:
   /// \brief Checks G, W0 and the context; see vera::mixed_input_gradient.
@@ -190,8 +190,8 @@ class mixed_input_gradient_expr
 template <class Exec, class GD, class WD, class T>
 class mixed_backward_expr
     : public uses_workspace<mixed_backward_expr<Exec, GD, WD, T>, T, mixed_workspace<T>> {
-  static_assert(scalar_matches<GD, T>, "vera::mixed_backward: G must have the set's scalar type");
-  static_assert(scalar_matches<WD, T>, "vera::mixed_backward: W0 must have the set's scalar type");
+  static_assert(vera::detail::scalar_matches<GD, T>, "vera::mixed_backward: G must have the set's scalar type");
+  static_assert(vera::detail::scalar_matches<WD, T>, "vera::mixed_backward: W0 must have the set's scalar type");
 
  public:
   /// \brief Checks G, W0 and the context; see vera::mixed_backward.
@@ -215,7 +215,7 @@ class mixed_backward_expr
     const index rows = g_.rows();
     const index cols = set_->in_features();
     constexpr bool resizable = std::is_base_of_v<Eigen::PlainObjectBase<DX>, DX>;
-    if (!resizable || mode != assign_mode::overwrite) check_shape("dX", rows, cols, dx.rows(), dx.cols());
+    if (!resizable || mode != assign_mode::overwrite) vera::detail::check_shape("dX", rows, cols, dx.rows(), dx.cols());
     // The gradients are checked before dx is resized, so a refused call leaves both as they were.
     detail::prepare_gradients(grads, *set_, mode);
     if constexpr (resizable) {

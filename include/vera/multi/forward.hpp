@@ -40,9 +40,9 @@ namespace detail {
 template <class WD, class T>
 void check_set_weight(const char* operand, const WD& w0, const adapter_set<T>& set) {
   if (set.fan_in_fan_out()) {
-    check_shape(operand, set.in_features(), set.out_features(), w0.rows(), w0.cols());
+    vera::detail::check_shape(operand, set.in_features(), set.out_features(), w0.rows(), w0.cols());
   } else {
-    check_shape(operand, set.out_features(), set.in_features(), w0.rows(), w0.cols());
+    vera::detail::check_shape(operand, set.out_features(), set.in_features(), w0.rows(), w0.cols());
   }
 }
 
@@ -70,8 +70,8 @@ class mixed_forward_expr
     : public assignable<mixed_forward_expr<Exec, XD, WD, Bias, T>, Exec>,
       public uses_workspace<mixed_forward_expr<Exec, XD, WD, Bias, T>, T, mixed_workspace<T>>,
       public trains<mixed_forward_expr<Exec, XD, WD, Bias, T>, mixed_context<T>> {
-  static_assert(scalar_matches<XD, T>, "vera::mixed_forward: X must have the set's scalar type");
-  static_assert(scalar_matches<WD, T>, "vera::mixed_forward: W0 must have the set's scalar type");
+  static_assert(vera::detail::scalar_matches<XD, T>, "vera::mixed_forward: X must have the set's scalar type");
+  static_assert(vera::detail::scalar_matches<WD, T>, "vera::mixed_forward: W0 must have the set's scalar type");
 
  public:
   /// \brief Checks the operands and the row assignment; see vera::mixed_forward.
@@ -79,14 +79,14 @@ class mixed_forward_expr
   mixed_forward_expr(const XD& x, const WD& w0, const Bias& bias, const adapter_set<T>& set,
                      const row_assignment& ids)
       : x_(x), w0_(w0), bias_(bias), set_(&set), ids_(ids) {
-    check_cols("X", set.in_features(), x.cols(), "the layer's in_features");
+    vera::detail::check_cols("X", set.in_features(), x.cols(), "the layer's in_features");
     detail::check_set_weight("W0", w0, set);
     if constexpr (!std::is_same_v<Bias, no_bias_t>) {
-      static_assert(scalar_matches<Bias, T>, "vera::mixed_forward: bias must have the set's scalar type");
-      check_size("bias", set.out_features(), bias.size());
+      static_assert(vera::detail::scalar_matches<Bias, T>, "vera::mixed_forward: bias must have the set's scalar type");
+      vera::detail::check_size("bias", set.out_features(), bias.size());
     }
     detail::require_nothing_merged("vera::mixed_forward", set);
-    (void)resolve_rows(set, ids, x.rows(), nullptr, "vera::mixed_forward");
+    (void)vera::detail::resolve_rows(set, ids, x.rows(), nullptr, "vera::mixed_forward");
   }
 
   /// \brief n, the rows of X.

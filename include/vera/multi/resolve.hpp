@@ -11,6 +11,8 @@
 
 namespace vera {
 
+namespace detail {
+
 /// \brief What a batch's rows use, found while resolving them.
 struct resolved_rows {
   index adapter_rows = 0;    ///< rows that go through an (enabled) adapter
@@ -18,16 +20,12 @@ struct resolved_rows {
   bool dropout = false;      ///< some adapter row belongs to an adapter with dropout > 0
 };
 
-namespace detail {
-
 inline std::string bad_row_message(const char* operation, index row, adapter_id id,
                                    const std::string& why) {
   return std::string(operation) + ": row assignment: row " + std::to_string(row) +
          ": expected -1 (base model) or the id of an adapter in the set, got " + std::to_string(id) +
          " (" + why + ")";
 }
-
-}  // namespace detail
 
 /// \brief Checks that `ids` has `rows` elements, each no_adapter or an id in `set`, and writes
 ///        each row's column (or -1 for the base model and for disabled adapters) to `columns`
@@ -83,5 +81,7 @@ resolved_rows resolve_rows(const adapter_set<T>& set, const row_assignment& ids,
   if (several) summary.single_column = -1;
   return summary;
 }
+
+}  // namespace detail
 
 }  // namespace vera

@@ -44,7 +44,7 @@ namespace detail {
 template <class Group, class T, class... GD>
 void check_sibling_upstream(const Group& group, const forward_context<T>& ctx, const GD&... g) {
   static_assert(sizeof...(GD) == Group::size, "vera siblings backward: one upstream gradient G per sibling");
-  static_assert((scalar_matches<GD, T> && ...), "vera siblings backward: G must have the siblings' scalar type");
+  static_assert((vera::detail::scalar_matches<GD, T> && ...), "vera siblings backward: G must have the siblings' scalar type");
   if (!ctx.ready()) {
     throw state_error("vera siblings backward: the forward context holds no training forward; evaluate "
                       "vera::forward(X, group).train(ctx) first");
@@ -58,10 +58,10 @@ void check_sibling_upstream(const Group& group, const forward_context<T>& ctx, c
     const auto& gi = std::get<decltype(i)::value>(gs);
     const adapter<T>& ad = group.template member<decltype(i)::value>().layer();
     if (gi.cols() != ad.out_features()) {
-      check_cols(sibling_operand(i, "G").c_str(), ad.out_features(), gi.cols(), "its out_features");
+      vera::detail::check_cols(sibling_operand(i, "G").c_str(), ad.out_features(), gi.cols(), "its out_features");
     }
     if (gi.rows() != ctx.rows()) {
-      check_rows(sibling_operand(i, "G").c_str(), ctx.rows(), gi.rows(), "rows of the training forward");
+      vera::detail::check_rows(sibling_operand(i, "G").c_str(), ctx.rows(), gi.rows(), "rows of the training forward");
     }
   });
 }
@@ -246,7 +246,7 @@ class sibling_backward_expr
     detail::for_each_index<Group::size>([&](auto i) {
       const adapter<T>& ad = group.template member<decltype(i)::value>().layer();
       if (ctx.kept(i).cols() != ad.out_features()) {
-        check_cols(detail::sibling_operand(i, "Q in the sibling context").c_str(), ad.out_features(),
+        vera::detail::check_cols(detail::sibling_operand(i, "Q in the sibling context").c_str(), ad.out_features(),
                    ctx.kept(i).cols(), "its out_features; the context was filled by another group");
       }
     });
@@ -285,13 +285,13 @@ class sibling_backward_expr
     static_assert(sizeof...(Out) == Group::size, "vera::backward (siblings): dX, then one gradients<T> per sibling");
     static_assert((std::is_same_v<Out, gradients<T>> && ...),
                   "vera::backward (siblings): parameter destinations must be vera::gradients<T>");
-    static_assert(scalar_matches<std::decay_t<DX>, T>, "vera::backward (siblings): dX must have the siblings' scalar type");
+    static_assert(vera::detail::scalar_matches<std::decay_t<DX>, T>, "vera::backward (siblings): dX must have the siblings' scalar type");
     detail::check_dx_against_siblings("vera::backward (siblings)", group_, dx, upstream_);
     detail::check_distinct_gradients("vera::backward (siblings)", grads...);
     const index rows = context_->rows();
     const bool resize = mode == assign_mode::overwrite && detail::is_resizable<DX> &&
                         (dx.rows() != rows || dx.cols() != group_.in_features());
-    if (!resize) check_shape("dX", rows, group_.in_features(), dx.rows(), dx.cols());
+    if (!resize) vera::detail::check_shape("dX", rows, group_.in_features(), dx.rows(), dx.cols());
     auto outs = std::forward_as_tuple(grads...);
     bool sizing[Group::size];
     detail::for_each_index<Group::size>([&](auto i) {

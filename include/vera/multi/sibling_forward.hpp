@@ -45,7 +45,7 @@ void prepare_destinations(const char* operation, bool may_resize, Check&& check_
     });
     const bool fits = d.rows() == rows && d.cols() == cols(i);
     if (!fits && !(may_resize && is_resizable<decltype(d)>)) {
-      check_shape(("destination " + std::to_string(I)).c_str(), rows, cols(i), d.rows(), d.cols());
+      vera::detail::check_shape(("destination " + std::to_string(I)).c_str(), rows, cols(i), d.rows(), d.cols());
     }
   });
   for_each_index<n>([&](auto i) {
@@ -70,13 +70,13 @@ template <class Exec, class XD, class Group>
 class sibling_forward_expr : public uses_workspace<sibling_forward_expr<Exec, XD, Group>, typename Group::scalar>,
                              public takes_order<sibling_forward_expr<Exec, XD, Group>> {
   using T = typename Group::scalar;
-  static_assert(scalar_matches<XD, T>, "vera::forward: X must have the siblings' scalar type");
+  static_assert(vera::detail::scalar_matches<XD, T>, "vera::forward: X must have the siblings' scalar type");
 
  public:
   /// \brief Checks X against the group and keeps the operands; see vera::forward(X, group).
   /// \throws shape_error when X does not have the siblings' in_features columns.
   sibling_forward_expr(const XD& x, const Group& group) : x_(x), group_(group) {
-    check_cols("X", group.in_features(), x.cols(), "the siblings' in_features");
+    vera::detail::check_cols("X", group.in_features(), x.cols(), "the siblings' in_features");
   }
 
   /// \brief Training forward: dropout on, P saved in `ctx` (one context per group, reused).
@@ -125,10 +125,10 @@ class sibling_forward_expr : public uses_workspace<sibling_forward_expr<Exec, XD
   template <class... Dst>
   void run(assign_mode mode, Dst&... ys) const {
     static_assert(sizeof...(Dst) == Group::size, "vera::forward (siblings): one destination per sibling");
-    static_assert((scalar_matches<std::decay_t<Dst>, T> && ...),
+    static_assert((vera::detail::scalar_matches<std::decay_t<Dst>, T> && ...),
                   "vera::forward (siblings): destinations must have the siblings' scalar type");
     const auto check_operands = [&](const auto& y) {
-      check_no_alias("vera::forward (siblings)", y, "X", x_);
+      vera::detail::check_no_alias("vera::forward (siblings)", y, "X", x_);
       detail::for_each_index<Group::size>([&](auto j) {
         const auto& member = group_.template member<decltype(j)::value>();
         detail::check_no_alias_named("vera::forward (siblings)", y, [&] { return detail::sibling_operand(j, "W0"); },

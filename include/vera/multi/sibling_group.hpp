@@ -22,7 +22,7 @@ namespace vera {
 ///        adapter, held the way expressions hold operands (plain matrices by reference).
 template <class WD, class Bias, class T>
 class sibling_layer {
-  static_assert(scalar_matches<WD, T>, "vera::sibling: W0 must have the adapter's scalar type");
+  static_assert(vera::detail::scalar_matches<WD, T>, "vera::sibling: W0 must have the adapter's scalar type");
 
  public:
   using scalar = T;  ///< Element type of W0, the bias and the adapter.
@@ -33,7 +33,7 @@ class sibling_layer {
   ///        vector are checked here (at compile time); shapes are checked by sibling_group.
   sibling_layer(const WD& w0, const Bias& bias, const adapter<T>& ad) : w0_(w0), bias_(bias), adapter_(&ad) {
     if constexpr (!std::is_same_v<Bias, no_bias_t>) {
-      static_assert(scalar_matches<Bias, T>, "vera::sibling: bias must have the adapter's scalar type");
+      static_assert(vera::detail::scalar_matches<Bias, T>, "vera::sibling: bias must have the adapter's scalar type");
       static_assert(Bias::RowsAtCompileTime == 1 || Bias::ColsAtCompileTime == 1,
                     "vera::sibling: bias must be a vector (out elements)");
     }
@@ -86,7 +86,7 @@ inline std::string sibling_operand(std::size_t i, const char* operand) {
 // check_no_alias for an operand whose name is built (by `name()`) only when it overlaps.
 template <class Dst, class Name, class Operand>
 void check_no_alias_named(const char* operation, const Dst& dst, Name&& name, const Operand& operand) {
-  if (overlaps(dst, operand)) check_no_alias(operation, dst, name().c_str(), operand);
+  if (overlaps(dst, operand)) vera::detail::check_no_alias(operation, dst, name().c_str(), operand);
 }
 
 }  // namespace detail
@@ -140,7 +140,7 @@ class sibling_group {
       }
       detail::check_base_weight(detail::sibling_operand(i, "W0").c_str(), member.w0(), ad);
       if constexpr (!std::is_same_v<typename std::decay_t<decltype(member)>::bias_type, no_bias_t>) {
-        check_size(detail::sibling_operand(i, "bias").c_str(), ad.out_features(), member.bias().size());
+        vera::detail::check_size(detail::sibling_operand(i, "bias").c_str(), ad.out_features(), member.bias().size());
       }
     });
   }

@@ -190,7 +190,7 @@ class parameter_list {
                   "vera::optim: the value buffer must be writable");
     check_name(name);
     const std::string operand = "parameter '" + name + "' gradient";
-    check_size(operand.c_str(), value.size(), gradient.size());
+    vera::detail::check_size(operand.c_str(), value.size(), gradient.size());
     if (!detail::contiguous(value) || !detail::contiguous(gradient)) {
       throw shape_error("vera::optim: parameter '" + name +
                         "': value and gradient must be contiguous buffers (no strided views)");
@@ -201,9 +201,9 @@ class parameter_list {
 
   void add_adapter(const std::string& name, adapter<T>& ad, const gradients<T>& grads, bool decay,
                    const std::function<bool()>& locked) {
-    check_size(("'" + name + "' gradients lambda_b").c_str(), ad.out_features(),
+    vera::detail::check_size(("'" + name + "' gradients lambda_b").c_str(), ad.out_features(),
                grads.lambda_b.size());
-    check_size(("'" + name + "' gradients lambda_d").c_str(), ad.rank(), grads.lambda_d.size());
+    vera::detail::check_size(("'" + name + "' gradients lambda_d").c_str(), ad.rank(), grads.lambda_d.size());
     // Validate both names before registering either, so a failure registers nothing.
     if (ad.options().train_b) check_name(name + ".lambda_b");
     if (ad.options().train_d) check_name(name + ".lambda_d");

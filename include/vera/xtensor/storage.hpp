@@ -169,9 +169,9 @@ map_t<T, N> writable(const char* operand, E& e, index rows, index cols = 1) {
                 "vera::xt: the destination must hold the adapter's scalar type");
   check_dimension<N>(operand, e);
   if constexpr (N == 2) {
-    check_shape(operand, rows, cols, extent(e, 0), extent(e, 1));
+    vera::detail::check_shape(operand, rows, cols, extent(e, 0), extent(e, 1));
   } else {
-    check_size(operand, rows, extent(e, 0));
+    vera::detail::check_size(operand, rows, extent(e, 0));
   }
   if constexpr (has_strided_memory<E>::value) {
     if (is_row_major_dense<N>(e)) return map_over<N, map_t<T, N>>(e.data() + e.data_offset(), e);

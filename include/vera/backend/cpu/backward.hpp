@@ -11,7 +11,7 @@
 
 namespace vera {
 
-namespace cpu {
+namespace detail::cpu {
 
 /// dX += G W0 and, in the merged order (as `how` says), G ΔW. In the low-rank order the adapter term is left in
 /// `t` (n x rank): t = (or +=, per `t_mode`) T Λd with T = (G Λb) B, for add_back_projection to
@@ -61,7 +61,7 @@ void add_back_projection(const Thin& t, const A& a, const dropout_key& key, Dx& 
   }
 }
 
-}  // namespace cpu
+}  // namespace detail::cpu
 
 /// \brief grad_b and grad_d from one GEMM, M = G^T P (out x rank):
 ///        grad_b[j] = sum_k B[j,k] d[k] M[j,k],  grad_d[k] = sum_j b[j] B[j,k] M[j,k].
@@ -77,8 +77,8 @@ void evaluate(Exec, const parameter_gradient_expr<Exec, GD, T>& e, gradients<T>&
     if (mode == assign_mode::overwrite) out.set_zero();
     if (!ad.options().train_b && !ad.options().train_d) return;
     const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.upstream())>, 2>::type g(e.upstream());
-    cpu::scratch<T> scratch(e.scratch());
-    cpu::bfloat16_path::parameter_gradients(g, ad, e.context(), out, scratch.get());
+    detail::cpu::scratch<T> scratch(e.scratch());
+    detail::cpu::bfloat16_path::parameter_gradients(g, ad, e.context(), out, scratch.get());
   } else {
     const adapter<T>& ad = e.layer();
     const bool train_b = ad.options().train_b;
@@ -86,35 +86,35 @@ void evaluate(Exec, const parameter_gradient_expr<Exec, GD, T>& e, gradients<T>&
     if (mode == assign_mode::overwrite) out.set_zero();
     if (!train_b && !train_d) return;
 
-    cpu::scratch<T> scratch(e.scratch());
+    detail::cpu::scratch<T> scratch(e.scratch());
     const auto& p = e.context().projected();
     // Evaluate an expression-valued G once: the single-row path reads it twice.
     const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.upstream())>, 2>::type g(e.upstream());
-    const auto request = cpu::request_for(cpu::product_kind::parameter_gradients, cpu::extents_of(p.rows(), ad));
-    if (cpu::plan_for(request).single_row) {
+    const auto request = detail::cpu::request_for(detail::cpu::product_kind::parameter_gradients, detail::cpu::extents_of(p.rows(), ad));
+    if (detail::cpu::plan_for(request).single_row) {
       // One row: grad_b = colsum(G ⊙ Q) with Q = (P Λd) B^T, grad_d = colsum(T ⊙ P) with
       // T = (G Λb) B. Two matrix-vector products read B twice, cheaper than writing the out x rank
       // outer product M and reading it back. From two rows on, the GEMM that forms M costs less
       // than two products against B (measured with Eigen's GEMM and OpenBLAS).
       workspace<T>& ws = scratch.get();
       if (train_b) {
-        auto q = ws.get(cpu::slot_weight, p.rows(), ad.out_features());
-        cpu::thin_q(p, ad, ws, q);
+        auto q = ws.get(detail::cpu::slot_weight, p.rows(), ad.out_features());
+        detail::cpu::thin_q(p, ad, ws, q);
         out.lambda_b.noalias() += g.cwiseProduct(q).colwise().sum().transpose();
       }
       if (train_d) {
-        auto t = ws.get(cpu::slot_weight, p.rows(), ad.rank());
-        cpu::thin_t(g, ad, ws, t);
+        auto t = ws.get(detail::cpu::slot_weight, p.rows(), ad.rank());
+        detail::cpu::thin_t(g, ad, ws, t);
         out.lambda_d.noalias() += t.cwiseProduct(p).colwise().sum().transpose();
       }
       return;
     }
-    auto m_buffer = scratch.get().get(cpu::slot_weight, ad.out_features(), ad.rank());
+    auto m_buffer = scratch.get().get(detail::cpu::slot_weight, ad.out_features(), ad.rank());
     // Row-major view of the same memory, so each row of M pairs with a contiguous row of B.
     Eigen::Map<row_matrix<T>> m(m_buffer.data(), ad.out_features(), ad.rank());
-    cpu::gemm(m, g.transpose(), p, false);
+    detail::cpu::gemm(m, g.transpose(), p, false);
 
-    cpu::finish_parameter_gradients(m, ad.b(), ad, out);
+    detail::cpu::finish_parameter_gradients(m, ad.b(), ad, out);
   }
 }
 
@@ -122,8 +122,8 @@ void evaluate(Exec, const parameter_gradient_expr<Exec, GD, T>& e, gradients<T>&
 template <class Exec, class GD, class WD, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
 void evaluate(Exec, const input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx, assign_mode mode) {
-  check_no_alias("vera::input_gradient", dx, "G", e.upstream());
-  check_no_alias("vera::input_gradient", dx, "W0", e.w0());
+  vera::detail::check_no_alias("vera::input_gradient", dx, "G", e.upstream());
+  vera::detail::check_no_alias("vera::input_gradient", dx, "W0", e.w0());
 
   if constexpr (detail::is_bfloat16<GD>) {
     const adapter<float>& ad = e.layer();
@@ -131,23 +131,23 @@ void evaluate(Exec, const input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx, assi
       throw value_error("vera::input_gradient: bfloat16 layers run the low-rank order only");
     }
     const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.upstream())>, 2>::type g(e.upstream());
-    cpu::scratch<T> scratch(e.scratch());
-    cpu::bfloat16_path::input_gradient(g, e.w0(), ad, e.context().mask_key(), dx, mode, scratch.get());
+    detail::cpu::scratch<T> scratch(e.scratch());
+    detail::cpu::bfloat16_path::input_gradient(g, e.w0(), ad, e.context().mask_key(), dx, mode, scratch.get());
   } else {
     const adapter<T>& ad = e.layer();
     const auto& g = e.upstream();
     const dropout_key& key = e.context().mask_key();
-    cpu::scratch<T> scratch(e.scratch());
+    detail::cpu::scratch<T> scratch(e.scratch());
     workspace<T>& ws = scratch.get();
-    cpu::plan_request request = cpu::request_for(cpu::product_kind::input_gradient,
-                                                 cpu::extents_of(g.rows(), ad), e.requested_order());
+    detail::cpu::plan_request request = detail::cpu::request_for(detail::cpu::product_kind::input_gradient,
+                                                 detail::cpu::extents_of(g.rows(), ad), e.requested_order());
     request.workspace_reused = scratch.reused();
     request.merged_valid = key.probability == 0.0;
-    const cpu::plan how = cpu::plan_for(request);
+    const detail::cpu::plan how = detail::cpu::plan_for(request);
     if (mode == assign_mode::overwrite) dx.setZero();
-    auto t = ws.get(cpu::slot_thin, how.chosen == order::low_rank ? g.rows() : 0, ad.rank());
-    cpu::input_gradient_terms(g, e.w0(), ad, how, dx, t, assign_mode::overwrite, ws);
-    if (how.chosen == order::low_rank) cpu::add_back_projection(t, ad.a(), key, dx, ws);
+    auto t = ws.get(detail::cpu::slot_thin, how.chosen == order::low_rank ? g.rows() : 0, ad.rank());
+    detail::cpu::input_gradient_terms(g, e.w0(), ad, how, dx, t, assign_mode::overwrite, ws);
+    if (how.chosen == order::low_rank) detail::cpu::add_back_projection(t, ad.a(), key, dx, ws);
   }
 }
 

@@ -16,7 +16,7 @@
 #include "vera/core/dropout.hpp"
 #include "vera/expr/operand.hpp"
 
-namespace vera::cpu::bfloat16_path {
+namespace vera::detail::cpu::bfloat16_path {
 
 // A layer with bfloat16 X, W0 and G computes as PEFT does for a bfloat16 model: A and B rounded
 // to bfloat16 once (the projection keeps those copies), every GEMM on bfloat16 factors with a
@@ -196,4 +196,4 @@ void merge(const adapter<float>& ad, Dst& w, bool keep, float sign, workspace<fl
   }
 }
 
-}  // namespace vera::cpu::bfloat16_path
+}  // namespace vera::detail::cpu::bfloat16_path

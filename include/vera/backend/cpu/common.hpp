@@ -16,7 +16,7 @@
 #include "vera/core/dropout.hpp"
 #include "vera/expr/operand.hpp"
 
-namespace vera::cpu {
+namespace vera::detail::cpu {
 
 /// Rows per tile when dropout forces the adapter input through a masked copy.
 inline constexpr index dropout_tile_rows = 128;
@@ -165,4 +165,4 @@ void mask_tile(index first_row, const dropout_key& key, Tile& tile) {
   }
 }
 
-}  // namespace vera::cpu
+}  // namespace vera::detail::cpu

@@ -11,7 +11,7 @@
 
 namespace vera {
 
-namespace cpu {
+namespace detail::cpu {
 
 // P = drop(X) A^T, tile by tile so the masked input never exists as a whole n x in matrix.
 template <class X, class A, class P, class T>
@@ -68,15 +68,15 @@ void adapted_product(const X& x, const P& p, const W& w0, const Bias& bias, cons
   });
 }
 
-}  // namespace cpu
+}  // namespace detail::cpu
 
 /// \brief Evaluates a forward expression into `y` on the CPU.
 template <class Exec, class XD, class WD, class Bias, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
 void evaluate(Exec, const forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign_mode mode) {
-  check_no_alias("vera::forward", y, "X", e.x());
-  check_no_alias("vera::forward", y, "W0", e.w0());
-  if constexpr (!std::is_same_v<Bias, no_bias_t>) check_no_alias("vera::forward", y, "bias", e.bias());
+  vera::detail::check_no_alias("vera::forward", y, "X", e.x());
+  vera::detail::check_no_alias("vera::forward", y, "W0", e.w0());
+  if constexpr (!std::is_same_v<Bias, no_bias_t>) vera::detail::check_no_alias("vera::forward", y, "bias", e.bias());
 
   if constexpr (detail::is_bfloat16<XD>) {
     const adapter<float>& ad = e.layer();
@@ -85,25 +85,25 @@ void evaluate(Exec, const forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign
                         "bfloat16 weight would round differently from the unmerged layer)");
     }
     const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.x())>, 4>::type x(e.x());
-    cpu::scratch<T> scratch(e.scratch());
-    cpu::bfloat16_path::forward(x, e.w0(), e.bias(), ad, e.context(), y, mode, scratch.get());
+    detail::cpu::scratch<T> scratch(e.scratch());
+    detail::cpu::bfloat16_path::forward(x, e.w0(), e.bias(), ad, e.context(), y, mode, scratch.get());
   } else {
     const adapter<T>& ad = e.layer();
     // Evaluate an expression-valued X once: it feeds two products.
     const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.x())>, 4>::type x(e.x());
-    cpu::scratch<T> scratch(e.scratch());
+    detail::cpu::scratch<T> scratch(e.scratch());
     workspace<T>& ws = scratch.get();
 
     forward_context<T>* ctx = e.context();
     const double dropout = ctx != nullptr ? ad.options().dropout : 0.0;
-    cpu::plan_request request =
-        cpu::request_for(cpu::product_kind::forward, cpu::extents_of(x.rows(), ad), e.requested_order());
+    detail::cpu::plan_request request =
+        detail::cpu::request_for(detail::cpu::product_kind::forward, detail::cpu::extents_of(x.rows(), ad), e.requested_order());
     request.keeps_projection = ctx != nullptr;
     request.workspace_reused = scratch.reused();
     request.merged_valid = dropout == 0.0;
     request.row_major_output = std::decay_t<Dst>::IsRowMajor;
-    request.gemm_threads = cpu::planning_threads();
-    const cpu::plan how = cpu::plan_for(request);
+    request.gemm_threads = detail::cpu::planning_threads();
+    const detail::cpu::plan how = detail::cpu::plan_for(request);
 
     // P is needed for backward (training) and by the low-rank order.
     using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
@@ -111,16 +111,16 @@ void evaluate(Exec, const forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign
     if (ctx != nullptr) {
       p_data = ctx->begin_step(x.rows(), ad.rank(), dropout).data();
     } else if (how.chosen == order::low_rank) {
-      p_data = ws.get(cpu::slot_thin, x.rows(), ad.rank()).data();
+      p_data = ws.get(detail::cpu::slot_thin, x.rows(), ad.rank()).data();
     }
     const bool has_p = ctx != nullptr || how.chosen == order::low_rank;
     Eigen::Map<matrix> p(p_data, has_p ? x.rows() : 0, has_p ? ad.rank() : 0);
     if (has_p) {
       const dropout_key* key = ctx != nullptr ? &ctx->mask_key() : nullptr;
-      cpu::project_input(x, ad.a(), key, p, ws);
+      detail::cpu::project_input(x, ad.a(), key, p, ws);
     }
 
-    cpu::adapted_product(x, p, e.w0(), e.bias(), ad, how, y, mode, ws);
+    detail::cpu::adapted_product(x, p, e.w0(), e.bias(), ad, how, y, mode, ws);
     if (ctx != nullptr) ctx->finish_step();
   }
 }

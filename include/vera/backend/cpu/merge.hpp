@@ -14,17 +14,17 @@ namespace vera {
 template <class Exec, class T, class Dst, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
 void evaluate(Exec, const delta_weight_expr<Exec, T>& e, Dst& dst, T keep, T sign) {
   const adapter<T>& ad = e.layer();
-  cpu::scratch<T> scratch(e.scratch());
+  detail::cpu::scratch<T> scratch(e.scratch());
   if constexpr (detail::is_bfloat16<Dst>) {
-    cpu::bfloat16_path::merge(ad, dst, keep != T(0), sign, scratch.get());
+    detail::cpu::bfloat16_path::merge(ad, dst, keep != T(0), sign, scratch.get());
   } else {
-    auto bbd = cpu::scaled_b(ad, scratch.get());
+    auto bbd = detail::cpu::scaled_b(ad, scratch.get());
     if (sign != T(1)) bbd *= sign;
     const bool accumulate = keep != T(0);
     if (ad.options().fan_in_fan_out) {
-      cpu::gemm(dst, ad.a().transpose(), bbd.transpose(), accumulate);
+      detail::cpu::gemm(dst, ad.a().transpose(), bbd.transpose(), accumulate);
     } else {
-      cpu::gemm(dst, bbd, ad.a(), accumulate);
+      detail::cpu::gemm(dst, bbd, ad.a(), accumulate);
     }
   }
 }

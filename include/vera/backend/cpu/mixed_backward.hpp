@@ -14,7 +14,7 @@
 
 namespace vera {
 
-namespace cpu::mixed {
+namespace detail::cpu::mixed {
 
 // One adapter on every row: the core's algorithm. grad_b and grad_d come from one GEMM,
 // M = G^T P (out x rank): grad_b[j] = s Σk B[j,k] d[k] M[j,k], grad_d[k] = s Σj b[j] B[j,k] M[j,k];
@@ -167,15 +167,15 @@ void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const
   if (dx != nullptr) add_times_a(t, set, columns, ctx.mask_key(), dropout, ws, *dx);
 }
 
-}  // namespace cpu::mixed
+}  // namespace detail::cpu::mixed
 
 /// \brief Parameter gradients of every adapter in the batch, on the CPU.
 template <class Exec, class GD, class T, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
 void evaluate(Exec, const mixed_parameter_gradient_expr<Exec, GD, T>& e, mixed_gradients<T>& out,
               assign_mode mode) {
   using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
-  cpu::mixed::scratch<T> scratch(e.scratch());
-  cpu::mixed::backward_pass(e.set(), e.context(), e.upstream(), static_cast<const matrix*>(nullptr),
+  detail::cpu::mixed::scratch<T> scratch(e.scratch());
+  detail::cpu::mixed::backward_pass(e.set(), e.context(), e.upstream(), static_cast<const matrix*>(nullptr),
                             scratch.get(), scratch.reused(), &out, static_cast<matrix*>(nullptr), mode);
 }
 
@@ -183,10 +183,10 @@ void evaluate(Exec, const mixed_parameter_gradient_expr<Exec, GD, T>& e, mixed_g
 template <class Exec, class GD, class WD, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
 void evaluate(Exec, const mixed_input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx, assign_mode mode) {
-  check_no_alias("vera::mixed_input_gradient", dx, "G", e.upstream());
-  check_no_alias("vera::mixed_input_gradient", dx, "W0", e.w0());
-  cpu::mixed::scratch<T> scratch(e.scratch());
-  cpu::mixed::backward_pass(e.set(), e.context(), e.upstream(), &e.w0(), scratch.get(),
+  vera::detail::check_no_alias("vera::mixed_input_gradient", dx, "G", e.upstream());
+  vera::detail::check_no_alias("vera::mixed_input_gradient", dx, "W0", e.w0());
+  detail::cpu::mixed::scratch<T> scratch(e.scratch());
+  detail::cpu::mixed::backward_pass(e.set(), e.context(), e.upstream(), &e.w0(), scratch.get(),
                             scratch.reused(), static_cast<mixed_gradients<T>*>(nullptr), &dx, mode);
 }
 
@@ -195,10 +195,10 @@ template <class Exec, class GD, class WD, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
 void evaluate(Exec, const mixed_backward_expr<Exec, GD, WD, T>& e, mixed_gradients<T>& out, Dst& dx,
               assign_mode mode) {
-  check_no_alias("vera::mixed_backward", dx, "G", e.upstream());
-  check_no_alias("vera::mixed_backward", dx, "W0", e.w0());
-  cpu::mixed::scratch<T> scratch(e.scratch());
-  cpu::mixed::backward_pass(e.set(), e.context(), e.upstream(), &e.w0(), scratch.get(),
+  vera::detail::check_no_alias("vera::mixed_backward", dx, "G", e.upstream());
+  vera::detail::check_no_alias("vera::mixed_backward", dx, "W0", e.w0());
+  detail::cpu::mixed::scratch<T> scratch(e.scratch());
+  detail::cpu::mixed::backward_pass(e.set(), e.context(), e.upstream(), &e.w0(), scratch.get(),
                             scratch.reused(), &out, &dx, mode);
 }
 

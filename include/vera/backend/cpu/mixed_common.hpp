@@ -13,7 +13,7 @@
 #include "vera/multi/adapter_set.hpp"
 #include "vera/multi/workspace.hpp"
 
-namespace vera::cpu::mixed {
+namespace vera::detail::cpu::mixed {
 
 /// Matrix slots of mixed_workspace; each evaluator uses each slot for one purpose at a time.
 enum slot : int {
@@ -437,4 +437,4 @@ Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>> folded_b(const adap
   return out;
 }
 
-}  // namespace vera::cpu::mixed
+}  // namespace vera::detail::cpu::mixed

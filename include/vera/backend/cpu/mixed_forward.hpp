@@ -15,7 +15,7 @@
 
 namespace vera {
 
-namespace cpu::mixed {
+namespace detail::cpu::mixed {
 
 // P = drop(X) A^T, each row under its own adapter's dropout, tile by tile so the masked input
 // never exists as a whole n x in matrix.
@@ -34,7 +34,7 @@ void project_input(const X& x, const A& a, const adapter_set<T>& set, const inde
   }
 }
 
-}  // namespace cpu::mixed
+}  // namespace detail::cpu::mixed
 
 /// \brief Evaluates a mixed forward into `y` on the CPU.
 ///
@@ -47,9 +47,9 @@ void project_input(const X& x, const A& a, const adapter_set<T>& set, const inde
 template <class Exec, class XD, class WD, class Bias, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
 void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign_mode mode) {
-  check_no_alias("vera::mixed_forward", y, "X", e.x());
-  check_no_alias("vera::mixed_forward", y, "W0", e.w0());
-  if constexpr (!std::is_same_v<Bias, no_bias_t>) check_no_alias("vera::mixed_forward", y, "bias", e.bias());
+  vera::detail::check_no_alias("vera::mixed_forward", y, "X", e.x());
+  vera::detail::check_no_alias("vera::mixed_forward", y, "W0", e.w0());
+  if constexpr (!std::is_same_v<Bias, no_bias_t>) vera::detail::check_no_alias("vera::mixed_forward", y, "bias", e.bias());
 
   const adapter_set<T>& set = e.set();
   // The set may have changed since the expression was built: check again before writing.
@@ -57,20 +57,20 @@ void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, 
   // Evaluate an expression-valued X once: it feeds two products.
   const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.x())>, 4>::type x(e.x());
   const index n = x.rows();
-  cpu::mixed::scratch<T> scratch(e.scratch());
+  detail::cpu::mixed::scratch<T> scratch(e.scratch());
   mixed_workspace<T>& ws = scratch.get();
-  index* columns = ws.indices(cpu::mixed::indices_columns, n);
-  const resolved_rows rows = resolve_rows(set, e.assignment(), n, columns, "vera::mixed_forward");
+  index* columns = ws.indices(detail::cpu::mixed::indices_columns, n);
+  const vera::detail::resolved_rows rows = vera::detail::resolve_rows(set, e.assignment(), n, columns, "vera::mixed_forward");
 
   mixed_context<T>* ctx = e.context();
   const bool dropout = ctx != nullptr && rows.dropout;
   const bool one_adapter = rows.single_column >= 0;
   bool merged_order = false;
   if (one_adapter && rows.adapter_rows == n && !dropout) {
-    auto request = cpu::request_for(cpu::product_kind::forward, cpu::extents_of(n, set));
+    auto request = detail::cpu::request_for(detail::cpu::product_kind::forward, detail::cpu::extents_of(n, set));
     request.keeps_projection = ctx != nullptr;
     request.workspace_reused = scratch.reused();
-    merged_order = cpu::plan_for(request).chosen == order::merged;
+    merged_order = detail::cpu::plan_for(request).chosen == order::merged;
   }
 
   using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
@@ -80,57 +80,57 @@ void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, 
     p_data = ctx->begin_step(n, set.rank()).data();
     std::copy(columns, columns + n, ctx->columns_buffer());
   } else if (has_p) {
-    p_data = ws.get(cpu::mixed::slot_projected, n, set.rank()).data();
+    p_data = ws.get(detail::cpu::mixed::slot_projected, n, set.rank()).data();
   }
   Eigen::Map<matrix> p(p_data, has_p ? n : 0, has_p ? set.rank() : 0);
   if (has_p) {
     const dropout_key* key = dropout ? &ctx->mask_key() : nullptr;
-    cpu::mixed::project_input(x, set.a(), set, columns, key, p, ws);
+    detail::cpu::mixed::project_input(x, set.a(), set, columns, key, p, ws);
   }
 
-  cpu::initialise_output(y, e.bias(), mode);
-  cpu::mixed::with_weight(set, e.w0(), [&](const auto& w) {
+  detail::cpu::initialise_output(y, e.bias(), mode);
+  detail::cpu::mixed::with_weight(set, e.w0(), [&](const auto& w) {
     if (merged_order) {
-      auto merged = ws.get(cpu::mixed::slot_wide, set.out_features(), set.in_features());
-      cpu::fold_into_weight(w, cpu::mixed::folded_b(set, rows.single_column, ws), set.a(), merged);
-      cpu::gemm(y, x, merged.transpose(), true);
+      auto merged = ws.get(detail::cpu::mixed::slot_wide, set.out_features(), set.in_features());
+      detail::cpu::fold_into_weight(w, detail::cpu::mixed::folded_b(set, rows.single_column, ws), set.a(), merged);
+      detail::cpu::gemm(y, x, merged.transpose(), true);
       return;
     }
-    cpu::gemm(y, x, w.transpose(), true);
+    detail::cpu::gemm(y, x, w.transpose(), true);
   });
 
   if (rows.adapter_rows > 0 && !merged_order) {
     if (one_adapter) {
-      const auto bbd = cpu::mixed::folded_b(set, rows.single_column, ws);
+      const auto bbd = detail::cpu::mixed::folded_b(set, rows.single_column, ws);
       if (rows.adapter_rows == n) {
-        cpu::gemm(y, p, bbd.transpose(), true);
+        detail::cpu::gemm(y, p, bbd.transpose(), true);
       } else {
-        auto s = ws.get(cpu::mixed::slot_thin, n, set.rank());
-        cpu::mixed::for_each_coeff<false>(n, set.rank(), [&](index i, index k) {
+        auto s = ws.get(detail::cpu::mixed::slot_thin, n, set.rank());
+        detail::cpu::mixed::for_each_coeff<false>(n, set.rank(), [&](index i, index k) {
           s(i, k) = columns[i] >= 0 ? p(i, k) : T(0);
         });
-        cpu::gemm(y, s, bbd.transpose(), true);
+        detail::cpu::gemm(y, s, bbd.transpose(), true);
       }
     } else {
-      const cpu::mixed::row_plan<T> plan(set, columns, n, ws);
-      auto s = ws.get(cpu::mixed::slot_thin, n, set.rank());
+      const detail::cpu::mixed::row_plan<T> plan(set, columns, n, ws);
+      auto s = ws.get(detail::cpu::mixed::slot_thin, n, set.rank());
       using thin = decltype(s);
-      cpu::mixed::rank_pass(p, plan, static_cast<thin*>(nullptr), false,
+      detail::cpu::mixed::rank_pass(p, plan, static_cast<thin*>(nullptr), false,
                             static_cast<thin*>(nullptr), &s);
       if (ctx != nullptr) {
         // Kept in the context: grad_b is a segment sum of G ⊙ Z, so the backward skips a GEMM.
         auto& z = ctx->keep_products(n, set.out_features());
-        cpu::gemm(z, s, set.b().transpose(), false);
-        cpu::mixed::add_scaled_by_b(z, plan, y);
-      } else if constexpr (cpu::mixed::row_major<Dst>) {
+        detail::cpu::gemm(z, s, set.b().transpose(), false);
+        detail::cpu::mixed::add_scaled_by_b(z, plan, y);
+      } else if constexpr (detail::cpu::mixed::row_major<Dst>) {
         // Z in the destination's layout, so the gather pass runs along both in storage order.
-        auto z = ws.get(cpu::mixed::slot_wide, set.out_features(), n).transpose();
-        cpu::gemm(z, s, set.b().transpose(), false);
-        cpu::mixed::add_scaled_by_b(z, plan, y);
+        auto z = ws.get(detail::cpu::mixed::slot_wide, set.out_features(), n).transpose();
+        detail::cpu::gemm(z, s, set.b().transpose(), false);
+        detail::cpu::mixed::add_scaled_by_b(z, plan, y);
       } else {
-        auto z = ws.get(cpu::mixed::slot_wide, n, set.out_features());
-        cpu::gemm(z, s, set.b().transpose(), false);
-        cpu::mixed::add_scaled_by_b(z, plan, y);
+        auto z = ws.get(detail::cpu::mixed::slot_wide, n, set.out_features());
+        detail::cpu::gemm(z, s, set.b().transpose(), false);
+        detail::cpu::mixed::add_scaled_by_b(z, plan, y);
       }
     }
   }

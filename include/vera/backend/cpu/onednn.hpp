@@ -14,7 +14,7 @@
 #include <Eigen/Core>
 #include <dnnl.hpp>
 
-namespace vera::cpu::onednn {
+namespace vera::detail::cpu::onednn {
 
 namespace detail {
 
@@ -214,4 +214,4 @@ bool try_gemm(C& c, const A& a, const B& b, bool accumulate) {
   return true;
 }
 
-}  // namespace vera::cpu::onednn
+}  // namespace vera::detail::cpu::onednn

@@ -12,7 +12,7 @@
 #include "vera/core/shape.hpp"
 #include "vera/expr/cost.hpp"
 
-namespace vera::cpu {
+namespace vera::detail::cpu {
 
 /// Which product a plan is for.
 enum class product_kind {
@@ -25,7 +25,7 @@ enum class product_kind {
 /// requests and the circumstances the cost model weighs.
 struct plan_request {
   product_kind kind = product_kind::forward;  ///< which product
-  product_extents extents;  ///< rows (n), in, out, rank
+  vera::detail::product_extents extents;  ///< rows (n), in, out, rank
   order requested = order::automatic;  ///< the order the expression asked for
   bool keeps_projection = false;  ///< a training forward: P = X Aᵀ is computed whatever the order
   bool workspace_reused = true;  ///< a caller's workspace holds the buffers (no first touch)
@@ -35,7 +35,7 @@ struct plan_request {
 };
 
 /// A request for `kind` over `extents` asking for `requested`, the rest at its defaults.
-inline plan_request request_for(product_kind kind, const product_extents& extents,
+inline plan_request request_for(product_kind kind, const vera::detail::product_extents& extents,
                                 order requested = order::automatic) {
   plan_request request;
   request.kind = kind;
@@ -89,17 +89,17 @@ inline int planning_threads() {
 /// \brief The plan for one adapted product. Pure: the same request gives the same plan, so a test
 ///        can inspect what the evaluators will do at any shape and thread count.
 inline plan plan_for(const plan_request& request) {
-  const product_extents& e = request.extents;
+  const vera::detail::product_extents& e = request.extents;
   plan p;
   switch (request.kind) {
     case product_kind::forward:
-      p.chosen = choose_order(request.requested,
-                              forward_costs(e, request.keeps_projection, request.workspace_reused),
+      p.chosen = vera::detail::choose_order(request.requested,
+                              vera::detail::forward_costs(e, request.keeps_projection, request.workspace_reused),
                               request.merged_valid);
       break;
     case product_kind::input_gradient:
-      p.chosen = choose_order(request.requested,
-                              input_gradient_costs(e, request.workspace_reused), request.merged_valid);
+      p.chosen = vera::detail::choose_order(request.requested,
+                              vera::detail::input_gradient_costs(e, request.workspace_reused), request.merged_valid);
       break;
     case product_kind::parameter_gradients:
       p.chosen = order::low_rank;
@@ -119,11 +119,11 @@ inline plan plan_for(const plan_request& request) {
 ///        once), then each sibling gets the rest of its plan as plan_for gives it for that order.
 template <std::size_t N>
 std::array<plan, N> plan_siblings(product_kind kind, order requested,
-                                  const std::array<product_extents, N>& extents, bool shared_paid,
+                                  const std::array<vera::detail::product_extents, N>& extents, bool shared_paid,
                                   bool workspace_reused, bool merged_valid,
                                   const std::array<bool, N>& row_major_outputs, int gemm_threads) {
   const std::array<order, N> orders =
-      choose_sibling_orders(requested, extents, shared_paid, workspace_reused, merged_valid);
+      vera::detail::choose_sibling_orders(requested, extents, shared_paid, workspace_reused, merged_valid);
   std::array<plan, N> plans{};
   for (std::size_t i = 0; i < N; ++i) {
     plan_request r;
@@ -139,7 +139,7 @@ std::array<plan, N> plan_siblings(product_kind kind, order requested,
 
 /// The extents of a product of `rows` rows through adapter `ad`.
 template <class Adapter>
-product_extents extents_of(index rows, const Adapter& ad) {
+vera::detail::product_extents extents_of(index rows, const Adapter& ad) {
   return {rows, ad.in_features(), ad.out_features(), ad.rank()};
 }
 
@@ -150,4 +150,4 @@ bool transposed_small_batch(index rows) {
   return transposed_faster(rows, std::decay_t<Y>::IsRowMajor, planning_threads());
 }
 
-}  // namespace vera::cpu
+}  // namespace vera::detail::cpu

@@ -25,25 +25,25 @@ void evaluate(Exec, const sibling_input_gradient_expr<Exec, Group, GD...>& e, Ds
 
   const index rows = e.rows();
   const dropout_key& key = e.context().mask_key();
-  cpu::scratch<T> scratch(e.scratch());
+  detail::cpu::scratch<T> scratch(e.scratch());
   workspace<T>& ws = scratch.get();
-  const auto plans = cpu::plan_siblings(cpu::product_kind::input_gradient, e.requested_order(),
-                                        cpu::sibling_extents(group, rows), /*shared_paid=*/false,
+  const auto plans = detail::cpu::plan_siblings(detail::cpu::product_kind::input_gradient, e.requested_order(),
+                                        detail::cpu::sibling_extents(group, rows), /*shared_paid=*/false,
                                         scratch.reused(), key.probability == 0.0,
-                                        std::array<bool, Group::size>{}, cpu::planning_threads());
+                                        std::array<bool, Group::size>{}, detail::cpu::planning_threads());
   bool any_low_rank = false;
-  for (const cpu::plan& how : plans) any_low_rank = any_low_rank || how.chosen == order::low_rank;
+  for (const detail::cpu::plan& how : plans) any_low_rank = any_low_rank || how.chosen == order::low_rank;
 
   if (mode == assign_mode::overwrite) dx.setZero();
-  auto t = ws.get(cpu::slot_thin, any_low_rank ? rows : 0, group.rank());
+  auto t = ws.get(detail::cpu::slot_thin, any_low_rank ? rows : 0, group.rank());
   assign_mode t_mode = assign_mode::overwrite;
   detail::for_each_index<Group::size>([&](auto i) {
     constexpr std::size_t I = decltype(i)::value;
     const auto& member = group.template member<I>();
-    cpu::input_gradient_terms(std::get<I>(upstream), member.w0(), member.layer(), plans[I], dx, t, t_mode, ws);
+    detail::cpu::input_gradient_terms(std::get<I>(upstream), member.w0(), member.layer(), plans[I], dx, t, t_mode, ws);
     if (plans[I].chosen == order::low_rank) t_mode = assign_mode::accumulate;
   });
-  if (any_low_rank) cpu::add_back_projection(t, group.lead().a(), key, dx, ws);
+  if (any_low_rank) detail::cpu::add_back_projection(t, group.lead().a(), key, dx, ws);
 }
 
 /// \brief The one-pass group backward from a context that kept Q_i (see sibling_backward_expr).
@@ -56,11 +56,11 @@ void evaluate(Exec, const sibling_backward_expr<Exec, Group, GD...>& e, DX& dx, 
   const auto& upstream = e.upstream();
   const forward_context<T>& shared = e.context().projection();
   const auto& p = shared.projected();
-  cpu::scratch<T> scratch(e.scratch());
+  detail::cpu::scratch<T> scratch(e.scratch());
   workspace<T>& ws = scratch.get();
 
   if (mode == assign_mode::overwrite) dx.setZero();
-  auto s = ws.get(cpu::slot_thin, p.rows(), p.cols());
+  auto s = ws.get(detail::cpu::slot_thin, p.rows(), p.cols());
   detail::for_each_index<Group::size>([&](auto i) {
     constexpr std::size_t I = decltype(i)::value;
     const auto& member = group.template member<I>();
@@ -69,13 +69,13 @@ void evaluate(Exec, const sibling_backward_expr<Exec, Group, GD...>& e, DX& dx, 
     gradients<T>& out = std::get<I>(grads);
     if (mode == assign_mode::overwrite) out.set_zero();
     if (ad.options().train_b) out.lambda_b.noalias() += g.cwiseProduct(e.context().kept(I)).colwise().sum().transpose();
-    auto u = ws.get(cpu::slot_weight, p.rows(), p.cols());
-    const auto request = cpu::request_for(cpu::product_kind::input_gradient,
-                                          cpu::extents_of(p.rows(), ad), order::low_rank);
-    if (cpu::plan_for(request).thin_side_scales) {
-      cpu::thin_t(g, ad, ws, u);  // U = (G Λb) B, small batches: Λb on the thin side
+    auto u = ws.get(detail::cpu::slot_weight, p.rows(), p.cols());
+    const auto request = detail::cpu::request_for(detail::cpu::product_kind::input_gradient,
+                                          detail::cpu::extents_of(p.rows(), ad), order::low_rank);
+    if (detail::cpu::plan_for(request).thin_side_scales) {
+      detail::cpu::thin_t(g, ad, ws, u);  // U = (G Λb) B, small batches: Λb on the thin side
     } else {
-      cpu::gemm(u, g, cpu::half_scaled_b(ad, /*lambda_d=*/false, ws), false);  // U = G Λb B
+      detail::cpu::gemm(u, g, detail::cpu::half_scaled_b(ad, /*lambda_d=*/false, ws), false);  // U = G Λb B
     }
     if (ad.options().train_d) out.lambda_d.noalias() += u.cwiseProduct(p).colwise().sum().transpose();
     if constexpr (I == 0) {
@@ -83,9 +83,9 @@ void evaluate(Exec, const sibling_backward_expr<Exec, Group, GD...>& e, DX& dx, 
     } else {
       s += u * ad.lambda_d().asDiagonal();
     }
-    cpu::with_weight(ad, member.w0(), [&](const auto& w) { cpu::gemm(dx, g, w, true); });
+    detail::cpu::with_weight(ad, member.w0(), [&](const auto& w) { detail::cpu::gemm(dx, g, w, true); });
   });
-  cpu::add_back_projection(s, group.lead().a(), shared.mask_key(), dx, ws);
+  detail::cpu::add_back_projection(s, group.lead().a(), shared.mask_key(), dx, ws);
 }
 
 }  // namespace vera

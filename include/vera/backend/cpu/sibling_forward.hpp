@@ -16,19 +16,19 @@
 
 namespace vera {
 
-namespace cpu {
+namespace detail::cpu {
 
 /// Each sibling's extents, for the group cost model.
 template <class Group>
-std::array<product_extents, Group::size> sibling_extents(const Group& group, index rows) {
-  std::array<product_extents, Group::size> extents{};
+std::array<vera::detail::product_extents, Group::size> sibling_extents(const Group& group, index rows) {
+  std::array<vera::detail::product_extents, Group::size> extents{};
   detail::for_each_index<Group::size>([&](auto i) {
     extents[i] = extents_of(rows, group.template member<decltype(i)::value>().layer());
   });
   return extents;
 }
 
-}  // namespace cpu
+}  // namespace detail::cpu
 
 /// \brief Evaluates a sibling-group forward into one destination per sibling on the CPU.
 template <class Exec, class XD, class Group, class... Dst, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
@@ -39,33 +39,33 @@ void evaluate(Exec, const sibling_forward_expr<Exec, XD, Group>& e, std::tuple<D
   const adapter<T>& lead = group.lead();
   // Evaluate an expression-valued X once: it feeds every sibling.
   const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.x())>, 4>::type x(e.x());
-  cpu::scratch<T> scratch(e.scratch());
+  detail::cpu::scratch<T> scratch(e.scratch());
   workspace<T>& ws = scratch.get();
 
   sibling_context<T>* kept = e.kept_context();
   forward_context<T>* ctx = kept != nullptr ? &kept->begin_step(Group::size) : e.context();
   const double dropout = ctx != nullptr ? group.dropout() : 0.0;
   // Keeping Q_i means running the low-rank order.
-  const auto plans = cpu::plan_siblings(cpu::product_kind::forward, e.requested_order(),
-                                        cpu::sibling_extents(group, x.rows()), ctx != nullptr,
+  const auto plans = detail::cpu::plan_siblings(detail::cpu::product_kind::forward, e.requested_order(),
+                                        detail::cpu::sibling_extents(group, x.rows()), ctx != nullptr,
                                         scratch.reused(), dropout == 0.0 && kept == nullptr,
-                                        {static_cast<bool>(std::decay_t<Dst>::IsRowMajor)...}, cpu::planning_threads());
+                                        {static_cast<bool>(std::decay_t<Dst>::IsRowMajor)...}, detail::cpu::planning_threads());
   bool any_low_rank = false;
-  for (const cpu::plan& how : plans) any_low_rank = any_low_rank || how.chosen == order::low_rank;
+  for (const detail::cpu::plan& how : plans) any_low_rank = any_low_rank || how.chosen == order::low_rank;
 
   // P is needed for backward (training) and by every low-rank sibling: computed once.
   T* p_data = nullptr;
   if (ctx != nullptr) {
     p_data = ctx->begin_step(x.rows(), lead.rank(), dropout).data();
   } else if (any_low_rank) {
-    p_data = ws.get(cpu::slot_thin, x.rows(), lead.rank()).data();
+    p_data = ws.get(detail::cpu::slot_thin, x.rows(), lead.rank()).data();
   }
   // Not p_data != nullptr: an empty batch gets a null pointer, yet P must be 0 x rank.
   const bool has_p = ctx != nullptr || any_low_rank;
   Eigen::Map<matrix> p(p_data, has_p ? x.rows() : 0, has_p ? lead.rank() : 0);
   if (has_p) {
     const dropout_key* key = ctx != nullptr ? &ctx->mask_key() : nullptr;
-    cpu::project_input(x, lead.a(), key, p, ws);
+    detail::cpu::project_input(x, lead.a(), key, p, ws);
   }
 
   detail::for_each_index<Group::size>([&](auto i) {
@@ -74,18 +74,18 @@ void evaluate(Exec, const sibling_forward_expr<Exec, XD, Group>& e, std::tuple<D
     const adapter<T>& ad = member.layer();
     auto& y = std::get<I>(ys);
     if (kept == nullptr) {
-      cpu::adapted_product(x, p, member.w0(), member.bias(), ad, plans[I], y, mode, ws);
+      detail::cpu::adapted_product(x, p, member.w0(), member.bias(), ad, plans[I], y, mode, ws);
       return;
     }
     // Q_i = (P Λd_i) B_i^T is kept for backward; Λb_i is applied on the way into Y_i.
     auto& q = kept->kept_buffer(I, x.rows(), ad.out_features());
     if (plans[I].thin_side_scales) {
-      cpu::thin_q(p, ad, ws, q);  // small batches: Λd on the thin side
+      detail::cpu::thin_q(p, ad, ws, q);  // small batches: Λd on the thin side
     } else {
-      cpu::gemm(q, p, cpu::half_scaled_b(ad, /*lambda_d=*/true, ws).transpose(), false);
+      detail::cpu::gemm(q, p, detail::cpu::half_scaled_b(ad, /*lambda_d=*/true, ws).transpose(), false);
     }
-    cpu::initialise_output(y, member.bias(), mode);
-    cpu::with_weight(ad, member.w0(), [&](const auto& w) { cpu::gemm(y, x, w.transpose(), true); });
+    detail::cpu::initialise_output(y, member.bias(), mode);
+    detail::cpu::with_weight(ad, member.w0(), [&](const auto& w) { detail::cpu::gemm(y, x, w.transpose(), true); });
     y += q * ad.lambda_b().asDiagonal();
   });
   if (ctx != nullptr) ctx->finish_step();

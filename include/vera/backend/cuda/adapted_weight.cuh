@@ -32,17 +32,15 @@ order storage_default(order requested) {
 
 /// The extents the order functions read: a layer's positive in, out and rank, and n >= 0 rows.
 template <class T>
-product_extents order_extents(const char* operation, const layer_ref<T>& layer, index n) {
-  check_positive("layer in", layer.in);
-  check_positive("layer out", layer.out);
-  check_positive("layer rank", layer.rank);
+vera::detail::product_extents order_extents(const char* operation, const layer_ref<T>& layer, index n) {
+  vera::detail::check_positive("layer in", layer.in);
+  vera::detail::check_positive("layer out", layer.out);
+  vera::detail::check_positive("layer rank", layer.rank);
   if (n < 0) {
     throw value_error(std::string(operation) + ": rows must be >= 0, got " + std::to_string(n));
   }
   return {n, layer.in, layer.out, layer.rank};
 }
-
-}  // namespace detail
 
 /// \brief The order forward() (keeps_context false) or forward_train() runs for n rows: the
 ///        CPU's cost model (vera::forward_costs) with a reused workspace, `requested` when not
@@ -53,9 +51,9 @@ product_extents order_extents(const char* operation, const layer_ref<T>& layer, 
 template <class T>
 order forward_order(const layer_ref<T>& layer, index n, bool keeps_context, bool dropout,
                     order requested = order::automatic) {
-  const product_extents extents = detail::order_extents("vera::cuda::forward_order", layer, n);
-  return choose_order(detail::storage_default<T>(requested),
-                      forward_costs(extents, keeps_context, /*workspace_reused=*/true), !dropout);
+  const vera::detail::product_extents extents = detail::order_extents("vera::cuda::detail::forward_order", layer, n);
+  return vera::detail::choose_order(detail::storage_default<T>(requested),
+                      vera::detail::forward_costs(extents, keeps_context, /*workspace_reused=*/true), !dropout);
 }
 
 /// \brief The order input_gradient() runs for n rows: low-rank (G Λb B Λd) A, or merged
@@ -65,19 +63,17 @@ order forward_order(const layer_ref<T>& layer, index n, bool keeps_context, bool
 template <class T>
 order input_gradient_order(const layer_ref<T>& layer, index n, bool dropout,
                            order requested = order::automatic) {
-  const product_extents extents = detail::order_extents("vera::cuda::input_gradient_order", layer, n);
-  return choose_order(detail::storage_default<T>(requested),
-                      input_gradient_costs(extents, /*workspace_reused=*/true), !dropout);
+  const vera::detail::product_extents extents = detail::order_extents("vera::cuda::detail::input_gradient_order", layer, n);
+  return vera::detail::choose_order(detail::storage_default<T>(requested),
+                      vera::detail::input_gradient_costs(extents, /*workspace_reused=*/true), !dropout);
 }
-
-namespace detail {
 
 /// dst (out x rank, dense) = sign Λb B Λd, enqueued on ctx.stream.
 template <class T>
 void launch_scaled_b(const stream_context& ctx, const layer_ref<T>& layer, float sign, T* dst,
                      const char* operation) {
   const projection_ref<T>& proj = layer.projection;
-  launch(operation, kernels::scaled_b<T>, kernels::grid_for(layer.out * layer.rank), ctx.stream, proj.b,
+  launch(operation, detail::kernels::scaled_b<T>, detail::kernels::grid_for(layer.out * layer.rank), ctx.stream, proj.b,
          proj.rank, layer.lambda_b, layer.lambda_d, layer.out, layer.rank, sign, dst);
 }
 

@@ -27,7 +27,7 @@ std::size_t input_gradient_workspace_bytes(const layer_ref<T>& layer, index n, b
                                            order requested = order::automatic) {
   detail::carver sizing;
   (void)detail::input_gradient_plan<T>{sizing, layer, n, dropout,
-                                       input_gradient_order(layer, n, dropout, requested)};
+                                       detail::input_gradient_order(layer, n, dropout, requested)};
   return sizing.used();
 }
 
@@ -47,7 +47,7 @@ template <class T>
 void parameter_gradients(const stream_context& ctx, const layer_ref<T>& layer,
                          input_ref<T> g, input_ref<T> projected, float* grad_b,
                          float* grad_d, workspace_ref ws, bool accumulate = false) {
-  static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
+  static_assert(detail::is_storage<T>);
   detail::check_layer(layer);
   const index n = g.rows;
   detail::check_matrix("G (upstream gradient)", g, n, layer.out);
@@ -81,13 +81,13 @@ void parameter_gradients(const stream_context& ctx, const layer_ref<T>& layer,
                            "parameter_gradients M = G^T P");
   }
   const projection_ref<T>& proj = layer.projection;
-  detail::launch("vera::cuda::parameter_gradients partials", kernels::parameter_partials<T>,
+  detail::launch("vera::cuda::parameter_gradients partials", detail::kernels::parameter_partials<T>,
                  static_cast<unsigned>(plan.chunks), ctx.stream, plan.m, proj.b, proj.rank, layer.lambda_b,
                  layer.lambda_d, layer.out, layer.rank, grad_b, accumulate,
                  grad_d != nullptr ? plan.partials : nullptr);
   if (grad_d != nullptr) {
-    detail::launch("vera::cuda::parameter_gradients finish", kernels::finish_columns<>,
-                   kernels::grid_for(layer.rank), ctx.stream, plan.partials, plan.chunks, layer.rank, grad_d,
+    detail::launch("vera::cuda::parameter_gradients finish", detail::kernels::finish_columns<>,
+                   detail::kernels::grid_for(layer.rank), ctx.stream, plan.partials, plan.chunks, layer.rank, grad_d,
                    accumulate);
   }
 }
@@ -108,14 +108,14 @@ void input_gradient(const stream_context& ctx, const layer_ref<T>& layer, input_
                     input_ref<T> w0, matrix_ref<T> grad_x, workspace_ref ws,
                     const dropout_key* mask = nullptr, bool accumulate = false,
                     order requested = order::automatic) {
-  static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
+  static_assert(detail::is_storage<T>);
   detail::check_layer(layer);
   const index n = g.rows;
   detail::check_matrix("G (upstream gradient)", g, n, layer.out);
   detail::check_weight(layer, "W0", w0);
   detail::check_matrix("grad_X", grad_x, n, layer.in);
   const bool dropout = detail::uses_dropout(mask);
-  const order chosen = input_gradient_order(layer, n, dropout, requested);
+  const order chosen = detail::input_gradient_order(layer, n, dropout, requested);
   const char* operation = "vera::cuda::input_gradient";
   detail::carver sizing;
   (void)detail::input_gradient_plan<T>{sizing, layer, n, dropout, chosen};
@@ -156,7 +156,7 @@ void input_gradient(const stream_context& ctx, const layer_ref<T>& layer, input_
                          static_cast<const T*>(plan.thin), layer.rank, proj.a, proj.max_in, 0.0f,
                          plan.tile, layer.in, "input_gradient (G Λb B Λd) A");
   const float keep_scale = static_cast<float>(1.0 / (1.0 - mask->probability));
-  detail::launch("vera::cuda::input_gradient dropout", kernels::masked_add<T>, kernels::grid_for(n * layer.in),
+  detail::launch("vera::cuda::input_gradient dropout", detail::kernels::masked_add<T>, detail::kernels::grid_for(n * layer.in),
                  ctx.stream, *mask, keep_scale, plan.tile, n, layer.in, grad_x.data, grad_x.stride);
 }
 

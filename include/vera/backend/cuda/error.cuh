@@ -32,7 +32,11 @@ inline void check(cublasStatus_t status, const char* what) {
   }
 }
 
+namespace detail {
+
 /// \brief Reports a failed kernel launch (bad configuration, no device) without synchronising.
 inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+}  // namespace detail
 
 }  // namespace vera::cuda

@@ -155,8 +155,8 @@ void check_upstream(const matrix_ref<const T>& g, const layer_ref<T>& layer,
     throw state_error("vera backward (exec::cuda): the forward context holds no training forward; "
                       "evaluate vera::forward(exec::cuda{}, ...).train(ctx) first");
   }
-  check_cols("G", layer.out, g.cols, "the layer's out features");
-  check_rows("G", ctx.rows(), g.rows, "rows of the training forward");
+  vera::detail::check_cols("G", layer.out, g.cols, "the layer's out features");
+  vera::detail::check_rows("G", ctx.rows(), g.rows, "rows of the training forward");
   if (ctx.storage().cols != layer.rank) {
     throw rank_error("forward_context: holds rank " + std::to_string(ctx.storage().cols) +
                      ", the layer has rank " + std::to_string(layer.rank));
@@ -443,13 +443,13 @@ namespace vera {
 /// \throws shape_error, rank_error or value_error naming the operand, when the expression is built.
 template <class Exec, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
 cuda::forward_expr<Exec, T> forward(Exec, cuda::input_ref<T> x, cuda::input_ref<T> w0,
-                                    cuda::nondeduced<const T*> bias, const cuda::layer_ref<T>& layer) {
+                                    cuda::detail::nondeduced<const T*> bias, const cuda::layer_ref<T>& layer) {
   return {layer, x, w0, bias};
 }
 /// \brief Lazy forward on device views: exec::cuda, the only policy that evaluates them.
 template <class T>
 cuda::forward_expr<exec::cuda, T> forward(cuda::input_ref<T> x, cuda::input_ref<T> w0,
-                                          cuda::nondeduced<const T*> bias, const cuda::layer_ref<T>& layer) {
+                                          cuda::detail::nondeduced<const T*> bias, const cuda::layer_ref<T>& layer) {
   return {layer, x, w0, bias};
 }
 

@@ -20,7 +20,7 @@ std::size_t forward_workspace_bytes(const layer_ref<T>& layer, index n, bool kee
                                     bool dropout, order requested = order::automatic) {
   detail::carver sizing;
   (void)detail::forward_plan<T>{sizing, layer, n, keeps_context, dropout,
-                                forward_order(layer, n, keeps_context, dropout, requested)};
+                                detail::forward_order(layer, n, keeps_context, dropout, requested)};
   return sizing.used();
 }
 
@@ -31,7 +31,7 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
                   matrix_ref<const T> w0, const T* bias, matrix_ref<T> y,
                   matrix_ref<T>* projected, const dropout_key* mask, workspace_ref ws,
                   order requested, bool accumulate = false) {
-  static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
+  static_assert(detail::is_storage<T>);
   check_layer(layer);
   const index n = x.rows;
   check_matrix("X", x, n, layer.in);
@@ -43,7 +43,7 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
     throw value_error("vera::cuda::forward: dropout applies only in a training forward (forward_train)");
   }
   const bool keeps = projected != nullptr;
-  const order chosen = forward_order(layer, n, keeps, dropout, requested);
+  const order chosen = detail::forward_order(layer, n, keeps, dropout, requested);
   const char* operation = keeps ? "vera::cuda::forward_train" : "vera::cuda::forward";
   carver sizing;
   (void)forward_plan<T>{sizing, layer, n, keeps, dropout, chosen};
@@ -65,7 +65,7 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
   // The base GEMM adds to Y (accumulating, or on top of the broadcast bias) or overwrites it.
   float beta = accumulate ? 1.0f : 0.0f;
   if (bias != nullptr) {
-    launch("vera::cuda::forward bias", kernels::broadcast_rows<T>, kernels::grid_for(n * layer.out), ctx.stream,
+    launch("vera::cuda::forward bias", detail::kernels::broadcast_rows<T>, detail::kernels::grid_for(n * layer.out), ctx.stream,
            bias, n, layer.out, y.data, y.stride, accumulate);
     beta = 1.0f;
   }
@@ -84,7 +84,7 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
   index adapter_stride = x.stride;
   if (dropout) {
     const float keep_scale = static_cast<float>(1.0 / (1.0 - mask->probability));
-    launch("vera::cuda::forward dropout", kernels::dropout_copy<T>, kernels::grid_for(n * layer.in), ctx.stream,
+    launch("vera::cuda::forward dropout", detail::kernels::dropout_copy<T>, detail::kernels::grid_for(n * layer.in), ctx.stream,
            *mask, keep_scale, x.data, x.stride, n, layer.in, plan.masked_x);
     adapter_input = plan.masked_x;
     adapter_stride = layer.in;
@@ -112,7 +112,7 @@ void forward_impl(const stream_context& ctx, const layer_ref<T>& layer, matrix_r
 /// \throws cuda_error when a launch or a cuBLAS call fails.
 template <class T>
 void forward(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> x,
-             input_ref<T> w0, nondeduced<const T*> bias, matrix_ref<T> y, workspace_ref ws,
+             input_ref<T> w0, detail::nondeduced<const T*> bias, matrix_ref<T> y, workspace_ref ws,
              order requested = order::automatic) {
   detail::forward_impl<T>(ctx, layer, x, w0, bias, y, nullptr, nullptr, ws, requested);
 }
@@ -128,7 +128,7 @@ void forward(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> 
 ///         cuda_error when a launch or a cuBLAS call fails.
 template <class T>
 void forward_train(const stream_context& ctx, const layer_ref<T>& layer, input_ref<T> x,
-                   input_ref<T> w0, nondeduced<const T*> bias, matrix_ref<T> y, matrix_ref<T> projected,
+                   input_ref<T> w0, detail::nondeduced<const T*> bias, matrix_ref<T> y, matrix_ref<T> projected,
                    workspace_ref ws, const dropout_key* mask = nullptr,
                    order requested = order::automatic) {
   detail::forward_impl<T>(ctx, layer, x, w0, bias, y, &projected, mask, ws, requested);

@@ -4,33 +4,23 @@
 
 #include <cstdint>
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "vera/backend/cuda/types.cuh"
 #include "vera/core/dropout.hpp"
 #include "vera/core/philox.hpp"
 
-namespace vera::cuda::kernels {
+namespace vera::cuda::detail::kernels {
 
-// Storage <-> float32: the backend always computes in float and rounds once on store.
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
+// Storage <-> float32 through the storage traits: the backend computes in float and rounds once on
+// store.
 template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
+__device__ __forceinline__ float to_float(T v) {
+  return storage<T>::to_float(v);
 }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
+template <class T>
+__device__ __forceinline__ T from_float(float v) {
+  return storage<T>::from_float(v);
 }
 
 /// Threads per block for the elementwise kernels.
@@ -190,8 +180,8 @@ __global__ void philox_fill(std::uint64_t seed, std::uint32_t which, std::int64_
   for (std::int64_t i = first_thread(); i < rows * cols; i += thread_stride()) {
     const std::int64_t r = i / cols;
     const std::int64_t c = i % cols;
-    out[r * stride + c] = from_float<T>(philox_projection_element(seed, which, r, c, bound));
+    out[r * stride + c] = from_float<T>(vera::detail::philox_projection_element(seed, which, r, c, bound));
   }
 }
 
-}  // namespace vera::cuda::kernels
+}  // namespace vera::cuda::detail::kernels

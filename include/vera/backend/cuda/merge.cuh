@@ -37,7 +37,7 @@ template <class T>
 void merge_signed(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> target,
                   workspace_ref ws, float keep, float sign, const char* operation,
                   const char* name = "W0", const matrix_ref<const T>* source = nullptr) {
-  static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
+  static_assert(detail::is_storage<T>);
   check_layer(layer);
   if (source != nullptr) check_weight(layer, "W0", *source);
   check_weight(layer, name, target);
@@ -95,7 +95,7 @@ void unmerge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T>
 template <class T>
 void safe_merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref<T> w0,
                 workspace_ref ws, int* rejected) {
-  static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
+  static_assert(detail::is_storage<T>);
   detail::check_layer(layer);
   detail::check_weight(layer, "W0", w0);
   detail::check_pointer("rejected flag", rejected);
@@ -115,10 +115,10 @@ void safe_merge(const stream_context& ctx, const layer_ref<T>& layer, matrix_ref
   detail::launch_scaled_b(ctx, layer, 1.0f, plan.scaled_b, "vera::cuda::safe_merge scaled_b");
   detail::build_merged_weight(ctx, layer, matrix_ref<const T>(w0), static_cast<const T*>(plan.scaled_b),
                               plan.candidate, w0.cols);
-  const unsigned grid = kernels::grid_for(w0.rows * w0.cols);
-  detail::launch("vera::cuda::safe_merge check", kernels::flag_non_finite<T>, grid, ctx.stream, plan.candidate,
+  const unsigned grid = detail::kernels::grid_for(w0.rows * w0.cols);
+  detail::launch("vera::cuda::safe_merge check", detail::kernels::flag_non_finite<T>, grid, ctx.stream, plan.candidate,
                  w0.rows, w0.cols, w0.cols, rejected);
-  detail::launch("vera::cuda::safe_merge commit", kernels::commit_unless_flagged<T>, grid, ctx.stream, rejected,
+  detail::launch("vera::cuda::safe_merge commit", detail::kernels::commit_unless_flagged<T>, grid, ctx.stream, rejected,
                  plan.candidate, w0.rows, w0.cols, w0.data, w0.stride);
 }
 

@@ -37,7 +37,7 @@ using sgd_settings = vera::optim::sgd_options;
 /// \brief AdamW settings: vera::optim's, so host and device steps take the same values and checks.
 using adamw_settings = vera::optim::adamw_options;
 
-namespace kernels {
+namespace detail::kernels {
 
 /// PyTorch's SGD on one vector; skipped entirely when *rejected is set. (A template so that the
 /// header can be included by several translation units of one program.)
@@ -73,7 +73,7 @@ __global__ void adamw_update(float* value, const float* gradient, float* first, 
   }
 }
 
-}  // namespace kernels
+}  // namespace detail::kernels
 
 namespace detail {
 
@@ -123,7 +123,7 @@ inline void flag_gradients(cudaStream_t stream, std::initializer_list<optimizer_
   check(cudaMemsetAsync(rejected, 0, sizeof(int), stream), operation);
   for (const optimizer_slot& s : slots) {
     if (s.size == 0) continue;
-    launch(operation, kernels::flag_non_finite<float>, kernels::grid_for(s.size), stream, s.gradient,
+    launch(operation, detail::kernels::flag_non_finite<float>, detail::kernels::grid_for(s.size), stream, s.gradient,
            std::int64_t{1}, s.size, s.size, rejected);
   }
 }
@@ -148,7 +148,7 @@ inline void sgd_step(cudaStream_t stream, const sgd_settings& o, bool first_step
   detail::flag_gradients(stream, slots, rejected, operation);
   for (const optimizer_slot& s : slots) {
     if (s.size == 0) continue;
-    detail::launch(operation, kernels::sgd_update<>, kernels::grid_for(s.size), stream, s.value, s.gradient,
+    detail::launch(operation, detail::kernels::sgd_update<>, detail::kernels::grid_for(s.size), stream, s.value, s.gradient,
                    momentum ? s.state : nullptr, s.size, static_cast<float>(o.lr), static_cast<float>(o.momentum),
                    static_cast<float>(1.0 - o.dampening), s.decay ? static_cast<float>(o.weight_decay) : 0.0f,
                    first_step, o.nesterov, static_cast<const int*>(rejected));
@@ -179,7 +179,7 @@ inline void adamw_step(cudaStream_t stream, const adamw_settings& o, std::uint64
   for (const optimizer_slot& s : slots) {
     if (s.size == 0) continue;
     const bool decay = s.decay && o.weight_decay != 0.0;
-    detail::launch(operation, kernels::adamw_update<>, kernels::grid_for(s.size), stream, s.value, s.gradient, s.state,
+    detail::launch(operation, detail::kernels::adamw_update<>, detail::kernels::grid_for(s.size), stream, s.value, s.gradient, s.state,
                    s.second, s.size, static_cast<float>(o.beta1), static_cast<float>(o.beta2),
                    static_cast<float>(o.eps), decay ? shrink : 1.0f, step_size, root_correction2,
                    static_cast<const int*>(rejected));

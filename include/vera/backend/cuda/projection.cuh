@@ -19,17 +19,6 @@ namespace vera::cuda {
 namespace detail {
 
 template <class T>
-T host_round(float v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return v;
-  } else if constexpr (std::is_same_v<T, __half>) {
-    return __float2half_rn(v);
-  } else {
-    return __float2bfloat16_rn(v);
-  }
-}
-
-template <class T>
 void check_projection_targets(const char* operation, const projection_spec& spec,
                               const matrix_ref<T>& a, const matrix_ref<T>& b) {
   validate(spec);
@@ -46,7 +35,7 @@ void upload_matrix(cudaStream_t stream, const float* host, index rows, index col
     source = host;
   } else {
     staging.resize(static_cast<std::size_t>(rows * cols));
-    for (std::size_t i = 0; i < staging.size(); ++i) staging[i] = host_round<T>(host[i]);
+    for (std::size_t i = 0; i < staging.size(); ++i) staging[i] = storage<T>::from_float(host[i]);
     source = staging.data();
   }
   check(cudaMemcpy2DAsync(target.data, sizeof(T) * target.stride, source, sizeof(T) * cols,
@@ -69,20 +58,20 @@ void upload_matrix(cudaStream_t stream, const float* host, index rows, index col
 template <class T>
 void generate_projection(cudaStream_t stream, const projection_spec& spec, matrix_ref<T> a,
                          matrix_ref<T> b) {
-  static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
+  static_assert(detail::is_storage<T>);
   if (spec.kind != generator::philox) {
     throw value_error(
         "vera::cuda::generate_projection: only generator::philox runs on the device; generate PEFT's mt19937 "
         "projection on the host and call upload_projection");
   }
   detail::check_projection_targets("vera::cuda::generate_projection", spec, a, b);
-  const float bound_a = kaiming_uniform_bound(spec.max_in);
-  const float bound_b = kaiming_uniform_bound(spec.rank);
-  detail::launch("vera::cuda::generate_projection A", kernels::philox_fill<T>,
-                 kernels::grid_for(spec.rank * spec.max_in), stream, spec.seed, 0u, spec.rank, spec.max_in,
+  const float bound_a = vera::detail::kaiming_uniform_bound(spec.max_in);
+  const float bound_b = vera::detail::kaiming_uniform_bound(spec.rank);
+  detail::launch("vera::cuda::generate_projection A", detail::kernels::philox_fill<T>,
+                 detail::kernels::grid_for(spec.rank * spec.max_in), stream, spec.seed, 0u, spec.rank, spec.max_in,
                  bound_a, a.data, a.stride);
-  detail::launch("vera::cuda::generate_projection B", kernels::philox_fill<T>,
-                 kernels::grid_for(spec.max_out * spec.rank), stream, spec.seed, 1u, spec.max_out, spec.rank,
+  detail::launch("vera::cuda::generate_projection B", detail::kernels::philox_fill<T>,
+                 detail::kernels::grid_for(spec.max_out * spec.rank), stream, spec.seed, 1u, spec.max_out, spec.rank,
                  bound_b, b.data, b.stride);
 }
 
@@ -97,7 +86,7 @@ void generate_projection(cudaStream_t stream, const projection_spec& spec, matri
 template <class T>
 void upload_projection(cudaStream_t stream, const projection_spec& spec, const float* host_a,
                        const float* host_b, matrix_ref<T> a, matrix_ref<T> b) {
-  static_assert(is_storage<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
+  static_assert(detail::is_storage<T>);
   detail::check_projection_targets("vera::cuda::upload_projection", spec, a, b);
   detail::check_pointer("host projection A", host_a);
   detail::check_pointer("host projection B", host_b);

@@ -10,6 +10,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "vera/config.hpp"
+#include "vera/core/exec.hpp"
 #include "vera/core/shape.hpp"
 
 namespace vera::cuda {
@@ -34,15 +36,19 @@ struct matrix_ref {
   matrix_ref(T* d, index r, index c, index s) : data(d), rows(r), cols(c), stride(s) {}
 };
 
+namespace detail {
+
 /// X itself, in a context where template arguments are not deduced: the storage type of a call
 /// follows from its layer alone, so a writable matrix_ref<T> binds where matrix_ref<const T> is
 /// expected and a null bias needs no cast.
 template <class X>
 using nondeduced = typename std::enable_if<true, X>::type;
 
+}  // namespace detail
+
 /// A read-only operand of storage type T.
 template <class T>
-using input_ref = nondeduced<matrix_ref<const T>>;
+using input_ref = detail::nondeduced<matrix_ref<const T>>;
 
 /// \brief A dense row-major view (stride = cols) of rows x cols elements at `data`.
 template <class T>
@@ -50,30 +56,51 @@ matrix_ref<T> dense(T* data, index rows, index cols) {
   return {data, rows, cols, cols};
 }
 
-/// \brief Storage types with float32 accumulation: float, __half and __nv_bfloat16.
+/// \brief What the backend knows of a storage type: its cuBLAS data type, its name, and the
+///        conversions to and from float32 (every operation computes in float32 and rounds once,
+///        to nearest even, when it stores). Defined for float, __half and __nv_bfloat16; naming
+///        any other type fails to compile with one message.
 template <class T>
-struct storage;
+struct storage {
+  static_assert(vera::detail::dependent_false<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
+};
 
 template <>
 struct storage<float> {
   static constexpr cudaDataType_t type = CUDA_R_32F;  ///< cuBLAS data type
   static constexpr const char* name = "float32";  ///< name used in messages
+  /// \brief The value as float32.
+  VERA_HOST_DEVICE static float to_float(float v) { return v; }
+  /// \brief v stored as float32.
+  VERA_HOST_DEVICE static float from_float(float v) { return v; }
 };
 template <>
 struct storage<__half> {
   static constexpr cudaDataType_t type = CUDA_R_16F;  ///< cuBLAS data type
   static constexpr const char* name = "float16";  ///< name used in messages
+  /// \brief The value as float32 (exact).
+  VERA_HOST_DEVICE static float to_float(__half v) { return __half2float(v); }
+  /// \brief v rounded to float16, to nearest even.
+  VERA_HOST_DEVICE static __half from_float(float v) { return __float2half_rn(v); }
 };
 template <>
 struct storage<__nv_bfloat16> {
   static constexpr cudaDataType_t type = CUDA_R_16BF;  ///< cuBLAS data type
   static constexpr const char* name = "bfloat16";  ///< name used in messages
+  /// \brief The value as float32 (exact).
+  VERA_HOST_DEVICE static float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  /// \brief v rounded to bfloat16, to nearest even.
+  VERA_HOST_DEVICE static __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
 };
 
-/// \brief True for the storage types the backend supports.
+namespace detail {
+
+/// \brief True for the storage types the backend supports; for any other type, instantiating it
+///        reports storage's one message.
 template <class T>
-inline constexpr bool is_storage = std::is_same_v<T, float> || std::is_same_v<T, __half> ||
-                                   std::is_same_v<T, __nv_bfloat16>;
+inline constexpr bool is_storage = sizeof(storage<T>) > 0;
+
+}  // namespace detail
 
 /// \brief The shared projection on the device: A (rank x max_in) and B (max_out x rank), full,
 ///        dense row-major, in storage type T. A layer reads A[:r, :in] and B[:out, :r].

@@ -32,7 +32,7 @@ inline void check_pointer(const char* operand, const void* pointer) {
 /// Throws unless `m` is rows x cols with a usable stride and (when not empty) a pointer.
 template <class T>
 void check_matrix(const char* operand, const matrix_ref<T>& m, index rows, index cols) {
-  check_shape(operand, rows, cols, m.rows, m.cols);
+  vera::detail::check_shape(operand, rows, cols, m.rows, m.cols);
   if (m.stride < m.cols || m.stride < 1) {
     throw shape_error(std::string(operand) + ": stride " + std::to_string(m.stride) +
                       " is smaller than its " + std::to_string(m.cols) + " columns");
@@ -46,14 +46,14 @@ void check_matrix(const char* operand, const matrix_ref<T>& m, index rows, index
 template <class T>
 void check_layer(const layer_ref<T>& layer) {
   const projection_ref<T>& p = layer.projection;
-  check_positive("projection rank", p.rank);
-  check_positive("projection max_in", p.max_in);
-  check_positive("projection max_out", p.max_out);
-  check_positive("layer in", layer.in);
-  check_positive("layer out", layer.out);
-  check_positive("layer rank", layer.rank);
-  check_fits("layer in features", layer.in, p.max_in);
-  check_fits("layer out features", layer.out, p.max_out);
+  vera::detail::check_positive("projection rank", p.rank);
+  vera::detail::check_positive("projection max_in", p.max_in);
+  vera::detail::check_positive("projection max_out", p.max_out);
+  vera::detail::check_positive("layer in", layer.in);
+  vera::detail::check_positive("layer out", layer.out);
+  vera::detail::check_positive("layer rank", layer.rank);
+  vera::detail::check_fits("layer in features", layer.in, p.max_in);
+  vera::detail::check_fits("layer out features", layer.out, p.max_out);
   if (layer.rank > p.rank) {
     throw rank_error("layer rank: expected at most the projection rank " + std::to_string(p.rank) +
                      ", got " + std::to_string(layer.rank));

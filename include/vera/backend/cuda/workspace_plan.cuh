@@ -52,7 +52,7 @@ struct parameter_gradient_plan {
   float* partials = nullptr;  // chunks x rank
   index chunks = 0;
   parameter_gradient_plan(carver& c, const layer_ref<T>& layer) {
-    chunks = (layer.out + kernels::gradient_rows_per_block - 1) / kernels::gradient_rows_per_block;
+    chunks = (layer.out + detail::kernels::gradient_rows_per_block - 1) / detail::kernels::gradient_rows_per_block;
     m = c.take<float>(layer.out * layer.rank);
     partials = c.take<float>(chunks * layer.rank);
   }
