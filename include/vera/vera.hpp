@@ -32,6 +32,12 @@
 #include "vera/layer/linear.hpp"
 #include "vera/optim.hpp"
 
+// Linking vera::precompiled defines VERA_PRECOMPILED: the common float and double instantiations
+// then come from its library instead of being compiled in every translation unit.
+#ifdef VERA_PRECOMPILED
+#include "vera/precompiled.hpp"
+#endif
+
 /// \namespace vera
 /// \brief VeRA adapters over Eigen: projection, adapter, lazy forward/backward/merge expressions,
 ///        errors, and (through the opt-in headers) optimizers, multi-adapter batches, I/O,
