@@ -374,7 +374,7 @@ int main(int argc, char** argv) {
     line["median_ms"] = median(ms);
     line["peak_rss_kib"] = peak_rss_kib();
     line["allocations_per_step"] = allocated;  // the most of any timed step
-    line["gemm"] = std::string(vera::cpu::gemm_provider()) + " (Eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." +
+    line["gemm"] = std::string(vera::gemm_provider()) + " (Eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." +
                    std::to_string(EIGEN_MAJOR_VERSION) + "." + std::to_string(EIGEN_MINOR_VERSION) +
                    ", SIMD " + Eigen::SimdInstructionSetsInUse() + ")";
     line["cpu"] = cpu_model();

@@ -186,8 +186,8 @@ int run(const options& o, const vera::io::safetensors_file& file) {
       // The base GEMMs of fwd_bwd_bdx alone, on the same provider: X W0^T and G W0.
       {"floor",
        [&] {
-         vera::detail::cpu::gemm(floor_y, x, w0.transpose(), false);
-         vera::detail::cpu::gemm(floor_dx, g, w0, false);
+         vera::gemm(floor_y, x, w0.transpose(), false);
+         vera::gemm(floor_dx, g, w0, false);
        }},
   };
   for (const auto& [op, step] : steps) {

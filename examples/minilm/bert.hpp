@@ -142,7 +142,7 @@ inline int loop_thread() {
 ///        built with vera::onednn, Eigen otherwise). dst must already have its shape.
 template <class Dst, class Lhs, class Rhs>
 void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate = false) {
-  vera::cpu::gemm(std::forward<Dst>(dst), lhs, rhs, accumulate);
+  vera::gemm(std::forward<Dst>(dst), lhs, rhs, accumulate);
 }
 
 }  // namespace detail
