@@ -4,10 +4,9 @@
 variable and enumeration declared at namespace scope outside a `detail` namespace, as Doxygen
 sees the headers (every optional part preprocessed in, as the API reference is built).
 
-    tools/count_public_api.py [--list] [--exclude-internal]
+    tools/count_public_api.py [--list]
 
---exclude-internal also leaves out the namespaces the API reference excludes as evaluator
-internals (vera::cpu, vera::cuda::kernels). Needs doxygen on PATH.
+Needs doxygen on PATH.
 """
 import argparse
 import collections
@@ -19,7 +18,6 @@ import tempfile
 import xml.etree.ElementTree as ET
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-INTERNAL = ("vera::cpu", "vera::cuda::kernels")
 
 
 def doxyfile(xml_dir: pathlib.Path) -> str:
@@ -57,15 +55,12 @@ def public_names(xml_dir: pathlib.Path) -> set:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--list", action="store_true", help="print every name")
-    parser.add_argument("--exclude-internal", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp)
         subprocess.run(["doxygen", "-"], input=doxyfile(out), text=True, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         names = public_names(out)
-    if args.exclude_internal:
-        names = {n for n in names if not any(n == p or n.startswith(p + "::") for p in INTERNAL)}
     by_namespace = collections.Counter(n.rsplit("::", 1)[0] for n in names)
     if args.list:
         for n in sorted(names):
