@@ -9,6 +9,7 @@
 #include <iostream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <vera/io.hpp>
@@ -67,6 +68,31 @@ std::vector<double> numeric_gradient(double* values, std::size_t count, const st
 
 std::vector<double> as_vector(const Eigen::Ref<const Eigen::VectorXd>& v) { return {v.data(), v.data() + v.size()}; }
 
+/// \brief A training pass of `model` on the tiny batch with `per_layer`'s adapters: loss() runs the
+///        training forward (as often as the finite differences need), backward() the forward and
+///        then the backward into `grads`.
+struct training_pass {
+  training_pass(model_t& m, const std::vector<minilm::attention_adapters<double>>& adapters, std::vector<int> l)
+      : model(m), per_layer(adapters), labels(std::move(l)) {}
+
+  model_t& model;
+  const std::vector<minilm::attention_adapters<double>>& per_layer;
+  std::vector<int> labels;
+  minilm::token_batch tokens = tiny_batch();
+  minilm::basic_bert_workspace<double> ws;
+  matrix_t<double> d_logits;
+  minilm::classifier_gradients<double> grads;
+  minilm::backward_workspace<double> bws;
+
+  double loss() {
+    return minilm::cross_entropy(model.forward(tokens, ws, per_layer, minilm::pass::train), labels, d_logits);
+  }
+  void backward() {
+    (void)loss();
+    minilm::backward(model, per_layer, ws, d_logits, grads, bws);
+  }
+};
+
 }  // namespace
 
 TEST_CASE("the VeRA backward through BERT matches finite differences in double", "[training]") {
@@ -81,18 +107,10 @@ TEST_CASE("the VeRA backward through BERT matches finite differences in double",
     for (minilm::index i = 0; i < ad.lambda_d().size(); ++i) ad.lambda_d()[i] = 1.0 + uniform(engine);
   }
   const auto per_layer = minilm::attention_adapters_of(adapters, config.layers);
-  const minilm::token_batch tokens = tiny_batch();
-  const std::vector<int> labels{2, 0, 1};
-
-  minilm::basic_bert_workspace<double> ws;
-  matrix_t<double> d_logits;
-  const auto loss = [&] {
-    return minilm::cross_entropy(model.forward(tokens, ws, per_layer, minilm::pass::train), labels, d_logits);
-  };
-  (void)loss();
-  minilm::classifier_gradients<double> grads;
-  minilm::backward_workspace<double> bws;
-  minilm::backward(model, per_layer, ws, d_logits, grads, bws);
+  training_pass pass(model, per_layer, {2, 0, 1});
+  const auto loss = [&] { return pass.loss(); };
+  pass.backward();
+  const auto& grads = pass.grads;
   REQUIRE(grads.layers.size() == 2);
 
   double worst = 0;
@@ -124,10 +142,9 @@ TEST_CASE("the VeRA backward through BERT matches finite differences in double",
 
   // Head only: the same head gradients without going through the encoder (the differences
   // above left `ws` at a perturbed point: run the forward again first).
-  (void)loss();
-  minilm::backward(model, per_layer, ws, d_logits, grads, bws);
+  pass.backward();
   minilm::classifier_gradients<double> head_only;
-  minilm::backward(model, {}, ws, d_logits, head_only, bws);
+  minilm::backward(model, {}, pass.ws, pass.d_logits, head_only, pass.bws);
   CHECK((head_only.head_weight - grads.head_weight).cwiseAbs().maxCoeff() == 0.0);
   CHECK(head_only.layers.empty());
 }
@@ -151,17 +168,10 @@ TEST_CASE("the LoRA backward through BERT matches finite differences in double",
     per_layer[i].lora_query = &loras[2 * i];
     per_layer[i].lora_value = &loras[2 * i + 1];
   }
-  const minilm::token_batch tokens = tiny_batch();
-  const std::vector<int> labels{1, 2, 0};
-  minilm::basic_bert_workspace<double> ws;
-  matrix_t<double> d_logits;
-  const auto loss = [&] {
-    return minilm::cross_entropy(model.forward(tokens, ws, per_layer, minilm::pass::train), labels, d_logits);
-  };
-  (void)loss();
-  minilm::classifier_gradients<double> grads;
-  minilm::backward_workspace<double> bws;
-  minilm::backward(model, per_layer, ws, d_logits, grads, bws);
+  training_pass pass(model, per_layer, {1, 2, 0});
+  const auto loss = [&] { return pass.loss(); };
+  pass.backward();
+  const auto& grads = pass.grads;
 
   double worst = 0;
   for (std::size_t i = 0; i < loras.size(); ++i) {
