@@ -171,6 +171,15 @@ struct basic_norm_weights {
   vec_t<T> beta;
 };
 
+/// \brief The embedding tables (row-major: a token's embedding is contiguous) and their LayerNorm.
+template <class T>
+struct basic_embedding_weights {
+  vera::row_matrix<T> word;        ///< vocabulary x hidden
+  vera::row_matrix<T> position;    ///< max positions x hidden
+  vera::row_matrix<T> token_type;  ///< token types x hidden
+  basic_norm_weights<T> norm;
+};
+
 /// \brief One encoder layer's weights, named after transformers' BertLayer modules.
 template <class T>
 struct basic_layer_weights {
@@ -190,19 +199,28 @@ struct lora_adapter {
   T scale = 1;    ///< lora_alpha / rank
 };
 
-/// \brief Adapters on one layer's attention.self.query and .value: VeRA or LoRA (not both on one
-///        projection); null runs the frozen projection. Not owned: they must outlive every pass
-///        that uses them.
+/// \brief Adapters on one layer's linear projections: VeRA on any of them, or LoRA on query and
+///        value (not both on one projection); null runs the frozen projection. Not owned: they
+///        must outlive every pass that uses them.
 template <class T>
 struct attention_adapters {
   const vera::adapter<T>* query = nullptr;
   const vera::adapter<T>* value = nullptr;
   const lora_adapter<T>* lora_query = nullptr;
   const lora_adapter<T>* lora_value = nullptr;
+  const vera::adapter<T>* key = nullptr;
+  const vera::adapter<T>* attention_output = nullptr;  ///< attention.output.dense
+  const vera::adapter<T>* intermediate = nullptr;      ///< intermediate.dense
+  const vera::adapter<T>* output = nullptr;            ///< output.dense
 };
 
-/// \brief Whether a forward pass keeps what the VeRA backward needs.
-enum class pass { evaluate, train };
+/// \brief What a forward pass keeps for a backward: nothing (evaluate), what the adapters' and
+///        the layers' input gradients need (train), and with it every linear layer's input, for
+///        the gradients of the weights themselves (train_weights: full fine-tuning).
+enum class pass { evaluate, train, train_weights };
+
+/// \brief Whether `mode` keeps anything for a backward.
+constexpr bool training(pass mode) noexcept { return mode != pass::evaluate; }
 
 /// \brief What one encoder layer computes that the backward pass needs (or that the next layer
 ///        reads), kept between steps: the storage is reused when the batch shape repeats. Rows are
@@ -217,11 +235,16 @@ struct layer_activations {
   matrix_t<T> output_hat;
   vec_t<T> output_rstd;
   matrix_t<T> out;                  ///< the layer's output
-  /// What the adapted query or value keeps for its backward (filled by pass::train) when only one
-  /// of them is adapted.
-  vera::forward_context<T> query_context, value_context;
-  /// With both adapted, as one vera sibling group: X Aᵀ, computed once for both, kept.
+  /// What an adapted projection keeps for its backward (filled by pass::train) when it is not in
+  /// a sibling group.
+  vera::forward_context<T> query_context, key_context, value_context;
+  vera::forward_context<T> attention_output_context, intermediate_context, output_context;
+  /// With query and value (and key) adapted, as one vera sibling group: X Aᵀ, computed once for
+  /// all of them, kept.
   vera::forward_context<T> query_value_context;
+  /// The inputs of attention.output.dense, intermediate.dense and output.dense (pass::train_weights
+  /// only; the other passes leave them empty and use the shared layer_scratch).
+  matrix_t<T> context, attention_out, intermediate_out;
   /// X Aᵀ of LoRA on query and value (tokens x rank).
   matrix_t<T> lora_query_p, lora_value_p;
 };
@@ -334,10 +357,10 @@ class basic_bert_encoder {
       : config_(config) {
     const index h = config.hidden_size, inner = config.intermediate_size;
     const std::string e = prefix + "embeddings.";
-    word_ = read_row_major(file, e + "word_embeddings.weight", config.vocab_size, h);
-    position_ = read_row_major(file, e + "position_embeddings.weight", config.max_positions, h);
-    token_type_ = read_row_major(file, e + "token_type_embeddings.weight", config.type_vocab_size, h);
-    embeddings_norm_ = read_norm(file, e + "LayerNorm.", h);
+    embeddings_.word = read_row_major(file, e + "word_embeddings.weight", config.vocab_size, h);
+    embeddings_.position = read_row_major(file, e + "position_embeddings.weight", config.max_positions, h);
+    embeddings_.token_type = read_row_major(file, e + "token_type_embeddings.weight", config.type_vocab_size, h);
+    embeddings_.norm = read_norm(file, e + "LayerNorm.", h);
     layers_.resize(static_cast<std::size_t>(config.layers));
     for (index i = 0; i < config.layers; ++i) {
       const std::string l = prefix + "encoder.layer." + std::to_string(i) + ".";
@@ -359,6 +382,11 @@ class basic_bert_encoder {
   /// \brief The layers' weights, writable (to adapt or merge them).
   std::vector<basic_layer_weights<T>>& layers() noexcept { return layers_; }
   const basic_linear_weights<T>& pooler() const noexcept { return pooler_; }
+  /// \brief The pooler, writable (to train it).
+  basic_linear_weights<T>& pooler() noexcept { return pooler_; }
+  const basic_embedding_weights<T>& embeddings() const noexcept { return embeddings_; }
+  /// \brief The embedding tables and their LayerNorm, writable (to train them).
+  basic_embedding_weights<T>& embeddings() noexcept { return embeddings_; }
 
   /// \brief Runs embeddings, every layer and the pooler on `tokens` into `ws`; the result is
   ///        ws.last_hidden_state() and ws.pooled (batch x hidden).
@@ -368,9 +396,9 @@ class basic_bert_encoder {
     forward(tokens, ws, {}, pass::evaluate);
   }
 
-  /// \brief As above with VeRA adapters on query and value: `adapters` is empty (none) or holds
-  ///        one entry per layer. pass::train keeps each adapted layer's context in `ws` for the
-  ///        backward (bert_backward.hpp).
+  /// \brief As above with adapters (attention_adapters): `adapters` is empty (none) or holds one
+  ///        entry per layer. pass::train keeps each adapted layer's context in `ws` for the
+  ///        backward (training.hpp); pass::train_weights also every linear layer's input.
   /// \throws vera::value_error as above, or when `adapters` has another number of layers.
   void forward(const token_batch& tokens, basic_bert_workspace<T>& ws,
                const std::vector<attention_adapters<T>>& adapters, pass mode) const {
@@ -391,11 +419,11 @@ class basic_bert_encoder {
                    [](std::int32_t m) { return m != 0 ? T(0) : std::numeric_limits<T>::lowest(); });
     // Training keeps every layer's activations for the backward; evaluation only needs the
     // previous layer's output, so two sets take turns.
-    const std::size_t kept = mode == pass::train ? layers_.size() : std::min<std::size_t>(2, layers_.size());
+    const std::size_t kept = training(mode) ? layers_.size() : std::min<std::size_t>(2, layers_.size());
     if (ws.layers.size() < kept) ws.layers.resize(kept);
     const matrix_t<T>* input = &ws.embeddings;
     for (std::size_t i = 0; i < layers_.size(); ++i) {
-      layer_activations<T>& a = ws.layers[mode == pass::train ? i : i % 2];
+      layer_activations<T>& a = ws.layers[training(mode) ? i : i % 2];
       layer_forward(layers_[i], adapters.empty() ? attention_adapters<T>{} : adapters[i], mode, *input, ws, a);
       input = &a.out;
     }
@@ -468,20 +496,20 @@ class basic_bert_encoder {
         const index r = b * ws.length + t;
         const auto cell = static_cast<std::size_t>(r);
         // transformers' order: (word + token type) + position.
-        ws.embeddings_sum.row(r) = (word_.row(tokens.ids[cell]) + token_type_.row(tokens.type_ids[cell])) +
-                                   position_.row(t);
+        ws.embeddings_sum.row(r) = (embeddings_.word.row(tokens.ids[cell]) +
+                                    embeddings_.token_type.row(tokens.type_ids[cell])) +
+                                   embeddings_.position.row(t);
       }
     }
-    detail::layer_norm(ws.embeddings_sum, embeddings_norm_, static_cast<T>(config_.layer_norm_eps), ws.embeddings_hat,
+    detail::layer_norm(ws.embeddings_sum, embeddings_.norm, static_cast<T>(config_.layer_norm_eps), ws.embeddings_hat,
                        ws.embeddings_rstd, ws.embeddings);
   }
 
-  // Scaled dot-product attention of every sequence and head, from a.q, a.k, a.v.
-  void attention(basic_bert_workspace<T>& ws, layer_activations<T>& a) const {
+  // Scaled dot-product attention of every sequence and head, from a.q, a.k, a.v, into `context`.
+  void attention(basic_bert_workspace<T>& ws, layer_activations<T>& a, matrix_t<T>& context) const {
     const index length = ws.length, heads = config_.heads, d = config_.head_size();
     const T scale = T(1) / std::sqrt(static_cast<T>(d));
     a.probabilities.resize(ws.batch * heads * length, length);
-    matrix_t<T>& context = ws.scratch.context;
     context.resize(ws.batch * length, config_.hidden_size);
     // Each (sequence, head) is independent; the products are small (length x head size), so
     // Eigen's own kernel runs them (no provider call per head), and threads split the heads.
@@ -506,80 +534,106 @@ class basic_bert_encoder {
   }
 
   // Y = X Wᵀ + bias, plus the VeRA term when `ad` is set (saving its context when training).
-  static void project(const basic_linear_weights<T>& w, const vera::adapter<T>* ad, const lora_adapter<T>* lora,
-                      pass mode, const matrix_t<T>& x, matrix_t<T>& y, vera::forward_context<T>& ctx,
-                      matrix_t<T>& lora_p, vera::workspace<T>& scratch) {
+  static void project(const basic_linear_weights<T>& w, const vera::adapter<T>* ad, pass mode, const matrix_t<T>& x,
+                      matrix_t<T>& y, vera::forward_context<T>& ctx, vera::workspace<T>& scratch) {
     if (ad == nullptr) {
       w.forward(x, y);
-      if (lora != nullptr) {
-        lora_p.resize(x.rows(), lora->a.rows());
-        detail::gemm(lora_p, x, lora->a.transpose());
-        y.noalias() += (lora_p * lora->b.transpose()) * lora->scale;
-      }
-    } else if (mode == pass::train) {
+    } else if (training(mode)) {
       y = vera::forward(x, w.weight, w.bias, *ad).train(ctx).using_workspace(scratch);
     } else {
       y = vera::forward(x, w.weight, w.bias, *ad).using_workspace(scratch);
     }
   }
 
-  void layer_forward(const basic_layer_weights<T>& w, const attention_adapters<T>& adapters, pass mode,
-                     const matrix_t<T>& x, basic_bert_workspace<T>& ws, layer_activations<T>& a) const {
+  // As above, or with LoRA (X Aᵀ kept in lora_p) when `lora` is set instead of `ad`.
+  static void project(const basic_linear_weights<T>& w, const vera::adapter<T>* ad, const lora_adapter<T>* lora,
+                      pass mode, const matrix_t<T>& x, matrix_t<T>& y, vera::forward_context<T>& ctx,
+                      matrix_t<T>& lora_p, vera::workspace<T>& scratch) {
+    project(w, ad, mode, x, y, ctx, scratch);
+    if (ad != nullptr || lora == nullptr) return;
+    lora_p.resize(x.rows(), lora->a.rows());
+    detail::gemm(lora_p, x, lora->a.transpose());
+    y.noalias() += (lora_p * lora->b.transpose()) * lora->scale;
+  }
+
+  // Query, key and value: the adapted ones that read the same input as one sibling group.
+  static void qkv_projections(const basic_layer_weights<T>& w, const attention_adapters<T>& ad, pass mode,
+                              const matrix_t<T>& x, basic_bert_workspace<T>& ws, layer_activations<T>& a) {
     using profile::phase;
-    const T eps = static_cast<T>(config_.layer_norm_eps);
+    if (ad.query != nullptr && ad.key != nullptr && ad.value != nullptr) {
+      const profile::scope timer(phase::qv_projection);
+      const auto group = vera::siblings(vera::sibling(w.query.weight, w.query.bias, *ad.query),
+                                        vera::sibling(w.key.weight, w.key.bias, *ad.key),
+                                        vera::sibling(w.value.weight, w.value.bias, *ad.value));
+      if (training(mode)) {
+        vera::forward(x, group).train(a.query_value_context).using_workspace(ws.adapter_scratch).eval_to(a.q, a.k, a.v);
+      } else {
+        vera::forward(x, group).using_workspace(ws.adapter_scratch).eval_to(a.q, a.k, a.v);
+      }
+      return;
+    }
     {
       const profile::scope timer(phase::qv_projection);
-      if (adapters.query != nullptr && adapters.value != nullptr) {
+      if (ad.query != nullptr && ad.value != nullptr) {
         // Query and value read the same input through one projection: a sibling group.
-        const auto group = vera::siblings(vera::sibling(w.query.weight, w.query.bias, *adapters.query),
-                                          vera::sibling(w.value.weight, w.value.bias, *adapters.value));
-        if (mode == pass::train) {
+        const auto group = vera::siblings(vera::sibling(w.query.weight, w.query.bias, *ad.query),
+                                          vera::sibling(w.value.weight, w.value.bias, *ad.value));
+        if (training(mode)) {
           vera::forward(x, group).train(a.query_value_context).using_workspace(ws.adapter_scratch).eval_to(a.q, a.v);
         } else {
           vera::forward(x, group).using_workspace(ws.adapter_scratch).eval_to(a.q, a.v);
         }
       } else {
-        project(w.query, adapters.query, adapters.lora_query, mode, x, a.q, a.query_context, a.lora_query_p,
-                ws.adapter_scratch);
-        project(w.value, adapters.value, adapters.lora_value, mode, x, a.v, a.value_context, a.lora_value_p,
-                ws.adapter_scratch);
+        project(w.query, ad.query, ad.lora_query, mode, x, a.q, a.query_context, a.lora_query_p, ws.adapter_scratch);
+        project(w.value, ad.value, ad.lora_value, mode, x, a.v, a.value_context, a.lora_value_p, ws.adapter_scratch);
       }
     }
-    {
-      const profile::scope timer(phase::k_projection);
-      w.key.forward(x, a.k);
-    }
-    attention(ws, a);
+    const profile::scope timer(phase::k_projection);
+    project(w.key, ad.key, mode, x, a.k, a.key_context, ws.adapter_scratch);
+  }
+
+  void layer_forward(const basic_layer_weights<T>& w, const attention_adapters<T>& adapters, pass mode,
+                     const matrix_t<T>& x, basic_bert_workspace<T>& ws, layer_activations<T>& a) const {
+    using profile::phase;
+    const T eps = static_cast<T>(config_.layer_norm_eps);
+    qkv_projections(w, adapters, mode, x, ws, a);
     layer_scratch<T>& s = ws.scratch;
+    // Full fine-tuning needs each linear layer's input in its backward: kept per layer then.
+    const bool keep = mode == pass::train_weights;
+    matrix_t<T>& context = keep ? a.context : s.context;
+    matrix_t<T>& attention_out = keep ? a.attention_out : s.attention_out;
+    matrix_t<T>& intermediate_out = keep ? a.intermediate_out : s.intermediate_out;
+    attention(ws, a, context);
     {
       const profile::scope timer(phase::attention_output);
-      w.attention_output.forward(s.context, s.attention_sum);
+      project(w.attention_output, adapters.attention_output, mode, context, s.attention_sum,
+              a.attention_output_context, ws.adapter_scratch);
     }
     {
       const profile::scope timer(phase::layer_norm);
       s.attention_sum += x;
-      detail::layer_norm(s.attention_sum, w.attention_norm, eps, a.attention_hat, a.attention_rstd, s.attention_out);
+      detail::layer_norm(s.attention_sum, w.attention_norm, eps, a.attention_hat, a.attention_rstd, attention_out);
     }
     {
       const profile::scope timer(phase::ffn_gemm);
-      w.intermediate.forward(s.attention_out, a.intermediate_in);
+      project(w.intermediate, adapters.intermediate, mode, attention_out, a.intermediate_in, a.intermediate_context,
+              ws.adapter_scratch);
     }
     {
       const profile::scope timer(phase::gelu);
-      detail::gelu(a.intermediate_in, s.intermediate_out);
+      detail::gelu(a.intermediate_in, intermediate_out);
     }
     {
       const profile::scope timer(phase::ffn_gemm);
-      w.output.forward(s.intermediate_out, s.output_sum);
+      project(w.output, adapters.output, mode, intermediate_out, s.output_sum, a.output_context, ws.adapter_scratch);
     }
     const profile::scope timer(phase::layer_norm);
-    s.output_sum += s.attention_out;
+    s.output_sum += attention_out;
     detail::layer_norm(s.output_sum, w.output_norm, eps, a.output_hat, a.output_rstd, a.out);
   }
 
   bert_config config_;
-  row_matrix word_, position_, token_type_;  // row-major: a token's embedding is contiguous
-  basic_norm_weights<T> embeddings_norm_;
+  basic_embedding_weights<T> embeddings_;
   std::vector<basic_layer_weights<T>> layers_;
   basic_linear_weights<T> pooler_;
 };

@@ -161,7 +161,8 @@ inline image bar_chart(const std::string& title, const std::vector<bar>& bars, d
   const int left = 90, right = width - 30, top = 60, bottom = height - 60;
   image img(width, height);
   const std::array<std::uint8_t, 3> black{0, 0, 0}, grid{220, 220, 220};
-  const std::array<std::array<std::uint8_t, 3>, 4> colors = {{{120, 120, 120}, {31, 119, 180}, {255, 127, 14}, {44, 160, 44}}};
+  const std::array<std::array<std::uint8_t, 3>, 5> colors = {
+      {{120, 120, 120}, {31, 119, 180}, {255, 127, 14}, {44, 160, 44}, {148, 103, 189}}};
   const auto y_of = [&](double v) {
     return bottom - static_cast<int>(std::lround((v - low) / (high - low) * (bottom - top)));
   };

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// The BERT classifier with VeRA on query and value, on the tiny random fixture model: the
-// backward pass against central finite differences in double, and a PEFT adapter's logits.
+// The BERT classifier on the tiny random fixture model: the backward pass (VeRA on query and
+// value or on every linear layer, LoRA, full fine-tuning) against central finite differences in
+// double, and a PEFT adapter's logits.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -68,6 +69,28 @@ std::vector<double> numeric_gradient(double* values, std::size_t count, const st
 
 std::vector<double> as_vector(const Eigen::Ref<const Eigen::VectorXd>& v) { return {v.data(), v.data() + v.size()}; }
 
+/// \brief max |analytic - numeric| / max |numeric| over `entries` of a buffer (`values` and its
+///        gradient `analytic`, both contiguous), the numeric one by central differences.
+double sampled_error(double* values, const double* analytic, const std::vector<std::size_t>& entries,
+                     const std::function<double()>& loss) {
+  std::vector<double> got, want;
+  for (const std::size_t i : entries) {
+    got.push_back(analytic[i]);
+    want.push_back(numeric_gradient(values + i, 1, loss)[0]);
+  }
+  return relative_error(got, want);
+}
+
+/// \brief `count` distinct entries of [0, size) (all of them when size <= count).
+std::vector<std::size_t> sample(std::size_t size, std::size_t count, std::mt19937& engine) {
+  std::vector<std::size_t> all(size);
+  for (std::size_t i = 0; i < size; ++i) all[i] = i;
+  if (size <= count) return all;
+  std::shuffle(all.begin(), all.end(), engine);
+  all.resize(count);
+  return all;
+}
+
 /// \brief A training pass of `model` on the tiny batch with `per_layer`'s adapters: loss() runs the
 ///        training forward (as often as the finite differences need), backward() the forward and
 ///        then the backward into `grads`.
@@ -83,13 +106,20 @@ struct training_pass {
   matrix_t<double> d_logits;
   minilm::classifier_gradients<double> grads;
   minilm::backward_workspace<double> bws;
+  /// Set: full fine-tuning (every encoder weight's gradient goes there).
+  minilm::encoder_gradients<double>* weights = nullptr;
 
   double loss() {
-    return minilm::cross_entropy(model.forward(tokens, ws, per_layer, minilm::pass::train), labels, d_logits);
+    const minilm::pass mode = weights != nullptr ? minilm::pass::train_weights : minilm::pass::train;
+    return minilm::cross_entropy(model.forward(tokens, ws, per_layer, mode), labels, d_logits);
   }
   void backward() {
     (void)loss();
-    minilm::backward(model, per_layer, ws, d_logits, grads, bws);
+    if (weights != nullptr) {
+      minilm::backward_full(model, tokens, ws, d_logits, grads, *weights, bws);
+    } else {
+      minilm::backward(model, per_layer, ws, d_logits, grads, bws);
+    }
   }
 };
 
@@ -188,6 +218,147 @@ TEST_CASE("the LoRA backward through BERT matches finite differences in double",
   }
   std::cout << "minilm: LoRA backward vs finite differences (double, max abs error / max abs value): " << worst
             << "\n";
+}
+
+TEST_CASE("VeRA on every linear layer backward through BERT matches finite differences in double",
+          "[training]") {
+  model_t model = model_t::load(minilm::test::fixture_dir() / "tiny_model");
+  const auto& config = model.encoder().config();
+  REQUIRE(config.intermediate_size != config.hidden_size);  // layers of two shapes on one projection
+  auto adapters = minilm::all_linear_adapters<double>(config, /*rank=*/6, /*seed=*/0);
+  CHECK(adapters.size() == 6 * static_cast<std::size_t>(config.layers));
+  // PEFT's rule: one projection sized to the largest in and out, sliced by each layer.
+  CHECK(adapters.shared_projection().max_in() == config.intermediate_size);
+  CHECK(adapters.shared_projection().max_out() == config.intermediate_size);
+  std::mt19937 engine(13);
+  std::uniform_real_distribution<double> uniform(-0.5, 0.5);
+  for (auto& [path, ad] : adapters) {
+    for (minilm::index i = 0; i < ad.lambda_b().size(); ++i) ad.lambda_b()[i] = uniform(engine);
+    for (minilm::index i = 0; i < ad.lambda_d().size(); ++i) ad.lambda_d()[i] = 1.0 + uniform(engine);
+  }
+  const auto per_layer = minilm::attention_adapters_of(adapters, config.layers);
+  REQUIRE(per_layer[0].key != nullptr);
+  REQUIRE(per_layer[1].output != nullptr);
+  training_pass pass(model, per_layer, {0, 2, 1});
+  const auto loss = [&] { return pass.loss(); };
+  pass.backward();
+
+  double worst = 0;
+  for (minilm::index layer = 0; layer < config.layers; ++layer) {
+    const auto& g = pass.grads.layers[static_cast<std::size_t>(layer)];
+    const std::vector<std::pair<const char*, const vera::gradients<double>*>> modules = {
+        {"attention.self.query", &g.query},     {"attention.self.key", &g.key},
+        {"attention.self.value", &g.value},     {"attention.output.dense", &g.attention_output},
+        {"intermediate.dense", &g.intermediate}, {"output.dense", &g.output}};
+    for (const auto& [module, want] : modules) {
+      auto& ad = adapters.at(minilm::layer_module_path(layer, module));
+      REQUIRE(want->lambda_b.size() == ad.lambda_b().size());
+      const double b_error = relative_error(as_vector(want->lambda_b),
+                                            numeric_gradient(ad.lambda_b().data(), ad.lambda_b().size(), loss));
+      const double d_error = relative_error(as_vector(want->lambda_d),
+                                            numeric_gradient(ad.lambda_d().data(), ad.lambda_d().size(), loss));
+      CAPTURE(layer, module);
+      CHECK(b_error < 1e-6);
+      CHECK(d_error < 1e-6);
+      worst = std::max({worst, b_error, d_error});
+    }
+  }
+  std::cout << "minilm: VeRA on all linear layers backward vs finite differences (double, max abs error / "
+               "max abs value): "
+            << worst << "\n";
+}
+
+TEST_CASE("the full fine-tuning backward through BERT matches finite differences in double", "[training]") {
+  model_t model = model_t::load(minilm::test::fixture_dir() / "tiny_model");
+  const std::vector<minilm::attention_adapters<double>> no_adapters;
+  minilm::encoder_gradients<double> weights(model.encoder());
+  training_pass pass(model, no_adapters, {0, 2, 1});
+  pass.weights = &weights;
+  const auto loss = [&] { return pass.loss(); };
+  pass.backward();
+
+  std::mt19937 engine(5);
+  double worst = 0;
+  const auto check = [&](const std::string& name, auto& value, const auto& gradient,
+                         const std::vector<std::size_t>& entries) {
+    REQUIRE(value.size() == gradient.size());
+    const double error = sampled_error(value.data(), gradient.data(), entries, loss);
+    CAPTURE(name);
+    CHECK(error < 1e-6);
+    worst = std::max(worst, error);
+  };
+  const auto some = [&](const auto& value) { return sample(static_cast<std::size_t>(value.size()), 8, engine); };
+  double key_bias = 0;
+  const auto linear = [&](const std::string& name, minilm::basic_linear_weights<double>& w,
+                          const minilm::basic_linear_weights<double>& g) {
+    check(name + ".weight", w.weight, g.weight, some(w.weight));
+    if (name.size() < 3 || name.compare(name.size() - 3, 3, "key") != 0) {
+      check(name + ".bias", w.bias, g.bias, some(w.bias));
+      return;
+    }
+    // The key's bias adds q·bias to every score of a query's row, which softmax cancels: its
+    // gradient is zero, so both sides are compared with zero (the differences' noise is ~1e-11).
+    const std::vector<double> numeric = numeric_gradient(w.bias.data(), static_cast<std::size_t>(w.bias.size()), loss);
+    for (std::size_t i = 0; i < numeric.size(); ++i)
+      key_bias = std::max({key_bias, std::abs(numeric[i]), std::abs(g.bias[static_cast<minilm::index>(i)])});
+    CAPTURE(name);
+    CHECK(key_bias < 1e-9);
+  };
+  const auto norm = [&](const std::string& name, minilm::basic_norm_weights<double>& w,
+                        const minilm::basic_norm_weights<double>& g) {
+    check(name + ".gamma", w.gamma, g.gamma, some(w.gamma));
+    check(name + ".beta", w.beta, g.beta, some(w.beta));
+  };
+
+  auto& encoder = model.encoder();
+  auto& e = encoder.embeddings();
+  const minilm::index hidden = encoder.config().hidden_size;
+  // Word rows: the batch's tokens (17 and 55 once, 2 and 3 in every sequence) and one it does not
+  // use (5: a zero gradient, which the differences must confirm); positions the batch reaches.
+  std::vector<std::size_t> word_entries;
+  for (const minilm::index row : {2, 3, 17, 55, 5})
+    for (const std::size_t col : sample(static_cast<std::size_t>(hidden), 3, engine))
+      word_entries.push_back(static_cast<std::size_t>(row * hidden) + col);
+  check("word_embeddings", e.word, weights.embeddings.word, word_entries);
+  check("position_embeddings", e.position, weights.embeddings.position,
+        sample(static_cast<std::size_t>(7 * hidden), 12, engine));
+  check("token_type_embeddings", e.token_type, weights.embeddings.token_type, some(e.token_type));
+  norm("embeddings.LayerNorm", e.norm, weights.embeddings.norm);
+  for (std::size_t i = 0; i < encoder.layers().size(); ++i) {
+    auto& w = encoder.layers()[i];
+    const auto& g = weights.layers[i];
+    const std::string l = "layer " + std::to_string(i) + " ";
+    linear(l + "query", w.query, g.query);
+    linear(l + "key", w.key, g.key);
+    linear(l + "value", w.value, g.value);
+    linear(l + "attention.output.dense", w.attention_output, g.attention_output);
+    norm(l + "attention.output.LayerNorm", w.attention_norm, g.attention_norm);
+    linear(l + "intermediate.dense", w.intermediate, g.intermediate);
+    linear(l + "output.dense", w.output, g.output);
+    norm(l + "output.LayerNorm", w.output_norm, g.output_norm);
+  }
+  linear("pooler", encoder.pooler(), weights.pooler);
+  linear("classifier", model.classifier(),
+         minilm::basic_linear_weights<double>{pass.grads.head_weight, pass.grads.head_bias});
+  std::cout << "minilm: full fine-tuning backward vs finite differences (double, max abs error / max abs value, "
+               "sampled entries of every weight): "
+            << worst << "; key biases (zero gradient) " << key_bias << "\n";
+
+  // Only the rows of the batch's real tokens are written, and the next batch clears them.
+  pass.backward();
+  std::vector<minilm::index> rows = weights.word_rows;
+  std::sort(rows.begin(), rows.end());
+  CHECK(rows == std::vector<minilm::index>{2, 3, 7, 9, 12, 17, 30, 40, 55, 81, 100});
+  pass.tokens.batch = 1;
+  pass.tokens.ids.resize(7);
+  pass.tokens.type_ids.resize(7);
+  pass.tokens.mask.resize(7);
+  pass.labels = {0};
+  pass.backward();
+  CHECK(weights.word_rows.size() == 5);
+  CHECK(weights.embeddings.word.row(55).isZero(0.0));
+  CHECK(!weights.embeddings.word.row(17).isZero(0.0));
+  CHECK(weights.embeddings.word.row(0).isZero(0.0));  // padding
 }
 
 TEST_CASE("fresh VeRA adapters (b = 0) leave the logits unchanged", "[training]") {
