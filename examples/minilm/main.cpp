@@ -6,6 +6,7 @@
 // texts, which tools/check_minilm_peft.py compares with PEFT. Run with --help for the options.
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -69,6 +70,7 @@ struct settings {
   double full_lr = 5e-5;
   std::vector<std::string> methods = {"head", "vera", "lora", "full", "vera-all"};  ///< --methods
   bool quick = false;
+  fs::path merge;  ///< with --merge: an earlier run's results.md whose rows join this run's
   fs::path check_peft;  ///< with --check-peft: a directory from tools/check_minilm_from_peft.py
 };
 
@@ -84,6 +86,8 @@ void usage(const char* program) {
       "  --methods LIST  comma-separated, from head,vera,lora,full,vera-all (default: all):\n"
       "                  head only, VeRA(q,v), LoRA(q,v), full fine-tuning, VeRA on every linear\n"
       "                  layer; each with the head\n"
+      "  --merge FILE    add the per-seed rows of an earlier run's results.md (methods this run\n"
+      "                  does not run) to the table and plot, marked as merged\n"
       "  --quick         16 training fortunes per topic, one epoch: a smoke run\n"
       "  --check-peft DIR  no training: load DIR/peft_adapter (trained by PEFT), run the texts of\n"
       "                  DIR/check_logits.json and compare with PEFT's logits there (exit 1 above 1e-4)\n",
@@ -127,6 +131,8 @@ settings parse(int argc, char** argv) {
         }
         s.methods.push_back(item);
       }
+    } else if (arg == "--merge") {
+      s.merge = value();
     } else if (arg == "--quick") {
       s.quick = true;
     } else if (arg == "--check-peft") {
@@ -569,6 +575,7 @@ struct method_result {
   std::uint64_t seed = 0;
   index parameters = 0;
   double accuracy = 0, seconds = 0, step_seconds = 0;
+  bool merged = false;  ///< read from an earlier run's table (--merge)
 };
 
 /// \brief The methods in s.methods for seed s.seed (the VeRA(q, v) adapter saved into s.out).
@@ -597,6 +604,60 @@ std::vector<method_result> run_methods(const minilm::bert_encoder& encoder, cons
   // b has the layer's out entries and d the rank's: four hidden-wide layers, intermediate, output.
   run("vera-all", train_vera_all, "VeRA(all linear) r=" + rank + " + head", "VERA ALL",
       layers * (5 * hidden + inner + 6 * s.rank) + head_params);
+  return out;
+}
+
+/// \brief The plot's label for a method's table name (as run_methods names them).
+std::string short_name_of(const std::string& name) {
+  const auto starts = [&](const char* prefix) { return name.rfind(prefix, 0) == 0; };
+  if (starts("head only")) return "HEAD ONLY";
+  if (starts("full fine-tuning")) return "FULL";
+  if (starts("VeRA(all linear)")) return "VERA ALL";
+  const auto r = name.find("r=");
+  const std::string rank = r == std::string::npos ? "" : " R=" + name.substr(r + 2, name.find(' ', r) - r - 2);
+  if (starts("VeRA")) return "VERA" + rank;
+  if (starts("LoRA")) return "LORA" + rank;
+  std::string label = name;
+  for (char& c : label) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return label;
+}
+
+/// \brief The per-seed rows of a results.md this program wrote (its first table), for --merge:
+///        method, seed, parameters, accuracy, seconds and, when the table has it, seconds per step.
+/// \throws vera::format_error naming the file when a row does not parse.
+std::vector<method_result> read_results(const fs::path& path) {
+  std::istringstream in(vera::io::read_text_file(path, std::size_t{1} << 20));
+  std::vector<method_result> out;
+  bool in_table = false;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("| method | seed |", 0) == 0) {
+      in_table = true;
+      continue;
+    }
+    if (!in_table || line.rfind("|---", 0) == 0) continue;
+    if (line.empty() || line[0] != '|') break;
+    std::vector<std::string> cells;
+    std::stringstream row(line.substr(1));
+    for (std::string cell; std::getline(row, cell, '|');) {
+      const auto first = cell.find_first_not_of(' '), last = cell.find_last_not_of(' ');
+      cells.push_back(first == std::string::npos ? "" : cell.substr(first, last - first + 1));
+    }
+    try {
+      method_result r;
+      r.name = cells.at(0) + " (merged)";
+      r.merged = true;
+      r.short_name = short_name_of(cells.at(0));
+      r.seed = std::stoull(cells.at(1));
+      r.parameters = static_cast<index>(std::stoll(cells.at(2)));
+      r.accuracy = std::stod(cells.at(3));
+      r.seconds = std::stod(cells.at(4));
+      if (cells.size() > 5 && cells[5] != "-" && !cells[5].empty()) r.step_seconds = std::stod(cells[5]);
+      out.push_back(r);
+    } catch (const std::exception&) {
+      throw vera::format_error(path.string() + ": cannot read the row '" + line + "'");
+    }
+  }
+  if (out.empty()) throw vera::format_error(path.string() + ": no per-seed rows (| method | seed | ...)");
   return out;
 }
 
@@ -716,13 +777,25 @@ int main(int argc, char** argv) {
     std::fflush(stdout);  // progress bars go to stderr
 
     std::vector<method_result> results;
+    if (!s.merge.empty()) results = read_results(s.merge);
     for (const std::uint64_t seed : s.seeds) {
       settings run = s;
       run.seed = seed;
       if (s.seeds.size() > 1) run.out = s.out / ("seed" + std::to_string(seed));
       for (const auto& r : run_methods(encoder, tokenizer, data, run)) results.push_back(r);
     }
-    const std::string table = results_table(results, s.seeds.size());
+    // A merged row of a method this run also ran would mix two runs in one bar: this run's wins.
+    std::vector<std::string> ran;
+    for (const auto& r : results)
+      if (!r.merged) ran.push_back(r.short_name);
+    results.erase(std::remove_if(results.begin(), results.end(),
+                                 [&](const method_result& r) {
+                                   return r.merged && std::find(ran.begin(), ran.end(), r.short_name) != ran.end();
+                                 }),
+                  results.end());
+    std::string table = results_table(results, s.seeds.size());
+    if (!s.merge.empty())
+      table += "\nRows marked (merged) are from " + s.merge.string() + ", not from this run.\n";
     std::printf("%s", table.c_str());
     fs::create_directories(s.out);
     std::ofstream(s.out / "results.md") << table;
