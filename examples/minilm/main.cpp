@@ -70,7 +70,7 @@ struct settings {
   double full_lr = 5e-5;
   std::vector<std::string> methods = {"head", "vera", "lora", "full", "vera-all"};  ///< --methods
   bool quick = false;
-  fs::path merge;  ///< with --merge: an earlier run's results.md whose rows join this run's
+  std::vector<fs::path> merge;  ///< --merge: earlier runs' results.md whose rows join this run's
   fs::path check_peft;  ///< with --check-peft: a directory from tools/check_minilm_from_peft.py
 };
 
@@ -87,7 +87,8 @@ void usage(const char* program) {
       "                  head only, VeRA(q,v), LoRA(q,v), full fine-tuning, VeRA on every linear\n"
       "                  layer; each with the head\n"
       "  --merge FILE    add the per-seed rows of an earlier run's results.md (methods this run\n"
-      "                  does not run) to the table and plot, marked as merged\n"
+      "                  does not run) to the table and plot, marked as merged; repeatable, and\n"
+      "                  with --methods '' (none) it only redraws the table and plot\n"
       "  --quick         16 training fortunes per topic, one epoch: a smoke run\n"
       "  --check-peft DIR  no training: load DIR/peft_adapter (trained by PEFT), run the texts of\n"
       "                  DIR/check_logits.json and compare with PEFT's logits there (exit 1 above 1e-4)\n",
@@ -132,7 +133,7 @@ settings parse(int argc, char** argv) {
         s.methods.push_back(item);
       }
     } else if (arg == "--merge") {
-      s.merge = value();
+      s.merge.push_back(value());
     } else if (arg == "--quick") {
       s.quick = true;
     } else if (arg == "--check-peft") {
@@ -777,7 +778,8 @@ int main(int argc, char** argv) {
     std::fflush(stdout);  // progress bars go to stderr
 
     std::vector<method_result> results;
-    if (!s.merge.empty()) results = read_results(s.merge);
+    for (const fs::path& earlier : s.merge)
+      for (const auto& r : read_results(earlier)) results.push_back(r);
     for (const std::uint64_t seed : s.seeds) {
       settings run = s;
       run.seed = seed;
@@ -794,8 +796,11 @@ int main(int argc, char** argv) {
                                  }),
                   results.end());
     std::string table = results_table(results, s.seeds.size());
-    if (!s.merge.empty())
-      table += "\nRows marked (merged) are from " + s.merge.string() + ", not from this run.\n";
+    if (!s.merge.empty()) {
+      table += "\nRows marked (merged) are from";
+      for (const fs::path& earlier : s.merge) table += " " + earlier.string();
+      table += ", not from this run.\n";
+    }
     std::printf("%s", table.c_str());
     fs::create_directories(s.out);
     std::ofstream(s.out / "results.md") << table;
