@@ -18,6 +18,7 @@
 #include "vera/backend/cuda/memory.cuh"
 #include "vera/backend/cuda/merge.cuh"
 #include "vera/backend/cuda/optim.cuh"
+#include "vera/backend/cuda/plan.cuh"
 #include "vera/backend/cuda/projection.cuh"
 #include "vera/backend/cuda/types.cuh"
 

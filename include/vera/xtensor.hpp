@@ -7,6 +7,7 @@
 #include "vera/xtensor/backward.hpp"
 #include "vera/xtensor/forward.hpp"
 #include "vera/xtensor/merge.hpp"
+#include "vera/xtensor/modifiers.hpp"
 #include "vera/xtensor/result.hpp"
 #include "vera/xtensor/storage.hpp"
 #include "vera/xtensor/views.hpp"

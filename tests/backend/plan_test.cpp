@@ -105,3 +105,12 @@ TEST_CASE("plan: siblings share the joint order choice and plan the rest one by 
                                                 true, false, {false, false, false}, 1);
   for (const plan& p : dropout) CHECK(p.chosen == order::low_rank);
 }
+
+TEST_CASE("plan: mixed batches go run by run from a mean run of 8 rows", "[plan]") {
+  using vera::detail::cpu::passes_by_runs;
+  CHECK(passes_by_runs(64, 8));        // runs of 8 rows on average
+  CHECK_FALSE(passes_by_runs(63, 8));  // just under 8
+  CHECK(passes_by_runs(512, 1));       // one adapter for the whole batch
+  CHECK_FALSE(passes_by_runs(512, 512));  // shuffled rows: runs of one
+  CHECK(passes_by_runs(0, 0));
+}

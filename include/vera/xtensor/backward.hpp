@@ -17,6 +17,7 @@
 #include "vera/core/exec.hpp"
 #include "vera/expr/backward.hpp"
 #include "vera/expr/cost.hpp"
+#include "vera/xtensor/modifiers.hpp"
 #include "vera/xtensor/result.hpp"
 #include "vera/xtensor/storage.hpp"
 
@@ -91,12 +92,15 @@ class gradients {
 /// `grads = expr;` overwrites, `grads += expr;` accumulates, exactly as the Eigen front-end's
 /// parameter_gradient_expr, which does the work.
 template <class Exec, class G, class T>
-class parameter_gradient_expr {
+class parameter_gradient_expr
+    : public detail::modifiers_of<parameter_gradient_expr<Exec, G, T>,
+                                  vera::parameter_gradient_expr<Exec, detail::extents_map<T>, T>> {
   static_assert(detail::holds_scalar<G, T>,
                 "vera::xt::parameter_gradients: G must hold the adapter's scalar type");
 
   // The Eigen front-end's expression over G's extents: validates, and carries the settings.
-  using settings_type = vera::parameter_gradient_expr<Exec, detail::extents_map<T>, T>;
+  using checked_type = vera::parameter_gradient_expr<Exec, detail::extents_map<T>, T>;
+  using modifiers = detail::modifiers_of<parameter_gradient_expr, checked_type>;
 
  public:
   /// \brief Holds G and checks it against the adapter and the context; see
@@ -104,20 +108,16 @@ class parameter_gradient_expr {
   /// \throws as vera::xt::parameter_gradients.
   template <class GA>
   parameter_gradient_expr(GA&& g, const adapter<T>& ad, const forward_context<T>& ctx)
-      : g_(std::forward<GA>(g)), settings_(validated(g_, ad, ctx)) {}
-
-  /// \brief Use `ws` for scratch memory instead of allocating.
-  parameter_gradient_expr using_workspace(workspace<T>& ws) const {
-    return {*this, settings_.using_workspace(ws)};
-  }
+      : modifiers(validated(g, ad, ctx)), g_(std::forward<GA>(g)) {}
 
   /// \brief Writes (or adds) the gradients into `out`. On overwrite, empty buffers are sized;
   ///        buffers of another size throw shape_error, as vera::parameter_gradient_expr::eval_to.
   /// \throws shape_error as described; state_error, rank_error as vera::parameter_gradients.
   void eval_to(gradients<T>& out, assign_mode mode = assign_mode::overwrite) const {
     const detail::input_matrix<T> g(g_);
-    const auto e = vera::parameter_gradients(Exec{}, g.map(), settings_.layer(), settings_.context());
-    detail::with_settings_of(settings_, e).eval_to(out.eigen(), mode);
+    const auto& checked = this->checked();
+    const auto e = vera::parameter_gradients(Exec{}, g.map(), checked.layer(), checked.context());
+    this->with_settings(e).eval_to(out.eigen(), mode);
   }
 
   /// \brief Evaluates into a fresh gradients<T>.
@@ -130,17 +130,18 @@ class parameter_gradient_expr {
   operator gradients<T>() const { return eval(); }  // NOLINT: evaluation on conversion is the point
 
  private:
-  parameter_gradient_expr(const parameter_gradient_expr& operands, const settings_type& settings)
-      : g_(operands.g_), settings_(settings) {}
+  friend modifiers;
+
+  parameter_gradient_expr(const parameter_gradient_expr& operands, const checked_type& checked)
+      : modifiers(checked), g_(operands.g_) {}
 
   template <class GC>
-  static settings_type validated(const GC& g, const adapter<T>& ad, const forward_context<T>& ctx) {
+  static checked_type validated(const GC& g, const adapter<T>& ad, const forward_context<T>& ctx) {
     detail::check_dimension<2>("G", g);
     return {detail::shape_only<T>(g), ad, ctx};
   }
 
   detail::closure_t<G> g_;
-  settings_type settings_;
 };
 
 /// \brief dL/dX (n x in) = G (W0 + ΔW), with the dropout mask on the adapter term, lazily.
@@ -149,15 +150,20 @@ class parameter_gradient_expr {
 /// xt::xtensor or xt::xarray is resized; other destinations must be n x in, dense row-major);
 /// `add_to(dx)` accumulates. Evaluation throws aliasing_error when dX overlaps G or W0.
 template <class Exec, class G, class W, class T>
-class input_gradient_expr : public detail::matrix_result<input_gradient_expr<Exec, G, W, T>, T> {
+class input_gradient_expr
+    : public detail::matrix_result<input_gradient_expr<Exec, G, W, T>, T>,
+      public detail::modifiers_of<input_gradient_expr<Exec, G, W, T>,
+                                  vera::input_gradient_expr<Exec, detail::extents_map<T>,
+                                                            detail::extents_map<T>, T>> {
   static_assert(detail::holds_scalar<G, T>,
                 "vera::xt::input_gradient: G must hold the adapter's scalar type");
   static_assert(detail::holds_scalar<W, T>,
                 "vera::xt::input_gradient: W0 must hold the adapter's scalar type");
 
   // The Eigen front-end's expression over the extents: validates, and carries the settings.
-  using settings_type =
+  using checked_type =
       vera::input_gradient_expr<Exec, detail::extents_map<T>, detail::extents_map<T>, T>;
+  using modifiers = detail::modifiers_of<input_gradient_expr, checked_type>;
 
  public:
   /// \brief Holds G and W0 and checks them against the adapter and the context; see
@@ -165,22 +171,12 @@ class input_gradient_expr : public detail::matrix_result<input_gradient_expr<Exe
   /// \throws as vera::xt::input_gradient.
   template <class GA, class WA>
   input_gradient_expr(GA&& g, WA&& w0, const adapter<T>& ad, const forward_context<T>& ctx)
-      : g_(std::forward<GA>(g)), w0_(std::forward<WA>(w0)), settings_(validated(g_, w0_, ad, ctx)) {}
+      : modifiers(validated(g, w0, ad, ctx)), g_(std::forward<GA>(g)), w0_(std::forward<WA>(w0)) {}
 
   /// \brief n, the rows of G.
-  index rows() const { return settings_.rows(); }
+  index rows() const { return this->checked().rows(); }
   /// \brief in, the layer's input features.
-  index cols() const { return settings_.cols(); }
-
-  /// \brief Use `ws` for scratch memory instead of allocating.
-  input_gradient_expr using_workspace(workspace<T>& ws) const {
-    return {*this, settings_.using_workspace(ws)};
-  }
-  /// \brief Force an association order instead of the cost model's choice; as the Eigen
-  ///        front-end, dropout keeps the low-rank order whatever is requested.
-  input_gradient_expr with_order(order requested) const {
-    return {*this, settings_.with_order(requested)};
-  }
+  index cols() const { return this->checked().cols(); }
 
   /// \brief dx += expr; dx must already be n x in and dense row-major.
   /// \throws shape_error otherwise.
@@ -191,13 +187,14 @@ class input_gradient_expr : public detail::matrix_result<input_gradient_expr<Exe
 
  private:
   friend class detail::matrix_result<input_gradient_expr, T>;
+  friend modifiers;
 
-  input_gradient_expr(const input_gradient_expr& operands, const settings_type& settings)
-      : g_(operands.g_), w0_(operands.w0_), settings_(settings) {}
+  input_gradient_expr(const input_gradient_expr& operands, const checked_type& checked)
+      : modifiers(checked), g_(operands.g_), w0_(operands.w0_) {}
 
   template <class GC, class WC>
-  static settings_type validated(const GC& g, const WC& w0, const adapter<T>& ad,
-                                 const forward_context<T>& ctx) {
+  static checked_type validated(const GC& g, const WC& w0, const adapter<T>& ad,
+                                const forward_context<T>& ctx) {
     detail::check_dimension<2>("G", g);
     detail::check_dimension<2>("W0", w0);
     return {detail::shape_only<T>(g), detail::shape_only<T>(w0), ad, ctx};
@@ -207,14 +204,13 @@ class input_gradient_expr : public detail::matrix_result<input_gradient_expr<Exe
   void run(Dst& dst, assign_mode mode) const {
     const detail::input_matrix<T> g(g_);
     const detail::input_matrix<T> w0(w0_);
-    const auto e =
-        vera::input_gradient(Exec{}, g.map(), w0.map(), settings_.layer(), settings_.context());
-    detail::assign(detail::with_settings_of(settings_, e), dst, mode);
+    const auto& checked = this->checked();
+    const auto e = vera::input_gradient(Exec{}, g.map(), w0.map(), checked.layer(), checked.context());
+    detail::assign(this->with_settings(e), dst, mode);
   }
 
   detail::closure_t<G> g_;
   detail::closure_t<W> w0_;
-  settings_type settings_;
 };
 
 /// \brief Lazy gradients of lambda_b and lambda_d. Shapes: G n x out (2-D), ctx from the

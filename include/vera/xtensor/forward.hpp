@@ -12,10 +12,23 @@
 #include "vera/core/exec.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/forward.hpp"
+#include "vera/xtensor/modifiers.hpp"
 #include "vera/xtensor/result.hpp"
 #include "vera/xtensor/storage.hpp"
 
 namespace vera::xt {
+
+namespace detail {
+
+// The Eigen front-end's forward over the operands' extents: it validates them and carries the
+// modifiers' settings.
+template <class Exec, class Bias, class T>
+using checked_forward =
+    decltype(vera::forward(Exec{}, std::declval<extents_map<T>>(), std::declval<extents_map<T>>(),
+                           bias_shape_only<T>(std::declval<const Bias&>()),
+                           std::declval<const adapter<T>&>()));
+
+}  // namespace detail
 
 /// \brief Y (n x out) = X W0^T + bias + ((X A^T) Λd) (Λb B)^T on xtensor operands, lazily.
 ///
@@ -29,17 +42,14 @@ namespace vera::xt {
 /// destination must be n x out and dense row-major, or shape_error is thrown before anything is
 /// written. Evaluation throws aliasing_error as vera::forward_expr does.
 template <class Exec, class X, class W, class Bias, class T>
-class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias, T>, T> {
+class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias, T>, T>,
+                     public detail::modifiers_of<forward_expr<Exec, X, W, Bias, T>,
+                                                 detail::checked_forward<Exec, Bias, T>> {
   static_assert(detail::holds_scalar<X, T>, "vera::xt::forward: X must hold the adapter's scalar type");
   static_assert(detail::holds_scalar<W, T>, "vera::xt::forward: W0 must hold the adapter's scalar type");
 
-  // The Eigen front-end's expression over the operands' extents: created (and so validated)
-  // with this expression, it also carries the modifiers' settings.
-  using settings_type =
-      decltype(vera::forward(Exec{}, std::declval<detail::extents_map<T>>(),
-                             std::declval<detail::extents_map<T>>(),
-                             detail::bias_shape_only<T>(std::declval<const Bias&>()),
-                             std::declval<const adapter<T>&>()));
+  using checked_type = detail::checked_forward<Exec, Bias, T>;
+  using modifiers = detail::modifiers_of<forward_expr, checked_type>;
 
  public:
   /// \brief Holds the operands (lvalues by reference, temporaries by value) and checks their
@@ -47,23 +57,13 @@ class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias,
   /// \throws shape_error naming the operand for a wrong dimension count or shape.
   template <class XA, class WA, class BA>
   forward_expr(XA&& x, WA&& w0, BA&& bias, const adapter<T>& ad)
-      : x_(std::forward<XA>(x)), w0_(std::forward<WA>(w0)), bias_(std::forward<BA>(bias)),
-        settings_(validated(x_, w0_, bias_, ad)) {}
+      : modifiers(validated(x, w0, bias, ad)), x_(std::forward<XA>(x)), w0_(std::forward<WA>(w0)),
+        bias_(std::forward<BA>(bias)) {}
 
   /// \brief n, the rows of X.
-  index rows() const { return settings_.rows(); }
+  index rows() const { return this->checked().rows(); }
   /// \brief out, the layer's output features.
-  index cols() const { return settings_.cols(); }
-
-  /// \brief Training forward: dropout on, P saved in `ctx` for backward.
-  forward_expr train(forward_context<T>& ctx) const { return {*this, settings_.train(ctx)}; }
-  /// \brief Use `ws` for scratch memory instead of allocating.
-  forward_expr using_workspace(workspace<T>& ws) const {
-    return {*this, settings_.using_workspace(ws)};
-  }
-  /// \brief Force an association order instead of the cost model's choice; as the Eigen
-  ///        front-end, dropout keeps the low-rank order whatever is requested.
-  forward_expr with_order(order requested) const { return {*this, settings_.with_order(requested)}; }
+  index cols() const { return this->checked().cols(); }
 
   /// \brief y += expr; y must already be n x out and dense row-major.
   /// \throws shape_error otherwise.
@@ -74,12 +74,13 @@ class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias,
 
  private:
   friend class detail::matrix_result<forward_expr, T>;
+  friend modifiers;
 
-  forward_expr(const forward_expr& operands, const settings_type& settings)
-      : x_(operands.x_), w0_(operands.w0_), bias_(operands.bias_), settings_(settings) {}
+  forward_expr(const forward_expr& operands, const checked_type& checked)
+      : modifiers(checked), x_(operands.x_), w0_(operands.w0_), bias_(operands.bias_) {}
 
   template <class XC, class WC, class BC>
-  static settings_type validated(const XC& x, const WC& w0, const BC& bias, const adapter<T>& ad) {
+  static checked_type validated(const XC& x, const WC& w0, const BC& bias, const adapter<T>& ad) {
     if constexpr (!std::is_same_v<std::decay_t<Bias>, no_bias_t>) {
       static_assert(detail::holds_scalar<Bias, T>,
                     "vera::xt::forward: bias must hold the adapter's scalar type");
@@ -95,15 +96,14 @@ class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias,
     const detail::input_matrix<T> x(x_);
     const detail::input_matrix<T> w0(w0_);
     detail::with_bias<T>(bias_, [&](const auto& bias) {
-      const auto e = vera::forward(Exec{}, x.map(), w0.map(), bias, settings_.layer());
-      detail::assign(detail::with_settings_of(settings_, e), dst, mode);
+      const auto e = vera::forward(Exec{}, x.map(), w0.map(), bias, this->checked().layer());
+      detail::assign(this->with_settings(e), dst, mode);
     });
   }
 
   detail::closure_t<X> x_;
   detail::closure_t<W> w0_;
   detail::closure_t<Bias> bias_;
-  settings_type settings_;
 };
 
 /// \brief Lazy forward of an adapted layer on policy `Exec`, from xtensor operands.

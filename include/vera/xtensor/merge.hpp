@@ -10,6 +10,7 @@
 #include "vera/backend/cpu/merge.hpp"
 #include "vera/core/exec.hpp"
 #include "vera/expr/merge.hpp"
+#include "vera/xtensor/modifiers.hpp"
 #include "vera/xtensor/result.hpp"
 #include "vera/xtensor/storage.hpp"
 
@@ -21,20 +22,19 @@ namespace vera::xt {
 /// `subtract_from(w)` an unmerge, one GEMM into w with no temporary of w's size. `eval()`, the
 /// conversion and `assign_to()` come from an internal base, as for vera::xt::forward_expr.
 template <class Exec, class T>
-class delta_weight_expr : public detail::matrix_result<delta_weight_expr<Exec, T>, T> {
+class delta_weight_expr
+    : public detail::matrix_result<delta_weight_expr<Exec, T>, T>,
+      public detail::modifiers_of<delta_weight_expr<Exec, T>, vera::delta_weight_expr<Exec, T>> {
+  using modifiers = detail::modifiers_of<delta_weight_expr, vera::delta_weight_expr<Exec, T>>;
+
  public:
   /// \brief Refers to `ad`, which must outlive the expression; see vera::xt::delta_weight.
-  explicit delta_weight_expr(const adapter<T>& ad) : delta_(ad) {}
+  explicit delta_weight_expr(const adapter<T>& ad) : modifiers(vera::delta_weight_expr<Exec, T>(ad)) {}
 
   /// \brief out (in with fan_in_fan_out).
-  index rows() const { return delta_.rows(); }
+  index rows() const { return this->checked().rows(); }
   /// \brief in (out with fan_in_fan_out).
-  index cols() const { return delta_.cols(); }
-
-  /// \brief Use `ws` for the small Λb B Λd buffer instead of allocating it.
-  delta_weight_expr using_workspace(workspace<T>& ws) const {
-    return delta_weight_expr(delta_.using_workspace(ws));
-  }
+  index cols() const { return this->checked().cols(); }
 
   /// \brief w += ΔW; w must have ΔW's shape and be dense row-major.
   /// \throws shape_error otherwise.
@@ -47,20 +47,21 @@ class delta_weight_expr : public detail::matrix_result<delta_weight_expr<Exec, T
   template <class Y>
   void subtract_from(Y&& w) const {
     auto dst = detail::writable<T>("destination", w, rows(), cols());
-    delta_.subtract_from(dst);
+    this->checked().subtract_from(dst);
   }
 
  private:
   friend class detail::matrix_result<delta_weight_expr, T>;
+  friend modifiers;
 
-  explicit delta_weight_expr(const vera::delta_weight_expr<Exec, T>& delta) : delta_(delta) {}
+  // ΔW has no operands of its own: the expression over the adapter is the whole state.
+  delta_weight_expr(const delta_weight_expr&, const vera::delta_weight_expr<Exec, T>& delta)
+      : modifiers(delta) {}
 
   template <class Dst>
   void run(Dst& dst, assign_mode mode) const {
-    detail::assign(delta_, dst, mode);
+    detail::assign(this->checked(), dst, mode);
   }
-
-  vera::delta_weight_expr<Exec, T> delta_;
 };
 
 /// \brief W0 + ΔW as an xtensor, lazily; W0 has the layout the adapter's options say.

@@ -226,40 +226,6 @@ void assign(const Expr& e, Dst& dst, assign_mode mode) {
   }
 }
 
-template <class E, class = void>
-struct has_train : std::false_type {};
-template <class E>
-struct has_train<E, std::void_t<decltype(std::declval<const E&>().train(
-                        *std::declval<const E&>().context()))>> : std::true_type {};
-template <class E, class = void>
-struct has_order : std::false_type {};
-template <class E>
-struct has_order<E, std::void_t<decltype(std::declval<const E&>().with_order(
-                        std::declval<const E&>().requested_order()))>> : std::true_type {};
-
-/// `e` with the modifiers (order, training context, workspace) that `settings`, an Eigen
-/// expression of the same kind over the operands' extents, was given: each xtensor expression
-/// keeps its settings in such an expression instead of in members of its own.
-template <class Settings, class Expr>
-Expr with_settings_of(const Settings& settings, const Expr& e) {
-  const auto ordered = [&](const Expr& x) -> Expr {
-    if constexpr (has_order<Settings>::value) {
-      return x.with_order(settings.requested_order());
-    } else {
-      return x;
-    }
-  };
-  const auto trained = [&](const Expr& x) -> Expr {
-    if constexpr (has_train<Settings>::value) {
-      return settings.context() != nullptr ? x.train(*settings.context()) : x;
-    } else {
-      return x;
-    }
-  };
-  const Expr prepared = trained(ordered(e));
-  return settings.scratch() != nullptr ? prepared.using_workspace(*settings.scratch()) : prepared;
-}
-
 }  // namespace detail
 
 }  // namespace vera::xt

@@ -9,6 +9,7 @@
 
 #include "vera/backend/cpu/common.hpp"
 #include "vera/backend/cpu/gemm.hpp"
+#include "vera/backend/cpu/plan.hpp"
 #include "vera/core/dropout.hpp"
 #include "vera/multi/adapter_set.hpp"
 #include "vera/multi/workspace.hpp"
@@ -34,11 +35,6 @@ inline constexpr index gather_width = 16;
 /// Index and pointer slots of mixed_workspace.
 enum index_slot : int { indices_columns = 0, indices_dense = 1, indices_runs = 2 };
 enum pointer_slot : int { pointers_b = 0, pointers_d = 1 };
-
-/// Mean rows per run from which passes go run by run, vectorised along the rows of each run,
-/// instead of gathering each row's vector elements. Batches that keep each request's tokens
-/// together (the usual serving layout) have long runs; shuffled rows have runs of ~1.
-inline constexpr index min_mean_run = 8;
 
 /// Uses the caller's workspace, or a local one for a single call.
 template <class T>
@@ -101,7 +97,7 @@ class row_plan {
       i = last;
     }
     runs_ = runs;
-    by_runs_ = run_count_ * min_mean_run <= rows;
+    by_runs_ = passes_by_runs(rows, run_count_);
 
     // Per-row pointers also serve the run-by-run mode's row-major fallbacks; they cost O(n).
     const T** row_b = ws.pointers(pointers_b, rows);

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The CPU backend's plan: every decision that shapes how an adapted product is computed on the
-// host, made in one place from the shapes, the destination's layout and the GEMM thread count.
+// host, made in one place from the shapes, the destination's layout and the GEMM thread count
+// (and, for mixed batches, how the rows fall into runs of one adapter).
 #pragma once
 
 #include <array>
@@ -136,6 +137,18 @@ std::array<plan, N> plan_siblings(product_kind kind, order requested,
   }
   return plans;
 }
+
+/// Mean rows per run from which the mixed-batch passes go run by run, vectorised along the rows
+/// of each run, instead of gathering each row's vector elements. Batches that keep each
+/// request's tokens together (the usual serving layout) have long runs; shuffled rows have runs
+/// of about 1.
+inline constexpr index min_mean_run = 8;
+
+/// \brief Whether the elementwise passes of a mixed batch of `rows` rows, in `runs` runs of
+///        consecutive rows that share an adapter, go run by run (true) or row by row through
+///        gathered vector elements (false). A pass whose operand is row-major goes row by row
+///        whatever this says: its rows are then the contiguous side.
+inline bool passes_by_runs(index rows, index runs) { return runs * min_mean_run <= rows; }
 
 /// The extents of a product of `rows` rows through adapter `ad`.
 template <class Adapter>

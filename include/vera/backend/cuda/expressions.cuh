@@ -98,50 +98,47 @@ struct gradients_ref {
   float* lambda_d = nullptr;  ///< dL/d lambda_d, rank floats, or null
 };
 
+namespace detail {
+struct stream_setting;
+}  // namespace detail
+
 /// \brief Base of the device expressions: `.on(ctx)` names the stream and cuBLAS handle, and
 ///        `.using_workspace(ws)` the scratch memory. Both are required: the backend neither
-///        picks a stream nor allocates.
+///        picks a stream nor allocates. Both are settings as the host expressions' modifiers are
+///        (vera::detail::setting).
 template <class Derived>
-class device_settings {
+class device_settings : public vera::detail::setting<Derived, detail::stream_setting, stream_context>,
+                        public vera::detail::setting<Derived, vera::detail::workspace_setting, workspace_ref> {
+  using stream_base = vera::detail::setting<Derived, detail::stream_setting, stream_context>;
+  using workspace_base = vera::detail::setting<Derived, vera::detail::workspace_setting, workspace_ref>;
+
  public:
   /// \brief Enqueue on ctx.stream through ctx.cublas.
-  Derived on(const stream_context& ctx) const {
-    Derived copy(static_cast<const Derived&>(*this));
-    static_cast<device_settings&>(copy).stream_ = ctx;
-    return copy;
-  }
+  Derived on(const stream_context& ctx) const { return stream_base::with_setting(ctx); }
   /// \brief Enqueue on the stream `h` is bound to.
   Derived on(const handle& h) const { return on(h.context()); }
   /// \brief Use `ws` as scratch memory (workspace_bytes(layer, n) covers every operation).
-  Derived using_workspace(workspace_ref ws) const {
-    Derived copy(static_cast<const Derived&>(*this));
-    static_cast<device_settings&>(copy).scratch_ = ws;
-    return copy;
-  }
+  Derived using_workspace(workspace_ref ws) const { return workspace_base::with_setting(ws); }
   /// \brief Use the memory `ws` holds as scratch memory.
   Derived using_workspace(workspace& ws) const { return using_workspace(ws.ref()); }
 
   /// \brief The stream and handle set by on().
-  const stream_context& on_stream() const noexcept { return stream_; }
+  const stream_context& on_stream() const noexcept { return stream_base::setting_value(); }
   /// \brief The workspace set by using_workspace().
-  workspace_ref scratch() const noexcept { return scratch_; }
+  workspace_ref scratch() const noexcept { return workspace_base::setting_value(); }
 
   /// \brief Throws value_error naming `operation` unless on() and using_workspace() were given.
   void check_settings(const char* operation) const {
-    if (stream_.cublas == nullptr) {
+    if (on_stream().cublas == nullptr) {
       throw value_error(std::string(operation) +
                         ": no cuBLAS handle; give the stream and handle with .on(ctx) before evaluating");
     }
-    if (scratch_.data == nullptr) {
+    if (scratch().data == nullptr) {
       throw value_error(std::string(operation) +
                         ": no workspace; give one with .using_workspace(ws) before evaluating "
                         "(vera::cuda::workspace_bytes(layer, n) bytes cover every operation)");
     }
   }
-
- private:
-  stream_context stream_;
-  workspace_ref scratch_;
 };
 
 namespace detail {
@@ -176,7 +173,8 @@ inline constexpr bool device_policy = exec::is_cuda_policy<Exec>;
 /// forward_train on the stream given with `.on()`.
 template <class Exec, class T>
 class forward_expr : public device_settings<forward_expr<Exec, T>>,
-                     public takes_order<forward_expr<Exec, T>> {
+                     public takes_order<forward_expr<Exec, T>>,
+                     public trains<forward_expr<Exec, T>, forward_context<T>> {
   static_assert(detail::device_policy<Exec>,
                 "vera::forward: device views (vera::cuda) are evaluated by exec::cuda");
 
@@ -195,13 +193,6 @@ class forward_expr : public device_settings<forward_expr<Exec, T>>,
   /// \brief out, the layer's output features.
   index cols() const noexcept { return layer_.out; }
 
-  /// \brief Training forward: dropout as `ctx` says, P kept in ctx (one context per layer).
-  forward_expr train(forward_context<T>& ctx) const {
-    forward_expr copy(*this);
-    copy.context_ = &ctx;
-    return copy;
-  }
-
   /// \brief Y = expr, enqueued on the stream; Y must be n x out.
   void eval_to(matrix_ref<T> y) const { evaluate(Exec{}, *this, y, assign_mode::overwrite); }
   /// \brief Y += expr, enqueued on the stream; Y must be n x out.
@@ -215,15 +206,12 @@ class forward_expr : public device_settings<forward_expr<Exec, T>>,
   matrix_ref<const T> w0() const noexcept { return w0_; }
   /// \brief The bias (out elements) or null.
   const T* bias() const noexcept { return bias_; }
-  /// \brief The context set by train(), or null for an inference forward.
-  forward_context<T>* context() const noexcept { return context_; }
 
  private:
   layer_ref<T> layer_;
   matrix_ref<const T> x_;
   matrix_ref<const T> w0_;
   const T* bias_;
-  forward_context<T>* context_ = nullptr;
 };
 
 /// \brief dL/d lambda_b and dL/d lambda_d on the device from G = dL/dY and the training
