@@ -92,7 +92,7 @@ inline std::vector<std::uint8_t> zlib_stored(const std::vector<std::uint8_t>& ra
 
 /// 3 x 5 glyphs, one row of 3 bits per entry (most significant bit left).
 inline const std::array<std::uint8_t, 5>* glyph(char c) {
-  static const std::array<std::pair<char, std::array<std::uint8_t, 5>>, 30> font = {{
+  static const std::array<std::pair<char, std::array<std::uint8_t, 5>>, 31> font = {{
       {'A', {2, 5, 7, 5, 5}}, {'C', {3, 4, 4, 4, 3}}, {'D', {6, 5, 5, 5, 6}}, {'E', {7, 4, 6, 4, 7}},
       {'H', {5, 5, 7, 5, 5}}, {'L', {4, 4, 4, 4, 7}}, {'O', {2, 5, 5, 5, 2}}, {'R', {6, 5, 6, 5, 5}},
       {'S', {3, 4, 2, 1, 6}}, {'T', {7, 2, 2, 2, 2}}, {'U', {5, 5, 5, 5, 7}}, {'V', {5, 5, 5, 5, 2}},
@@ -100,7 +100,7 @@ inline const std::array<std::uint8_t, 5>* glyph(char c) {
       {'2', {6, 1, 2, 4, 7}}, {'3', {6, 1, 2, 1, 6}}, {'4', {5, 5, 7, 1, 1}}, {'5', {7, 4, 6, 1, 6}},
       {'6', {3, 4, 7, 5, 7}}, {'7', {7, 1, 2, 2, 2}}, {'8', {7, 5, 7, 5, 7}}, {'9', {7, 5, 7, 1, 6}},
       {'.', {0, 0, 0, 0, 2}}, {',', {0, 0, 0, 2, 4}}, {'(', {1, 2, 2, 2, 1}}, {')', {4, 2, 2, 2, 4}},
-      {'-', {0, 0, 7, 0, 0}}, {'=', {0, 7, 0, 7, 0}}}};
+      {'-', {0, 0, 7, 0, 0}}, {'=', {0, 7, 0, 7, 0}}, {'F', {7, 4, 6, 4, 4}}}};
   for (const auto& [key, rows] : font)
     if (key == c) return &rows;
   return nullptr;

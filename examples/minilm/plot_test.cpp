@@ -31,6 +31,16 @@ TEST_CASE("PNG checksums and stored deflate blocks", "[plot]") {
   CHECK(big[2 + 5 + 65535] == 1);
 }
 
+TEST_CASE("the font draws every label and title the minilm program writes", "[plot]") {
+  for (const std::string label : {"HEAD ONLY", "VERA R=256", "LORA R=8", "FULL", "VERA ALL", "TEST ACCURACY, 3 SEEDS",
+                                  "0.85"}) {
+    for (const char c : label) {
+      CAPTURE(label, c);
+      CHECK((c == ' ' || minilm::plot::detail::glyph(c) != nullptr));
+    }
+  }
+}
+
 TEST_CASE("a bar chart is written as a PNG of the expected size", "[plot]") {
   const auto img = minilm::plot::bar_chart("TEST ACCURACY, 3 SEEDS",
                                            {{"HEAD ONLY", {0.75, 0.76}}, {"VERA R=256", {0.80, 0.81}}}, 0.6, 0.9, 0.05);
