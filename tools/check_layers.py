@@ -7,7 +7,7 @@
 
 The folders are ranked (docs/design.md, "Folders"):
 
-    core < adapter < expr < multi < backend < layer, xtensor, io, optim, distributed < umbrellas
+    core < adapter < expr < backend < layer, xtensor, io, optim, distributed < umbrellas
 
 A header may include headers of its own rank or lower. Two headers that include each other are a
 failure too. Prints every violation and exits 1 when there is one; prints the counts otherwise.
@@ -21,15 +21,14 @@ RANK = {
     "core": 0,
     "adapter": 1,
     "expr": 2,
-    "multi": 3,
-    "backend": 4,
-    "layer": 5,
-    "xtensor": 5,
-    "io": 5,
-    "optim": 5,
-    "distributed": 5,
+    "backend": 3,
+    "layer": 4,
+    "xtensor": 4,
+    "io": 4,
+    "optim": 4,
+    "distributed": 4,
 }
-UMBRELLA_RANK = 6
+UMBRELLA_RANK = 5
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](vera/[^>"]+)[>"]', re.MULTILINE)
 
 

@@ -21,7 +21,7 @@ TEST_CASE("PNG checksums and stored deflate blocks", "[plot]") {
   REQUIRE(z.size() == 2 + 5 + text.size() + 4);
   CHECK(z[2] == 1);  // one final stored block
   CHECK((z[3] | (z[4] << 8)) == static_cast<int>(text.size()));
-  CHECK((z[5] | (z[6] << 8)) == (~text.size() & 0xFFFF));
+  CHECK(static_cast<std::size_t>(z[5] | (z[6] << 8)) == (~text.size() & 0xFFFF));
   CHECK(z[z.size() - 4] == 0x11);
   CHECK(z[z.size() - 1] == 0x98);
   // More than one block's worth: blocks of at most 65,535 bytes, only the last one final.

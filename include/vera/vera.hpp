@@ -19,12 +19,14 @@
 #include "vera/adapter/projection.hpp"
 #include "vera/adapter/workspace.hpp"
 
+#include "vera/expr/adapter_term.hpp"
 #include "vera/expr/backward.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/forward.hpp"
 #include "vera/expr/merge.hpp"
 
 // The expressions name no backend; the CPU evaluators are brought in here.
+#include "vera/backend/cpu/adapter_term.hpp"
 #include "vera/backend/cpu/backward.hpp"
 #include "vera/backend/cpu/forward.hpp"
 #include "vera/backend/cpu/merge.hpp"

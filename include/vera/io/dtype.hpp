@@ -108,25 +108,13 @@ inline bool is_convertible(dtype type) {
 
 namespace detail {
 
-inline std::uint32_t float_bits(float value) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &value, sizeof bits);
-  return bits;
-}
-inline float bits_float(std::uint32_t bits) {
-  float value;
-  std::memcpy(&value, &bits, sizeof value);
-  return value;
-}
-inline std::uint64_t double_bits(double value) {
-  std::uint64_t bits;
-  std::memcpy(&bits, &value, sizeof bits);
-  return bits;
-}
-inline double bits_double(std::uint64_t bits) {
-  double value;
-  std::memcpy(&value, &bits, sizeof value);
-  return value;
+/// The bits of `from` read as a `To` of the same size (what std::bit_cast does in C++20).
+template <class To, class From>
+To bit_cast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast: the types must have the same size");
+  To to;
+  std::memcpy(&to, &from, sizeof to);
+  return to;
 }
 
 // double -> float rounding to nearest even, without converting an out-of-range value (undefined
@@ -144,12 +132,12 @@ inline float narrow_to_float(double value) {
 inline float round_to_odd_float(double value) {
   float rounded = narrow_to_float(value);
   if (!std::isfinite(rounded) || static_cast<double>(rounded) == value) return rounded;
-  std::uint32_t bits = float_bits(rounded);
+  std::uint32_t bits = bit_cast<std::uint32_t>(rounded);
   if ((bits & 1u) == 0) {
     const bool away_from_zero = std::fabs(static_cast<double>(rounded)) > std::fabs(value);
     bits = away_from_zero ? bits - 1u : bits + 1u;
   }
-  return bits_float(bits);
+  return bit_cast<float>(bits);
 }
 
 /// \brief float16 bits to float (exact).
@@ -157,8 +145,8 @@ inline float half_to_float(std::uint16_t half) {
   const std::uint32_t sign = static_cast<std::uint32_t>(half & 0x8000u) << 16;
   const std::uint32_t exponent = (half >> 10) & 0x1Fu;
   const std::uint32_t mantissa = half & 0x3FFu;
-  if (exponent == 0x1F) return detail::bits_float(sign | 0x7F800000u | (mantissa << 13));
-  if (exponent != 0) return detail::bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+  if (exponent == 0x1F) return detail::bit_cast<float>(sign | 0x7F800000u | (mantissa << 13));
+  if (exponent != 0) return detail::bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));
   // Zero or subnormal: mantissa * 2^-24, exact in float.
   const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
   return sign != 0 ? -magnitude : magnitude;
@@ -166,12 +154,12 @@ inline float half_to_float(std::uint16_t half) {
 
 /// \brief bfloat16 bits to float (exact: the upper half of a float).
 inline float bfloat16_to_float(std::uint16_t value) {
-  return detail::bits_float(static_cast<std::uint32_t>(value) << 16);
+  return detail::bit_cast<float>(static_cast<std::uint32_t>(value) << 16);
 }
 
 /// \brief float to float16 bits, rounding to nearest even; overflow gives infinity, NaN stays NaN.
 inline std::uint16_t float_to_half(float value) {
-  const std::uint32_t bits = detail::float_bits(value);
+  const std::uint32_t bits = detail::bit_cast<std::uint32_t>(value);
   const auto sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
   const std::uint32_t magnitude = bits & 0x7FFFFFFFu;
   if (magnitude >= 0x7F800000u) {  // inf or NaN; NaN keeps a quiet bit
@@ -198,7 +186,7 @@ inline std::uint16_t float_to_half(float value) {
 
 /// \brief float to bfloat16 bits, rounding to nearest even; NaN stays NaN.
 inline std::uint16_t float_to_bfloat16(float value) {
-  const std::uint32_t bits = detail::float_bits(value);
+  const std::uint32_t bits = detail::bit_cast<std::uint32_t>(value);
   if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);
   const std::uint32_t rounded = bits + 0x7FFFu + ((bits >> 16) & 1u);
   return static_cast<std::uint16_t>(rounded >> 16);

@@ -9,8 +9,7 @@
 
 #include "vera/adapter/adapter.hpp"
 #include "vera/adapter/projection.hpp"
-#include "vera/adapter/workspace.hpp"
-#include "vera/backend/cpu/common.hpp"
+#include "vera/backend/cpu/merge.hpp"
 #include "vera/core/error.hpp"
 #include "vera/io/config.hpp"
 #include "vera/io/dtype.hpp"
@@ -34,8 +33,7 @@ lora_factors<T> to_lora(const adapter<T>& layer) {
   lora_factors<T> out;
   out.a = layer.a();
   // The merge evaluator's own folded scale, so that lora_B rounds exactly as ΔW's factor does.
-  workspace<T> scratch;
-  out.b = vera::detail::cpu::scaled_b(layer, scratch);
+  out.b = vera::scaled_b(layer);
   return out;
 }
 template <class T>
@@ -45,14 +43,7 @@ namespace detail {
 
 /// \brief PEFT LoRA's `bias` value for a VeRA `bias` ("vera_only" is LoRA's "lora_only").
 inline const char* lora_bias_name(bias_mode mode) {
-  switch (mode) {
-    case bias_mode::all:
-      return "all";
-    case bias_mode::vera_only:
-      return "lora_only";
-    default:
-      return "none";
-  }
+  return mode == bias_mode::vera_only ? "lora_only" : bias_name(mode);
 }
 
 }  // namespace detail

@@ -105,12 +105,12 @@ void decode(dtype type, const unsigned char* in, std::size_t count, T* out) {
       break;
     case dtype::f32:
       for (std::size_t i = 0; i < count; ++i) {
-        out[i] = static_cast<T>(bits_float(static_cast<std::uint32_t>(load_le(in + 4 * i, 4))));
+        out[i] = static_cast<T>(bit_cast<float>(static_cast<std::uint32_t>(load_le(in + 4 * i, 4))));
       }
       break;
     case dtype::f64:
       for (std::size_t i = 0; i < count; ++i) {
-        const double value = bits_double(load_le(in + 8 * i, 8));
+        const double value = bit_cast<double>(load_le(in + 8 * i, 8));
         if constexpr (std::is_same_v<T, float>) {
           out[i] = narrow_to_float(value);
         } else {
@@ -140,10 +140,10 @@ void encode(dtype type, const T* in, std::size_t count, unsigned char* out) {
                  2, out + 2 * i);
         break;
       case dtype::f32:
-        store_le(float_bits(narrow_to_float(wide)), 4, out + 4 * i);
+        store_le(bit_cast<std::uint32_t>(narrow_to_float(wide)), 4, out + 4 * i);
         break;
       case dtype::f64:
-        store_le(double_bits(wide), 8, out + 8 * i);
+        store_le(bit_cast<std::uint64_t>(wide), 8, out + 8 * i);
         break;
       default:
         break;  // callers check is_convertible first

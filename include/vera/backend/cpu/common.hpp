@@ -24,17 +24,18 @@ inline constexpr index dropout_tile_rows = 128;
 /// Workspace slots; each evaluator uses each slot for one purpose at a time.
 enum slot : int { slot_weight = 0, slot_scaled_b = 1, slot_thin = 2, slot_tile = 3 };
 
-/// Uses the caller's workspace, or a local one for a single call.
-template <class T>
+/// Uses the caller's workspace, or a local one for a single call (`Workspace`: workspace<T>, or
+/// the mixed evaluators' mixed_workspace<T>).
+template <class T, class Workspace = workspace<T>>
 class scratch {
  public:
-  explicit scratch(workspace<T>* provided) : ws_(provided != nullptr ? provided : &local_.emplace()) {}
-  workspace<T>& get() noexcept { return *ws_; }
+  explicit scratch(Workspace* provided) : ws_(provided != nullptr ? provided : &local_.emplace()) {}
+  Workspace& get() noexcept { return *ws_; }
   bool reused() const noexcept { return !local_.has_value(); }
 
  private:
-  std::optional<workspace<T>> local_;
-  workspace<T>* ws_;
+  std::optional<Workspace> local_;
+  Workspace* ws_;
 };
 
 /// Λb B Λd (out x rank): both scales folded into one small matrix, so no n-sized pass is spent

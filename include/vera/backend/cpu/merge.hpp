@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
-// CPU evaluator of ΔW: one out x rank x in GEMM into the destination.
+// CPU evaluator of ΔW: one out x rank x in GEMM into the destination; its folded factor Λb B Λd.
 #pragma once
 
 #include <Eigen/Core>
 
+#include "vera/adapter/adapter.hpp"
+#include "vera/adapter/workspace.hpp"
 #include "vera/backend/cpu/bfloat16.hpp"
 #include "vera/backend/cpu/common.hpp"
 #include "vera/expr/merge.hpp"
@@ -28,5 +30,15 @@ void evaluate(Exec, const delta_weight_expr<Exec, T>& e, Dst& dst, T keep, T sig
     }
   }
 }
+
+/// \brief Λb B Λd (out x rank), the left factor of ΔW = (Λb B Λd) A, computed and rounded
+///        exactly as the merge evaluator computes it (e.g. an exact LoRA lora_B).
+template <class T>
+row_matrix<T> scaled_b(const adapter<T>& ad) {
+  workspace<T> scratch;
+  return detail::cpu::scaled_b(ad, scratch);
+}
+template <class T>
+row_matrix<T> scaled_b(adapter<T>&&) = delete;
 
 }  // namespace vera

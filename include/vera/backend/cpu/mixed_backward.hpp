@@ -10,7 +10,7 @@
 #include "vera/backend/cpu/mixed_common.hpp"
 #include "vera/backend/cpu/plan.hpp"
 #include "vera/expr/cost.hpp"
-#include "vera/multi/backward.hpp"
+#include "vera/expr/mixed_backward.hpp"
 
 namespace vera {
 

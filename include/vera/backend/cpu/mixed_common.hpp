@@ -3,16 +3,15 @@
 #pragma once
 
 #include <algorithm>
-#include <optional>
 
 #include <Eigen/Core>
 
+#include "vera/adapter/adapter_set.hpp"
+#include "vera/adapter/mixed_workspace.hpp"
 #include "vera/backend/cpu/common.hpp"
 #include "vera/backend/cpu/gemm.hpp"
 #include "vera/backend/cpu/plan.hpp"
 #include "vera/core/dropout.hpp"
-#include "vera/multi/adapter_set.hpp"
-#include "vera/multi/workspace.hpp"
 
 namespace vera::detail::cpu::mixed {
 
@@ -36,19 +35,9 @@ inline constexpr index gather_width = 16;
 enum index_slot : int { indices_columns = 0, indices_dense = 1, indices_runs = 2 };
 enum pointer_slot : int { pointers_b = 0, pointers_d = 1 };
 
-/// Uses the caller's workspace, or a local one for a single call.
+/// The caller's mixed workspace, or a local one for a single call.
 template <class T>
-class scratch {
- public:
-  explicit scratch(mixed_workspace<T>* provided)
-      : ws_(provided != nullptr ? provided : &local_.emplace()) {}
-  mixed_workspace<T>& get() noexcept { return *ws_; }
-  bool reused() const noexcept { return !local_.has_value(); }
-
- private:
-  std::optional<mixed_workspace<T>> local_;
-  mixed_workspace<T>* ws_;
-};
+using scratch = cpu::scratch<T, mixed_workspace<T>>;
 
 /// How a batch's rows map onto the set, arranged for the passes: runs of consecutive rows with
 /// the same column, each adapter's dense index among those present (the row of its segment

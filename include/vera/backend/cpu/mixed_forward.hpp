@@ -11,7 +11,7 @@
 #include "vera/backend/cpu/mixed_common.hpp"
 #include "vera/backend/cpu/plan.hpp"
 #include "vera/expr/cost.hpp"
-#include "vera/multi/forward.hpp"
+#include "vera/expr/mixed_forward.hpp"
 
 namespace vera {
 

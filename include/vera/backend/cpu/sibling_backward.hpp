@@ -11,7 +11,7 @@
 #include "vera/backend/cpu/gemm.hpp"
 #include "vera/backend/cpu/plan.hpp"
 #include "vera/backend/cpu/sibling_forward.hpp"
-#include "vera/multi/sibling_backward.hpp"
+#include "vera/expr/sibling_backward.hpp"
 
 namespace vera {
 

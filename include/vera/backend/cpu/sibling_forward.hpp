@@ -12,7 +12,7 @@
 #include "vera/backend/cpu/gemm.hpp"
 #include "vera/backend/cpu/plan.hpp"
 #include "vera/expr/cost.hpp"
-#include "vera/multi/sibling_forward.hpp"
+#include "vera/expr/sibling_forward.hpp"
 
 namespace vera {
 

@@ -6,7 +6,7 @@
 
 #include <Eigen/Core>
 
-#include "vera/multi/adapter_set.hpp"
+#include "vera/adapter/adapter_set.hpp"
 
 namespace vera {
 

@@ -7,15 +7,15 @@
 
 #include <Eigen/Core>
 
+#include "vera/adapter/adapter_set.hpp"
+#include "vera/adapter/mixed_context.hpp"
+#include "vera/adapter/mixed_gradients.hpp"
+#include "vera/adapter/mixed_workspace.hpp"
 #include "vera/core/exec.hpp"
 #include "vera/expr/assignable.hpp"
+#include "vera/expr/mixed_forward.hpp"
 #include "vera/expr/operand.hpp"
 #include "vera/expr/settings.hpp"
-#include "vera/multi/adapter_set.hpp"
-#include "vera/multi/context.hpp"
-#include "vera/multi/forward.hpp"
-#include "vera/multi/gradients.hpp"
-#include "vera/multi/workspace.hpp"
 
 namespace vera {
 

@@ -10,6 +10,7 @@
 
 #include "vera/adapter/context.hpp"
 #include "vera/adapter/gradients.hpp"
+#include "vera/adapter/sibling_context.hpp"
 #include "vera/adapter/workspace.hpp"
 #include "vera/core/exec.hpp"
 #include "vera/expr/assignable.hpp"
@@ -17,9 +18,8 @@
 #include "vera/expr/cost.hpp"
 #include "vera/expr/operand.hpp"
 #include "vera/expr/settings.hpp"
-#include "vera/multi/sibling_context.hpp"
-#include "vera/multi/sibling_forward.hpp"
-#include "vera/multi/sibling_group.hpp"
+#include "vera/expr/sibling_forward.hpp"
+#include "vera/expr/sibling_group.hpp"
 
 namespace vera {
 

@@ -10,13 +10,13 @@
 #include <Eigen/Core>
 
 #include "vera/adapter/context.hpp"
+#include "vera/adapter/sibling_context.hpp"
 #include "vera/adapter/workspace.hpp"
 #include "vera/core/exec.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/expr/operand.hpp"
 #include "vera/expr/settings.hpp"
-#include "vera/multi/sibling_context.hpp"
-#include "vera/multi/sibling_group.hpp"
+#include "vera/expr/sibling_group.hpp"
 
 namespace vera {
 

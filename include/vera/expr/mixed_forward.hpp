@@ -7,16 +7,17 @@
 
 #include <Eigen/Core>
 
+#include "vera/adapter/adapter_set.hpp"
+#include "vera/adapter/mixed_context.hpp"
+#include "vera/adapter/mixed_workspace.hpp"
+#include "vera/adapter/resolve_rows.hpp"
+#include "vera/adapter/row_assignment.hpp"
 #include "vera/core/exec.hpp"
-#include "vera/expr/forward.hpp"
 #include "vera/expr/assignable.hpp"
+#include "vera/expr/forward.hpp"
 #include "vera/expr/operand.hpp"
+#include "vera/expr/set_merge.hpp"
 #include "vera/expr/settings.hpp"
-#include "vera/multi/adapter_set.hpp"
-#include "vera/multi/context.hpp"
-#include "vera/multi/resolve.hpp"
-#include "vera/multi/row_assignment.hpp"
-#include "vera/multi/workspace.hpp"
 
 namespace vera {
 

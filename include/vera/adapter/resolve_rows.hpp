@@ -4,10 +4,10 @@
 
 #include <string>
 
+#include "vera/adapter/adapter_set.hpp"
+#include "vera/adapter/row_assignment.hpp"
 #include "vera/core/error.hpp"
 #include "vera/core/shape.hpp"
-#include "vera/multi/adapter_set.hpp"
-#include "vera/multi/row_assignment.hpp"
 
 namespace vera {
 

@@ -16,10 +16,9 @@
 #include "vera/adapter/adapter.hpp"
 #include "vera/adapter/options.hpp"
 #include "vera/adapter/projection.hpp"
+#include "vera/adapter/row_assignment.hpp"
 #include "vera/core/error.hpp"
 #include "vera/core/shape.hpp"
-#include "vera/expr/merge.hpp"
-#include "vera/multi/row_assignment.hpp"
 
 namespace vera {
 
@@ -39,7 +38,9 @@ struct adapter_set_options {
 /// Each adapter has its own adapter_options (initialisation, frozen vectors, dropout), an
 /// enabled flag (a disabled adapter acts as the base model) and a scale that multiplies its
 /// update. One adapter may be merged into W0 at a time; while it is, mixed expressions refuse
-/// to run, since the merged W0 would add it to every row.
+/// to run, since the merged W0 would add it to every row. merge() and unmerge() run the merge
+/// expressions and are defined with them, in vera/expr/set_merge.hpp (included by
+/// <vera/multi.hpp>).
 template <class T>
 class adapter_set {
  public:
@@ -298,20 +299,7 @@ class adapter_set {
   ///         id not in the set or a non-finite merged element; shape_error for W0 of another
   ///         shape.
   template <class WD>
-  void merge(Eigen::MatrixBase<WD>& w0, adapter_id id) {
-    (void)column_of(id, "adapter_set::merge");
-    if (merged_id_ != no_adapter) {
-      throw state_error("adapter_set::merge: adapter " + std::to_string(merged_id_) +
-                        " is already merged into W0; unmerge it first");
-    }
-    if (!enabled(id)) {
-      throw state_error("adapter_set::merge: adapter " + std::to_string(id) + " is disabled");
-    }
-    adapter<T> delta = to_adapter(id);
-    safe_merge(w0, delta);
-    merged_.emplace(std::move(delta));
-    merged_id_ = id;
-  }
+  void merge(Eigen::MatrixBase<WD>& w0, adapter_id id);
   /// \brief Merges the active adapter, as merge(w0, active()).
   /// \throws state_error when none is active; otherwise as the other overload.
   template <class WD>
@@ -322,12 +310,7 @@ class adapter_set {
   /// \brief W0 -= the merged delta.
   /// \throws state_error when nothing is merged; shape_error for W0 of another shape.
   template <class WD>
-  void unmerge(Eigen::MatrixBase<WD>& w0) {
-    if (merged_id_ == no_adapter) throw state_error("adapter_set::unmerge: no adapter is merged");
-    vera::unmerge(w0, *merged_);
-    merged_.reset();
-    merged_id_ = no_adapter;
-  }
+  void unmerge(Eigen::MatrixBase<WD>& w0);
   /// \brief The merged adapter, or no_adapter.
   adapter_id merged() const noexcept { return merged_id_; }
 
