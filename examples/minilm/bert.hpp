@@ -214,6 +214,22 @@ struct attention_adapters {
   const vera::adapter<T>* output = nullptr;            ///< output.dense
 };
 
+/// \brief Query, key and value as one vera sibling group (all three adapted): the group the
+///        forward and the backward both run.
+template <class T>
+auto qkv_group(const basic_layer_weights<T>& w, const attention_adapters<T>& ad) {
+  return vera::siblings(vera::sibling(w.query.weight, w.query.bias, *ad.query),
+                        vera::sibling(w.key.weight, w.key.bias, *ad.key),
+                        vera::sibling(w.value.weight, w.value.bias, *ad.value));
+}
+
+/// \brief Query and value as one vera sibling group (both adapted, key frozen).
+template <class T>
+auto qv_group(const basic_layer_weights<T>& w, const attention_adapters<T>& ad) {
+  return vera::siblings(vera::sibling(w.query.weight, w.query.bias, *ad.query),
+                        vera::sibling(w.value.weight, w.value.bias, *ad.value));
+}
+
 /// \brief What a forward pass keeps for a backward: nothing (evaluate), what the adapters' and
 ///        the layers' input gradients need (train), and with it every linear layer's input, for
 ///        the gradients of the weights themselves (train_weights: full fine-tuning).
@@ -562,9 +578,7 @@ class basic_bert_encoder {
     using profile::phase;
     if (ad.query != nullptr && ad.key != nullptr && ad.value != nullptr) {
       const profile::scope timer(phase::qv_projection);
-      const auto group = vera::siblings(vera::sibling(w.query.weight, w.query.bias, *ad.query),
-                                        vera::sibling(w.key.weight, w.key.bias, *ad.key),
-                                        vera::sibling(w.value.weight, w.value.bias, *ad.value));
+      const auto group = qkv_group(w, ad);
       if (training(mode)) {
         vera::forward(x, group).train(a.query_value_context).using_workspace(ws.adapter_scratch).eval_to(a.q, a.k, a.v);
       } else {
@@ -576,8 +590,7 @@ class basic_bert_encoder {
       const profile::scope timer(phase::qv_projection);
       if (ad.query != nullptr && ad.value != nullptr) {
         // Query and value read the same input through one projection: a sibling group.
-        const auto group = vera::siblings(vera::sibling(w.query.weight, w.query.bias, *ad.query),
-                                          vera::sibling(w.value.weight, w.value.bias, *ad.value));
+        const auto group = qv_group(w, ad);
         if (training(mode)) {
           vera::forward(x, group).train(a.query_value_context).using_workspace(ws.adapter_scratch).eval_to(a.q, a.v);
         } else {

@@ -405,6 +405,25 @@ outcome train_adapted(minilm::bert_classifier& model, const std::vector<minilm::
           seconds / static_cast<double>(total)};
 }
 
+/// \brief Gives every adapter of `adapters` (whichever of each layer's linear_modules it adapts) a
+///        zero gradient in `grads` and registers the pair with `body` under its module path.
+void add_vera_adapters(vera::optim::adamw<float>& body, vera::io::model_adapter<float>& adapters,
+                       minilm::classifier_gradients<float>& grads, index layers) {
+  grads.layers.resize(static_cast<std::size_t>(layers));
+  for (index i = 0; i < layers; ++i) {
+    auto& g = grads.layers[static_cast<std::size_t>(i)];
+    const std::array<vera::gradients<float>*, 6> slots = {&g.query, &g.key, &g.value, &g.attention_output,
+                                                          &g.intermediate, &g.output};
+    for (std::size_t m = 0; m < slots.size(); ++m) {
+      const std::string path = minilm::layer_module_path(i, minilm::linear_modules[m]);
+      if (!adapters.contains(path)) continue;
+      auto& ad = adapters.at(path);
+      *slots[m] = vera::gradients<float>(ad);
+      body.add(path, ad, *slots[m]);
+    }
+  }
+}
+
 /// \brief VeRA (rank s.rank, PEFT's projection from key 0) on every query and value, trained
 ///        with the head. Returns test accuracy; saves the adapter for PEFT.
 outcome train_vera(const minilm::bert_encoder& encoder, const minilm::wordpiece_tokenizer& tokenizer,
@@ -416,17 +435,8 @@ outcome train_vera(const minilm::bert_encoder& encoder, const minilm::wordpiece_
   const auto per_layer = minilm::attention_adapters_of(adapters, config.layers);
 
   minilm::classifier_gradients<float> grads;
-  grads.layers.resize(static_cast<std::size_t>(config.layers));
   vera::optim::adamw<float> body({s.vera_lr, 0.9, 0.999, 1e-8, 0.0});
-  for (index i = 0; i < config.layers; ++i) {
-    auto& g = grads.layers[static_cast<std::size_t>(i)];
-    auto& query = adapters.at(minilm::attention_path(i, "query"));
-    auto& value = adapters.at(minilm::attention_path(i, "value"));
-    g.query = vera::gradients<float>(query);
-    g.value = vera::gradients<float>(value);
-    body.add(minilm::attention_path(i, "query"), query, g.query);
-    body.add(minilm::attention_path(i, "value"), value, g.value);
-  }
+  add_vera_adapters(body, adapters, grads, config.layers);
   vera::optim::adamw<float> head({s.head_lr, 0.9, 0.999, 1e-8, 0.01});
   add_head(head, model.classifier(), grads);
 
@@ -551,19 +561,8 @@ outcome train_vera_all(const minilm::bert_encoder& encoder, const minilm::wordpi
   auto adapters = minilm::all_linear_adapters<float>(config, s.rank, /*projection_prng_key=*/0);
   const auto per_layer = minilm::attention_adapters_of(adapters, config.layers);
   minilm::classifier_gradients<float> grads;
-  grads.layers.resize(static_cast<std::size_t>(config.layers));
   vera::optim::adamw<float> body({s.vera_lr, 0.9, 0.999, 1e-8, 0.0});
-  for (index i = 0; i < config.layers; ++i) {
-    auto& g = grads.layers[static_cast<std::size_t>(i)];
-    const std::array<vera::gradients<float>*, 6> slots = {&g.query, &g.key, &g.value, &g.attention_output,
-                                                          &g.intermediate, &g.output};
-    for (std::size_t m = 0; m < slots.size(); ++m) {
-      const std::string path = minilm::layer_module_path(i, minilm::linear_modules[m]);
-      auto& ad = adapters.at(path);
-      *slots[m] = vera::gradients<float>(ad);
-      body.add(path, ad, *slots[m]);
-    }
-  }
+  add_vera_adapters(body, adapters, grads, config.layers);
   vera::optim::adamw<float> head({s.head_lr, 0.9, 0.999, 1e-8, 0.01});
   add_head(head, model.classifier(), grads);
   return train_adapted(model, per_layer, grads, nullptr, body, s.vera_lr, head, "VeRA(all linear) + head: train",

@@ -17,12 +17,6 @@
 
 namespace minilm {
 
-/// \brief The module path of layer `layer`'s attention.self.`which` ("query", "value") in
-///        BertForSequenceClassification: PEFT's names for the adapted layers.
-inline std::string attention_path(index layer, const std::string& which) {
-  return "bert.encoder.layer." + std::to_string(layer) + ".attention.self." + which;
-}
-
 /// \brief The linear layers of one encoder layer, by PEFT's module names under
 ///        "bert.encoder.layer.N.": VeRA's "all linear layers" targets.
 inline constexpr std::array<const char*, 6> linear_modules = {
@@ -32,6 +26,12 @@ inline constexpr std::array<const char*, 6> linear_modules = {
 /// \brief The module path of layer `layer`'s `module` (one of linear_modules).
 inline std::string layer_module_path(index layer, const std::string& module) {
   return "bert.encoder.layer." + std::to_string(layer) + "." + module;
+}
+
+/// \brief The module path of layer `layer`'s attention.self.`which` ("query", "value") in
+///        BertForSequenceClassification: PEFT's names for the adapted layers.
+inline std::string attention_path(index layer, const std::string& which) {
+  return layer_module_path(layer, "attention.self." + which);
 }
 
 /// \brief VeRA on every layer's query and value with one shared projection, as PEFT creates it
@@ -318,9 +318,7 @@ void qkv_backward(const basic_layer_weights<T>& w, const attention_adapters<T>& 
   using profile::phase;
   if (ad.query != nullptr && ad.key != nullptr && ad.value != nullptr) {
     const profile::scope timer(phase::qv_backward);
-    const auto group = vera::siblings(vera::sibling(w.query.weight, w.query.bias, *ad.query),
-                                      vera::sibling(w.key.weight, w.key.bias, *ad.key),
-                                      vera::sibling(w.value.weight, w.value.bias, *ad.value));
+    const auto group = qkv_group(w, ad);
     vera::parameter_gradients(group, a.query_value_context, g.q, g.k, g.v)
         .using_workspace(g.adapter_scratch)
         .eval_to(grads.query, grads.key, grads.value);
@@ -334,8 +332,7 @@ void qkv_backward(const basic_layer_weights<T>& w, const attention_adapters<T>& 
   }
   const profile::scope timer(phase::qv_backward);
   if (ad.query != nullptr && ad.value != nullptr) {
-    const auto group = vera::siblings(vera::sibling(w.query.weight, w.query.bias, *ad.query),
-                                      vera::sibling(w.value.weight, w.value.bias, *ad.value));
+    const auto group = qv_group(w, ad);
     vera::parameter_gradients(group, a.query_value_context, g.q, g.v)
         .using_workspace(g.adapter_scratch)
         .eval_to(grads.query, grads.value);

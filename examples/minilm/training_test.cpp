@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <iostream>
 #include <random>
@@ -123,19 +124,23 @@ struct training_pass {
   }
 };
 
+// PEFT's b = 0 would make every dL/dd zero: draw b and d so that both gradients are checked.
+void randomise_lambdas(vera::io::model_adapter<double>& adapters, std::uint32_t seed) {
+  std::mt19937 engine(seed);
+  std::uniform_real_distribution<double> uniform(-0.5, 0.5);
+  for (auto& [path, ad] : adapters) {
+    for (minilm::index i = 0; i < ad.lambda_b().size(); ++i) ad.lambda_b()[i] = uniform(engine);
+    for (minilm::index i = 0; i < ad.lambda_d().size(); ++i) ad.lambda_d()[i] = 1.0 + uniform(engine);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("the VeRA backward through BERT matches finite differences in double", "[training]") {
   model_t model = model_t::load(minilm::test::fixture_dir() / "tiny_model");
   const auto& config = model.encoder().config();
   auto adapters = minilm::query_value_adapters<double>(config, /*rank=*/6, /*seed=*/0);
-  // PEFT's b = 0 would make every dL/dd zero: draw b and d so that both gradients are checked.
-  std::mt19937 engine(7);
-  std::uniform_real_distribution<double> uniform(-0.5, 0.5);
-  for (auto& [path, ad] : adapters) {
-    for (minilm::index i = 0; i < ad.lambda_b().size(); ++i) ad.lambda_b()[i] = uniform(engine);
-    for (minilm::index i = 0; i < ad.lambda_d().size(); ++i) ad.lambda_d()[i] = 1.0 + uniform(engine);
-  }
+  randomise_lambdas(adapters, 7);
   const auto per_layer = minilm::attention_adapters_of(adapters, config.layers);
   training_pass pass(model, per_layer, {2, 0, 1});
   const auto loss = [&] { return pass.loss(); };
@@ -230,12 +235,7 @@ TEST_CASE("VeRA on every linear layer backward through BERT matches finite diffe
   // PEFT's rule: one projection sized to the largest in and out, sliced by each layer.
   CHECK(adapters.shared_projection().max_in() == config.intermediate_size);
   CHECK(adapters.shared_projection().max_out() == config.intermediate_size);
-  std::mt19937 engine(13);
-  std::uniform_real_distribution<double> uniform(-0.5, 0.5);
-  for (auto& [path, ad] : adapters) {
-    for (minilm::index i = 0; i < ad.lambda_b().size(); ++i) ad.lambda_b()[i] = uniform(engine);
-    for (minilm::index i = 0; i < ad.lambda_d().size(); ++i) ad.lambda_d()[i] = 1.0 + uniform(engine);
-  }
+  randomise_lambdas(adapters, 13);
   const auto per_layer = minilm::attention_adapters_of(adapters, config.layers);
   REQUIRE(per_layer[0].key != nullptr);
   REQUIRE(per_layer[1].output != nullptr);
