@@ -7,10 +7,8 @@
 
 #include "vera/adapter/adapter.hpp"
 #include "vera/adapter/context.hpp"
-#include "vera/adapter/workspace.hpp"
 #include "vera/backend/cpu/forward.hpp"
 #include "vera/core/exec.hpp"
-#include "vera/expr/cost.hpp"
 #include "vera/expr/forward.hpp"
 #include "vera/xtensor/modifiers.hpp"
 #include "vera/xtensor/result.hpp"
