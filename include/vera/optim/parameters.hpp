@@ -17,6 +17,7 @@
 #include "vera/adapter/gradients.hpp"
 #include "vera/layer/linear.hpp"
 #include "vera/core/error.hpp"
+#include "vera/core/optim_options.hpp"
 #include "vera/core/shape.hpp"
 
 namespace vera::optim {
@@ -304,5 +305,61 @@ class slot_store {
   std::vector<std::vector<T>> first_;
   std::vector<std::vector<T>> second_;
 };
+
+namespace detail {
+
+/// \brief What SGD and AdamW share besides their update rule: the settings, the registered
+///        parameters, their slots and the step count, with registration, checkpoints and the
+///        learning rate; the optimizer adds step(). `who` names the optimizer in messages.
+template <class T, class Options>
+class optimizer_core {
+ public:
+  /// \brief Registers buffers; see parameter_list::add for the overloads and their checks.
+  template <class... Args>
+  void add(Args&&... args) {
+    parameters_.add(std::forward<Args>(args)...);
+  }
+
+  /// \brief Per-parameter step counts and buffers (`first`, `second`), for a checkpoint.
+  std::vector<slot_state<T>> state() const { return slots_.save(parameters_); }
+  /// \brief Restores what state() returned (parameters matched by name, in any order), so that
+  ///        training resumes exactly. Checks everything first (see parameter_list::match_state);
+  ///        on error the optimizer is unchanged.
+  /// \throws value_error for a missing or extra parameter or a non-finite value; shape_error
+  ///         for a buffer of the wrong size.
+  void load_state(const std::vector<slot_state<T>>& saved) {
+    slots_.load(parameters_, saved, (std::string(who_) + "::load_state").c_str());
+    steps_ = static_cast<std::size_t>(slots_.max_count());
+  }
+
+  /// \brief Changes the learning rate (for schedules); throws value_error when not finite or < 0.
+  void set_lr(double lr) {
+    check_lr(who_, lr);
+    options_.lr = lr;
+  }
+  /// \brief The current settings (lr as last set by set_lr).
+  const Options& options() const noexcept { return options_; }
+  /// \brief The registered parameters.
+  const parameter_list<T>& parameters() const noexcept { return parameters_; }
+  /// \brief Steps taken (after load_state: the most steps any parameter took).
+  std::size_t steps() const noexcept { return steps_; }
+
+ protected:
+  /// Checks the settings; `first_used` / `second_used` as for slot_store.
+  optimizer_core(const Options& options, const char* who, bool first_used, bool second_used)
+      : options_(options), slots_(first_used, second_used), who_(who) {
+    optim::validate(options_, who_);
+  }
+
+  Options options_;
+  parameter_list<T> parameters_;
+  slot_store<T> slots_;
+  std::size_t steps_ = 0;
+
+ private:
+  const char* who_;
+};
+
+}  // namespace detail
 
 }  // namespace vera::optim
