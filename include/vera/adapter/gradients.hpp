@@ -10,9 +10,38 @@
 
 namespace vera {
 
+namespace detail {
+
+/// \brief What gradients and mixed_gradients do with their lambda_b and lambda_d buffers:
+///        `grads = expr` evaluates in place and set_zero() zeroes both, keeping sizes and
+///        addresses. Derived is the buffer pair.
+template <class Derived>
+struct gradient_buffers {
+  /// \brief `grads = expr`: evaluates in place, reusing the buffers.
+  template <class Expr, class = decltype(std::declval<const Expr&>().eval_to(std::declval<Derived&>()))>
+  Derived& operator=(const Expr& e) {
+    Derived& self = static_cast<Derived&>(*this);
+    e.eval_to(self);
+    return self;
+  }
+
+  /// \brief Zeroes both buffers in place, keeping their sizes (and addresses an optimizer holds).
+  void set_zero() {
+    Derived& self = static_cast<Derived&>(*this);
+    self.lambda_b.setZero();
+    self.lambda_d.setZero();
+  }
+};
+
+}  // namespace detail
+
 /// \brief dL/d lambda_b (out) and dL/d lambda_d (rank) of one adapter.
+///
+/// `grads = vera::parameter_gradients(...)` evaluates in place, reusing the buffers (the first
+/// sizes empty ones); set_zero() zeroes both in place, keeping their sizes and the addresses an
+/// optimizer holds. Copies and moves take the source's sizes.
 template <class T>
-struct gradients {
+struct gradients : detail::gradient_buffers<gradients<T>> {
   vector<T> lambda_b;  ///< dL/d lambda_b, out elements
   vector<T> lambda_d;  ///< dL/d lambda_d, rank elements
 
@@ -22,27 +51,7 @@ struct gradients {
   explicit gradients(const adapter<T>& ad)
       : lambda_b(vector<T>::Zero(ad.out_features())), lambda_d(vector<T>::Zero(ad.rank())) {}
 
-  /// \brief `grads = vera::parameter_gradients(...)`: evaluates in place, reusing the buffers.
-  template <class Expr, class = decltype(std::declval<const Expr&>().eval_to(
-                            std::declval<gradients&>()))>
-  gradients& operator=(const Expr& e) {
-    e.eval_to(*this);
-    return *this;
-  }
-  /// \brief Copies both buffers (their sizes follow the source).
-  gradients& operator=(const gradients&) = default;
-  /// \brief Moves both buffers (their sizes follow the source).
-  gradients& operator=(gradients&&) noexcept = default;
-  /// \brief Copies both buffers.
-  gradients(const gradients&) = default;
-  /// \brief Moves both buffers.
-  gradients(gradients&&) noexcept = default;
-
-  /// \brief Zeroes both vectors in place, keeping their sizes (and addresses an optimizer holds).
-  void set_zero() {
-    lambda_b.setZero();
-    lambda_d.setZero();
-  }
+  using detail::gradient_buffers<gradients<T>>::operator=;
 };
 
 }  // namespace vera

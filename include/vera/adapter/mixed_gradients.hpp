@@ -2,11 +2,10 @@
 // Gradient buffers of every adapter of a set: one column per adapter, as the set stores them.
 #pragma once
 
-#include <utility>
-
 #include <Eigen/Core>
 
 #include "vera/adapter/adapter_set.hpp"
+#include "vera/adapter/gradients.hpp"
 
 namespace vera {
 
@@ -19,8 +18,11 @@ namespace vera {
 /// optimizer may hold their address): after add() gives the set a new column, evaluating into
 /// buffers sized for the old k throws shape_error; size them again, e.g.
 /// `grads = mixed_gradients<T>(set)`, and reset any per-column optimizer state.
+/// `grads = vera::mixed_parameter_gradients(...)` evaluates in place (empty buffers are sized;
+/// others must already be out x k and rank x k); set_zero() zeroes both in place, keeping their
+/// sizes. Copies and moves take the source's sizes.
 template <class T>
-struct mixed_gradients {
+struct mixed_gradients : detail::gradient_buffers<mixed_gradients<T>> {
   /// Column-major, one column per set column.
   using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
 
@@ -34,28 +36,7 @@ struct mixed_gradients {
       : lambda_b(matrix::Zero(set.out_features(), set.columns())),
         lambda_d(matrix::Zero(set.rank(), set.columns())) {}
 
-  /// \brief `grads = vera::mixed_parameter_gradients(...)`: evaluates in place, reusing buffers
-  ///        (empty ones are sized; others must already be out x k and rank x k).
-  template <class Expr, class = decltype(std::declval<const Expr&>().eval_to(
-                            std::declval<mixed_gradients&>()))>
-  mixed_gradients& operator=(const Expr& e) {
-    e.eval_to(*this);
-    return *this;
-  }
-  /// \brief Copies both buffers (their sizes follow the source).
-  mixed_gradients& operator=(const mixed_gradients&) = default;
-  /// \brief Moves both buffers (their sizes follow the source).
-  mixed_gradients& operator=(mixed_gradients&&) noexcept = default;
-  /// \brief Copies both buffers.
-  mixed_gradients(const mixed_gradients&) = default;
-  /// \brief Moves both buffers.
-  mixed_gradients(mixed_gradients&&) noexcept = default;
-
-  /// \brief Zeroes both matrices in place, keeping their sizes.
-  void set_zero() {
-    lambda_b.setZero();
-    lambda_d.setZero();
-  }
+  using detail::gradient_buffers<mixed_gradients<T>>::operator=;
 };
 
 }  // namespace vera
