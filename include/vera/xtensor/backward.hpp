@@ -146,13 +146,13 @@ class parameter_gradient_expr
 ///
 /// Evaluated like vera::xt::forward_expr: `eval()`, conversion, `assign_to(dx)` overwrite (an
 /// xt::xtensor or xt::xarray is resized; other destinations must be n x in, dense row-major);
-/// `add_to(dx)` accumulates. Evaluation throws aliasing_error when dX overlaps G or W0.
+/// `add_to(dx)` accumulates (dx must already be n x in, dense row-major). `rows()` is n and
+/// `cols()` in. Evaluation throws aliasing_error when dX overlaps G or W0.
 template <class Exec, class G, class W, class T>
 class input_gradient_expr
-    : public detail::matrix_result<input_gradient_expr<Exec, G, W, T>, T>,
-      public detail::modifiers_of<input_gradient_expr<Exec, G, W, T>,
-                                  vera::input_gradient_expr<Exec, detail::extents_map<T>,
-                                                            detail::extents_map<T>, T>> {
+    : public detail::checked_matrix_result<
+          input_gradient_expr<Exec, G, W, T>, T,
+          vera::input_gradient_expr<Exec, detail::extents_map<T>, detail::extents_map<T>, T>> {
   static_assert(detail::holds_scalar<G, T>,
                 "vera::xt::input_gradient: G must hold the adapter's scalar type");
   static_assert(detail::holds_scalar<W, T>,
@@ -161,6 +161,7 @@ class input_gradient_expr
   // The Eigen front-end's expression over the extents: validates, and carries the settings.
   using checked_type =
       vera::input_gradient_expr<Exec, detail::extents_map<T>, detail::extents_map<T>, T>;
+  using result = detail::checked_matrix_result<input_gradient_expr, T, checked_type>;
   using modifiers = detail::modifiers_of<input_gradient_expr, checked_type>;
 
  public:
@@ -169,26 +170,14 @@ class input_gradient_expr
   /// \throws as vera::xt::input_gradient.
   template <class GA, class WA>
   input_gradient_expr(GA&& g, WA&& w0, const adapter<T>& ad, const forward_context<T>& ctx)
-      : modifiers(validated(g, w0, ad, ctx)), g_(std::forward<GA>(g)), w0_(std::forward<WA>(w0)) {}
-
-  /// \brief n, the rows of G.
-  index rows() const { return this->checked().rows(); }
-  /// \brief in, the layer's input features.
-  index cols() const { return this->checked().cols(); }
-
-  /// \brief dx += expr; dx must already be n x in and dense row-major.
-  /// \throws shape_error otherwise.
-  template <class Y>
-  void add_to(Y&& dx) const {
-    this->accumulate_into(dx);
-  }
+      : result(validated(g, w0, ad, ctx)), g_(std::forward<GA>(g)), w0_(std::forward<WA>(w0)) {}
 
  private:
   friend class detail::matrix_result<input_gradient_expr, T>;
   friend modifiers;
 
   input_gradient_expr(const input_gradient_expr& operands, const checked_type& checked)
-      : modifiers(checked), g_(operands.g_), w0_(operands.w0_) {}
+      : result(checked), g_(operands.g_), w0_(operands.w0_) {}
 
   template <class GC, class WC>
   static checked_type validated(const GC& g, const WC& w0, const adapter<T>& ad,

@@ -35,18 +35,19 @@ using checked_forward =
 /// becomes a row-major Eigen map (a copy first if it is not dense row-major memory) and the
 /// Eigen front-end's expression computes straight into the destination.
 /// `xt::xtensor<T, 2> y = expr;`, `expr.eval()`, `expr.assign_to(y)` overwrite; `expr.add_to(y)`
-/// accumulates. `eval()`, the conversion and `assign_to()` come from an internal base: an
+/// accumulates (y must already be n x out and dense row-major, or shape_error is thrown).
+/// `rows()` is n and `cols()` out. These come from an internal base: an
 /// xt::xtensor or xt::xarray destination of another shape is given fresh memory, any other
 /// destination must be n x out and dense row-major, or shape_error is thrown before anything is
 /// written. Evaluation throws aliasing_error as vera::forward_expr does.
 template <class Exec, class X, class W, class Bias, class T>
-class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias, T>, T>,
-                     public detail::modifiers_of<forward_expr<Exec, X, W, Bias, T>,
-                                                 detail::checked_forward<Exec, Bias, T>> {
+class forward_expr : public detail::checked_matrix_result<forward_expr<Exec, X, W, Bias, T>, T,
+                                                          detail::checked_forward<Exec, Bias, T>> {
   static_assert(detail::holds_scalar<X, T>, "vera::xt::forward: X must hold the adapter's scalar type");
   static_assert(detail::holds_scalar<W, T>, "vera::xt::forward: W0 must hold the adapter's scalar type");
 
   using checked_type = detail::checked_forward<Exec, Bias, T>;
+  using result = detail::checked_matrix_result<forward_expr, T, checked_type>;
   using modifiers = detail::modifiers_of<forward_expr, checked_type>;
 
  public:
@@ -55,27 +56,15 @@ class forward_expr : public detail::matrix_result<forward_expr<Exec, X, W, Bias,
   /// \throws shape_error naming the operand for a wrong dimension count or shape.
   template <class XA, class WA, class BA>
   forward_expr(XA&& x, WA&& w0, BA&& bias, const adapter<T>& ad)
-      : modifiers(validated(x, w0, bias, ad)), x_(std::forward<XA>(x)), w0_(std::forward<WA>(w0)),
+      : result(validated(x, w0, bias, ad)), x_(std::forward<XA>(x)), w0_(std::forward<WA>(w0)),
         bias_(std::forward<BA>(bias)) {}
-
-  /// \brief n, the rows of X.
-  index rows() const { return this->checked().rows(); }
-  /// \brief out, the layer's output features.
-  index cols() const { return this->checked().cols(); }
-
-  /// \brief y += expr; y must already be n x out and dense row-major.
-  /// \throws shape_error otherwise.
-  template <class Y>
-  void add_to(Y&& y) const {
-    this->accumulate_into(y);
-  }
 
  private:
   friend class detail::matrix_result<forward_expr, T>;
   friend modifiers;
 
   forward_expr(const forward_expr& operands, const checked_type& checked)
-      : modifiers(checked), x_(operands.x_), w0_(operands.w0_), bias_(operands.bias_) {}
+      : result(checked), x_(operands.x_), w0_(operands.w0_), bias_(operands.bias_) {}
 
   template <class XC, class WC, class BC>
   static checked_type validated(const XC& x, const WC& w0, const BC& bias, const adapter<T>& ad) {

@@ -19,34 +19,25 @@ namespace vera::xt {
 /// \brief ΔW = Λb B Λd A (out x in; in x out with fan_in_fan_out) as an xtensor, lazily.
 ///
 /// `eval()`, conversion and `assign_to(w)` overwrite; `add_to(w)` is a merge and
-/// `subtract_from(w)` an unmerge, one GEMM into w with no temporary of w's size. `eval()`, the
-/// conversion and `assign_to()` come from an internal base, as for vera::xt::forward_expr.
+/// `subtract_from(w)` an unmerge, one GEMM into w with no temporary of w's size (for both, w
+/// must have ΔW's shape and be dense row-major, or shape_error is thrown). `rows()` is out and
+/// `cols()` in (swapped with fan_in_fan_out). `eval()`, the conversion, `assign_to()`, `add_to()`
+/// and the shape come from an internal base, as for vera::xt::forward_expr.
 template <class Exec, class T>
 class delta_weight_expr
-    : public detail::matrix_result<delta_weight_expr<Exec, T>, T>,
-      public detail::modifiers_of<delta_weight_expr<Exec, T>, vera::delta_weight_expr<Exec, T>> {
+    : public detail::checked_matrix_result<delta_weight_expr<Exec, T>, T, vera::delta_weight_expr<Exec, T>> {
+  using result = detail::checked_matrix_result<delta_weight_expr, T, vera::delta_weight_expr<Exec, T>>;
   using modifiers = detail::modifiers_of<delta_weight_expr, vera::delta_weight_expr<Exec, T>>;
 
  public:
   /// \brief Refers to `ad`, which must outlive the expression; see vera::xt::delta_weight.
-  explicit delta_weight_expr(const adapter<T>& ad) : modifiers(vera::delta_weight_expr<Exec, T>(ad)) {}
+  explicit delta_weight_expr(const adapter<T>& ad) : result(vera::delta_weight_expr<Exec, T>(ad)) {}
 
-  /// \brief out (in with fan_in_fan_out).
-  index rows() const { return this->checked().rows(); }
-  /// \brief in (out with fan_in_fan_out).
-  index cols() const { return this->checked().cols(); }
-
-  /// \brief w += ΔW; w must have ΔW's shape and be dense row-major.
-  /// \throws shape_error otherwise.
-  template <class Y>
-  void add_to(Y&& w) const {
-    this->accumulate_into(w);
-  }
   /// \brief w -= ΔW; w must have ΔW's shape and be dense row-major.
   /// \throws shape_error otherwise.
   template <class Y>
   void subtract_from(Y&& w) const {
-    auto dst = detail::writable<T>("destination", w, rows(), cols());
+    auto dst = detail::writable<T>("destination", w, this->rows(), this->cols());
     this->checked().subtract_from(dst);
   }
 
@@ -56,7 +47,7 @@ class delta_weight_expr
 
   // ΔW has no operands of its own: the expression over the adapter is the whole state.
   delta_weight_expr(const delta_weight_expr&, const vera::delta_weight_expr<Exec, T>& delta)
-      : modifiers(delta) {}
+      : result(delta) {}
 
   template <class Dst>
   void run(Dst& dst, assign_mode mode) const {

@@ -6,7 +6,9 @@
 #include <type_traits>
 #include <utility>
 
+#include "vera/core/shape.hpp"
 #include "vera/expr/cost.hpp"
+#include "vera/xtensor/result.hpp"
 
 namespace vera::xt::detail {
 
@@ -82,6 +84,29 @@ class modifiers_of {
   }
 
   Checked checked_;
+};
+
+/// Base of the matrix-valued expressions that evaluate through a `Checked` expression of the
+/// Eigen front-end: its modifiers, the evaluation of matrix_result, and the shape and
+/// accumulation both take from `Checked`. `Derived` provides run() as matrix_result asks and the
+/// constructor modifiers_of asks for.
+template <class Derived, class T, class Checked>
+class checked_matrix_result : public matrix_result<Derived, T>, public modifiers_of<Derived, Checked> {
+ public:
+  /// Rows of the result.
+  index rows() const { return this->checked().rows(); }
+  /// Columns of the result.
+  index cols() const { return this->checked().cols(); }
+
+  /// y += expr; y must already be rows() x cols() and dense row-major.
+  /// \throws shape_error otherwise.
+  template <class Y>
+  void add_to(Y&& y) const {
+    this->accumulate_into(y);
+  }
+
+ protected:
+  explicit checked_matrix_result(const Checked& checked) : modifiers_of<Derived, Checked>(checked) {}
 };
 
 }  // namespace vera::xt::detail

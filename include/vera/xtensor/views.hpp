@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstddef>
+#include <type_traits>
 #include <utility>
 
 #include <xtensor/xadapt.hpp>
@@ -30,6 +31,14 @@ template <class Full>
 auto top_left(Full&& full, index rows, index cols) {
   return ::xt::view(std::forward<Full>(full), ::xt::range(0, rows), ::xt::range(0, cols));
 }
+
+// Enables lambda_b and lambda_d for an adapter<T>, const or not.
+template <class Adapter>
+constexpr bool is_adapter = false;
+template <class T>
+constexpr bool is_adapter<adapter<T>> = true;
+template <class Adapter>
+using if_adapter = std::enable_if_t<is_adapter<std::remove_const_t<Adapter>>>;
 
 }  // namespace detail
 
@@ -68,27 +77,19 @@ void projection_a(adapter<T>&&) = delete;
 template <class T>
 void projection_b(adapter<T>&&) = delete;
 
-/// \brief lambda_b (out elements) as a writable 1-D xtensor view of the adapter's storage.
+/// \brief lambda_b (out elements) as a 1-D xtensor view of the adapter's storage: writable
+///        for an adapter, read-only for a const one.
 ///
 /// `vera::xt::lambda_b(ad) -= lr * grads.lambda_b();` updates the adapter in place. The size is
 /// fixed for the adapter's lifetime, so the view stays valid as long as the adapter does.
-template <class T>
-auto lambda_b(adapter<T>& ad) {
+template <class Adapter, class = detail::if_adapter<Adapter>>
+auto lambda_b(Adapter& ad) {
   return detail::adapt_vector(ad.lambda_b().data(), ad.out_features());
 }
-/// \brief lambda_b (out elements) as a read-only 1-D xtensor view of the adapter's storage.
-template <class T>
-auto lambda_b(const adapter<T>& ad) {
-  return detail::adapt_vector(ad.lambda_b().data(), ad.out_features());
-}
-/// \brief lambda_d (rank elements) as a writable 1-D xtensor view of the adapter's storage.
-template <class T>
-auto lambda_d(adapter<T>& ad) {
-  return detail::adapt_vector(ad.lambda_d().data(), ad.rank());
-}
-/// \brief lambda_d (rank elements) as a read-only 1-D xtensor view of the adapter's storage.
-template <class T>
-auto lambda_d(const adapter<T>& ad) {
+/// \brief lambda_d (rank elements) as a 1-D xtensor view of the adapter's storage: writable for
+///        an adapter, read-only for a const one.
+template <class Adapter, class = detail::if_adapter<Adapter>>
+auto lambda_d(Adapter& ad) {
   return detail::adapt_vector(ad.lambda_d().data(), ad.rank());
 }
 template <class T>
