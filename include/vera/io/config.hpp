@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <limits>
@@ -100,16 +101,15 @@ struct vera_config {
 
 namespace detail {
 
-inline const char* bias_name(bias_mode mode) {
-  switch (mode) {
-    case bias_mode::all:
-      return "all";
-    case bias_mode::vera_only:
-      return "vera_only";
-    default:
-      return "none";
-  }
+// The name of enumerator `value` of an enum numbered from 0: names[value], in declaration order;
+// the first name for a value outside the list.
+template <class Enum, std::size_t N>
+const char* enum_name(Enum value, const char* const (&names)[N]) {
+  const auto i = static_cast<std::size_t>(value);
+  return i < N ? names[i] : names[0];
 }
+
+inline const char* bias_name(bias_mode mode) { return enum_name(mode, {"none", "all", "vera_only"}); }
 
 // Reads one field of a config object with a message that names file, field, value and the
 // expected type.

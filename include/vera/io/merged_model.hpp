@@ -148,16 +148,7 @@ void check_merge_targets(const safetensors_view& base, const model_adapter<T>& m
   for (const auto& [path, layer] : model) {
     if (!base.contains(path + ".weight")) missing.push_back(path);
   }
-  if (!missing.empty()) {
-    std::string message = base.source() + ": no tensor named '" + missing.front() +
-                          ".weight' for adapted layer '" + missing.front() + "'";
-    if (missing.size() > 1) {
-      missing.erase(missing.begin());
-      message += " (and " + std::to_string(missing.size()) + " more adapted layers without a weight: " +
-                 quoted_list(missing) + ")";
-    }
-    throw format_error(message);
-  }
+  if (!missing.empty()) throw missing_weights(base, std::move(missing), "no tensor named");
   for (const auto& [path, layer] : model) {
     const tensor_info& weight = base.at(path + ".weight");
     const auto in = static_cast<std::uint64_t>(layer.in_features());

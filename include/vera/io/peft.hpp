@@ -81,14 +81,7 @@ enum class trained_kind {
 
 /// \brief "modules_to_save", "bias" or "modules_to_save wrapper copy", as messages print a kind.
 inline const char* trained_kind_name(trained_kind kind) {
-  switch (kind) {
-    case trained_kind::bias:
-      return "bias";
-    case trained_kind::wrapper_copy:
-      return "modules_to_save wrapper copy";
-    default:
-      return "modules_to_save";
-  }
+  return detail::enum_name(kind, {"modules_to_save", "bias", "modules_to_save wrapper copy"});
 }
 
 /// \brief A base-model tensor that a PEFT adapter file holds in full (a modules_to_save copy or a
@@ -223,6 +216,20 @@ inline std::string quoted_list(const std::vector<std::string>& names, std::size_
     text += (i == 0 ? "'" : ", '") + names[i] + "'";
   if (names.size() > shown) text += ", ... (" + std::to_string(names.size()) + " in all)";
   return text;
+}
+
+// The format_error for adapted layers whose weight `base` lacks: "<source>: <no_tensor>
+// '<first>.weight' for adapted layer '<first>'", how many more, then `hint`.
+inline format_error missing_weights(const safetensors_view& base, std::vector<std::string> missing,
+                                    const char* no_tensor, const char* hint = "") {
+  std::string message = base.source() + ": " + no_tensor + " '" + missing.front() +
+                        ".weight' for adapted layer '" + missing.front() + "'";
+  if (missing.size() > 1) {
+    missing.erase(missing.begin());
+    message += " (and " + std::to_string(missing.size()) + " more adapted layers without a weight: " +
+               quoted_list(missing) + ")" + hint;
+  }
+  return format_error(message);
 }
 
 struct layer_tensors {
@@ -426,14 +433,7 @@ inline layer_shapes layer_shapes_from_weights(const safetensors_view& base,
     if (base.find(path + ".weight") == nullptr) missing.push_back(path);
   }
   if (!missing.empty()) {
-    std::string message = base.source() + ": no tensor '" + missing.front() +
-                          ".weight' for adapted layer '" + missing.front() + "'";
-    if (missing.size() > 1) {
-      missing.erase(missing.begin());
-      message += " (and " + std::to_string(missing.size()) + " more adapted layers without a weight: " +
-                 detail::quoted_list(missing) + "); is this the adapter's base model?";
-    }
-    throw format_error(message);
+    throw detail::missing_weights(base, std::move(missing), "no tensor", "; is this the adapter's base model?");
   }
   layer_shapes shapes;
   for (const auto& path : paths) {
