@@ -294,7 +294,7 @@ void print_unprefixed() {
 // One modules_to_save copy or trained bias: what a merge does with it.
 void print_trained(vera::io::trained_kind kind, const std::string& key, const std::string& what,
                    const std::string& target) {
-  std::cout << "  " << vera::io::trained_kind_name(kind) << ": " << key << "  " << what;
+  std::cout << "  " << vera::io::detail::trained_kind_name(kind) << ": " << key << "  " << what;
   if (target.empty()) {
     std::cout << "  (kept for a re-save, not merged: PEFT's wrapper holds it twice)\n";
   } else {
@@ -331,7 +331,7 @@ void inspect_adapter_alone(const fs::path& dir, const vera::io::vera_config& con
   std::cout << "  projection: saved, vera_A " << describe(*found.a) << ", vera_B "
             << describe(*found.b) << "\n";
   if (found.a->shape.size() != 2 || found.b->shape.size() != 2 ||
-      !vera::io::is_convertible(found.a->type) || !vera::io::is_convertible(found.b->type)) {
+      !vera::io::detail::is_convertible(found.a->type) || !vera::io::detail::is_convertible(found.b->type)) {
     throw vera::format_error(file.source() + ": vera_A / vera_B are not floating-point matrices");
   }
   const vera::index rank = config.r, max_in = static_cast<vera::index>(found.a->shape[1]),
@@ -657,7 +657,7 @@ int run_merge(const arguments& args) {
 // ---- export-lora -----------------------------------------------------------------------------
 
 vera::io::layer_shapes read_shapes_json(const fs::path& path) {
-  const auto text = vera::io::read_text_file(path, vera::io::max_config_size);
+  const auto text = vera::io::read_text_file(path, vera::io::detail::max_config_size);
   nlohmann::json json;
   try {
     json = nlohmann::json::parse(text);

@@ -18,7 +18,7 @@ int vera_fuzz::safetensors_one_input(const std::uint8_t* data, std::size_t size)
       const unsigned char* bytes = view.bytes(t);
       for (std::uint64_t i = 0; i < t.byte_size(); ++i)
         sink = static_cast<std::uint8_t>(sink ^ bytes[i]);
-      if (vera::io::is_convertible(t.type) && t.elements() <= (std::uint64_t{1} << 20)) {
+      if (vera::io::detail::is_convertible(t.type) && t.elements() <= (std::uint64_t{1} << 20)) {
         (void)view.values<float>(t);
         (void)view.values<double>(t);
       }

@@ -146,7 +146,7 @@ TEST_CASE("wrong types, ranges and a missing peft_type are named", "[io][config]
 TEST_CASE("config files: missing, oversized, written atomically", "[io][config]") {
   vera_test::scratch_dir dir;
   CHECK_THROWS_AS(vera_config::read(dir.path()), vera::io_error);
-  const std::string huge(vera::io::max_config_size + 1, ' ');
+  const std::string huge(vera::io::detail::max_config_size + 1, ' ');
   vera_test::write_bytes(dir / "adapter_config.json",
                          std::vector<unsigned char>(huge.begin(), huge.end()));
   CHECK_THROWS_MATCHES(vera_config::read(dir.path()), format_error,

@@ -21,8 +21,12 @@
 
 namespace vera::io {
 
-/// \brief Largest adapter_config.json accepted, in bytes.
+namespace detail {
+
+/// Largest adapter_config.json accepted, in bytes.
 inline constexpr std::size_t max_config_size = std::size_t{16} << 20;
+
+}  // namespace detail
 
 /// \brief Which modules an adapter targets, as PEFT's `target_modules` says.
 ///
@@ -88,7 +92,7 @@ struct vera_config {
 
   /// \brief Reads `path`, or `path`/adapter_config.json when `path` is a directory.
   /// \throws io_error when the file cannot be read; format_error when it is larger than
-  ///         max_config_size, not valid JSON, or not a valid VeRA config (see from_json).
+  ///         16 MiB, not valid JSON, or not a valid VeRA config (see from_json).
   static vera_config read(const std::filesystem::path& path);
 
   /// \brief The JSON object: the kept object with every typed field written over it.
@@ -342,7 +346,7 @@ inline vera_config vera_config::parse(const std::string& text, const std::string
 
 inline vera_config vera_config::read(const std::filesystem::path& path) {
   const auto file = std::filesystem::is_directory(path) ? path / "adapter_config.json" : path;
-  return parse(read_text_file(file, max_config_size), "'" + file.string() + "'");
+  return parse(read_text_file(file, detail::max_config_size), "'" + file.string() + "'");
 }
 
 inline nlohmann::json vera_config::to_json() const {

@@ -101,12 +101,12 @@ inline std::optional<dtype> parse_dtype(std::string_view name) {
   return std::nullopt;
 }
 
-/// \brief True for the four dtypes vera converts to and from float/double.
+namespace detail {
+
+/// True for the four dtypes vera converts to and from float/double.
 inline bool is_convertible(dtype type) {
   return type == dtype::f16 || type == dtype::bf16 || type == dtype::f32 || type == dtype::f64;
 }
-
-namespace detail {
 
 /// The bits of `from` read as a `To` of the same size (what std::bit_cast does in C++20).
 template <class To, class From>

@@ -156,7 +156,7 @@ void check_merge_targets(const safetensors_view& base, const model_adapter<T>& m
     const std::vector<std::uint64_t> expected = layer.options().fan_in_fan_out
                                                     ? std::vector<std::uint64_t>{in, out}
                                                     : std::vector<std::uint64_t>{out, in};
-    if (!is_convertible(weight.type)) {
+    if (!detail::is_convertible(weight.type)) {
       throw format_error(base.source() + ": cannot merge into '" + weight.name + "' of dtype " +
                          dtype_name(weight.type) + " (quantized weights are not supported)");
     }
@@ -193,7 +193,7 @@ std::map<std::string, const trained_tensor*> replacements(
   if (!missing.empty()) {
     const trained_tensor& first = *by_target.at(missing.front());
     std::string message = base.source() + ": no tensor named '" + first.target +
-                          "' for the adapter's " + trained_kind_name(first.kind) + " tensor '" +
+                          "' for the adapter's " + detail::trained_kind_name(first.kind) + " tensor '" +
                           first.key + "'";
     if (missing.size() > 1) {
       missing.erase(missing.begin());
@@ -206,14 +206,14 @@ std::map<std::string, const trained_tensor*> replacements(
     if (info.shape != t->shape) {
       throw format_error(base.source() + ": tensor '" + target + "' has shape " +
                          shape_string(info.shape) + " but the adapter's " +
-                         trained_kind_name(t->kind) + " tensor '" + t->key + "' that replaces it has " +
+                         detail::trained_kind_name(t->kind) + " tensor '" + t->key + "' that replaces it has " +
                          shape_string(t->shape));
     }
-    if (info.type != t->type && !(is_convertible(info.type) && is_convertible(t->type))) {
+    if (info.type != t->type && !(detail::is_convertible(info.type) && detail::is_convertible(t->type))) {
       throw format_error(base.source() + ": cannot replace '" + target + "' of dtype " +
                          dtype_name(info.type) + " by the adapter's " + dtype_name(t->type) +
                          " tensor '" + t->key + "'" +
-                         (is_convertible(t->type) ? " (quantized weights are not supported)" : ""));
+                         (detail::is_convertible(t->type) ? " (quantized weights are not supported)" : ""));
     }
   }
   return by_target;

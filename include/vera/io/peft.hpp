@@ -79,10 +79,14 @@ enum class trained_kind {
   wrapper_copy,
 };
 
-/// \brief "modules_to_save", "bias" or "modules_to_save wrapper copy", as messages print a kind.
+namespace detail {
+
+// "modules_to_save", "bias" or "modules_to_save wrapper copy", as messages print a kind.
 inline const char* trained_kind_name(trained_kind kind) {
-  return detail::enum_name(kind, {"modules_to_save", "bias", "modules_to_save wrapper copy"});
+  return enum_name(kind, {"modules_to_save", "bias", "modules_to_save wrapper copy"});
 }
+
+}  // namespace detail
 
 /// \brief A base-model tensor that a PEFT adapter file holds in full (a modules_to_save copy or a
 ///        trained bias), kept exactly as stored: dtype, shape and bytes.
@@ -110,7 +114,7 @@ struct trained_tensor {
   std::vector<T> values() const {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                   "trained_tensor::values<T>: T must be float or double");
-    if (!is_convertible(type)) {
+    if (!detail::is_convertible(type)) {
       throw format_error("trained tensor '" + key + "' has dtype " + dtype_name(type) +
                          "; only F16, BF16, F32 and F64 convert to floating point");
     }
@@ -370,7 +374,7 @@ inline std::string extra_tensor_message(const safetensors_view& file, const vera
 
 inline void expect_shape(const safetensors_view& file, const tensor_info& t,
                          std::vector<std::uint64_t> expected, const std::string& why) {
-  if (!is_convertible(t.type)) {
+  if (!detail::is_convertible(t.type)) {
     mismatch(file, "tensor '" + t.name + "' has dtype " + dtype_name(t.type) +
                        ", expected F16, BF16, F32 or F64");
   }
@@ -624,15 +628,15 @@ inline std::vector<trained_tensor> keep_trained(const safetensors_view& file,
       }
       if (const auto layer = strip_suffix(entry.target, ".weight");
           !layer.empty() && found.layers.count(layer) != 0) {
-        mismatch(file, "tensor '" + t.name + "' (" + trained_kind_name(entry.kind) +
+        mismatch(file, "tensor '" + t.name + "' (" + detail::trained_kind_name(entry.kind) +
                            ") would replace '" + entry.target + "', the weight VeRA adapts");
       }
     }
-    if (entry.kind == trained_kind::bias && !is_convertible(t.type)) {
+    if (entry.kind == trained_kind::bias && !detail::is_convertible(t.type)) {
       mismatch(file, "tensor '" + t.name + "' (a trained bias) has dtype " + dtype_name(t.type) +
                          ", expected F16, BF16, F32 or F64");
     }
-    if (entry.kind != trained_kind::wrapper_copy && is_convertible(t.type)) {
+    if (entry.kind != trained_kind::wrapper_copy && detail::is_convertible(t.type)) {
       finite_values<double>(file, t);
     }
     trained_tensor out;
@@ -1010,7 +1014,7 @@ inline void check_trained_writable(const std::vector<trained_tensor>& trained,
     }
     const bool module_copy = t.kind != trained_kind::bias;
     if (module_copy && (!config.modules_to_save || config.modules_to_save->empty())) {
-      throw value_error(what + ": '" + t.key + "' is a " + trained_kind_name(t.kind) +
+      throw value_error(what + ": '" + t.key + "' is a " + detail::trained_kind_name(t.kind) +
                         " tensor but the config's field 'modules_to_save' is empty, so PEFT "
                         "would not load it");
     }
@@ -1030,12 +1034,9 @@ inline void add_trained(safetensors_writer& weights, const std::vector<trained_t
   }
 }
 
-}  // namespace detail
-
-/// \brief The adapter_config.json save_peft_adapter writes: `base` (its unknown fields kept)
-///        with r, projection_prng_key, save_projection, d_initial, vera_dropout and
-///        fan_in_fan_out taken from the model, and target_modules set to the layer paths when
-///        `base` names none.
+// The adapter_config.json save_peft_adapter writes: `base` (its unknown fields kept) with r,
+// projection_prng_key, save_projection, d_initial, vera_dropout and fan_in_fan_out taken from the
+// model, and target_modules set to the layer paths when `base` names none.
 template <class T>
 vera_config peft_config_for(const model_adapter<T>& model, vera_config base, bool save_projection) {
   const auto& spec = model.shared_projection().spec();
@@ -1050,6 +1051,8 @@ vera_config peft_config_for(const model_adapter<T>& model, vera_config base, boo
   }
   return base;
 }
+
+}  // namespace detail
 
 /// \brief Writes `model` as a PEFT VeRA adapter directory (created if missing; existing files
 ///        replaced atomically).
@@ -1089,7 +1092,7 @@ void save_peft_adapter(const model_adapter<T>& model, const std::filesystem::pat
         shared.b().data());
   }
   detail::add_trained(weights, trained);
-  const vera_config written = peft_config_for(model, config, options.save_projection);
+  const vera_config written = detail::peft_config_for(model, config, options.save_projection);
   detail::write_adapter_directory(dir, weights, written.to_json());
 }
 

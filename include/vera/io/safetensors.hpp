@@ -236,7 +236,7 @@ class safetensors_view {
 
  private:
   void require_convertible(const tensor_info& info) const {
-    if (!is_convertible(info.type)) {
+    if (!detail::is_convertible(info.type)) {
       throw format_error(source_ + ": tensor '" + info.name + "' has dtype " +
                          dtype_name(info.type) +
                          "; only F16, BF16, F32 and F64 convert to floating point");
@@ -497,7 +497,7 @@ class safetensors_writer {
            const T* values) {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                   "add<T>: T must be float or double");
-    if (!is_convertible(stored)) {
+    if (!detail::is_convertible(stored)) {
       throw value_error(std::string("safetensors_writer::add: cannot convert to ") +
                         dtype_name(stored) + " ('" + name + "'); use add_bytes");
     }
