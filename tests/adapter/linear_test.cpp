@@ -317,3 +317,72 @@ TEMPLATE_TEST_CASE("a resumed dropout sequence draws the same masks as an uninte
   CHECK(same_bits(y, y2));
   CHECK(resumed.layer.context().next_step() == 2);
 }
+
+TEST_CASE("a bfloat16 linear runs the bfloat16 expressions and merges as they do", "[adapter][linear][bfloat16]") {
+  using half = Eigen::bfloat16;
+  using half_matrix = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic>;
+  for (bool fan_in_fan_out : {false, true}) {
+    INFO("fan_in_fan_out " << fan_in_fan_out);
+    const vera_test::layer_shape shape{20, 9, 7, 6};
+    const vera_test::test_layer<float> fixture(shape, linear_setup<float>::options(fan_in_fan_out, 0.25), 31);
+    const half_matrix w0 = fixture.w0.cast<half>();
+    const vera::vector<half> bias = fixture.bias.cast<half>();
+    const half_matrix x = fixture.x.cast<half>();
+    const half_matrix g = vera_test::random_matrix<float>(shape.rows, shape.out, 77).cast<half>();
+    vera::linear<float, half> layer(w0, bias, fixture.ad, /*dropout_seed=*/5);
+    vera::forward_context<float> ctx(5);
+
+    // Inference, into bfloat16 and (unrounded) float destinations.
+    half_matrix y;
+    layer.forward(x, y);
+    CHECK(same_bits(y, half_matrix(vera::forward(x, w0, bias, fixture.ad))));
+    Eigen::MatrixXf y_float;
+    layer.forward(x, y_float);
+    Eigen::MatrixXf want_float(shape.rows, shape.out);
+    vera::forward(x, w0, bias, fixture.ad).assign_to(want_float);
+    CHECK(same_bits(y_float, want_float));
+
+    // Training: the same dropout masks as a context of the same seed, the same gradients.
+    layer.forward_train(x, y);
+    CHECK(same_bits(y, half_matrix(vera::forward(x, w0, bias, fixture.ad).train(ctx))));
+    vera::gradients<float> grads(fixture.ad), want(fixture.ad);
+    half_matrix dx;
+    layer.backward(g, grads, dx);
+    want = vera::parameter_gradients(g, fixture.ad, ctx);
+    CHECK(same_bits(grads.lambda_b, want.lambda_b));
+    CHECK(same_bits(grads.lambda_d, want.lambda_d));
+    CHECK(same_bits(dx, half_matrix(vera::input_gradient(g, w0, fixture.ad, ctx))));
+    Eigen::MatrixXf dx_float;
+    layer.backward(g, grads, dx_float);
+    Eigen::MatrixXf want_dx(shape.rows, shape.in);
+    vera::input_gradient(g, w0, fixture.ad, ctx).assign_to(want_dx);
+    CHECK(same_bits(dx_float, want_dx));
+
+    // Merged: W0 as vera::merge rounds it; the base path accumulates in float32, rounds once.
+    half_matrix merged = w0;
+    vera::merge(merged, fixture.ad);
+    layer.merge();
+    CHECK(same_bits(layer.weight(), merged));
+    half_matrix y_merged;
+    layer.forward(x, y_merged);
+    const vera_test::matrix<float> xf = x.cast<float>();
+    const vera_test::matrix<float> w0f = w0.cast<float>();
+    const vera::vector<float> bias_f = bias.cast<float>();
+    auto v = vera_test::capture(xf, w0f, &bias_f, fixture.ad);
+    const auto& shared = fixture.ad.shared_projection();
+    v.a = shared.a_bfloat16(shape.in, shape.rank).cast<float>().cast<vera_test::wide>();
+    v.b = shared.b_bfloat16(shape.out, shape.rank).cast<float>().cast<vera_test::wide>();
+    // Rounded: W0 + ΔW, and the output.
+    const auto c = compare(y_merged, vera_test::reference_forward(v).y,
+                           vera_test::reference_forward(vera_test::magnitudes(v)).y,
+                           vera_test::bfloat16_budget(2, vera_test::rounding_depth(shape.rows, shape.in, shape.out, shape.rank)));
+    INFO(c);
+    CHECK(c.ok());
+    CHECK_THROWS_AS(layer.forward_train(x, y), vera::state_error);
+    layer.unmerge();
+    CHECK_FALSE(layer.merged());
+    // A layer forced onto the merged order is refused: bfloat16 runs the low-rank order only.
+    layer.set_order(vera::order::merged);
+    CHECK_THROWS_AS(layer.forward(x, y), vera::value_error);
+  }
+}

@@ -19,17 +19,7 @@ namespace {
 using half = Eigen::bfloat16;
 using half_matrix = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic>;
 
-// bfloat16's unit roundoff: 8 significant bits, so one rounding to nearest changes a value by at
-// most 2^-8 of itself.
-constexpr wide unit_roundoff = wide(1) / 256;
-
-// Budget for an output that went through `roundings` bfloat16 roundings of intermediates (each
-// bounded by the unit roundoff times the magnitude of the terms it carries) plus float32
-// accumulation over `depth` terms. Worst case, not statistical: a bfloat16 rounding is 2^15 times
-// a float's, so a wrong formula or a missing scale still errs far beyond it.
-wide budget(int roundings, vera::index depth) {
-  return roundings * unit_roundoff + vera_test::tolerance_factor<float>(depth);
-}
+using vera_test::bfloat16_budget;
 
 std::string describe(const layer_shape& s, bool fan_in_fan_out, double dropout) {
   std::ostringstream os;
@@ -94,11 +84,11 @@ TEST_CASE("bfloat16 forward and backward match the reference", "[bfloat16]") {
         const vera::index depth = vera_test::rounding_depth(s.rows, s.in, s.out, s.rank);
         // Rounded: the masked input (with dropout), P (or P Λd), Λb B Λd, and the bfloat16 output.
         const int masked = dropout > 0.0 ? 1 : 0;
-        const auto y_check = compare(y, want.y, size.y, budget(3 + masked, depth));
+        const auto y_check = compare(y, want.y, size.y, bfloat16_budget(3 + masked, depth));
         INFO("Y (bfloat16): " << y_check);
         CHECK(y_check.ok());
         if (dropout == 0.0) {
-          const auto y_float_check = compare(y_float, want.y, size.y, budget(2, depth));
+          const auto y_float_check = compare(y_float, want.y, size.y, bfloat16_budget(2, depth));
           INFO("Y (float): " << y_float_check);
           CHECK(y_float_check.ok());
         }
@@ -109,16 +99,16 @@ TEST_CASE("bfloat16 forward and backward match the reference", "[bfloat16]") {
         vera::gradients<float> out(l.layer.ad);
         out = vera::parameter_gradients(l.g, l.layer.ad, ctx).using_workspace(ws);
         // P is rounded once more (masked input, then P) on its way into M = G^T P.
-        const auto gb = compare(out.lambda_b, grads.grad_b, grad_size.grad_b, budget(2 + masked, depth));
+        const auto gb = compare(out.lambda_b, grads.grad_b, grad_size.grad_b, bfloat16_budget(2 + masked, depth));
         INFO("grad_b: " << gb);
         CHECK(gb.ok());
-        const auto gd = compare(out.lambda_d, grads.grad_d, grad_size.grad_d, budget(2 + masked, depth));
+        const auto gd = compare(out.lambda_d, grads.grad_d, grad_size.grad_d, bfloat16_budget(2 + masked, depth));
         INFO("grad_d: " << gd);
         CHECK(gd.ok());
 
         half_matrix dx = vera::input_gradient(l.g, l.w0, l.layer.ad, ctx).using_workspace(ws);
         // Rounded: Λb B Λd (or G Λb), T, and the bfloat16 output.
-        const auto dx_check = compare(dx, grads.grad_x, grad_size.grad_x, budget(3, depth));
+        const auto dx_check = compare(dx, grads.grad_x, grad_size.grad_x, bfloat16_budget(3, depth));
         INFO("grad_X: " << dx_check);
         CHECK(dx_check.ok());
       }
@@ -162,7 +152,7 @@ TEST_CASE("bfloat16 merge, unmerge and safe merge match the reference", "[bfloat
       half_matrix merged = l.w0;
       vera::merge(merged, l.layer.ad);
       // Rounded once: the float32 sum W0 + ΔW.
-      const auto merge_check = compare(merged, w0 + stored_delta, size, budget(1, depth));
+      const auto merge_check = compare(merged, w0 + stored_delta, size, bfloat16_budget(1, depth));
       INFO("merge: " << merge_check);
       CHECK(merge_check.ok());
 
@@ -173,7 +163,7 @@ TEST_CASE("bfloat16 merge, unmerge and safe merge match the reference", "[bfloat
       CHECK(vera_test::same_bits(lazy, merged));
 
       vera::unmerge(merged, l.layer.ad);
-      const auto unmerge_check = compare(merged, w0, size, budget(2, depth));
+      const auto unmerge_check = compare(merged, w0, size, bfloat16_budget(2, depth));
       INFO("unmerge: " << unmerge_check);
       CHECK(unmerge_check.ok());
     }

@@ -195,6 +195,18 @@ wide tolerance_factor(index depth) {
          std::sqrt(static_cast<wide>(depth));
 }
 
+/// bfloat16's unit roundoff: 8 significant bits, so one rounding to nearest changes a value by at
+/// most 2^-8 of itself.
+inline constexpr wide bfloat16_roundoff = wide(1) / 256;
+
+/// Budget for an output of the bfloat16 path that went through `roundings` bfloat16 roundings of
+/// intermediates (each bounded by the unit roundoff times the magnitude of the terms it carries)
+/// plus float32 accumulation over `depth` terms. Worst case, not statistical: a bfloat16 rounding
+/// is 2^15 times a float's, so a wrong formula or a missing scale still errs far beyond it.
+inline wide bfloat16_budget(int roundings, index depth) {
+  return roundings * bfloat16_roundoff + tolerance_factor<float>(depth);
+}
+
 /// Longest rounding chain any VeRA output of these extents goes through (sums over n for the
 /// parameter gradients, over in, out and rank for the products), with slack for bias and scales.
 inline index rounding_depth(index rows, index in, index out, index rank) {

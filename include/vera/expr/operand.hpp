@@ -82,6 +82,12 @@ template <class Operand, class T>
 using result_scalar_t =
     std::conditional_t<std::is_same_v<typename Operand::Scalar, Eigen::bfloat16>, Eigen::bfloat16, T>;
 
+/// \brief True when a destination may receive a result computed from `Operand`: the adapter's T
+///        (for bfloat16 operands, the float32 accumulator unrounded) or the result's scalar.
+template <class Dst, class Operand, class T>
+inline constexpr bool result_fits =
+    scalar_matches<Dst, T> || std::is_same_v<typename Dst::Scalar, result_scalar_t<Operand, T>>;
+
 }  // namespace detail
 
 }  // namespace vera

@@ -31,7 +31,7 @@ class sibling_input_gradient_expr;
 namespace Eigen::internal {
 template <class Exec, class Group, class... GD>
 struct traits<vera::sibling_input_gradient_expr<Exec, Group, GD...>> {
-  using ReturnType = Eigen::Matrix<typename Group::scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using ReturnType = Eigen::Matrix<typename Group::storage, Eigen::Dynamic, Eigen::Dynamic>;
 };
 }  // namespace Eigen::internal
 
@@ -44,7 +44,8 @@ namespace detail {
 template <class Group, class T, class... GD>
 void check_sibling_upstream(const Group& group, const forward_context<T>& ctx, const GD&... g) {
   static_assert(sizeof...(GD) == Group::size, "vera siblings backward: one upstream gradient G per sibling");
-  static_assert((vera::detail::scalar_matches<GD, T> && ...), "vera siblings backward: G must have the siblings' scalar type");
+  static_assert((std::is_same_v<typename GD::Scalar, typename Group::storage> && ...),
+                "vera siblings backward: G must have the scalar type of the siblings' W0");
   if (!ctx.ready()) {
     throw state_error("vera siblings backward: the forward context holds no training forward; evaluate "
                       "vera::forward(X, group).train(ctx) first");
@@ -285,7 +286,10 @@ class sibling_backward_expr
     static_assert(sizeof...(Out) == Group::size, "vera::backward (siblings): dX, then one gradients<T> per sibling");
     static_assert((std::is_same_v<Out, gradients<T>> && ...),
                   "vera::backward (siblings): parameter destinations must be vera::gradients<T>");
-    static_assert(vera::detail::scalar_matches<std::decay_t<DX>, T>, "vera::backward (siblings): dX must have the siblings' scalar type");
+    static_assert(std::is_same_v<typename std::decay_t<DX>::Scalar, T> ||
+                      std::is_same_v<typename std::decay_t<DX>::Scalar, typename Group::storage>,
+                  "vera::backward (siblings): dX must have the siblings' scalar type (float or bfloat16 for "
+                  "bfloat16 storage)");
     detail::check_dx_against_siblings("vera::backward (siblings)", group_, dx, upstream_);
     detail::check_distinct_gradients("vera::backward (siblings)", grads...);
     const index rows = context_->rows();

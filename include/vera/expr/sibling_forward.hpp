@@ -70,7 +70,8 @@ template <class Exec, class XD, class Group>
 class sibling_forward_expr : public uses_workspace<sibling_forward_expr<Exec, XD, Group>, typename Group::scalar>,
                              public takes_order<sibling_forward_expr<Exec, XD, Group>> {
   using T = typename Group::scalar;
-  static_assert(vera::detail::scalar_matches<XD, T>, "vera::forward: X must have the siblings' scalar type");
+  static_assert(std::is_same_v<typename XD::Scalar, typename Group::storage>,
+                "vera::forward: X must have the scalar type of the siblings' W0");
 
  public:
   /// \brief Checks X against the group and keeps the operands; see vera::forward(X, group).
@@ -125,8 +126,9 @@ class sibling_forward_expr : public uses_workspace<sibling_forward_expr<Exec, XD
   template <class... Dst>
   void run(assign_mode mode, Dst&... ys) const {
     static_assert(sizeof...(Dst) == Group::size, "vera::forward (siblings): one destination per sibling");
-    static_assert((vera::detail::scalar_matches<std::decay_t<Dst>, T> && ...),
-                  "vera::forward (siblings): destinations must have the siblings' scalar type");
+    static_assert((detail::result_fits<std::decay_t<Dst>, XD, T> && ...),
+                  "vera::forward (siblings): destinations must have the siblings' scalar type (float or "
+                  "bfloat16 for bfloat16 storage)");
     const auto check_operands = [&](const auto& y) {
       vera::detail::check_no_alias("vera::forward (siblings)", y, "X", x_);
       detail::for_each_index<Group::size>([&](auto j) {

@@ -22,10 +22,12 @@ namespace vera {
 ///        adapter, held the way expressions hold operands (plain matrices by reference).
 template <class WD, class Bias, class T>
 class sibling_layer {
-  static_assert(vera::detail::scalar_matches<WD, T>, "vera::sibling: W0 must have the adapter's scalar type");
+  static_assert(vera::detail::storage_matches<WD, T>,
+                "vera::sibling: W0 must have the adapter's scalar type (or bfloat16 for a float adapter)");
 
  public:
-  using scalar = T;  ///< Element type of W0, the bias and the adapter.
+  using scalar = T;  ///< Element type of the adapter (b, d, A, B).
+  using storage = typename WD::Scalar;  ///< Element type of W0: T, or bfloat16 for a float adapter.
   using weight_type = WD;  ///< Expression type of W0 as given to vera::sibling.
   using bias_type = Bias;  ///< Expression type of the bias, or vera::no_bias_t.
 
@@ -33,7 +35,8 @@ class sibling_layer {
   ///        vector are checked here (at compile time); shapes are checked by sibling_group.
   sibling_layer(const WD& w0, const Bias& bias, const adapter<T>& ad) : w0_(w0), bias_(bias), adapter_(&ad) {
     if constexpr (!std::is_same_v<Bias, no_bias_t>) {
-      static_assert(vera::detail::scalar_matches<Bias, T>, "vera::sibling: bias must have the adapter's scalar type");
+      static_assert(vera::detail::storage_matches<Bias, T>,
+                    "vera::sibling: bias must have the adapter's scalar type (or bfloat16 for a float adapter)");
       static_assert(Bias::RowsAtCompileTime == 1 || Bias::ColsAtCompileTime == 1,
                     "vera::sibling: bias must be a vector (out elements)");
     }
@@ -105,10 +108,14 @@ class sibling_group {
   using first = std::tuple_element_t<0, std::tuple<Layers...>>;
 
  public:
-  using scalar = typename first::scalar;  ///< Element type, the same for every sibling.
+  using scalar = typename first::scalar;  ///< Adapter element type, the same for every sibling.
+  /// Element type of every W0, and of X and each G_i: scalar, or bfloat16 for a float adapter.
+  using storage = typename first::storage;
   static constexpr std::size_t size = sizeof...(Layers);  ///< Number of siblings, at least 1.
   static_assert((std::is_same_v<typename Layers::scalar, scalar> && ...),
                 "vera::siblings: every sibling must have the same scalar type");
+  static_assert((std::is_same_v<typename Layers::storage, storage> && ...),
+                "vera::siblings: every sibling's W0 must have the same scalar type");
 
   /// \brief Throws value_error for a different projection or dropout, shape_error for another
   ///        in_features or a wrong W0/bias, rank_error for another rank; each names the sibling.

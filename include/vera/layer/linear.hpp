@@ -3,6 +3,7 @@
 #pragma once
 
 #include <optional>
+#include <type_traits>
 #include <utility>
 
 #include <Eigen/Core>
@@ -12,6 +13,7 @@
 #include "vera/adapter/gradients.hpp"
 #include "vera/adapter/workspace.hpp"
 #include "vera/backend/cpu/backward.hpp"
+#include "vera/backend/cpu/bfloat16.hpp"
 #include "vera/backend/cpu/forward.hpp"
 #include "vera/backend/cpu/merge.hpp"
 
@@ -22,11 +24,19 @@ namespace vera {
 /// Keeps the per-layer state a training loop needs (context, workspace, merged flag) so that a
 /// steady-state step allocates nothing. While merged, forward runs the base path only and
 /// training calls throw state_error.
-template <class T>
+///
+/// `Storage` is the element type of W0, the bias, X, G and the outputs: T, or `Eigen::bfloat16`
+/// for a float adapter (`vera::linear<float, Eigen::bfloat16>`: bfloat16 storage, float32
+/// accumulation, b and d and their gradients in float32, as PEFT runs a bfloat16 model). Outputs
+/// go to destinations of either float or bfloat16.
+template <class T, class Storage = T>
 class linear {
+  static_assert(std::is_same_v<Storage, T> || (std::is_same_v<T, float> && std::is_same_v<Storage, Eigen::bfloat16>),
+                "vera::linear: W0 is stored in the adapter's scalar type, or in bfloat16 for a float adapter");
+
  public:
   /// Column-major storage for W0.
-  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  using matrix = Eigen::Matrix<Storage, Eigen::Dynamic, Eigen::Dynamic>;
 
   /// \brief Takes W0 and (optionally) a bias of out elements; checks them against the adapter.
   /// \param w0 out x in (in x out when the adapter's options set fan_in_fan_out).
@@ -34,7 +44,7 @@ class linear {
   /// \param ad the adapter; its in/out features fix the layer's shape.
   /// \param dropout_seed seeds the context's dropout masks.
   /// \throws shape_error when W0 or bias does not fit the adapter.
-  linear(matrix w0, std::optional<vector<T>> bias, adapter<T> ad, std::uint64_t dropout_seed = 0)
+  linear(matrix w0, std::optional<vector<Storage>> bias, adapter<T> ad, std::uint64_t dropout_seed = 0)
       : w0_(std::move(w0)), bias_(std::move(bias)), adapter_(std::move(ad)), context_(dropout_seed) {
     detail::check_base_weight("W0", w0_, adapter_);
     if (bias_) vera::detail::check_size("bias", adapter_.out_features(), bias_->size());
@@ -43,7 +53,7 @@ class linear {
   /// \brief W0 as stored (out x in, or in x out with fan_in_fan_out); holds W0 + ΔW while merged.
   const matrix& weight() const noexcept { return w0_; }
   /// \brief The bias (out elements), or empty for a layer without one.
-  const std::optional<vector<T>>& bias() const noexcept { return bias_; }
+  const std::optional<vector<Storage>>& bias() const noexcept { return bias_; }
   /// \brief Writable adapter; refused while merged, since W0 then holds the current ΔW and
   ///        changing b or d would make unmerge() subtract something else.
   /// \throws state_error while merged.
@@ -73,18 +83,14 @@ class linear {
   /// \throws aliasing_error when Y overlaps X (unmerged path).
   template <class XD, class YD>
   void forward(const Eigen::MatrixBase<XD>& x, Eigen::MatrixBase<YD>& y) {
+    static_assert(std::is_same_v<typename XD::Scalar, Storage>, "vera::linear: X must have W0's scalar type");
     vera::detail::check_cols("X", adapter_.in_features(), x.cols(), "the layer's in_features");
     if (merged_) {
-      if (adapter_.options().fan_in_fan_out) {
-        y.derived().noalias() = x * w0_;
-      } else {
-        y.derived().noalias() = x * w0_.transpose();
-      }
-      if (bias_) y.derived().rowwise() += bias_->transpose();
+      base_forward(x, y);
       return;
     }
     with_bias([&](const auto& b) {
-      y.derived() = vera::forward(x, w0_, b, adapter_).using_workspace(ws_).with_order(order_);
+      assign(vera::forward(x, w0_, b, adapter_).using_workspace(ws_).with_order(order_), y);
     });
   }
 
@@ -93,9 +99,9 @@ class linear {
   template <class XD, class YD>
   void forward_train(const Eigen::MatrixBase<XD>& x, Eigen::MatrixBase<YD>& y) {
     require_unmerged("forward_train");
+    static_assert(std::is_same_v<typename XD::Scalar, Storage>, "vera::linear: X must have W0's scalar type");
     with_bias([&](const auto& b) {
-      y.derived() =
-          vera::forward(x, w0_, b, adapter_).train(context_).using_workspace(ws_).with_order(order_);
+      assign(vera::forward(x, w0_, b, adapter_).train(context_).using_workspace(ws_).with_order(order_), y);
     });
   }
 
@@ -120,7 +126,7 @@ class linear {
     backward(g, grads, mode);
     const auto expr = input_gradient(g, w0_, adapter_, context_).using_workspace(ws_);
     if (mode == assign_mode::overwrite) {
-      dx.derived() = expr;
+      assign(expr, dx);
     } else {
       expr.add_to(dx);
     }
@@ -143,6 +149,47 @@ class linear {
   }
 
  private:
+  // Y = expr: a plain matrix of another shape is resized first; a destination of another scalar
+  // than the result's (float for a bfloat16 layer) receives the float32 accumulator.
+  template <class Expr, class YD>
+  static void assign(const Expr& expr, Eigen::MatrixBase<YD>& y) {
+    using result = typename Eigen::internal::traits<Expr>::ReturnType::Scalar;
+    if constexpr (std::is_same_v<typename YD::Scalar, result>) {
+      y.derived() = expr;
+    } else {
+      if constexpr (std::is_base_of_v<Eigen::PlainObjectBase<YD>, YD>) y.derived().resize(expr.rows(), expr.cols());
+      expr.assign_to(y);
+    }
+  }
+
+  // The merged layer: Y = X W^T + bias (W holds W0 + ΔW). bfloat16 layers accumulate in float32
+  // and round once, as their unmerged forward does.
+  template <class XD, class YD>
+  void base_forward(const Eigen::MatrixBase<XD>& x, Eigen::MatrixBase<YD>& y) {
+    if constexpr (std::is_same_v<Storage, Eigen::bfloat16>) {
+      if constexpr (std::is_base_of_v<Eigen::PlainObjectBase<YD>, YD>) {
+        y.derived().resize(x.rows(), adapter_.out_features());
+      } else {
+        vera::detail::check_shape("Y", x.rows(), adapter_.out_features(), y.rows(), y.cols());
+      }
+      auto acc = detail::cpu::bfloat16_path::accumulator(y.derived(), assign_mode::overwrite, ws_);
+      if (bias_) acc.rowwise() += bias_->template cast<float>().transpose();
+      if (adapter_.options().fan_in_fan_out) {
+        gemm(acc, x.derived(), w0_, true);
+      } else {
+        gemm(acc, x.derived(), w0_.transpose(), true);
+      }
+      y.derived() = acc.template cast<typename YD::Scalar>();
+    } else {
+      if (adapter_.options().fan_in_fan_out) {
+        y.derived().noalias() = x * w0_;
+      } else {
+        y.derived().noalias() = x * w0_.transpose();
+      }
+      if (bias_) y.derived().rowwise() += bias_->transpose();
+    }
+  }
+
   template <class F>
   void with_bias(F&& f) {
     if (bias_) {
@@ -159,7 +206,7 @@ class linear {
   }
 
   matrix w0_;
-  std::optional<vector<T>> bias_;
+  std::optional<vector<Storage>> bias_;
   adapter<T> adapter_;
   forward_context<T> context_;
   workspace<T> ws_;

@@ -100,9 +100,10 @@ class parameter_list {
   /// \brief Registers the adapter of `layer`; a step while the layer is merged throws
   ///        state_error, since changing b or d then would make unmerge() subtract another ΔW.
   /// \throws state_error when the layer is merged already; otherwise as the adapter overload.
-  void add(const std::string& name, linear<T>& layer, const gradients<T>& grads,
+  template <class Storage>
+  void add(const std::string& name, linear<T, Storage>& layer, const gradients<T>& grads,
            bool decay = true) {
-    const linear<T>* watched = &layer;
+    const linear<T, Storage>* watched = &layer;
     add_adapter(name, layer.vera_adapter(), grads, decay, [watched] { return watched->merged(); });
   }
 

@@ -29,25 +29,26 @@ using half = Eigen::bfloat16;
 /// bfloat16 workspace slots.
 enum half_slot : int { half_thin = 0, half_scaled_b = 1, half_tile = 2 };
 
-/// out = sign Λb B Λd (out x rank) from the bfloat16 B, formed in float32 and stored in out's
-/// scalar (rounded once when that is bfloat16).
+/// out = sign Λb B Λd (out x rank; without Λd when `with_d` is false) from the bfloat16 B,
+/// formed in float32 and stored in out's scalar (rounded once when that is bfloat16).
 template <class Out>
-void fold_scales(const adapter<float>& ad, float sign, Out& out) {
+void fold_scales(const adapter<float>& ad, float sign, Out& out, bool with_d = true) {
   const auto b = ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank());
   const auto lambda_b = ad.lambda_b();
   const auto lambda_d = ad.lambda_d();
   using S = typename Out::Scalar;
   for (index k = 0; k < out.cols(); ++k) {
+    const float d = with_d ? lambda_d(k) : 1.0f;
     for (index j = 0; j < out.rows(); ++j) {
-      out(j, k) = S(sign * lambda_b(j) * static_cast<float>(b(j, k)) * lambda_d(k));
+      out(j, k) = S(sign * lambda_b(j) * static_cast<float>(b(j, k)) * d);
     }
   }
 }
 
-/// Λb B Λd rounded to bfloat16, in its bfloat16 workspace slot.
-inline auto rounded_scaled_b(const adapter<float>& ad, workspace<float>& ws) {
+/// Λb B Λd (or Λb B) rounded to bfloat16, in its bfloat16 workspace slot.
+inline auto rounded_scaled_b(const adapter<float>& ad, workspace<float>& ws, bool with_d = true) {
   auto out = ws.get_bfloat16(half_scaled_b, ad.out_features(), ad.rank());
-  fold_scales(ad, 1.0f, out);
+  fold_scales(ad, 1.0f, out, with_d);
   return out;
 }
 
@@ -63,56 +64,74 @@ Eigen::Map<Eigen::MatrixXf> accumulator(Dst& dst, assign_mode mode, workspace<fl
   return acc;
 }
 
-/// Y = (or +=) X W0^T + bias + ((X A^T) Λd) B^T Λb in the low-rank order.
-template <class X, class W, class Bias, class Y>
-void forward(const X& x, const W& w0, const Bias& bias, const adapter<float>& ad,
-             forward_context<float>* ctx, Y& y, assign_mode mode, workspace<float>& ws) {
-  const index n = x.rows();
-  const index rank = ad.rank();
-  const auto a = ad.shared_projection().a_bfloat16(ad.in_features(), rank);
-  const double dropout = ctx != nullptr ? ad.options().dropout : 0.0;
+/// Whether a product of this kind and batch keeps the scales on its n-row sides.
+inline bool thin_side_scales(product_kind kind, index rows, const adapter<float>& ad) {
+  return plan_for(request_for(kind, extents_of(rows, ad), order::low_rank)).thin_side_scales;
+}
 
-  // P = drop(X) A^T in float32, kept in the context for backward.
-  float* p_data = ctx != nullptr ? ctx->begin_step(n, rank, dropout).data()
-                                 : ws.get(slot_thin, n, rank).data();
-  Eigen::Map<Eigen::MatrixXf> p(p_data, n, rank);
-  if (dropout == 0.0) {
+/// P = drop(X) A^T in float32 from bfloat16 X and A; with a dropout key, the masked input is
+/// formed in bfloat16 tiles.
+template <class X, class P>
+void project(const X& x, const adapter<float>& ad, const dropout_key* key, P& p, workspace<float>& ws) {
+  const auto a = ad.shared_projection().a_bfloat16(ad.in_features(), ad.rank());
+  if (key == nullptr || key->probability == 0.0) {
     gemm(p, x, a.transpose(), false);
-  } else {
-    const dropout_key& key = ctx->mask_key();
-    const float keep_scale = static_cast<float>(1.0 / (1.0 - key.probability));
-    for (index first = 0; first < n; first += dropout_tile_rows) {
-      const index rows = std::min(dropout_tile_rows, n - first);
-      auto tile = ws.get_bfloat16(half_tile, rows, x.cols());
-      for (index j = 0; j < tile.cols(); ++j) {
-        for (index i = 0; i < rows; ++i) {
-          tile(i, j) = dropout_keeps(key, first + i, j)
-                           ? half(static_cast<float>(x(first + i, j)) * keep_scale)
-                           : half(0.0f);
-        }
-      }
-      gemm(p.middleRows(first, rows), tile, a.transpose(), false);
-    }
+    return;
   }
+  const float keep_scale = static_cast<float>(1.0 / (1.0 - key->probability));
+  for (index first = 0; first < x.rows(); first += dropout_tile_rows) {
+    const index rows = std::min(dropout_tile_rows, x.rows() - first);
+    auto tile = ws.get_bfloat16(half_tile, rows, x.cols());
+    for (index j = 0; j < tile.cols(); ++j) {
+      for (index i = 0; i < rows; ++i) {
+        tile(i, j) = dropout_keeps(*key, first + i, j) ? half(static_cast<float>(x(first + i, j)) * keep_scale)
+                                                       : half(0.0f);
+      }
+    }
+    gemm(p.middleRows(first, rows), tile, a.transpose(), false);
+  }
+}
 
+/// Y = (or +=) X W0^T + bias + ((P Λd) B^T) Λb from a filled P (float32), in the low-rank
+/// order. With `kept`, Q = (P Λd) B^T is also left there (n x out, float32) for the sibling
+/// group's one-pass backward. Sibling groups call this once per sibling with their shared P.
+template <class X, class P, class W, class Bias, class Y>
+void adapted_product(const X& x, const P& p, const W& w0, const Bias& bias, const adapter<float>& ad, Y& y,
+                     assign_mode mode, workspace<float>& ws, Eigen::MatrixXf* kept = nullptr) {
+  const index n = x.rows();
   auto acc = accumulator(y, mode, ws);
   if constexpr (!std::is_same_v<Bias, no_bias_t>) {
     initialise_output(acc, bias.template cast<float>(), assign_mode::accumulate);
   }
   with_weight(ad, w0, [&](const auto& w) { gemm(acc, x, w.transpose(), true); });
-  const auto b = ad.shared_projection().b_bfloat16(ad.out_features(), rank);
-  auto p_half = ws.get_bfloat16(half_thin, n, rank);
-  if (plan_for(request_for(product_kind::forward, extents_of(n, ad), order::low_rank)).thin_side_scales) {
-    // Small batches: ((P Λd) B^T) Λb, the scales on the n-row sides.
+  auto p_half = ws.get_bfloat16(half_thin, n, ad.rank());
+  if (kept != nullptr || thin_side_scales(product_kind::forward, n, ad)) {
+    // ((P Λd) B^T) Λb: the scales on the n-row sides (small batches, or Q kept).
     p_half = (p * ad.lambda_d().asDiagonal()).template cast<half>();
-    auto q = ws.get(slot_scaled_b, n, ad.out_features());
-    gemm(q, p_half, b.transpose(), false);
+    Eigen::Map<Eigen::MatrixXf> q = kept != nullptr ? Eigen::Map<Eigen::MatrixXf>(kept->data(), n, ad.out_features())
+                                                    : ws.get(slot_scaled_b, n, ad.out_features());
+    gemm(q, p_half, ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank()).transpose(), false);
     acc += q * ad.lambda_b().asDiagonal();
   } else {
     p_half = p.template cast<half>();
     gemm(acc, p_half, rounded_scaled_b(ad, ws).transpose(), true);
   }
   y = acc.template cast<typename Y::Scalar>();
+}
+
+/// Y = (or +=) X W0^T + bias + ((X A^T) Λd) B^T Λb in the low-rank order.
+template <class X, class W, class Bias, class Y>
+void forward(const X& x, const W& w0, const Bias& bias, const adapter<float>& ad,
+             forward_context<float>* ctx, Y& y, assign_mode mode, workspace<float>& ws) {
+  const index n = x.rows();
+  const index rank = ad.rank();
+  const double dropout = ctx != nullptr ? ad.options().dropout : 0.0;
+  // P = drop(X) A^T in float32, kept in the context for backward.
+  float* p_data = ctx != nullptr ? ctx->begin_step(n, rank, dropout).data()
+                                 : ws.get(slot_thin, n, rank).data();
+  Eigen::Map<Eigen::MatrixXf> p(p_data, n, rank);
+  project(x, ad, ctx != nullptr ? &ctx->mask_key() : nullptr, p, ws);
+  adapted_product(x, p, w0, bias, ad, y, mode, ws);
   if (ctx != nullptr) ctx->finish_step();
 }
 
@@ -130,41 +149,83 @@ void parameter_gradients(const G& g, const adapter<float>& ad, const forward_con
   finish_parameter_gradients(m, ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank()), ad, out);
 }
 
+/// acc += G W0 (float32 accumulator) and t = (or +=, per `t_mode`) T Λd with T = (G Λb) B, from
+/// bfloat16 factors; add_back_projection finishes grad_X. Sibling groups sum t over siblings.
+template <class G, class W, class Acc, class Thin>
+void input_gradient_terms(const G& g, const W& w0, const adapter<float>& ad, Acc& acc, Thin& t,
+                          assign_mode t_mode, workspace<float>& ws) {
+  const index n = g.rows();
+  with_weight(ad, w0, [&](const auto& w) { gemm(acc, g, w, true); });
+  if (thin_side_scales(product_kind::input_gradient, n, ad)) {
+    auto g_half = ws.get_bfloat16(half_scaled_b, n, ad.out_features());
+    g_half = (g.template cast<float>() * ad.lambda_b().asDiagonal()).template cast<half>();
+    auto u = ws.get(slot_scaled_b, n, ad.rank());
+    gemm(u, g_half, ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank()), false);
+    if (t_mode == assign_mode::accumulate) {
+      t += u * ad.lambda_d().asDiagonal();
+    } else {
+      t = u * ad.lambda_d().asDiagonal();
+    }
+  } else {
+    gemm(t, g, rounded_scaled_b(ad, ws), t_mode == assign_mode::accumulate);
+  }
+}
+
+/// acc += mask ⊙ (t A) / (1 - p) with t rounded to bfloat16 against the bfloat16 A.
+template <class Thin, class Acc>
+void add_back_projection(const Thin& t, const adapter<float>& ad, const dropout_key& key, Acc& acc,
+                         workspace<float>& ws) {
+  auto t_half = ws.get_bfloat16(half_thin, t.rows(), t.cols());
+  t_half = t.template cast<half>();
+  const auto a = ad.shared_projection().a_bfloat16(ad.in_features(), ad.rank());
+  if (key.probability == 0.0) {
+    gemm(acc, t_half, a, true);
+    return;
+  }
+  for (index first = 0; first < t.rows(); first += dropout_tile_rows) {
+    const index rows = std::min(dropout_tile_rows, t.rows() - first);
+    auto tile = ws.get(slot_tile, rows, a.cols());
+    gemm(tile, t_half.middleRows(first, rows), a, false);
+    mask_tile(first, key, tile);
+    acc.middleRows(first, rows) += tile;
+  }
+}
+
 /// grad_X = G W0 + mask ⊙ ((G Λb B Λd) A) / (1 - p), with T = G Λb B Λd rounded to bfloat16.
 template <class G, class W, class Dx>
 void input_gradient(const G& g, const W& w0, const adapter<float>& ad, const dropout_key& key,
                     Dx& dx, assign_mode mode, workspace<float>& ws) {
-  const index n = g.rows();
-  const index rank = ad.rank();
   auto acc = accumulator(dx, mode, ws);
-  with_weight(ad, w0, [&](const auto& w) { gemm(acc, g, w, true); });
+  auto t = ws.get(slot_thin, g.rows(), ad.rank());
+  input_gradient_terms(g, w0, ad, acc, t, assign_mode::overwrite, ws);
+  add_back_projection(t, ad, key, acc, ws);
+  dx = acc.template cast<typename Dx::Scalar>();
+}
 
-  auto t = ws.get(slot_thin, n, rank);
-  if (plan_for(request_for(product_kind::input_gradient, extents_of(n, ad), order::low_rank))
-          .thin_side_scales) {
+/// One sibling's share of the group's one-pass backward from a forward that kept
+/// Q = (P Λd) B^T: grad_b += colsum(G ⊙ Q), U = (G Λb) B from bfloat16 factors,
+/// grad_d += colsum(U ⊙ P), s = (or +=, per `s_mode`) U Λd, acc += G W0.
+template <class G, class W, class P, class Acc, class S>
+void sibling_backward_terms(const G& g, const W& w0, const adapter<float>& ad, const Eigen::MatrixXf& q,
+                            const P& p, gradients<float>& out, Acc& acc, S& s, assign_mode s_mode,
+                            workspace<float>& ws) {
+  const index n = g.rows();
+  if (ad.options().train_b) out.lambda_b.noalias() += g.template cast<float>().cwiseProduct(q).colwise().sum().transpose();
+  auto u = ws.get(slot_scaled_b, n, ad.rank());
+  if (thin_side_scales(product_kind::input_gradient, n, ad)) {
     auto g_half = ws.get_bfloat16(half_scaled_b, n, ad.out_features());
     g_half = (g.template cast<float>() * ad.lambda_b().asDiagonal()).template cast<half>();
-    auto u = ws.get(slot_scaled_b, n, rank);
-    gemm(u, g_half, ad.shared_projection().b_bfloat16(ad.out_features(), rank), false);
-    t = u * ad.lambda_d().asDiagonal();
+    gemm(u, g_half, ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank()), false);
   } else {
-    gemm(t, g, rounded_scaled_b(ad, ws), false);
+    gemm(u, g, rounded_scaled_b(ad, ws, /*with_d=*/false), false);
   }
-  auto t_half = ws.get_bfloat16(half_thin, n, rank);
-  t_half = t.template cast<half>();
-  const auto a = ad.shared_projection().a_bfloat16(ad.in_features(), rank);
-  if (key.probability == 0.0) {
-    gemm(acc, t_half, a, true);
+  if (ad.options().train_d) out.lambda_d.noalias() += u.cwiseProduct(p).colwise().sum().transpose();
+  if (s_mode == assign_mode::accumulate) {
+    s += u * ad.lambda_d().asDiagonal();
   } else {
-    for (index first = 0; first < n; first += dropout_tile_rows) {
-      const index rows = std::min(dropout_tile_rows, n - first);
-      auto tile = ws.get(slot_tile, rows, a.cols());
-      gemm(tile, t_half.middleRows(first, rows), a, false);
-      mask_tile(first, key, tile);
-      acc.middleRows(first, rows) += tile;
-    }
+    s = u * ad.lambda_d().asDiagonal();
   }
-  dx = acc.template cast<typename Dx::Scalar>();
+  with_weight(ad, w0, [&](const auto& w) { gemm(acc, g, w, true); });
 }
 
 /// W = bf16(keep W + sign ΔW) with ΔW = (Λb B Λd) A in float32 from the bfloat16-rounded A and B:

@@ -27,23 +27,40 @@ void evaluate(Exec, const sibling_input_gradient_expr<Exec, Group, GD...>& e, Ds
   const dropout_key& key = e.context().mask_key();
   detail::cpu::scratch<T> scratch(e.scratch());
   workspace<T>& ws = scratch.get();
-  const auto plans = detail::cpu::plan_siblings(detail::cpu::product_kind::input_gradient, e.requested_order(),
-                                        detail::cpu::sibling_extents(group, rows), /*shared_paid=*/false,
-                                        scratch.reused(), key.probability == 0.0,
-                                        std::array<bool, Group::size>{}, detail::cpu::planning_threads());
-  bool any_low_rank = false;
-  for (const detail::cpu::plan& how : plans) any_low_rank = any_low_rank || how.chosen == order::low_rank;
+  if constexpr (std::is_same_v<typename Group::storage, Eigen::bfloat16>) {
+    if (e.requested_order() == order::merged) {
+      throw value_error("vera::input_gradient (siblings): bfloat16 layers run the low-rank order only");
+    }
+    // The thin terms of all siblings summed in float32, rounded once, projected back once.
+    auto acc = detail::cpu::bfloat16_path::accumulator(dx, mode, ws);
+    auto t = ws.get(detail::cpu::slot_thin, rows, group.rank());
+    detail::for_each_index<Group::size>([&](auto i) {
+      constexpr std::size_t I = decltype(i)::value;
+      const auto& member = group.template member<I>();
+      detail::cpu::bfloat16_path::input_gradient_terms(std::get<I>(upstream), member.w0(), member.layer(), acc, t,
+                                                       I == 0 ? assign_mode::overwrite : assign_mode::accumulate, ws);
+    });
+    detail::cpu::bfloat16_path::add_back_projection(t, group.lead(), key, acc, ws);
+    dx = acc.template cast<typename Dst::Scalar>();
+  } else {
+    const auto plans = detail::cpu::plan_siblings(detail::cpu::product_kind::input_gradient, e.requested_order(),
+                                          detail::cpu::sibling_extents(group, rows), /*shared_paid=*/false,
+                                          scratch.reused(), key.probability == 0.0,
+                                          std::array<bool, Group::size>{}, detail::cpu::planning_threads());
+    bool any_low_rank = false;
+    for (const detail::cpu::plan& how : plans) any_low_rank = any_low_rank || how.chosen == order::low_rank;
 
-  if (mode == assign_mode::overwrite) dx.setZero();
-  auto t = ws.get(detail::cpu::slot_thin, any_low_rank ? rows : 0, group.rank());
-  assign_mode t_mode = assign_mode::overwrite;
-  detail::for_each_index<Group::size>([&](auto i) {
-    constexpr std::size_t I = decltype(i)::value;
-    const auto& member = group.template member<I>();
-    detail::cpu::input_gradient_terms(std::get<I>(upstream), member.w0(), member.layer(), plans[I], dx, t, t_mode, ws);
-    if (plans[I].chosen == order::low_rank) t_mode = assign_mode::accumulate;
-  });
-  if (any_low_rank) detail::cpu::add_back_projection(t, group.lead().a(), key, dx, ws);
+    if (mode == assign_mode::overwrite) dx.setZero();
+    auto t = ws.get(detail::cpu::slot_thin, any_low_rank ? rows : 0, group.rank());
+    assign_mode t_mode = assign_mode::overwrite;
+    detail::for_each_index<Group::size>([&](auto i) {
+      constexpr std::size_t I = decltype(i)::value;
+      const auto& member = group.template member<I>();
+      detail::cpu::input_gradient_terms(std::get<I>(upstream), member.w0(), member.layer(), plans[I], dx, t, t_mode, ws);
+      if (plans[I].chosen == order::low_rank) t_mode = assign_mode::accumulate;
+    });
+    if (any_low_rank) detail::cpu::add_back_projection(t, group.lead().a(), key, dx, ws);
+  }
 }
 
 /// \brief The one-pass group backward from a context that kept Q_i (see sibling_backward_expr).
@@ -59,33 +76,49 @@ void evaluate(Exec, const sibling_backward_expr<Exec, Group, GD...>& e, DX& dx, 
   detail::cpu::scratch<T> scratch(e.scratch());
   workspace<T>& ws = scratch.get();
 
-  if (mode == assign_mode::overwrite) dx.setZero();
-  auto s = ws.get(detail::cpu::slot_thin, p.rows(), p.cols());
-  detail::for_each_index<Group::size>([&](auto i) {
-    constexpr std::size_t I = decltype(i)::value;
-    const auto& member = group.template member<I>();
-    const adapter<T>& ad = member.layer();
-    const auto& g = std::get<I>(upstream);
-    gradients<T>& out = std::get<I>(grads);
-    if (mode == assign_mode::overwrite) out.set_zero();
-    if (ad.options().train_b) out.lambda_b.noalias() += g.cwiseProduct(e.context().kept(I)).colwise().sum().transpose();
-    auto u = ws.get(detail::cpu::slot_weight, p.rows(), p.cols());
-    const auto request = detail::cpu::request_for(detail::cpu::product_kind::input_gradient,
-                                          detail::cpu::extents_of(p.rows(), ad), order::low_rank);
-    if (detail::cpu::plan_for(request).thin_side_scales) {
-      detail::cpu::thin_t(g, ad, ws, u);  // U = (G Λb) B, small batches: Λb on the thin side
-    } else {
-      detail::cpu::gemm(u, g, detail::cpu::half_scaled_b(ad, /*lambda_d=*/false, ws), false);  // U = G Λb B
-    }
-    if (ad.options().train_d) out.lambda_d.noalias() += u.cwiseProduct(p).colwise().sum().transpose();
-    if constexpr (I == 0) {
-      s = u * ad.lambda_d().asDiagonal();
-    } else {
-      s += u * ad.lambda_d().asDiagonal();
-    }
-    detail::cpu::with_weight(ad, member.w0(), [&](const auto& w) { detail::cpu::gemm(dx, g, w, true); });
-  });
-  detail::cpu::add_back_projection(s, group.lead().a(), shared.mask_key(), dx, ws);
+  if constexpr (std::is_same_v<typename Group::storage, Eigen::bfloat16>) {
+    auto acc = detail::cpu::bfloat16_path::accumulator(dx, mode, ws);
+    auto s = ws.get(detail::cpu::slot_thin, p.rows(), p.cols());
+    detail::for_each_index<Group::size>([&](auto i) {
+      constexpr std::size_t I = decltype(i)::value;
+      const auto& member = group.template member<I>();
+      gradients<float>& out = std::get<I>(grads);
+      if (mode == assign_mode::overwrite) out.set_zero();
+      detail::cpu::bfloat16_path::sibling_backward_terms(std::get<I>(upstream), member.w0(), member.layer(),
+                                                         e.context().kept(I), p, out, acc, s,
+                                                         I == 0 ? assign_mode::overwrite : assign_mode::accumulate, ws);
+    });
+    detail::cpu::bfloat16_path::add_back_projection(s, group.lead(), shared.mask_key(), acc, ws);
+    dx = acc.template cast<typename DX::Scalar>();
+  } else {
+    if (mode == assign_mode::overwrite) dx.setZero();
+    auto s = ws.get(detail::cpu::slot_thin, p.rows(), p.cols());
+    detail::for_each_index<Group::size>([&](auto i) {
+      constexpr std::size_t I = decltype(i)::value;
+      const auto& member = group.template member<I>();
+      const adapter<T>& ad = member.layer();
+      const auto& g = std::get<I>(upstream);
+      gradients<T>& out = std::get<I>(grads);
+      if (mode == assign_mode::overwrite) out.set_zero();
+      if (ad.options().train_b) out.lambda_b.noalias() += g.cwiseProduct(e.context().kept(I)).colwise().sum().transpose();
+      auto u = ws.get(detail::cpu::slot_weight, p.rows(), p.cols());
+      const auto request = detail::cpu::request_for(detail::cpu::product_kind::input_gradient,
+                                            detail::cpu::extents_of(p.rows(), ad), order::low_rank);
+      if (detail::cpu::plan_for(request).thin_side_scales) {
+        detail::cpu::thin_t(g, ad, ws, u);  // U = (G Λb) B, small batches: Λb on the thin side
+      } else {
+        detail::cpu::gemm(u, g, detail::cpu::half_scaled_b(ad, /*lambda_d=*/false, ws), false);  // U = G Λb B
+      }
+      if (ad.options().train_d) out.lambda_d.noalias() += u.cwiseProduct(p).colwise().sum().transpose();
+      if constexpr (I == 0) {
+        s = u * ad.lambda_d().asDiagonal();
+      } else {
+        s += u * ad.lambda_d().asDiagonal();
+      }
+      detail::cpu::with_weight(ad, member.w0(), [&](const auto& w) { detail::cpu::gemm(dx, g, w, true); });
+    });
+    detail::cpu::add_back_projection(s, group.lead().a(), shared.mask_key(), dx, ws);
+  }
 }
 
 }  // namespace vera
