@@ -177,18 +177,7 @@ void add_back_projection(const Thin& t, const adapter<float>& ad, const dropout_
                          workspace<float>& ws) {
   auto t_half = ws.get_bfloat16(half_thin, t.rows(), t.cols());
   t_half = t.template cast<half>();
-  const auto a = ad.shared_projection().a_bfloat16(ad.in_features(), ad.rank());
-  if (key.probability == 0.0) {
-    gemm(acc, t_half, a, true);
-    return;
-  }
-  for (index first = 0; first < t.rows(); first += dropout_tile_rows) {
-    const index rows = std::min(dropout_tile_rows, t.rows() - first);
-    auto tile = ws.get(slot_tile, rows, a.cols());
-    gemm(tile, t_half.middleRows(first, rows), a, false);
-    mask_tile(first, key, tile);
-    acc.middleRows(first, rows) += tile;
-  }
+  cpu::add_back_projection(t_half, ad.shared_projection().a_bfloat16(ad.in_features(), ad.rank()), key, acc, ws);
 }
 
 /// grad_X = G W0 + mask ⊙ ((G Λb B Λd) A) / (1 - p), with T = G Λb B Λd rounded to bfloat16.
@@ -243,11 +232,12 @@ void merge(const adapter<float>& ad, Dst& w, bool keep, float sign, workspace<fl
   fold_scales(ad, sign, bbd);
   auto delta = ws.get(slot_weight, out, in);
   gemm(delta, bbd, a, false);
+  // One rounding per element, bf16(float(W) + ΔW); Eigen's packet casts vectorise both ways.
   const auto update = [&](auto&& target) {
-    for (index j = 0; j < target.cols(); ++j) {
-      for (index i = 0; i < target.rows(); ++i) {
-        target(i, j) = keep ? half(static_cast<float>(target(i, j)) + delta(i, j)) : half(delta(i, j));
-      }
+    if (keep) {
+      target = (target.template cast<float>() + delta).template cast<half>();
+    } else {
+      target = delta.template cast<half>();
     }
   };
   if (ad.options().fan_in_fan_out) {

@@ -166,4 +166,21 @@ void mask_tile(index first_row, const dropout_key& key, Tile& tile) {
   }
 }
 
+/// dX += mask ⊙ (t A) / (1 - p): the adapter input's share of grad_X, with the forward's dropout
+/// mask (tile by tile, so the masked product never exists as a whole n x in matrix).
+template <class Thin, class A, class Dx, class T>
+void add_back_projection(const Thin& t, const A& a, const dropout_key& key, Dx& dx, workspace<T>& ws) {
+  if (key.probability == 0.0) {
+    gemm(dx, t, a, true);
+    return;
+  }
+  for (index first = 0; first < t.rows(); first += dropout_tile_rows) {
+    const index rows = std::min(dropout_tile_rows, t.rows() - first);
+    auto tile = ws.get(slot_tile, rows, a.cols());
+    gemm(tile, t.middleRows(first, rows), a, false);
+    mask_tile(first, key, tile);
+    dx.middleRows(first, rows) += tile;
+  }
+}
+
 }  // namespace vera::detail::cpu
