@@ -18,6 +18,7 @@
 #include <omp.h>
 
 #include <vera/io.hpp>
+#include <vera/multi.hpp>
 #include <vera/vera.hpp>
 
 namespace {
@@ -160,28 +161,29 @@ int run(const options& o, const vera::io::safetensors_file& file) {
   }
 
   vera::adapter<float> k_ad(shared, in, out), v_ad(shared, in, out);
-  vera::forward_context<float> k_ctx, v_ctx;
+  vera::sibling_context<float> s_ctx;
   vera::gradients<float> k_grads(k_ad), v_grads(v_ad);
-  storage yk(n, out), yv(n, out), dxk(n, in), dxv(n, in);
+  storage yk(n, out), yv(n, out);
+  // Gradients of Y for k and v: G with its rows rotated, so that the three differ.
+  storage gk(n, out), gv(n, out);
+  for (Eigen::Index i = 0; i < n; ++i) {
+    gk.row(i) = g.row((i + 1) % n);
+    gv.row(i) = g.row((i + 2) % n);
+  }
   row_f floor_y(n, out), floor_dx(n, in);
   const std::vector<std::pair<const char*, std::function<void()>>> steps = {
       {"forward", [&] { y = vera::forward(x, w0, bias, ad).using_workspace(ws); }},
       {"fwd_bwd_bd", [&] { forward_train(); backward_bd(); }},
       {"fwd_bwd_bdx", [&] { forward_train(); backward_bd(); backward_x(); }},
       {"merge", merge},
-      // q, k, v: three layers reading one X (three single-layer calls; the sibling group's
-      // shared X A^T is float32-only so far).
+      // q, k, v: three layers reading one X as a sibling group (X A^T once, one-pass backward),
+      // with three gradients of Y as PEFT's block gets.
       {"sibling",
        [&] {
-         forward_train();
-         yk = vera::forward(x, w0, bias, k_ad).train(k_ctx).using_workspace(ws);
-         yv = vera::forward(x, w0, bias, v_ad).train(v_ctx).using_workspace(ws);
-         backward_bd();
-         k_grads = vera::parameter_gradients(g, k_ad, k_ctx).using_workspace(ws);
-         v_grads = vera::parameter_gradients(g, v_ad, v_ctx).using_workspace(ws);
-         backward_x();
-         dxk = vera::input_gradient(g, w0, k_ad, k_ctx).using_workspace(ws);
-         dxv = vera::input_gradient(g, w0, v_ad, v_ctx).using_workspace(ws);
+         const auto group = vera::siblings(vera::sibling(w0, bias, ad), vera::sibling(w0, bias, k_ad),
+                                           vera::sibling(w0, bias, v_ad));
+         vera::forward(x, group).train(s_ctx).using_workspace(ws).eval_to(y, yk, yv);
+         vera::backward(group, s_ctx, g, gk, gv).using_workspace(ws).eval_to(dx, grads, k_grads, v_grads);
        }},
       // The base GEMMs of fwd_bwd_bdx alone, on the same provider: X W0^T and G W0.
       {"floor",
