@@ -200,3 +200,60 @@ TEST_CASE("bfloat16 inputs are refused with clear errors", "[bfloat16]") {
   const half_matrix g_wrong = half_matrix::Zero(9, 6);
   CHECK_THROWS_AS(vera::parameter_gradients(g_wrong, l.layer.ad, ctx), vera::shape_error);
 }
+
+TEST_CASE("row-major bfloat16 operands match the reference", "[bfloat16]") {
+  // The float32 accumulators follow the destination's storage order; row-major X, W0, G and
+  // outputs (as PyTorch lays them out) take those paths.
+  using half_rows = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  for (const layer_shape& s : vera_test::edge_shapes()) {
+    for (const bool fan_in_fan_out : {false, true}) {
+      for (const double dropout : {0.0, 0.25}) {
+        INFO(describe(s, fan_in_fan_out, dropout));
+        rounded_layer l(s, fan_in_fan_out, dropout);
+        const half_rows x = l.x, w0 = l.w0, g = l.g;
+        vera::forward_context<float> ctx;
+        vera::workspace<float> ws;
+        const half_rows y = vera::forward(x, w0, l.bias, l.layer.ad).train(ctx).using_workspace(ws);
+        const auto v = l.values(&ctx.mask_key());
+        const auto m = vera_test::magnitudes(v);
+        const vera::index depth = vera_test::rounding_depth(s.rows, s.in, s.out, s.rank);
+        const int masked = dropout > 0.0 ? 1 : 0;
+        const auto y_check = compare(y, vera_test::reference_forward(v).y, vera_test::reference_forward(m).y,
+                                     bfloat16_budget(3 + masked, depth));
+        INFO("Y: " << y_check);
+        CHECK(y_check.ok());
+
+        const wide_matrix g_values = l.g.cast<float>().cast<wide>();
+        const auto grads = vera_test::reference_backward(v, g_values);
+        const auto grad_size = vera_test::reference_backward(m, g_values.cwiseAbs());
+        vera::gradients<float> out(l.layer.ad);
+        out = vera::parameter_gradients(g, l.layer.ad, ctx).using_workspace(ws);
+        const auto gb = compare(out.lambda_b, grads.grad_b, grad_size.grad_b, bfloat16_budget(2 + masked, depth));
+        INFO("grad_b: " << gb);
+        CHECK(gb.ok());
+        const auto gd = compare(out.lambda_d, grads.grad_d, grad_size.grad_d, bfloat16_budget(2 + masked, depth));
+        INFO("grad_d: " << gd);
+        CHECK(gd.ok());
+        const half_rows dx = vera::input_gradient(g, w0, l.layer.ad, ctx).using_workspace(ws);
+        const auto dx_check = compare(dx, grads.grad_x, grad_size.grad_x, bfloat16_budget(3, depth));
+        INFO("grad_X: " << dx_check);
+        CHECK(dx_check.ok());
+
+        if (dropout == 0.0) {
+          // Merge into a row-major W0: one rounding of the float32 sum W0 + ΔW.
+          half_rows merged = w0;
+          vera::merge(merged, l.layer.ad, &ws);
+          const wide_matrix w0_values = l.w0.cast<float>().cast<wide>();
+          const wide_matrix delta = vera_test::reference_delta(v);
+          const wide_matrix delta_size = vera_test::reference_delta(m);
+          const wide_matrix stored_delta = fan_in_fan_out ? wide_matrix(delta.transpose()) : delta;
+          const wide_matrix stored_size = fan_in_fan_out ? wide_matrix(delta_size.transpose()) : delta_size;
+          const auto merge_check =
+              compare(merged, w0_values + stored_delta, w0_values.cwiseAbs() + stored_size, bfloat16_budget(1, s.rank + 4));
+          INFO("merge: " << merge_check);
+          CHECK(merge_check.ok());
+        }
+      }
+    }
+  }
+}

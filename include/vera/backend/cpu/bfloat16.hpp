@@ -52,10 +52,20 @@ inline auto rounded_scaled_b(const adapter<float>& ad, workspace<float>& ws, boo
   return out;
 }
 
-/// The float32 accumulator of an n x cols output: zero, or the destination's values to add to.
+/// A workspace buffer viewed in the storage order of `Like`, so that the elementwise passes
+/// between them (casts, scaled copies, the final rounding) run in memory order and vectorise.
+template <class Like, class Map>
+auto laid_out_like(Map buffer) {
+  constexpr int order = Like::IsRowMajor ? Eigen::RowMajor : Eigen::ColMajor;
+  using matrix = Eigen::Matrix<typename Map::Scalar, Eigen::Dynamic, Eigen::Dynamic, order>;
+  return Eigen::Map<matrix>(buffer.data(), buffer.rows(), buffer.cols());
+}
+
+/// The float32 accumulator of an n x cols output, in the destination's storage order: zero, or
+/// the destination's values to add to.
 template <class Dst>
-Eigen::Map<Eigen::MatrixXf> accumulator(Dst& dst, assign_mode mode, workspace<float>& ws) {
-  auto acc = ws.get(slot_weight, dst.rows(), dst.cols());
+auto accumulator(Dst& dst, assign_mode mode, workspace<float>& ws) {
+  auto acc = laid_out_like<Dst>(ws.get(slot_weight, dst.rows(), dst.cols()));
   if (mode == assign_mode::accumulate) {
     acc = dst.template cast<float>();
   } else {
@@ -108,10 +118,15 @@ void adapted_product(const X& x, const P& p, const W& w0, const Bias& bias, cons
   if (kept != nullptr || thin_side_scales(product_kind::forward, n, ad)) {
     // ((P Λd) B^T) Λb: the scales on the n-row sides (small batches, or Q kept).
     p_half = (p * ad.lambda_d().asDiagonal()).template cast<half>();
-    Eigen::Map<Eigen::MatrixXf> q = kept != nullptr ? Eigen::Map<Eigen::MatrixXf>(kept->data(), n, ad.out_features())
-                                                    : ws.get(slot_scaled_b, n, ad.out_features());
-    gemm(q, p_half, ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank()).transpose(), false);
-    acc += q * ad.lambda_b().asDiagonal();
+    const auto add_scaled = [&](auto q) {
+      gemm(q, p_half, ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank()).transpose(), false);
+      acc += q * ad.lambda_b().asDiagonal();
+    };
+    if (kept != nullptr) {
+      add_scaled(Eigen::Map<Eigen::MatrixXf>(kept->data(), n, ad.out_features()));
+    } else {
+      add_scaled(laid_out_like<Y>(ws.get(slot_scaled_b, n, ad.out_features())));
+    }
   } else {
     p_half = p.template cast<half>();
     gemm(acc, p_half, rounded_scaled_b(ad, ws).transpose(), true);
@@ -157,7 +172,7 @@ void input_gradient_terms(const G& g, const W& w0, const adapter<float>& ad, Acc
   const index n = g.rows();
   with_weight(ad, w0, [&](const auto& w) { gemm(acc, g, w, true); });
   if (thin_side_scales(product_kind::input_gradient, n, ad)) {
-    auto g_half = ws.get_bfloat16(half_scaled_b, n, ad.out_features());
+    auto g_half = laid_out_like<G>(ws.get_bfloat16(half_scaled_b, n, ad.out_features()));
     g_half = (g.template cast<float>() * ad.lambda_b().asDiagonal()).template cast<half>();
     auto u = ws.get(slot_scaled_b, n, ad.rank());
     gemm(u, g_half, ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank()), false);
@@ -202,7 +217,7 @@ void sibling_backward_terms(const G& g, const W& w0, const adapter<float>& ad, c
   if (ad.options().train_b) out.lambda_b.noalias() += g.template cast<float>().cwiseProduct(q).colwise().sum().transpose();
   auto u = ws.get(slot_scaled_b, n, ad.rank());
   if (thin_side_scales(product_kind::input_gradient, n, ad)) {
-    auto g_half = ws.get_bfloat16(half_scaled_b, n, ad.out_features());
+    auto g_half = laid_out_like<G>(ws.get_bfloat16(half_scaled_b, n, ad.out_features()));
     g_half = (g.template cast<float>() * ad.lambda_b().asDiagonal()).template cast<half>();
     gemm(u, g_half, ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank()), false);
   } else {
@@ -230,10 +245,11 @@ void merge(const adapter<float>& ad, Dst& w, bool keep, float sign, workspace<fl
   a = shared.a_bfloat16(in, rank).template cast<float>();
   auto bbd = ws.get(slot_scaled_b, out, rank);
   fold_scales(ad, sign, bbd);
-  auto delta = ws.get(slot_weight, out, in);
-  gemm(delta, bbd, a, false);
-  // One rounding per element, bf16(float(W) + ΔW); Eigen's packet casts vectorise both ways.
+  // ΔW in the target's storage order, then one rounding per element, bf16(float(W) + ΔW), in
+  // memory order (Eigen's packet casts vectorise both ways).
   const auto update = [&](auto&& target) {
+    auto delta = laid_out_like<std::decay_t<decltype(target)>>(ws.get(slot_weight, out, in));
+    gemm(delta, bbd, a, false);
     if (keep) {
       target = (target.template cast<float>() + delta).template cast<half>();
     } else {
