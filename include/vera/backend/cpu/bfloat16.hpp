@@ -29,6 +29,15 @@ using half = Eigen::bfloat16;
 /// bfloat16 workspace slots.
 enum half_slot : int { half_thin = 0, half_scaled_b = 1, half_tile = 2 };
 
+/// A workspace buffer viewed in the storage order of `Like`, so that the elementwise passes
+/// between them (casts, scaled copies, the final rounding) run in memory order and vectorise.
+template <class Like, class Map>
+auto laid_out_like(Map buffer) {
+  constexpr int order = Like::IsRowMajor ? Eigen::RowMajor : Eigen::ColMajor;
+  using matrix = Eigen::Matrix<typename Map::Scalar, Eigen::Dynamic, Eigen::Dynamic, order>;
+  return Eigen::Map<matrix>(buffer.data(), buffer.rows(), buffer.cols());
+}
+
 /// out = sign Λb B Λd (out x rank; without Λd when `with_d` is false) from the bfloat16 B,
 /// formed in float32 and stored in out's scalar (rounded once when that is bfloat16).
 template <class Out>
@@ -37,28 +46,28 @@ void fold_scales(const adapter<float>& ad, float sign, Out& out, bool with_d = t
   const auto lambda_b = ad.lambda_b();
   const auto lambda_d = ad.lambda_d();
   using S = typename Out::Scalar;
-  for (index k = 0; k < out.cols(); ++k) {
+  const auto element = [&](index j, index k) {
     const float d = with_d ? lambda_d(k) : 1.0f;
+    out(j, k) = S(sign * lambda_b(j) * static_cast<float>(b(j, k)) * d);
+  };
+  // In out's memory order (B itself is row-major).
+  if constexpr (Out::IsRowMajor) {
     for (index j = 0; j < out.rows(); ++j) {
-      out(j, k) = S(sign * lambda_b(j) * static_cast<float>(b(j, k)) * d);
+      for (index k = 0; k < out.cols(); ++k) element(j, k);
+    }
+  } else {
+    for (index k = 0; k < out.cols(); ++k) {
+      for (index j = 0; j < out.rows(); ++j) element(j, k);
     }
   }
 }
 
 /// Λb B Λd (or Λb B) rounded to bfloat16, in its bfloat16 workspace slot.
 inline auto rounded_scaled_b(const adapter<float>& ad, workspace<float>& ws, bool with_d = true) {
-  auto out = ws.get_bfloat16(half_scaled_b, ad.out_features(), ad.rank());
+  // Row-major like the rounded B it is read from, so the pass runs in memory order.
+  auto out = laid_out_like<row_matrix<half>>(ws.get_bfloat16(half_scaled_b, ad.out_features(), ad.rank()));
   fold_scales(ad, 1.0f, out, with_d);
   return out;
-}
-
-/// A workspace buffer viewed in the storage order of `Like`, so that the elementwise passes
-/// between them (casts, scaled copies, the final rounding) run in memory order and vectorise.
-template <class Like, class Map>
-auto laid_out_like(Map buffer) {
-  constexpr int order = Like::IsRowMajor ? Eigen::RowMajor : Eigen::ColMajor;
-  using matrix = Eigen::Matrix<typename Map::Scalar, Eigen::Dynamic, Eigen::Dynamic, order>;
-  return Eigen::Map<matrix>(buffer.data(), buffer.rows(), buffer.cols());
 }
 
 /// The float32 accumulator of an n x cols output, in the destination's storage order: zero, or
@@ -241,9 +250,11 @@ void merge(const adapter<float>& ad, Dst& w, bool keep, float sign, workspace<fl
   const index in = ad.in_features();
   const index rank = ad.rank();
   const auto& shared = ad.shared_projection();
-  auto a = ws.get(slot_tile, rank, in);
+  // A and Λb B Λd in float32, row-major like the rounded copies they are read from.
+  using rows = row_matrix<half>;
+  auto a = laid_out_like<rows>(ws.get(slot_tile, rank, in));
   a = shared.a_bfloat16(in, rank).template cast<float>();
-  auto bbd = ws.get(slot_scaled_b, out, rank);
+  auto bbd = laid_out_like<rows>(ws.get(slot_scaled_b, out, rank));
   fold_scales(ad, sign, bbd);
   // ΔW in the target's storage order, then one rounding per element, bf16(float(W) + ΔW), in
   // memory order (Eigen's packet casts vectorise both ways).
