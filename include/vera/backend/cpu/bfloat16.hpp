@@ -159,18 +159,39 @@ void forward(const X& x, const W& w0, const Bias& bias, const adapter<float>& ad
   if (ctx != nullptr) ctx->finish_step();
 }
 
-/// grad_b, grad_d from M = G^T P (out x rank) with P rounded to bfloat16, then one float32 pass.
+/// grad_b, grad_d from M = G^T P (out x rank) with P rounded to bfloat16, then one float32 pass
+/// (at one row, from two products against B).
 template <class G>
 void parameter_gradients(const G& g, const adapter<float>& ad, const forward_context<float>& ctx,
                          gradients<float>& out, workspace<float>& ws) {
   const auto& p = ctx.projected();
+  const auto b = ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank());
+  if (plan_for(request_for(product_kind::parameter_gradients, extents_of(p.rows(), ad))).single_row) {
+    // One row: grad_b = colsum(G ⊙ Q) with Q = bf16(P Λd) B^T, grad_d = colsum(T ⊙ P) with
+    // T = bf16(G Λb) B; two products against B instead of forming the out x rank M = G^T P.
+    if (ad.options().train_b) {
+      auto pd_half = ws.get_bfloat16(half_thin, p.rows(), p.cols());
+      pd_half = (p * ad.lambda_d().asDiagonal()).template cast<half>();
+      auto q = ws.get(slot_scaled_b, p.rows(), ad.out_features());
+      gemm(q, pd_half, b.transpose(), false);
+      out.lambda_b.noalias() += g.template cast<float>().cwiseProduct(q).colwise().sum().transpose();
+    }
+    if (ad.options().train_d) {
+      auto gb_half = ws.get_bfloat16(half_scaled_b, g.rows(), g.cols());
+      gb_half = (g.template cast<float>() * ad.lambda_b().asDiagonal()).template cast<half>();
+      auto t = ws.get(slot_weight, p.rows(), ad.rank());
+      gemm(t, gb_half, b, false);
+      out.lambda_d.noalias() += t.cwiseProduct(p).colwise().sum().transpose();
+    }
+    return;
+  }
   auto p_half = ws.get_bfloat16(half_thin, p.rows(), p.cols());
   p_half = p.template cast<half>();
   auto m_buffer = ws.get(slot_weight, ad.out_features(), ad.rank());
   Eigen::Map<row_matrix<float>> m(m_buffer.data(), ad.out_features(), ad.rank());
   gemm(m, g.transpose(), p_half, false);
 
-  finish_parameter_gradients(m, ad.shared_projection().b_bfloat16(ad.out_features(), ad.rank()), ad, out);
+  finish_parameter_gradients(m, b, ad, out);
 }
 
 /// acc += G W0 (float32 accumulator) and t = (or +=, per `t_mode`) T Λd with T = (G Λb) B, from
