@@ -18,6 +18,7 @@ namespace {
 
 using half = Eigen::bfloat16;
 using half_matrix = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic>;
+using half_rows = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 using vera_test::bfloat16_budget;
 
@@ -65,17 +66,21 @@ struct rounded_layer {
 
 }  // namespace
 
-TEST_CASE("bfloat16 forward and backward match the reference", "[bfloat16]") {
+// X, W0, G and the outputs in storage type Stored (column- or row-major bfloat16): the float32
+// accumulators follow the destination's storage order, so both orders take their own paths.
+template <class Stored>
+void check_forward_backward() {
   for (const layer_shape& s : vera_test::edge_shapes()) {
     for (const bool fan_in_fan_out : {false, true}) {
       for (const double dropout : {0.0, 0.25}) {
         INFO(describe(s, fan_in_fan_out, dropout));
         rounded_layer l(s, fan_in_fan_out, dropout);
+        const Stored x = l.x, w0 = l.w0, g_stored = l.g;
         vera::forward_context<float> ctx;
         vera::workspace<float> ws;
-        half_matrix y = vera::forward(l.x, l.w0, l.bias, l.layer.ad).train(ctx).using_workspace(ws);
+        const Stored y = vera::forward(x, w0, l.bias, l.layer.ad).train(ctx).using_workspace(ws);
         Eigen::MatrixXf y_float(s.rows, s.out);
-        vera::forward(l.x, l.w0, l.bias, l.layer.ad).using_workspace(ws).assign_to(y_float);
+        vera::forward(x, w0, l.bias, l.layer.ad).using_workspace(ws).assign_to(y_float);
 
         const auto v = l.values(&ctx.mask_key());
         const auto m = vera_test::magnitudes(v);
@@ -97,7 +102,7 @@ TEST_CASE("bfloat16 forward and backward match the reference", "[bfloat16]") {
         const auto grads = vera_test::reference_backward(v, g);
         const auto grad_size = vera_test::reference_backward(m, g.cwiseAbs());
         vera::gradients<float> out(l.layer.ad);
-        out = vera::parameter_gradients(l.g, l.layer.ad, ctx).using_workspace(ws);
+        out = vera::parameter_gradients(g_stored, l.layer.ad, ctx).using_workspace(ws);
         // P is rounded once more (masked input, then P) on its way into M = G^T P.
         const auto gb = compare(out.lambda_b, grads.grad_b, grad_size.grad_b, bfloat16_budget(2 + masked, depth));
         INFO("grad_b: " << gb);
@@ -106,7 +111,7 @@ TEST_CASE("bfloat16 forward and backward match the reference", "[bfloat16]") {
         INFO("grad_d: " << gd);
         CHECK(gd.ok());
 
-        half_matrix dx = vera::input_gradient(l.g, l.w0, l.layer.ad, ctx).using_workspace(ws);
+        const Stored dx = vera::input_gradient(g_stored, w0, l.layer.ad, ctx).using_workspace(ws);
         // Rounded: Λb B Λd (or G Λb), T, and the bfloat16 output.
         const auto dx_check = compare(dx, grads.grad_x, grad_size.grad_x, bfloat16_budget(3, depth));
         INFO("grad_X: " << dx_check);
@@ -114,6 +119,11 @@ TEST_CASE("bfloat16 forward and backward match the reference", "[bfloat16]") {
       }
     }
   }
+}
+
+TEST_CASE("bfloat16 forward and backward match the reference", "[bfloat16]") {
+  SECTION("column-major operands") { check_forward_backward<half_matrix>(); }
+  SECTION("row-major operands") { check_forward_backward<half_rows>(); }
 }
 
 TEST_CASE("bfloat16 layers refuse the merged order instead of rounding differently", "[bfloat16]") {
@@ -134,7 +144,9 @@ TEST_CASE("bfloat16 add_to accumulates into the destination", "[bfloat16]") {
   CHECK((y.array() - once.array() - 2.0f).abs().maxCoeff() <= bound);
 }
 
-TEST_CASE("bfloat16 merge, unmerge and safe merge match the reference", "[bfloat16]") {
+// W0 in storage type Stored (column- or row-major bfloat16); ΔW follows its storage order.
+template <class Stored>
+void check_merges() {
   for (const layer_shape& s : vera_test::edge_shapes()) {
     for (const bool fan_in_fan_out : {false, true}) {
       INFO(describe(s, fan_in_fan_out, 0.0));
@@ -149,17 +161,18 @@ TEST_CASE("bfloat16 merge, unmerge and safe merge match the reference", "[bfloat
       const wide_matrix size = w0.cwiseAbs() + stored_size;
       const vera::index depth = s.rank + 4;
 
-      half_matrix merged = l.w0;
+      const Stored w0_stored = l.w0;
+      Stored merged = w0_stored;
       vera::merge(merged, l.layer.ad);
       // Rounded once: the float32 sum W0 + ΔW.
       const auto merge_check = compare(merged, w0 + stored_delta, size, bfloat16_budget(1, depth));
       INFO("merge: " << merge_check);
       CHECK(merge_check.ok());
 
-      half_matrix safe = l.w0;
+      Stored safe = w0_stored;
       vera::safe_merge(safe, l.layer.ad);
       CHECK(vera_test::same_bits(safe, merged));
-      half_matrix lazy = vera::merged_weight(l.w0, l.layer.ad);
+      const Stored lazy = vera::merged_weight(w0_stored, l.layer.ad);
       CHECK(vera_test::same_bits(lazy, merged));
 
       vera::unmerge(merged, l.layer.ad);
@@ -168,6 +181,11 @@ TEST_CASE("bfloat16 merge, unmerge and safe merge match the reference", "[bfloat
       CHECK(unmerge_check.ok());
     }
   }
+}
+
+TEST_CASE("bfloat16 merge, unmerge and safe merge match the reference", "[bfloat16]") {
+  SECTION("column-major W0") { check_merges<half_matrix>(); }
+  SECTION("row-major W0") { check_merges<half_rows>(); }
 }
 
 TEST_CASE("bfloat16 safe merge leaves W0 untouched when the result is not finite", "[bfloat16]") {
@@ -199,61 +217,4 @@ TEST_CASE("bfloat16 inputs are refused with clear errors", "[bfloat16]") {
   // G with the wrong number of columns is refused when the expression is built.
   const half_matrix g_wrong = half_matrix::Zero(9, 6);
   CHECK_THROWS_AS(vera::parameter_gradients(g_wrong, l.layer.ad, ctx), vera::shape_error);
-}
-
-TEST_CASE("row-major bfloat16 operands match the reference", "[bfloat16]") {
-  // The float32 accumulators follow the destination's storage order; row-major X, W0, G and
-  // outputs (as PyTorch lays them out) take those paths.
-  using half_rows = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  for (const layer_shape& s : vera_test::edge_shapes()) {
-    for (const bool fan_in_fan_out : {false, true}) {
-      for (const double dropout : {0.0, 0.25}) {
-        INFO(describe(s, fan_in_fan_out, dropout));
-        rounded_layer l(s, fan_in_fan_out, dropout);
-        const half_rows x = l.x, w0 = l.w0, g = l.g;
-        vera::forward_context<float> ctx;
-        vera::workspace<float> ws;
-        const half_rows y = vera::forward(x, w0, l.bias, l.layer.ad).train(ctx).using_workspace(ws);
-        const auto v = l.values(&ctx.mask_key());
-        const auto m = vera_test::magnitudes(v);
-        const vera::index depth = vera_test::rounding_depth(s.rows, s.in, s.out, s.rank);
-        const int masked = dropout > 0.0 ? 1 : 0;
-        const auto y_check = compare(y, vera_test::reference_forward(v).y, vera_test::reference_forward(m).y,
-                                     bfloat16_budget(3 + masked, depth));
-        INFO("Y: " << y_check);
-        CHECK(y_check.ok());
-
-        const wide_matrix g_values = l.g.cast<float>().cast<wide>();
-        const auto grads = vera_test::reference_backward(v, g_values);
-        const auto grad_size = vera_test::reference_backward(m, g_values.cwiseAbs());
-        vera::gradients<float> out(l.layer.ad);
-        out = vera::parameter_gradients(g, l.layer.ad, ctx).using_workspace(ws);
-        const auto gb = compare(out.lambda_b, grads.grad_b, grad_size.grad_b, bfloat16_budget(2 + masked, depth));
-        INFO("grad_b: " << gb);
-        CHECK(gb.ok());
-        const auto gd = compare(out.lambda_d, grads.grad_d, grad_size.grad_d, bfloat16_budget(2 + masked, depth));
-        INFO("grad_d: " << gd);
-        CHECK(gd.ok());
-        const half_rows dx = vera::input_gradient(g, w0, l.layer.ad, ctx).using_workspace(ws);
-        const auto dx_check = compare(dx, grads.grad_x, grad_size.grad_x, bfloat16_budget(3, depth));
-        INFO("grad_X: " << dx_check);
-        CHECK(dx_check.ok());
-
-        if (dropout == 0.0) {
-          // Merge into a row-major W0: one rounding of the float32 sum W0 + ΔW.
-          half_rows merged = w0;
-          vera::merge(merged, l.layer.ad, &ws);
-          const wide_matrix w0_values = l.w0.cast<float>().cast<wide>();
-          const wide_matrix delta = vera_test::reference_delta(v);
-          const wide_matrix delta_size = vera_test::reference_delta(m);
-          const wide_matrix stored_delta = fan_in_fan_out ? wide_matrix(delta.transpose()) : delta;
-          const wide_matrix stored_size = fan_in_fan_out ? wide_matrix(delta_size.transpose()) : delta_size;
-          const auto merge_check =
-              compare(merged, w0_values + stored_delta, w0_values.cwiseAbs() + stored_size, bfloat16_budget(1, s.rank + 4));
-          INFO("merge: " << merge_check);
-          CHECK(merge_check.ok());
-        }
-      }
-    }
-  }
 }
