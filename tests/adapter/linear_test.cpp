@@ -384,5 +384,19 @@ TEST_CASE("a bfloat16 linear runs the bfloat16 expressions and merges as they do
     // A layer forced onto the merged order is refused: bfloat16 runs the low-rank order only.
     layer.set_order(vera::order::merged);
     CHECK_THROWS_AS(layer.forward(x, y), vera::value_error);
+
+    // Bad shapes: a W0 or bias that does not fit the adapter is refused at construction; an X of
+    // the wrong width is refused before the destination is touched, merged or not.
+    const half_matrix w0_wrong = half_matrix::Zero(w0.rows() + 1, w0.cols());
+    CHECK_THROWS_AS((vera::linear<float, half>(w0_wrong, bias, fixture.ad)), vera::shape_error);
+    const vera::vector<half> bias_wrong = vera::vector<half>::Zero(bias.size() + 1);
+    CHECK_THROWS_AS((vera::linear<float, half>(w0, bias_wrong, fixture.ad)), vera::shape_error);
+    layer.set_order(vera::order::low_rank);
+    const half_matrix x_wrong = half_matrix::Zero(shape.rows, shape.in + 1);
+    const half_matrix y_before = y;
+    CHECK_THROWS_AS(layer.forward(x_wrong, y), vera::shape_error);
+    layer.merge();
+    CHECK_THROWS_AS(layer.forward(x_wrong, y), vera::shape_error);
+    CHECK(same_bits(y, y_before));
   }
 }
