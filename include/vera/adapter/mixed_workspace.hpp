@@ -2,10 +2,13 @@
 // Reusable scratch buffers of mixed-batch evaluators, so a steady-state step allocates nothing.
 #pragma once
 
+#include <optional>
 #include <vector>
 
 #include <Eigen/Core>
 
+#include "vera/adapter/adapter.hpp"
+#include "vera/adapter/workspace.hpp"
 #include "vera/core/shape.hpp"
 
 namespace vera {
@@ -27,10 +30,25 @@ class mixed_workspace {
     if (buffer.size() < rows * cols) buffer.resize(rows * cols, 1);
     return {buffer.data(), rows, cols};
   }
+  /// \brief A rows x cols bfloat16 scratch matrix in bfloat16 slot `slot` (0..3), apart from the
+  ///        slots of get(); for the bfloat16 path's rounded copies of thin operands.
+  Eigen::Map<Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, Eigen::Dynamic>> get_bfloat16(int slot, index rows,
+                                                                                         index cols) {
+    auto& buffer = halves_[slot];
+    if (buffer.size() < rows * cols) buffer.resize(rows * cols, 1);
+    return {buffer.data(), rows, cols};
+  }
   /// \brief `count` indices in slot `slot` (0..2); contents are unspecified.
   index* indices(int slot, index count) { return grow(indices_[slot], count); }
   /// \brief `count` read pointers in slot `slot` (0..2); contents are unspecified.
   const T** pointers(int slot, index count) { return grow(pointers_[slot], count); }
+
+  /// \brief Scratch of the single-adapter evaluators, for the batches that run their algorithm
+  ///        (bfloat16 storage, every row on one adapter).
+  workspace<T>& single() noexcept { return single_; }
+  /// \brief Room for one adapter of a set as a standalone vera::adapter, which those evaluators
+  ///        read; kept between calls so that a steady state allocates nothing. Used by evaluators.
+  std::optional<adapter<T>>& standalone() noexcept { return standalone_; }
 
  private:
   template <class P>
@@ -42,6 +60,9 @@ class mixed_workspace {
   matrix matrices_[matrix_slots];
   std::vector<index> indices_[row_slots];
   std::vector<const T*> pointers_[row_slots];
+  Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, Eigen::Dynamic> halves_[4];
+  workspace<T> single_;
+  std::optional<adapter<T>> standalone_;
 };
 
 }  // namespace vera

@@ -31,7 +31,7 @@ class mixed_backward_expr;
 namespace Eigen::internal {
 template <class Exec, class GD, class WD, class T>
 struct traits<vera::mixed_input_gradient_expr<Exec, GD, WD, T>> {
-  using ReturnType = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  using ReturnType = Eigen::Matrix<vera::detail::result_scalar_t<GD, T>, Eigen::Dynamic, Eigen::Dynamic>;
 };
 }  // namespace Eigen::internal
 
@@ -84,7 +84,8 @@ void prepare_gradients(mixed_gradients<T>& out, const adapter_set<T>& set, assig
 template <class Exec, class GD, class T>
 class mixed_parameter_gradient_expr
     : public uses_workspace<mixed_parameter_gradient_expr<Exec, GD, T>, T, mixed_workspace<T>> {
-  static_assert(vera::detail::scalar_matches<GD, T>, "vera::mixed_parameter_gradients: G must have the set's scalar type");
+  static_assert(vera::detail::storage_matches<GD, T>,
+                "vera::mixed_parameter_gradients: G must have the set's scalar type (or bfloat16 for a float set)");
 
  public:
   /// \brief Checks G against the set and the context; see vera::mixed_parameter_gradients.
@@ -136,13 +137,19 @@ mixed_gradients<T>& operator+=(mixed_gradients<T>& out, const mixed_parameter_gr
 
 /// \brief dL/dX (n x in) = G W0 + (s_a(i) T ⊙ d_a(i)) A row by row, with each row's dropout mask
 ///        on the adapter term, lazily. `dX = expr;` overwrites, `expr.add_to(dX)` accumulates;
-///        dX must not share memory with G or W0.
+///        dX must not share memory with G or W0. `.with_order(o)` forces the association order
+///        where one weight can serve the batch (every row on one adapter, no dropout). bfloat16
+///        G and W0 (float set) give a bfloat16 dX and run the low-rank order only (asking for
+///        the merged one throws value_error).
 template <class Exec, class GD, class WD, class T>
 class mixed_input_gradient_expr
     : public assignable<mixed_input_gradient_expr<Exec, GD, WD, T>, Exec>,
-      public uses_workspace<mixed_input_gradient_expr<Exec, GD, WD, T>, T, mixed_workspace<T>> {
-  static_assert(vera::detail::scalar_matches<GD, T>, "vera::mixed_input_gradient: G must have the set's scalar type");
-  static_assert(vera::detail::scalar_matches<WD, T>, "vera::mixed_input_gradient: W0 must have the set's scalar type");
+      public uses_workspace<mixed_input_gradient_expr<Exec, GD, WD, T>, T, mixed_workspace<T>>,
+      public takes_order<mixed_input_gradient_expr<Exec, GD, WD, T>> {
+  static_assert(vera::detail::storage_matches<GD, T>,
+                "vera::mixed_input_gradient: G must have the set's scalar type (or bfloat16 for a float set)");
+  static_assert(std::is_same_v<typename GD::Scalar, typename WD::Scalar>,
+                "vera::mixed_input_gradient: G and W0 must have the same scalar type");
 
  public:
   /// \brief Checks G, W0 and the context; see vera::mixed_input_gradient.
@@ -164,6 +171,8 @@ class mixed_input_gradient_expr
   /// \throws state_error when the context no longer matches the set.
   template <class Dst>
   void check_destination(const Dst&) const {
+    static_assert(vera::detail::result_fits<Dst, GD, T>,
+                  "vera::mixed_input_gradient: dX must have the set's scalar type (or bfloat16 for bfloat16 G)");
     detail::check_mixed_upstream("vera::mixed_input_gradient", g_, *set_, *context_);
   }
 
@@ -187,11 +196,15 @@ class mixed_input_gradient_expr
 ///        all (T, Q = S B^T, G W0, U A), as the core's two backward calls need for one adapter.
 ///
 /// `expr.eval_to(grads, dX)` overwrites both; with assign_mode::accumulate it adds to both.
+/// `.with_order(o)` applies to dX as in mixed_input_gradient_expr, bfloat16 storage included.
 template <class Exec, class GD, class WD, class T>
 class mixed_backward_expr
-    : public uses_workspace<mixed_backward_expr<Exec, GD, WD, T>, T, mixed_workspace<T>> {
-  static_assert(vera::detail::scalar_matches<GD, T>, "vera::mixed_backward: G must have the set's scalar type");
-  static_assert(vera::detail::scalar_matches<WD, T>, "vera::mixed_backward: W0 must have the set's scalar type");
+    : public uses_workspace<mixed_backward_expr<Exec, GD, WD, T>, T, mixed_workspace<T>>,
+      public takes_order<mixed_backward_expr<Exec, GD, WD, T>> {
+  static_assert(vera::detail::storage_matches<GD, T>,
+                "vera::mixed_backward: G must have the set's scalar type (or bfloat16 for a float set)");
+  static_assert(std::is_same_v<typename GD::Scalar, typename WD::Scalar>,
+                "vera::mixed_backward: G and W0 must have the same scalar type");
 
  public:
   /// \brief Checks G, W0 and the context; see vera::mixed_backward.
@@ -202,15 +215,18 @@ class mixed_backward_expr
     detail::check_set_weight("W0", w0, set);
   }
 
-  /// \brief Writes (or adds) the gradients into `grads` and dL/dX (n x in) into `dx`; dx must
-  ///        not share memory with G or W0. A plain matrix dx is resized on overwrite; `grads`
-  ///        is sized on overwrite only when empty, as in mixed_parameter_gradient_expr::eval_to.
+  /// \brief Writes (or adds) the gradients into `grads` and dL/dX (n x in) into `dx` (the set's
+  ///        scalar type, or bfloat16 for bfloat16 G); dx must not share memory with G or W0. A
+  ///        plain matrix dx is resized on overwrite; `grads` is sized on overwrite only when
+  ///        empty, as in mixed_parameter_gradient_expr::eval_to.
   /// \throws state_error when the context no longer matches the set; shape_error for a dx
   ///         that is not n x in or non-empty gradients not sized out x k and rank x k (nothing
   ///         is resized then); aliasing_error when dx overlaps G or W0.
   template <class DX>
   void eval_to(mixed_gradients<T>& grads, Eigen::MatrixBase<DX>& dx,
                assign_mode mode = assign_mode::overwrite) const {
+    static_assert(vera::detail::result_fits<DX, GD, T>,
+                  "vera::mixed_backward: dX must have the set's scalar type (or bfloat16 for bfloat16 G)");
     detail::check_mixed_upstream("vera::mixed_backward", g_, *set_, *context_);
     const index rows = g_.rows();
     const index cols = set_->in_features();
@@ -242,7 +258,7 @@ class mixed_backward_expr
 
 /// \brief Lazy gradients of every adapter's lambda_b and lambda_d. Shapes: G n x out, ctx from
 ///        the mixed training forward of the same n rows over the same, unchanged set; the result
-///        is out x k and rank x k (k = set.columns()).
+///        is out x k and rank x k (k = set.columns()), float32 for bfloat16 G (float set).
 /// \throws state_error if ctx holds no such forward (none, another set, the set changed since,
 ///         or an adapter is merged); shape_error for G of another shape.
 template <class Exec, class GD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>

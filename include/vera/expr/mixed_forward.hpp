@@ -29,7 +29,7 @@ class mixed_forward_expr;
 namespace Eigen::internal {
 template <class Exec, class XD, class WD, class Bias, class T>
 struct traits<vera::mixed_forward_expr<Exec, XD, WD, Bias, T>> {
-  using ReturnType = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  using ReturnType = Eigen::Matrix<vera::detail::result_scalar_t<XD, T>, Eigen::Dynamic, Eigen::Dynamic>;
 };
 }  // namespace Eigen::internal
 
@@ -64,15 +64,23 @@ void require_nothing_merged(const char* operation, const adapter_set<T>& set) {
 /// row shares the two GEMMs X W0^T and P B^T; the per-adapter vectors are gathered row by row.
 /// `Y = expr;` overwrites Y, `expr.add_to(Y)` accumulates; Y must not share memory with X, W0 or
 /// bias. `.train(ctx)` applies each adapter's dropout to its rows and saves what backward needs.
+/// `.with_order(o)` forces the association order where one weight can serve the batch (every row
+/// on one adapter, no dropout); other batches run the low-rank order. X, W0 and bias may be stored
+/// in bfloat16 for a float set (the result is then bfloat16), with the single-adapter bfloat16
+/// path's semantics: A and B rounded to bfloat16, every GEMM accumulating in float32, b and d in
+/// float32, and the low-rank order only (asking for the merged one throws value_error).
 /// Evaluation throws state_error when an adapter of the set was merged after the expression was
 /// built, value_error when a row's adapter was removed since.
 template <class Exec, class XD, class WD, class Bias, class T>
 class mixed_forward_expr
     : public assignable<mixed_forward_expr<Exec, XD, WD, Bias, T>, Exec>,
       public uses_workspace<mixed_forward_expr<Exec, XD, WD, Bias, T>, T, mixed_workspace<T>>,
+      public takes_order<mixed_forward_expr<Exec, XD, WD, Bias, T>>,
       public trains<mixed_forward_expr<Exec, XD, WD, Bias, T>, mixed_context<T>> {
-  static_assert(vera::detail::scalar_matches<XD, T>, "vera::mixed_forward: X must have the set's scalar type");
-  static_assert(vera::detail::scalar_matches<WD, T>, "vera::mixed_forward: W0 must have the set's scalar type");
+  static_assert(vera::detail::storage_matches<XD, T>,
+                "vera::mixed_forward: X must have the set's scalar type (or bfloat16 for a float set)");
+  static_assert(std::is_same_v<typename XD::Scalar, typename WD::Scalar>,
+                "vera::mixed_forward: X and W0 must have the same scalar type");
 
  public:
   /// \brief Checks the operands and the row assignment; see vera::mixed_forward.
@@ -83,7 +91,8 @@ class mixed_forward_expr
     vera::detail::check_cols("X", set.in_features(), x.cols(), "the layer's in_features");
     detail::check_set_weight("W0", w0, set);
     if constexpr (!std::is_same_v<Bias, no_bias_t>) {
-      static_assert(vera::detail::scalar_matches<Bias, T>, "vera::mixed_forward: bias must have the set's scalar type");
+      static_assert(vera::detail::scalar_matches<Bias, T> || std::is_same_v<typename Bias::Scalar, typename XD::Scalar>,
+                    "vera::mixed_forward: bias must have the set's scalar type or X's (bfloat16)");
       vera::detail::check_size("bias", set.out_features(), bias.size());
     }
     detail::require_nothing_merged("vera::mixed_forward", set);
@@ -94,6 +103,14 @@ class mixed_forward_expr
   Eigen::Index rows() const { return x_.rows(); }
   /// \brief out, the layer's output features.
   Eigen::Index cols() const { return set_->out_features(); }
+
+  /// \brief Checked by `Y = expr`, `expr.assign_to(Y)` and `expr.add_to(Y)` besides Y's shape, at
+  ///        compile time: Y holds the set's scalar type, or bfloat16 when X does.
+  template <class Dst>
+  void check_destination(const Dst&) const {
+    static_assert(vera::detail::result_fits<Dst, XD, T>,
+                  "vera::mixed_forward: Y must have the set's scalar type (or bfloat16 for bfloat16 X)");
+  }
 
   /// \brief X, n x in.
   const detail::closure_t<XD>& x() const noexcept { return x_; }
@@ -118,7 +135,8 @@ class mixed_forward_expr
 ///
 /// Shapes: X n x in, W0 out x in (in x out with fan_in_fan_out), bias out (or vera::no_bias),
 /// ids n adapter ids (std::vector<int>, a contiguous Eigen int vector or a row_assignment).
-/// The result is n x out. A temporary set is refused at compile time.
+/// The result is n x out. X and W0 have the set's scalar type, or both bfloat16 for a float set
+/// (the result is then bfloat16). A temporary set is refused at compile time.
 /// \throws shape_error naming the operand for a wrong shape (ids included), value_error naming
 ///         the row for an id that is not in the set, state_error while an adapter of the set is
 ///         merged.

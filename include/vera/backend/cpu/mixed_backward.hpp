@@ -3,10 +3,12 @@
 #pragma once
 
 #include <algorithm>
+#include <string>
 
 #include <Eigen/Core>
 
 #include "vera/backend/cpu/gemm.hpp"
+#include "vera/backend/cpu/mixed_bfloat16.hpp"
 #include "vera/backend/cpu/mixed_common.hpp"
 #include "vera/backend/cpu/plan.hpp"
 #include "vera/expr/cost.hpp"
@@ -22,11 +24,10 @@ namespace detail::cpu::mixed {
 template <class T, class G, class W, class DX>
 void backward_one_adapter(const adapter_set<T>& set, const mixed_context<T>& ctx, index column,
                           const G& g, const W* w0, mixed_workspace<T>& ws, bool workspace_reused,
-                          mixed_gradients<T>* grads, DX* dx, assign_mode mode) {
+                          order requested, mixed_gradients<T>* grads, DX* dx, assign_mode mode) {
   const adapter_options& options = set.column_options(column);
   const index out = set.out_features();
   const index rank = set.rank();
-  const T scale = set.column_scale(column);
   if (grads != nullptr) {
     zero_unassigned(grads->lambda_b, mode, [&](index c) { return c == column && options.train_b; });
     zero_unassigned(grads->lambda_d, mode, [&](index c) { return c == column && options.train_d; });
@@ -36,25 +37,12 @@ void backward_one_adapter(const adapter_set<T>& set, const mixed_context<T>& ctx
     // Row-major view of the same memory, so each row of M pairs with a contiguous row of B.
     Eigen::Map<row_matrix<T>> m(m_buffer.data(), out, rank);
     gemm(m, g.transpose(), ctx.projected(), false);
-    const auto b_full = set.b();
-    const auto lambda_b = set.lambda_b_matrix().col(column);
-    const auto lambda_d = set.lambda_d_matrix().col(column);
-    auto grad_b = grads->lambda_b.col(column);
-    auto grad_d = grads->lambda_d.col(column);
-    if (mode == assign_mode::overwrite) {
-      grad_b.setZero();
-      grad_d.setZero();
-    }
-    for (index j = 0; j < out; ++j) {
-      const auto weighted = m.row(j).cwiseProduct(b_full.row(j));
-      if (options.train_b) grad_b(j) += scale * weighted.dot(lambda_d.transpose());
-      if (options.train_d) grad_d.noalias() += (scale * lambda_b(j)) * weighted.transpose();
-    }
+    finish_one_adapter(m, set.b(), set, column, *grads, mode);
   }
   if (dx == nullptr) return;
 
   const bool dropout = options.dropout > 0.0;
-  auto request = request_for(product_kind::input_gradient, {g.rows(), set.in_features(), out, rank});
+  auto request = request_for(product_kind::input_gradient, {g.rows(), set.in_features(), out, rank}, requested);
   request.workspace_reused = workspace_reused;
   request.merged_valid = !dropout;
   const order chosen = plan_for(request).chosen;
@@ -82,7 +70,7 @@ void backward_one_adapter(const adapter_set<T>& set, const mixed_context<T>& ctx
 /// gradient column is written (zero where nothing flows).
 template <class T, class GD, class W, class DX>
 void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const GD& g_expr,
-                   const W* w0, mixed_workspace<T>& ws, bool workspace_reused,
+                   const W* w0, mixed_workspace<T>& ws, bool workspace_reused, order requested,
                    mixed_gradients<T>* grads, DX* dx, assign_mode mode) {
   // Evaluate an expression-valued G once: it feeds up to four products and passes.
   const typename Eigen::internal::nested_eval<GD, 4>::type g(g_expr);
@@ -109,7 +97,7 @@ void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const
     dropout = dropout || options.dropout > 0.0;
   }
   if (adapter_rows == n && n > 0 && !several) {
-    backward_one_adapter(set, ctx, single_column, g, w0, ws, workspace_reused, grads, dx, mode);
+    backward_one_adapter(set, ctx, single_column, g, w0, ws, workspace_reused, requested, grads, dx, mode);
     return;
   }
   want_b = want_b && grads != nullptr;
@@ -167,16 +155,37 @@ void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const
   if (dx != nullptr) add_times_a(t, set, columns, ctx.mask_key(), dropout, ws, *dx);
 }
 
+/// The mixed backward of `e` (G of type GD), by the bfloat16 path for bfloat16 storage: the one
+/// call each evaluator below makes. `grads` and `dx` may be null.
+template <class E, class GD, class W, class T, class DX>
+void backward(const E& e, const GD& g, const W* w0, order requested, mixed_gradients<T>* grads, DX* dx,
+              assign_mode mode) {
+  scratch<T> local(e.scratch());
+  if constexpr (vera::detail::is_bfloat16<GD>) {
+    bfloat16_path::backward(e.set(), e.context(), g, w0, local.get(), grads, dx, mode);
+  } else {
+    backward_pass(e.set(), e.context(), g, w0, local.get(), local.reused(), requested, grads, dx, mode);
+  }
+}
+
+/// Refuses a requested merged order for bfloat16 storage, before anything is written.
+template <class GD>
+void require_low_rank(const char* operation, order requested) {
+  if (vera::detail::is_bfloat16<GD> && requested == order::merged) {
+    throw value_error(std::string(operation) + ": bfloat16 layers run the low-rank order only");
+  }
+}
+
 }  // namespace detail::cpu::mixed
 
 /// \brief Parameter gradients of every adapter in the batch, on the CPU.
 template <class Exec, class GD, class T, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
 void evaluate(Exec, const mixed_parameter_gradient_expr<Exec, GD, T>& e, mixed_gradients<T>& out,
               assign_mode mode) {
-  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
-  detail::cpu::mixed::scratch<T> scratch(e.scratch());
-  detail::cpu::mixed::backward_pass(e.set(), e.context(), e.upstream(), static_cast<const matrix*>(nullptr),
-                            scratch.get(), scratch.reused(), &out, static_cast<matrix*>(nullptr), mode);
+  // No dX: a placeholder type in G's storage.
+  using matrix = Eigen::Matrix<typename GD::Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  detail::cpu::mixed::backward(e, e.upstream(), static_cast<const matrix*>(nullptr), order::automatic, &out,
+                               static_cast<matrix*>(nullptr), mode);
 }
 
 /// \brief dL/dX of a mixed batch, on the CPU.
@@ -185,9 +194,9 @@ template <class Exec, class GD, class WD, class T, class Dst,
 void evaluate(Exec, const mixed_input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx, assign_mode mode) {
   vera::detail::check_no_alias("vera::mixed_input_gradient", dx, "G", e.upstream());
   vera::detail::check_no_alias("vera::mixed_input_gradient", dx, "W0", e.w0());
-  detail::cpu::mixed::scratch<T> scratch(e.scratch());
-  detail::cpu::mixed::backward_pass(e.set(), e.context(), e.upstream(), &e.w0(), scratch.get(),
-                            scratch.reused(), static_cast<mixed_gradients<T>*>(nullptr), &dx, mode);
+  detail::cpu::mixed::require_low_rank<GD>("vera::mixed_input_gradient", e.requested_order());
+  detail::cpu::mixed::backward(e, e.upstream(), &e.w0(), e.requested_order(),
+                               static_cast<mixed_gradients<T>*>(nullptr), &dx, mode);
 }
 
 /// \brief Parameter gradients and dL/dX of a mixed batch in one pass, on the CPU.
@@ -197,9 +206,8 @@ void evaluate(Exec, const mixed_backward_expr<Exec, GD, WD, T>& e, mixed_gradien
               assign_mode mode) {
   vera::detail::check_no_alias("vera::mixed_backward", dx, "G", e.upstream());
   vera::detail::check_no_alias("vera::mixed_backward", dx, "W0", e.w0());
-  detail::cpu::mixed::scratch<T> scratch(e.scratch());
-  detail::cpu::mixed::backward_pass(e.set(), e.context(), e.upstream(), &e.w0(), scratch.get(),
-                            scratch.reused(), &out, &dx, mode);
+  detail::cpu::mixed::require_low_rank<GD>("vera::mixed_backward", e.requested_order());
+  detail::cpu::mixed::backward(e, e.upstream(), &e.w0(), e.requested_order(), &out, &dx, mode);
 }
 
 }  // namespace vera

@@ -7,6 +7,7 @@
 #include <Eigen/Core>
 
 #include "vera/adapter/adapter_set.hpp"
+#include "vera/adapter/mixed_gradients.hpp"
 #include "vera/adapter/mixed_workspace.hpp"
 #include "vera/backend/cpu/common.hpp"
 #include "vera/backend/cpu/gemm.hpp"
@@ -408,6 +409,30 @@ template <class T, class W, class F>
 decltype(auto) with_weight(const adapter_set<T>& set, const W& w0, F&& f) {
   if (set.fan_in_fan_out()) return f(w0.transpose());
   return f(w0);
+}
+
+/// grad_b[j] (+)= s Σk B[j,k] d[k] M[j,k] and grad_d[k] (+)= s Σj b[j] B[j,k] M[j,k] for the
+/// trained vectors of the adapter in `column`, from M = G^T P (out x rank, row-major, so each row
+/// pairs with a contiguous row of B) of a batch whose rows all use it. `b` is B as the batch
+/// computed with it (bfloat16 storage: rounded). On overwrite both columns are assigned.
+template <class M, class B, class T>
+void finish_one_adapter(const M& m, const B& b, const adapter_set<T>& set, index column,
+                        mixed_gradients<T>& grads, assign_mode mode) {
+  const adapter_options& options = set.column_options(column);
+  const T scale = set.column_scale(column);
+  const auto lambda_b = set.lambda_b_matrix().col(column);
+  const auto lambda_d = set.lambda_d_matrix().col(column);
+  auto grad_b = grads.lambda_b.col(column);
+  auto grad_d = grads.lambda_d.col(column);
+  if (mode == assign_mode::overwrite) {
+    grad_b.setZero();
+    grad_d.setZero();
+  }
+  for (index j = 0; j < m.rows(); ++j) {
+    const auto weighted = m.row(j).cwiseProduct(b.row(j).template cast<T>());
+    if (options.train_b) grad_b(j) += scale * weighted.dot(lambda_d.transpose());
+    if (options.train_d) grad_d.noalias() += (scale * lambda_b(j)) * weighted.transpose();
+  }
 }
 
 /// s Λb B Λd (out x rank) of the adapter in `column`: the folded form a one-adapter batch uses.

@@ -8,6 +8,7 @@
 
 #include "vera/backend/cpu/forward.hpp"
 #include "vera/backend/cpu/gemm.hpp"
+#include "vera/backend/cpu/mixed_bfloat16.hpp"
 #include "vera/backend/cpu/mixed_common.hpp"
 #include "vera/backend/cpu/plan.hpp"
 #include "vera/expr/cost.hpp"
@@ -40,10 +41,13 @@ void project_input(const X& x, const A& a, const adapter_set<T>& set, const inde
 ///
 /// Y = bias + X W0^T, then the adapter term in one of three ways:
 /// - one adapter on every row, no dropout: the core's single-adapter algorithm, in the order its
-///   cost model picks (only here is the merged order possible: it needs one weight for all rows);
+///   cost model picks or `.with_order()` forces (only here is the merged order possible: it needs one weight for all rows);
 /// - one adapter on some rows: S = P with base-model rows zeroed, Y += S (s Λb B Λd)^T;
 /// - several adapters: S = P ⊙ (s d)[a(i)] (a pass over n x rank), Z = S B^T (the shared GEMM),
 ///   Y += Z ⊙ b[a(i)] (a pass over n x out). No per-adapter GEMM.
+/// bfloat16 X and W0 take the same three ways in the low-rank order, with bfloat16 factors and
+/// float32 accumulators (mixed::bfloat16_path::forward); the first is the single-adapter
+/// bfloat16 path itself.
 template <class Exec, class XD, class WD, class Bias, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
 void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign_mode mode) {
@@ -51,6 +55,13 @@ void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, 
   vera::detail::check_no_alias("vera::mixed_forward", y, "W0", e.w0());
   if constexpr (!std::is_same_v<Bias, no_bias_t>) vera::detail::check_no_alias("vera::mixed_forward", y, "bias", e.bias());
 
+  if constexpr (detail::is_bfloat16<XD>) {
+    // Checked before a context or the destination is touched.
+    if (e.requested_order() == order::merged) {
+      throw value_error("vera::mixed_forward: bfloat16 layers run the low-rank order only (a merged "
+                        "bfloat16 weight would round differently from the unmerged layer)");
+    }
+  }
   const adapter_set<T>& set = e.set();
   // The set may have changed since the expression was built: check again before writing.
   detail::require_nothing_merged("vera::mixed_forward", set);
@@ -62,79 +73,84 @@ void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, 
   index* columns = ws.indices(detail::cpu::mixed::indices_columns, n);
   const vera::detail::resolved_rows rows = vera::detail::resolve_rows(set, e.assignment(), n, columns, "vera::mixed_forward");
 
-  mixed_context<T>* ctx = e.context();
-  const bool dropout = ctx != nullptr && rows.dropout;
-  const bool one_adapter = rows.single_column >= 0;
-  bool merged_order = false;
-  if (one_adapter && rows.adapter_rows == n && !dropout) {
-    auto request = detail::cpu::request_for(detail::cpu::product_kind::forward, detail::cpu::extents_of(n, set));
-    request.keeps_projection = ctx != nullptr;
-    request.workspace_reused = scratch.reused();
-    merged_order = detail::cpu::plan_for(request).chosen == order::merged;
-  }
-
-  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
-  const bool has_p = ctx != nullptr || (rows.adapter_rows > 0 && !merged_order);
-  T* p_data = nullptr;
-  if (ctx != nullptr) {
-    p_data = ctx->begin_step(n, set.rank()).data();
-    std::copy(columns, columns + n, ctx->columns_buffer());
-  } else if (has_p) {
-    p_data = ws.get(detail::cpu::mixed::slot_projected, n, set.rank()).data();
-  }
-  Eigen::Map<matrix> p(p_data, has_p ? n : 0, has_p ? set.rank() : 0);
-  if (has_p) {
-    const dropout_key* key = dropout ? &ctx->mask_key() : nullptr;
-    detail::cpu::mixed::project_input(x, set.a(), set, columns, key, p, ws);
-  }
-
-  detail::cpu::initialise_output(y, e.bias(), mode);
-  detail::cpu::mixed::with_weight(set, e.w0(), [&](const auto& w) {
-    if (merged_order) {
-      auto merged = ws.get(detail::cpu::mixed::slot_wide, set.out_features(), set.in_features());
-      detail::cpu::fold_into_weight(w, detail::cpu::mixed::folded_b(set, rows.single_column, ws), set.a(), merged);
-      detail::cpu::gemm(y, x, merged.transpose(), true);
-      return;
+  if constexpr (detail::is_bfloat16<XD>) {
+    detail::cpu::mixed::bfloat16_path::forward(x, e.w0(), e.bias(), set, columns, rows, e.context(), y, mode, ws);
+  } else {
+    mixed_context<T>* ctx = e.context();
+    const bool dropout = ctx != nullptr && rows.dropout;
+    const bool one_adapter = rows.single_column >= 0;
+    bool merged_order = false;
+    if (one_adapter && rows.adapter_rows == n && !dropout) {
+      auto request = detail::cpu::request_for(detail::cpu::product_kind::forward,
+                                              detail::cpu::extents_of(n, set), e.requested_order());
+      request.keeps_projection = ctx != nullptr;
+      request.workspace_reused = scratch.reused();
+      merged_order = detail::cpu::plan_for(request).chosen == order::merged;
     }
-    detail::cpu::gemm(y, x, w.transpose(), true);
-  });
 
-  if (rows.adapter_rows > 0 && !merged_order) {
-    if (one_adapter) {
-      const auto bbd = detail::cpu::mixed::folded_b(set, rows.single_column, ws);
-      if (rows.adapter_rows == n) {
-        detail::cpu::gemm(y, p, bbd.transpose(), true);
+    using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+    const bool has_p = ctx != nullptr || (rows.adapter_rows > 0 && !merged_order);
+    T* p_data = nullptr;
+    if (ctx != nullptr) {
+      p_data = ctx->begin_step(n, set.rank()).data();
+      std::copy(columns, columns + n, ctx->columns_buffer());
+    } else if (has_p) {
+      p_data = ws.get(detail::cpu::mixed::slot_projected, n, set.rank()).data();
+    }
+    Eigen::Map<matrix> p(p_data, has_p ? n : 0, has_p ? set.rank() : 0);
+    if (has_p) {
+      const dropout_key* key = dropout ? &ctx->mask_key() : nullptr;
+      detail::cpu::mixed::project_input(x, set.a(), set, columns, key, p, ws);
+    }
+
+    detail::cpu::initialise_output(y, e.bias(), mode);
+    detail::cpu::mixed::with_weight(set, e.w0(), [&](const auto& w) {
+      if (merged_order) {
+        auto merged = ws.get(detail::cpu::mixed::slot_wide, set.out_features(), set.in_features());
+        detail::cpu::fold_into_weight(w, detail::cpu::mixed::folded_b(set, rows.single_column, ws), set.a(), merged);
+        detail::cpu::gemm(y, x, merged.transpose(), true);
+        return;
+      }
+      detail::cpu::gemm(y, x, w.transpose(), true);
+    });
+
+    if (rows.adapter_rows > 0 && !merged_order) {
+      if (one_adapter) {
+        const auto bbd = detail::cpu::mixed::folded_b(set, rows.single_column, ws);
+        if (rows.adapter_rows == n) {
+          detail::cpu::gemm(y, p, bbd.transpose(), true);
+        } else {
+          auto s = ws.get(detail::cpu::mixed::slot_thin, n, set.rank());
+          detail::cpu::mixed::for_each_coeff<false>(n, set.rank(), [&](index i, index k) {
+            s(i, k) = columns[i] >= 0 ? p(i, k) : T(0);
+          });
+          detail::cpu::gemm(y, s, bbd.transpose(), true);
+        }
       } else {
+        const detail::cpu::mixed::row_plan<T> plan(set, columns, n, ws);
         auto s = ws.get(detail::cpu::mixed::slot_thin, n, set.rank());
-        detail::cpu::mixed::for_each_coeff<false>(n, set.rank(), [&](index i, index k) {
-          s(i, k) = columns[i] >= 0 ? p(i, k) : T(0);
-        });
-        detail::cpu::gemm(y, s, bbd.transpose(), true);
-      }
-    } else {
-      const detail::cpu::mixed::row_plan<T> plan(set, columns, n, ws);
-      auto s = ws.get(detail::cpu::mixed::slot_thin, n, set.rank());
-      using thin = decltype(s);
-      detail::cpu::mixed::rank_pass(p, plan, static_cast<thin*>(nullptr), false,
-                            static_cast<thin*>(nullptr), &s);
-      if (ctx != nullptr) {
-        // Kept in the context: grad_b is a segment sum of G ⊙ Z, so the backward skips a GEMM.
-        auto& z = ctx->keep_products(n, set.out_features());
-        detail::cpu::gemm(z, s, set.b().transpose(), false);
-        detail::cpu::mixed::add_scaled_by_b(z, plan, y);
-      } else if constexpr (detail::cpu::mixed::row_major<Dst>) {
-        // Z in the destination's layout, so the gather pass runs along both in storage order.
-        auto z = ws.get(detail::cpu::mixed::slot_wide, set.out_features(), n).transpose();
-        detail::cpu::gemm(z, s, set.b().transpose(), false);
-        detail::cpu::mixed::add_scaled_by_b(z, plan, y);
-      } else {
-        auto z = ws.get(detail::cpu::mixed::slot_wide, n, set.out_features());
-        detail::cpu::gemm(z, s, set.b().transpose(), false);
-        detail::cpu::mixed::add_scaled_by_b(z, plan, y);
+        using thin = decltype(s);
+        detail::cpu::mixed::rank_pass(p, plan, static_cast<thin*>(nullptr), false,
+                              static_cast<thin*>(nullptr), &s);
+        if (ctx != nullptr) {
+          // Kept in the context: grad_b is a segment sum of G ⊙ Z, so the backward skips a GEMM.
+          auto& z = ctx->keep_products(n, set.out_features());
+          detail::cpu::gemm(z, s, set.b().transpose(), false);
+          detail::cpu::mixed::add_scaled_by_b(z, plan, y);
+        } else if constexpr (detail::cpu::mixed::row_major<Dst>) {
+          // Z in the destination's layout, so the gather pass runs along both in storage order.
+          auto z = ws.get(detail::cpu::mixed::slot_wide, set.out_features(), n).transpose();
+          detail::cpu::gemm(z, s, set.b().transpose(), false);
+          detail::cpu::mixed::add_scaled_by_b(z, plan, y);
+        } else {
+          auto z = ws.get(detail::cpu::mixed::slot_wide, n, set.out_features());
+          detail::cpu::gemm(z, s, set.b().transpose(), false);
+          detail::cpu::mixed::add_scaled_by_b(z, plan, y);
+        }
       }
     }
+    if (ctx != nullptr) ctx->finish_step(&set, set.version());
   }
-  if (ctx != nullptr) ctx->finish_step(&set, set.version());
 }
 
 }  // namespace vera
