@@ -254,8 +254,8 @@ struct eigen_operands {
     detail::check_cols("X", ad.in_features(), x.cols(), "the layer's in_features");
     detail::check_base_weight("W0", w0, ad);
     if constexpr (!std::is_same_v<Bias, no_bias_t>) {
-      static_assert(detail::storage_matches<Bias, T>,
-                    "vera::forward: bias must have the adapter's scalar type (or bfloat16)");
+      static_assert(detail::scalar_matches<Bias, T> || std::is_same_v<typename Bias::Scalar, typename XD::Scalar>,
+                    "vera::forward: bias must have the adapter's scalar type or X's (bfloat16)");
       static_assert(Bias::RowsAtCompileTime == 1 || Bias::ColsAtCompileTime == 1,
                     "vera::forward: bias must be a vector (out elements)");
       detail::check_size("bias", ad.out_features(), bias.size());
