@@ -29,6 +29,15 @@ auto adapt_vector(Scalar* data, index size) {
                      std::array<std::size_t, 1>{static_cast<std::size_t>(size)});
 }
 
+// The Eigen front-end's backward expressions over the operands' extents, in G's storage: they
+// validate the operands and carry the modifiers' settings.
+template <class Exec, class G, class T>
+using checked_parameter_gradients =
+    vera::parameter_gradient_expr<Exec, extents_map<storage_t<G, T>>, T>;
+template <class Exec, class G, class T>
+using checked_input_gradient =
+    vera::input_gradient_expr<Exec, extents_map<storage_t<G, T>>, extents_map<storage_t<G, T>>, T>;
+
 }  // namespace detail
 
 /// \brief dL/d lambda_b (out) and dL/d lambda_d (rank), read and written as 1-D xtensor views.
@@ -88,16 +97,18 @@ class gradients {
 /// \brief dL/d lambda_b and dL/d lambda_d from an xtensor G = dL/dY, lazily.
 ///
 /// `grads = expr;` overwrites, `grads += expr;` accumulates, exactly as the Eigen front-end's
-/// parameter_gradient_expr, which does the work.
+/// parameter_gradient_expr, which does the work. G holds the adapter's T, or bfloat16 for a
+/// float adapter; the gradients stay in T.
 template <class Exec, class G, class T>
 class parameter_gradient_expr
     : public detail::modifiers_of<parameter_gradient_expr<Exec, G, T>,
-                                  vera::parameter_gradient_expr<Exec, detail::extents_map<T>, T>> {
-  static_assert(detail::holds_scalar<G, T>,
-                "vera::xt::parameter_gradients: G must hold the adapter's scalar type");
+                                  detail::checked_parameter_gradients<Exec, G, T>> {
+  static_assert(detail::holds_storage_for<G, T>,
+                "vera::xt::parameter_gradients: G must hold the adapter's scalar type (or bfloat16 "
+                "for a float adapter)");
 
-  // The Eigen front-end's expression over G's extents: validates, and carries the settings.
-  using checked_type = vera::parameter_gradient_expr<Exec, detail::extents_map<T>, T>;
+  using S = detail::storage_t<G, T>;
+  using checked_type = detail::checked_parameter_gradients<Exec, G, T>;
   using modifiers = detail::modifiers_of<parameter_gradient_expr, checked_type>;
 
  public:
@@ -112,7 +123,7 @@ class parameter_gradient_expr
   ///        buffers of another size throw shape_error, as vera::parameter_gradient_expr::eval_to.
   /// \throws shape_error as described; state_error, rank_error as vera::parameter_gradients.
   void eval_to(gradients<T>& out, assign_mode mode = assign_mode::overwrite) const {
-    const detail::input_matrix<T> g(g_);
+    const detail::input_matrix<S> g(g_);
     const auto& checked = this->checked();
     const auto e = vera::parameter_gradients(Exec{}, g.map(), checked.layer(), checked.context());
     this->with_settings(e).eval_to(out.eigen(), mode);
@@ -136,7 +147,7 @@ class parameter_gradient_expr
   template <class GC>
   static checked_type validated(const GC& g, const adapter<T>& ad, const forward_context<T>& ctx) {
     detail::check_dimension<2>("G", g);
-    return {detail::shape_only<T>(g), ad, ctx};
+    return {detail::shape_only<S>(g), ad, ctx};
   }
 
   detail::closure_t<G> g_;
@@ -147,21 +158,24 @@ class parameter_gradient_expr
 /// Evaluated like vera::xt::forward_expr: `eval()`, conversion, `assign_to(dx)` overwrite (an
 /// xt::xtensor or xt::xarray is resized; other destinations must be n x in, dense row-major);
 /// `add_to(dx)` accumulates (dx must already be n x in, dense row-major). `rows()` is n and
-/// `cols()` in. Evaluation throws aliasing_error when dX overlaps G or W0.
+/// `cols()` in. G and W0 hold the adapter's T, or both bfloat16 for a float adapter (then dX is
+/// bfloat16, or the float32 result in a float destination). Evaluation throws aliasing_error
+/// when dX overlaps G or W0, and value_error for the merged order on bfloat16 operands.
 template <class Exec, class G, class W, class T>
 class input_gradient_expr
-    : public detail::checked_matrix_result<
-          input_gradient_expr<Exec, G, W, T>, T,
-          vera::input_gradient_expr<Exec, detail::extents_map<T>, detail::extents_map<T>, T>> {
-  static_assert(detail::holds_scalar<G, T>,
-                "vera::xt::input_gradient: G must hold the adapter's scalar type");
-  static_assert(detail::holds_scalar<W, T>,
-                "vera::xt::input_gradient: W0 must hold the adapter's scalar type");
+    : public detail::checked_matrix_result<input_gradient_expr<Exec, G, W, T>,
+                                           detail::checked_input_gradient<Exec, G, T>, T> {
+  static_assert(detail::holds_storage_for<G, T>,
+                "vera::xt::input_gradient: G must hold the adapter's scalar type (or bfloat16 for "
+                "a float adapter)");
+  // G's storage: T, or bfloat16 for a float adapter; W0 must hold the same.
+  using S = detail::storage_t<G, T>;
+  // Asked only once G is accepted (S is then its scalar): one mistake, one message.
+  static_assert(!detail::holds_storage_for<G, T> || detail::holds_scalar<W, S>,
+                "vera::xt::input_gradient: W0 must hold G's scalar type");
 
-  // The Eigen front-end's expression over the extents: validates, and carries the settings.
-  using checked_type =
-      vera::input_gradient_expr<Exec, detail::extents_map<T>, detail::extents_map<T>, T>;
-  using result = detail::checked_matrix_result<input_gradient_expr, T, checked_type>;
+  using checked_type = detail::checked_input_gradient<Exec, G, T>;
+  using result = detail::checked_matrix_result<input_gradient_expr, checked_type, T>;
   using modifiers = detail::modifiers_of<input_gradient_expr, checked_type>;
 
  public:
@@ -173,7 +187,7 @@ class input_gradient_expr
       : result(validated(g, w0, ad, ctx)), g_(std::forward<GA>(g)), w0_(std::forward<WA>(w0)) {}
 
  private:
-  friend class detail::matrix_result<input_gradient_expr, T>;
+  friend typename result::evaluation;
   friend modifiers;
 
   input_gradient_expr(const input_gradient_expr& operands, const checked_type& checked)
@@ -184,13 +198,13 @@ class input_gradient_expr
                                 const forward_context<T>& ctx) {
     detail::check_dimension<2>("G", g);
     detail::check_dimension<2>("W0", w0);
-    return {detail::shape_only<T>(g), detail::shape_only<T>(w0), ad, ctx};
+    return {detail::shape_only<S>(g), detail::shape_only<S>(w0), ad, ctx};
   }
 
   template <class Dst>
   void run(Dst& dst, assign_mode mode) const {
-    const detail::input_matrix<T> g(g_);
-    const detail::input_matrix<T> w0(w0_);
+    const detail::input_matrix<S> g(g_);
+    const detail::input_matrix<S> w0(w0_);
     const auto& checked = this->checked();
     const auto e = vera::input_gradient(Exec{}, g.map(), w0.map(), checked.layer(), checked.context());
     detail::assign(this->with_settings(e), dst, mode);

@@ -22,27 +22,36 @@ namespace vera::xt {
 /// `subtract_from(w)` an unmerge, one GEMM into w with no temporary of w's size (for both, w
 /// must have ΔW's shape and be dense row-major, or shape_error is thrown). `rows()` is out and
 /// `cols()` in (swapped with fan_in_fan_out). `eval()`, the conversion, `assign_to()`, `add_to()`
-/// and the shape come from an internal base, as for vera::xt::forward_expr.
+/// and the shape come from an internal base, as for vera::xt::forward_expr. `eval()` gives the
+/// adapter's T; for a float adapter, `assign_to`, `add_to` and `subtract_from` also take a
+/// bfloat16 w, which gets PEFT's bfloat16 merge (ΔW and the sum in float32, rounded once).
 template <class Exec, class T>
 class delta_weight_expr
-    : public detail::checked_matrix_result<delta_weight_expr<Exec, T>, T, vera::delta_weight_expr<Exec, T>> {
-  using result = detail::checked_matrix_result<delta_weight_expr, T, vera::delta_weight_expr<Exec, T>>;
+    : public detail::checked_matrix_result<delta_weight_expr<Exec, T>, vera::delta_weight_expr<Exec, T>,
+                                           detail::narrow_storage_t<T>> {
+  using result = detail::checked_matrix_result<delta_weight_expr, vera::delta_weight_expr<Exec, T>,
+                                               detail::narrow_storage_t<T>>;
   using modifiers = detail::modifiers_of<delta_weight_expr, vera::delta_weight_expr<Exec, T>>;
 
  public:
   /// \brief Refers to `ad`, which must outlive the expression; see vera::xt::delta_weight.
   explicit delta_weight_expr(const adapter<T>& ad) : result(vera::delta_weight_expr<Exec, T>(ad)) {}
 
-  /// \brief w -= ΔW; w must have ΔW's shape and be dense row-major.
+  /// \brief w -= ΔW; w must have ΔW's shape and be dense row-major, and hold T (or bfloat16
+  ///        for a float adapter).
   /// \throws shape_error otherwise.
   template <class Y>
   void subtract_from(Y&& w) const {
-    auto dst = detail::writable<T>("destination", w, this->rows(), this->cols());
+    using S = detail::storage_t<Y, T>;
+    static_assert(detail::holds_storage_for<Y, T>,
+                  "vera::xt::delta_weight: w must hold the adapter's scalar type (or bfloat16 for a "
+                  "float adapter)");
+    auto dst = detail::writable<S>("destination", w, this->rows(), this->cols());
     this->checked().subtract_from(dst);
   }
 
  private:
-  friend class detail::matrix_result<delta_weight_expr, T>;
+  friend typename result::evaluation;
   friend modifiers;
 
   // ΔW has no operands of its own: the expression over the adapter is the whole state.
@@ -58,11 +67,16 @@ class delta_weight_expr
 /// \brief W0 + ΔW as an xtensor, lazily; W0 has the layout the adapter's options say.
 ///
 /// Evaluated through `eval()`, the conversion or `assign_to(w)`, as vera::xt::forward_expr;
-/// evaluation throws aliasing_error when the destination overlaps W0.
+/// the result holds W0's scalar (a bfloat16 W0 with a float adapter gives PEFT's bfloat16 merge).
+/// Evaluation throws aliasing_error when the destination overlaps W0.
 template <class Exec, class W, class T>
-class merged_weight_expr : public detail::matrix_result<merged_weight_expr<Exec, W, T>, T> {
-  static_assert(detail::holds_scalar<W, T>,
-                "vera::xt::merged_weight: W0 must hold the adapter's scalar type");
+class merged_weight_expr : public detail::matrix_result<merged_weight_expr<Exec, W, T>,
+                                                        detail::storage_t<W, T>> {
+  static_assert(detail::holds_storage_for<W, T>,
+                "vera::xt::merged_weight: W0 must hold the adapter's scalar type (or bfloat16 for a "
+                "float adapter)");
+
+  using S = detail::storage_t<W, T>;
 
  public:
   /// \brief Holds W0 and checks it against the adapter; see vera::xt::merged_weight.
@@ -70,7 +84,7 @@ class merged_weight_expr : public detail::matrix_result<merged_weight_expr<Exec,
   template <class WA>
   merged_weight_expr(WA&& w0, const adapter<T>& ad) : w0_(std::forward<WA>(w0)), adapter_(&ad) {
     detail::check_dimension<2>("W0", w0_);
-    (void)vera::merged_weight<Exec>(detail::shape_only<T>(w0_), ad);
+    (void)vera::merged_weight<Exec>(detail::shape_only<S>(w0_), ad);
   }
 
   /// \brief Rows of W0.
@@ -79,11 +93,11 @@ class merged_weight_expr : public detail::matrix_result<merged_weight_expr<Exec,
   index cols() const { return detail::extent(w0_, 1); }
 
  private:
-  friend class detail::matrix_result<merged_weight_expr, T>;
+  friend class detail::matrix_result<merged_weight_expr, S>;
 
   template <class Dst>
   void run(Dst& dst, assign_mode) const {
-    const detail::input_matrix<T> w0(w0_);
+    const detail::input_matrix<S> w0(w0_);
     vera::merged_weight<Exec>(w0.map(), *adapter_).evalTo(dst);
   }
 
@@ -112,18 +126,24 @@ void merged_weight(W&&, adapter<T>&&) = delete;
 
 namespace detail {
 
-/// W0 as the in-place operations need it: 2-D, dense row-major, the adapter's layout.
+/// W0 as the in-place operations need it: 2-D, dense row-major, the adapter's layout, in T or
+/// (for a float adapter) bfloat16.
 template <class T, class W>
 auto writable_weight(W& w0, const adapter<T>& ad) {
+  static_assert(holds_storage_for<W, T>,
+                "vera::xt::merge, unmerge, safe_merge: W0 must hold the adapter's scalar type (or "
+                "bfloat16 for a float adapter)");
+  using S = storage_t<W, T>;
   check_dimension<2>("W0", w0);
-  vera::detail::check_base_weight("W0", shape_only<T>(w0), ad);
-  return writable<T>("W0", w0, extent(w0, 0), extent(w0, 1));
+  vera::detail::check_base_weight("W0", shape_only<S>(w0), ad);
+  return writable<S>("W0", w0, extent(w0, 0), extent(w0, 1));
 }
 
 }  // namespace detail
 
 /// \brief W0 += ΔW in place. W0 (out x in, in x out with fan_in_fan_out) must be dense
-///        row-major memory: an xt::xtensor, xt::xarray, adaptor or contiguous view.
+///        row-major memory: an xt::xtensor, xt::xarray, adaptor or contiguous view, of the
+///        adapter's T or (float adapter) bfloat16, merged as vera::merge merges it.
 ///        `ws` (optional) avoids allocating.
 /// \throws shape_error when W0 is not 2-D, of another shape, or not dense row-major.
 template <class W, class T>

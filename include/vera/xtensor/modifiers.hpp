@@ -6,6 +6,8 @@
 #include <type_traits>
 #include <utility>
 
+#include <Eigen/Core>
+
 #include "vera/core/shape.hpp"
 #include "vera/expr/cost.hpp"
 #include "vera/xtensor/result.hpp"
@@ -86,13 +88,22 @@ class modifiers_of {
   Checked checked_;
 };
 
+/// The scalar of the Eigen expression's result (its ReturnType): bfloat16 for bfloat16 operands.
+template <class Checked>
+using result_scalar_t = typename Eigen::internal::traits<Checked>::ReturnType::Scalar;
+
 /// Base of the matrix-valued expressions that evaluate through a `Checked` expression of the
-/// Eigen front-end: its modifiers, the evaluation of matrix_result, and the shape and
-/// accumulation both take from `Checked`. `Derived` provides run() as matrix_result asks and the
-/// constructor modifiers_of asks for.
-template <class Derived, class T, class Checked>
-class checked_matrix_result : public matrix_result<Derived, T>, public modifiers_of<Derived, Checked> {
+/// Eigen front-end: its modifiers, the evaluation of matrix_result (into `Checked`'s result
+/// scalar, or `Also`), and the shape and accumulation both take from `Checked`. `Derived`
+/// provides run() as matrix_result asks and the constructor modifiers_of asks for, and befriends
+/// `evaluation`.
+template <class Derived, class Checked, class Also = result_scalar_t<Checked>>
+class checked_matrix_result : public matrix_result<Derived, result_scalar_t<Checked>, Also>,
+                              public modifiers_of<Derived, Checked> {
  public:
+  /// The base that calls Derived::run().
+  using evaluation = matrix_result<Derived, result_scalar_t<Checked>, Also>;
+
   /// Rows of the result.
   index rows() const { return this->checked().rows(); }
   /// Columns of the result.

@@ -40,6 +40,38 @@ template <class E, class T>
 inline constexpr bool holds_scalar =
     ::xt::is_xexpression<std::decay_t<E>>::value && std::is_same_v<value_type_t<E>, T>;
 
+/// Stands for an operand of scalar S where the Eigen front-end's rules ask for an operand type.
+template <class S>
+struct scalar_tag {
+  using Scalar = S;
+};
+
+/// The element type of an xtensor expression; void for anything else (vera::no_bias included).
+template <class E, class = void>
+struct element_of {
+  using type = void;
+};
+template <class E>
+struct element_of<E, std::enable_if_t<::xt::is_xexpression<std::decay_t<E>>::value>> {
+  using type = value_type_t<E>;
+};
+
+/// True for an xtensor expression the Eigen front-end would accept for an adapter<T>: elements
+/// of type T, or bfloat16 for a float adapter (vera::detail::storage_matches, the one rule).
+template <class E, class T>
+inline constexpr bool holds_storage_for =
+    vera::detail::storage_matches<scalar_tag<typename element_of<E>::type>, T>;
+
+/// The scalar an operand E is mapped as: its own where holds_storage_for allows it, otherwise T,
+/// so that a refused operand is reported once, by the xtensor expression's static_assert, and
+/// not again from inside the Eigen expression built over its extents.
+template <class E, class T>
+using storage_t = std::conditional_t<holds_storage_for<E, T>, typename element_of<E>::type, T>;
+
+/// The other scalar an adapter<T> stores operands in: bfloat16 for float, none (T) otherwise.
+template <class T>
+using narrow_storage_t = std::conditional_t<std::is_same_v<T, float>, Eigen::bfloat16, T>;
+
 /// True for expressions whose elements live in memory at data() + data_offset() with strides().
 template <class E, class = void>
 struct has_strided_memory : std::false_type {};
@@ -189,25 +221,36 @@ map_t<T, N> writable(const char* operand, E& e, index rows, index cols = 1) {
   }
 }
 
+/// True for a bias the evaluators take with X stored in S for an adapter<T>: the adapter's T, or
+/// S (a bfloat16 layer adds a float32 or a bfloat16 bias).
+template <class Bias, class S, class T>
+inline constexpr bool bias_fits = std::is_same_v<typename element_of<Bias>::type, T> ||
+                                  std::is_same_v<typename element_of<Bias>::type, S>;
+
+/// The scalar a bias is mapped as: its own where bias_fits, otherwise T, so that only the
+/// expression's static_assert reports it.
+template <class Bias, class S, class T>
+using bias_storage_t = std::conditional_t<bias_fits<Bias, S, T>, typename element_of<Bias>::type, T>;
+
 /// Calls f with the bias as the evaluators take it: no_bias, or a map over a 1-D operand.
-template <class T, class Bias, class F>
+template <class S, class T, class Bias, class F>
 void with_bias(const Bias& bias, F&& f) {
   if constexpr (std::is_same_v<std::decay_t<Bias>, no_bias_t>) {
     f(no_bias);
-  } else {
-    const input_vector<T> mapped(bias);
+  } else if constexpr (bias_fits<Bias, S, T>) {
+    const input_vector<bias_storage_t<Bias, S, T>> mapped(bias);
     f(mapped.map());
-  }
+  }  // else the expression's static_assert has refused the bias: one mistake, one message.
 }
 
 /// Bias extents as the Eigen expression's constructor checks them.
-template <class T, class Bias>
+template <class S, class T, class Bias>
 auto bias_shape_only(const Bias& bias) {
   if constexpr (std::is_same_v<std::decay_t<Bias>, no_bias_t>) {
     return no_bias;
   } else {
     check_dimension<1>("bias", bias);
-    return Eigen::Map<const vera::vector<T>>(nullptr, extent(bias, 0));
+    return Eigen::Map<const vera::vector<bias_storage_t<Bias, S, T>>>(nullptr, extent(bias, 0));
   }
 }
 
