@@ -366,7 +366,7 @@ void expression_checks() {
   VERA_CHECK(fwd.with_order(vera::order::merged).requested_order() == vera::order::merged);
   VERA_CHECK(fwd.on(sc).on_stream().cublas == sc.cublas && fwd.using_workspace(ws).scratch().bytes == ws.bytes);
   // A derived tag reaches the same evaluator.
-  const vera::cuda::forward_expr<tuned_cuda, float> tuned(layer, x(5), w0, nullptr);
+  const vera::cuda::forward_expr<tuned_cuda, float> tuned(x(5), w0, nullptr, layer);
   VERA_CHECK_THROWS(tuned.eval_to(y(5)), vera::value_error, "vera::cuda::forward: no cuBLAS handle");
 
   // The forward context: checked when made, used by forward and backward.

@@ -64,6 +64,10 @@ TEMPLATE_TEST_CASE("delta_weight and merged_weight match the reference", "[expr]
           compare(merged, w0 + delta, w0_magnitude + delta_magnitude, tolerance<T>(shape));
       INFO("merged_weight: " << cm);
       CHECK(cm.ok());
+      // A caller's workspace changes where Λb B Λd is built, not the bits.
+      vera::workspace<T> ws;
+      const matrix merged_in_ws = vera::merged_weight(layer.w0, layer.ad).using_workspace(ws);
+      CHECK(same_bits(merged_in_ws, merged));
 
       matrix added = layer.w0;
       vera::delta_weight(layer.ad).add_to(added);

@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-// Lazy delta weight ΔW = Λb B Λd A and merged weight W0 + ΔW; in-place merge, unmerge, safe merge.
+// vera::delta_weight and vera::merged_weight over Eigen operands (ΔW = Λb B Λd A, W0 + ΔW); in-place
+// merge, unmerge, safe merge.
 #pragma once
 
+#include <cmath>
+#include <string>
 #include <type_traits>
 
 #include <Eigen/Core>
@@ -9,113 +12,10 @@
 #include "vera/adapter/adapter.hpp"
 #include "vera/adapter/workspace.hpp"
 #include "vera/core/exec.hpp"
-#include "vera/expr/forward.hpp"
-#include "vera/expr/operand.hpp"
-#include "vera/expr/settings.hpp"
+#include "vera/expr/eigen_operands.hpp"
+#include "vera/expr/nodes.hpp"
 
 namespace vera {
-
-template <class Exec, class T>
-class delta_weight_expr;
-template <class Exec, class WD, class T>
-class merged_weight_expr;
-
-}  // namespace vera
-
-namespace Eigen::internal {
-template <class Exec, class T>
-struct traits<vera::delta_weight_expr<Exec, T>> {
-  using ReturnType = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
-};
-template <class Exec, class WD, class T>
-struct traits<vera::merged_weight_expr<Exec, WD, T>> {
-  using ReturnType = Eigen::Matrix<vera::detail::result_scalar_t<WD, T>, Eigen::Dynamic, Eigen::Dynamic>;
-};
-}  // namespace Eigen::internal
-
-namespace vera {
-
-/// \brief ΔW = Λb B Λd A (out x in; in x out with fan_in_fan_out), lazily.
-///
-/// `dW = expr;` overwrites; `expr.add_to(W)` is a merge and `expr.subtract_from(W)` an unmerge,
-/// both one GEMM into W with no temporary of W's size. `.using_workspace(ws)` keeps the small
-/// Λb B Λd buffer in `ws` instead of allocating it.
-template <class Exec, class T>
-class delta_weight_expr : public Eigen::ReturnByValue<delta_weight_expr<Exec, T>>,
-                          public uses_workspace<delta_weight_expr<Exec, T>, T> {
- public:
-  /// \brief Refers to `ad`, which must outlive the expression; see vera::delta_weight.
-  explicit delta_weight_expr(const adapter<T>& ad) : adapter_(&ad) {}
-
-  /// \brief out (in with fan_in_fan_out).
-  Eigen::Index rows() const {
-    return adapter_->options().fan_in_fan_out ? adapter_->in_features() : adapter_->out_features();
-  }
-  /// \brief in (out with fan_in_fan_out).
-  Eigen::Index cols() const {
-    return adapter_->options().fan_in_fan_out ? adapter_->out_features() : adapter_->in_features();
-  }
-
-  /// \brief Eigen's hook for `dW = expr`: overwrites dW.
-  /// \throws shape_error when dW does not have the shape rows() x cols().
-  template <class Dst>
-  void evalTo(Dst& dst) const {
-    vera::detail::check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    evaluate(Exec{}, *this, dst, T(0), T(1));
-  }
-  /// \brief W += ΔW (a merge) in one GEMM, without a temporary of W's size.
-  /// \throws shape_error when W does not have the shape rows() x cols().
-  template <class Dst>
-  void add_to(Eigen::MatrixBase<Dst>& dst) const {
-    vera::detail::check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    evaluate(Exec{}, *this, dst.derived(), T(1), T(1));
-  }
-  /// \brief W -= ΔW (an unmerge) in one GEMM, without a temporary of W's size.
-  /// \throws shape_error when W does not have the shape rows() x cols().
-  template <class Dst>
-  void subtract_from(Eigen::MatrixBase<Dst>& dst) const {
-    vera::detail::check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    evaluate(Exec{}, *this, dst.derived(), T(1), T(-1));
-  }
-
-  /// \brief The adapter.
-  const adapter<T>& layer() const noexcept { return *adapter_; }
-
- private:
-  const adapter<T>* adapter_;
-};
-
-/// \brief W0 + ΔW, lazily; W0 has the layout the adapter's options say.
-template <class Exec, class WD, class T>
-class merged_weight_expr : public Eigen::ReturnByValue<merged_weight_expr<Exec, WD, T>> {
-  static_assert(vera::detail::storage_matches<WD, T>,
-                "vera::merged_weight: W0 must have the adapter's scalar type (or bfloat16 for a float adapter)");
-
- public:
-  /// \brief Checks W0 against the adapter; see vera::merged_weight.
-  /// \throws shape_error when W0 is not out x in (in x out with fan_in_fan_out).
-  merged_weight_expr(const WD& w0, const adapter<T>& ad) : w0_(w0), delta_(ad) {
-    detail::check_base_weight("W0", w0, ad);
-  }
-  /// \brief Rows of W0.
-  Eigen::Index rows() const { return w0_.rows(); }
-  /// \brief Columns of W0.
-  Eigen::Index cols() const { return w0_.cols(); }
-
-  /// \brief Eigen's hook for `W = expr`: W = W0 + ΔW.
-  /// \throws shape_error when W does not have W0's shape; aliasing_error when W overlaps W0.
-  template <class Dst>
-  void evalTo(Dst& dst) const {
-    vera::detail::check_shape("destination", rows(), cols(), dst.rows(), dst.cols());
-    vera::detail::check_no_alias("vera::merged_weight", dst, "W0", w0_);
-    dst = w0_;
-    delta_.add_to(dst);
-  }
-
- private:
-  detail::closure_t<WD> w0_;
-  delta_weight_expr<Exec, T> delta_;
-};
 
 /// \brief Lazy ΔW of `ad` on policy Exec (default: CPU): out x in, or in x out with
 ///        fan_in_fan_out. A temporary adapter is refused at compile time.

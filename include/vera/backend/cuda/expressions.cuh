@@ -15,6 +15,7 @@
 #include "vera/backend/cuda/merge.cuh"
 #include "vera/core/exec.hpp"
 #include "vera/core/error.hpp"
+#include "vera/expr/nodes.hpp"
 #include "vera/expr/settings.hpp"
 
 namespace vera::cuda {
@@ -165,201 +166,163 @@ inline constexpr bool device_policy = exec::is_cuda_policy<Exec>;
 
 }  // namespace detail
 
-/// \brief Y (n x out) = X W0^T + bias + (drop(X) A^T)(Λb B Λd)^T on the device, lazily.
-///
-/// `.eval_to(Y)` overwrites, `.add_to(Y)` accumulates; `.train(ctx)` makes it a training
-/// forward that keeps P (and the dropout key) in a forward_context; the order follows
-/// forward_order() unless `.with_order()` forces one. Evaluation runs vera::cuda::forward or
-/// forward_train on the stream given with `.on()`.
-template <class Exec, class T>
-class forward_expr : public device_settings<forward_expr<Exec, T>>,
-                     public takes_order<forward_expr<Exec, T>>,
-                     public trains<forward_expr<Exec, T>, forward_context<T>> {
-  static_assert(detail::device_policy<Exec>,
-                "vera::forward: device views (vera::cuda) are evaluated by exec::cuda");
+/// \brief The device operand family of the expression nodes (vera/expr/nodes.hpp): row-major
+///        device views held by value, a layer_ref held by value (a temporary one is fine),
+///        results enqueued into device views with `.eval_to(dst)` / `.add_to(dst)` on the stream
+///        given with `.on()`. Both `.on()` and `.using_workspace()` are required.
+struct device_operands;
 
+namespace detail {
+
+/// A node of the device family evaluates on a CUDA policy only.
+template <class Exec>
+struct device_family_policy {
+  static_assert(device_policy<Exec>, "vera: device views (vera::cuda) are evaluated by exec::cuda or a tag derived from it");
+};
+
+/// Matrix-valued device results (forward, input gradient): Y = expr or Y += expr, enqueued.
+template <class Derived, class Exec, class T>
+class matrix_result : device_family_policy<Exec> {
  public:
-  /// \brief Checks the layer and the operands' shapes; see vera::forward.
-  /// \throws shape_error, rank_error or value_error naming the operand.
-  forward_expr(const layer_ref<T>& layer, matrix_ref<const T> x, matrix_ref<const T> w0, const T* bias)
-      : layer_(layer), x_(x), w0_(w0), bias_(bias) {
+  /// \brief Y = expr, enqueued on the stream; Y must be rows() x cols().
+  void eval_to(matrix_ref<T> y) const { evaluate(Exec{}, static_cast<const Derived&>(*this), y, assign_mode::overwrite); }
+  /// \brief Y += expr, enqueued on the stream; Y must be rows() x cols().
+  void add_to(matrix_ref<T> y) const { evaluate(Exec{}, static_cast<const Derived&>(*this), y, assign_mode::accumulate); }
+};
+
+/// Parameter gradients into device buffers (a null pointer skips one).
+template <class Derived, class Exec, class T>
+class gradient_result : device_family_policy<Exec> {
+ public:
+  /// \brief Writes the gradients (a null pointer in `out` skips one).
+  void eval_to(gradients_ref out) const { evaluate(Exec{}, static_cast<const Derived&>(*this), out, assign_mode::overwrite); }
+  /// \brief Adds the gradients to what `out` holds.
+  void add_to(gradients_ref out) const { evaluate(Exec{}, static_cast<const Derived&>(*this), out, assign_mode::accumulate); }
+};
+
+/// ΔW into a device view: written, merged (added) or unmerged (subtracted), one GEMM each.
+template <class Derived, class Exec, class T>
+class delta_result : device_family_policy<Exec> {
+ public:
+  /// \brief dW = ΔW, enqueued on the stream.
+  void eval_to(matrix_ref<T> dw) const { evaluate(Exec{}, static_cast<const Derived&>(*this), dw, 0.0f, 1.0f); }
+  /// \brief W0 += ΔW (a merge), enqueued on the stream.
+  void add_to(matrix_ref<T> w0) const { evaluate(Exec{}, static_cast<const Derived&>(*this), w0, 1.0f, 1.0f); }
+  /// \brief W0 -= ΔW (an unmerge), enqueued on the stream.
+  void subtract_from(matrix_ref<T> w0) const { evaluate(Exec{}, static_cast<const Derived&>(*this), w0, 1.0f, -1.0f); }
+};
+
+/// W0 + ΔW into a separate device view.
+template <class Derived, class Exec, class T>
+class merged_result : device_family_policy<Exec> {
+ public:
+  /// \brief W = W0 + ΔW, enqueued on the stream; W must not share memory with W0.
+  void eval_to(matrix_ref<T> w) const { evaluate(Exec{}, static_cast<const Derived&>(*this), w); }
+};
+
+}  // namespace detail
+
+struct device_operands {
+  /// Operands are device views, held by value.
+  template <class D>
+  using held = D;
+  /// The bias: a device pointer (out elements) or null.
+  template <class B>
+  using held_bias = B;
+  /// The layer: a device layer view.
+  template <class T>
+  using layer = layer_ref<T>;
+  /// Held by value.
+  template <class T>
+  using layer_holder = layer_ref<T>;
+  /// What a training forward keeps for the backward on the device.
+  template <class T>
+  using context = forward_context<T>;
+  /// `.on(stream)` and `.using_workspace(ws)`.
+  template <class Derived, class T>
+  using scratch = device_settings<Derived>;
+  /// Where results go: device views and gradients_ref, enqueued on the stream.
+  using results = destinations<detail::matrix_result, detail::gradient_result, detail::delta_result,
+                               detail::merged_result>;
+
+  /// \brief The layer view itself.
+  template <class T>
+  static layer_ref<T> hold(const layer_ref<T>& layer) noexcept {
+    return layer;
+  }
+  /// \brief The layer view itself.
+  template <class T>
+  static const layer_ref<T>& layer_of(const layer_ref<T>& layer) noexcept {
+    return layer;
+  }
+  /// \brief Rows of a view.
+  template <class T>
+  static index rows(const matrix_ref<T>& m) noexcept {
+    return m.rows;
+  }
+  /// \brief Columns of a view.
+  template <class T>
+  static index cols(const matrix_ref<T>& m) noexcept {
+    return m.cols;
+  }
+  /// \brief The layer's extents.
+  template <class T>
+  static vera::detail::layer_features features(const layer_ref<T>& layer) noexcept {
+    return {layer.in, layer.out, layer.fan_in_fan_out};
+  }
+
+  /// \brief The layer against its projection.
+  template <class T>
+  static void check_layer(const layer_ref<T>& layer) {
+    detail::check_layer(layer);
+  }
+  /// \brief The layer, X and W0 of a forward.
+  template <class T>
+  static void check_forward(const matrix_ref<const T>& x, const matrix_ref<const T>& w0, const T*,
+                            const layer_ref<T>& layer) {
     detail::check_layer(layer);
     detail::check_matrix("X", x, x.rows, layer.in);
     detail::check_weight(layer, "W0", w0);
   }
-
-  /// \brief n, the rows of X.
-  index rows() const noexcept { return x_.rows; }
-  /// \brief out, the layer's output features.
-  index cols() const noexcept { return layer_.out; }
-
-  /// \brief Y = expr, enqueued on the stream; Y must be n x out.
-  void eval_to(matrix_ref<T> y) const { evaluate(Exec{}, *this, y, assign_mode::overwrite); }
-  /// \brief Y += expr, enqueued on the stream; Y must be n x out.
-  void add_to(matrix_ref<T> y) const { evaluate(Exec{}, *this, y, assign_mode::accumulate); }
-
-  /// \brief The layer.
-  const layer_ref<T>& layer() const noexcept { return layer_; }
-  /// \brief X, n x in.
-  matrix_ref<const T> x() const noexcept { return x_; }
-  /// \brief W0, out x in (in x out with fan_in_fan_out).
-  matrix_ref<const T> w0() const noexcept { return w0_; }
-  /// \brief The bias (out elements) or null.
-  const T* bias() const noexcept { return bias_; }
-
- private:
-  layer_ref<T> layer_;
-  matrix_ref<const T> x_;
-  matrix_ref<const T> w0_;
-  const T* bias_;
-};
-
-/// \brief dL/d lambda_b and dL/d lambda_d on the device from G = dL/dY and the training
-///        context, lazily: `.eval_to(grads)` overwrites, `.add_to(grads)` accumulates.
-template <class Exec, class T>
-class parameter_gradient_expr : public device_settings<parameter_gradient_expr<Exec, T>> {
-  static_assert(detail::device_policy<Exec>,
-                "vera::parameter_gradients: device views (vera::cuda) are evaluated by exec::cuda");
-
- public:
-  /// \brief Checks G against the layer and the context; see vera::parameter_gradients.
-  /// \throws state_error when ctx holds no training forward; shape_error when G is not n x out;
-  ///         rank_error when ctx holds another rank.
-  parameter_gradient_expr(const layer_ref<T>& layer, matrix_ref<const T> g, const forward_context<T>& ctx)
-      : layer_(layer), g_(g), context_(&ctx) {
+  /// \brief The layer and G against the context of its training forward.
+  template <class T>
+  static void check_upstream(const matrix_ref<const T>& g, const layer_ref<T>& layer, const forward_context<T>& ctx) {
     detail::check_layer(layer);
     detail::check_upstream(g, layer, ctx);
   }
-
-  /// \brief Writes the gradients (a null pointer in `out` skips one).
-  void eval_to(gradients_ref out) const { evaluate(Exec{}, *this, out, assign_mode::overwrite); }
-  /// \brief Adds the gradients to what `out` holds.
-  void add_to(gradients_ref out) const { evaluate(Exec{}, *this, out, assign_mode::accumulate); }
-
-  /// \brief The layer.
-  const layer_ref<T>& layer() const noexcept { return layer_; }
-  /// \brief G = dL/dY, n x out.
-  matrix_ref<const T> upstream() const noexcept { return g_; }
-  /// \brief The context of the training forward.
-  const forward_context<T>& context() const noexcept { return *context_; }
-
- private:
-  layer_ref<T> layer_;
-  matrix_ref<const T> g_;
-  const forward_context<T>* context_;
-};
-
-/// \brief dL/dX (n x in) = G W0 + drop((G Λb B Λd) A) on the device, lazily: `.eval_to(dX)`
-///        overwrites, `.add_to(dX)` accumulates; the order follows input_gradient_order()
-///        unless `.with_order()` forces one.
-template <class Exec, class T>
-class input_gradient_expr : public device_settings<input_gradient_expr<Exec, T>>,
-                            public takes_order<input_gradient_expr<Exec, T>> {
-  static_assert(detail::device_policy<Exec>,
-                "vera::input_gradient: device views (vera::cuda) are evaluated by exec::cuda");
-
- public:
-  /// \brief Checks G, W0 and the context; see vera::input_gradient.
-  /// \throws state_error when ctx holds no training forward; shape_error when G is not n x out
-  ///         or W0 does not fit the layer; rank_error when ctx holds another rank.
-  input_gradient_expr(const layer_ref<T>& layer, matrix_ref<const T> g, matrix_ref<const T> w0,
-                      const forward_context<T>& ctx)
-      : layer_(layer), g_(g), w0_(w0), context_(&ctx) {
-    detail::check_layer(layer);
-    detail::check_upstream(g, layer, ctx);
+  /// \brief The layer, G and W0 of an input gradient.
+  template <class T>
+  static void check_input_gradient(const matrix_ref<const T>& g, const matrix_ref<const T>& w0,
+                                   const layer_ref<T>& layer, const forward_context<T>& ctx) {
+    check_upstream(g, layer, ctx);
     detail::check_weight(layer, "W0", w0);
   }
-
-  /// \brief n, the rows of G.
-  index rows() const noexcept { return g_.rows; }
-  /// \brief in, the layer's input features.
-  index cols() const noexcept { return layer_.in; }
-
-  /// \brief dX = expr, enqueued on the stream; dX must be n x in.
-  void eval_to(matrix_ref<T> dx) const { evaluate(Exec{}, *this, dx, assign_mode::overwrite); }
-  /// \brief dX += expr, enqueued on the stream; dX must be n x in.
-  void add_to(matrix_ref<T> dx) const { evaluate(Exec{}, *this, dx, assign_mode::accumulate); }
-
-  /// \brief The layer.
-  const layer_ref<T>& layer() const noexcept { return layer_; }
-  /// \brief G = dL/dY, n x out.
-  matrix_ref<const T> upstream() const noexcept { return g_; }
-  /// \brief W0, out x in (in x out with fan_in_fan_out).
-  matrix_ref<const T> w0() const noexcept { return w0_; }
-  /// \brief The context of the training forward.
-  const forward_context<T>& context() const noexcept { return *context_; }
-
- private:
-  layer_ref<T> layer_;
-  matrix_ref<const T> g_;
-  matrix_ref<const T> w0_;
-  const forward_context<T>* context_;
-};
-
-/// \brief ΔW = Λb B Λd A on the device (out x in; in x out with fan_in_fan_out), lazily:
-///        `.eval_to(dW)` writes ΔW, `.add_to(W0)` is a merge and `.subtract_from(W0)` an
-///        unmerge, each one GEMM into the destination.
-template <class Exec, class T>
-class delta_weight_expr : public device_settings<delta_weight_expr<Exec, T>> {
-  static_assert(detail::device_policy<Exec>,
-                "vera::delta_weight: device views (vera::cuda) are evaluated by exec::cuda");
-
- public:
-  /// \brief Checks the layer; see vera::delta_weight.
-  /// \throws shape_error, rank_error or value_error naming what does not fit.
-  explicit delta_weight_expr(const layer_ref<T>& layer) : layer_(layer) { detail::check_layer(layer); }
-
-  /// \brief out (in with fan_in_fan_out).
-  index rows() const noexcept { return detail::stored_rows(layer_); }
-  /// \brief in (out with fan_in_fan_out).
-  index cols() const noexcept { return detail::stored_cols(layer_); }
-
-  /// \brief dW = ΔW, enqueued on the stream.
-  void eval_to(matrix_ref<T> dw) const { evaluate(Exec{}, *this, dw, 0.0f, 1.0f); }
-  /// \brief W0 += ΔW (a merge), enqueued on the stream.
-  void add_to(matrix_ref<T> w0) const { evaluate(Exec{}, *this, w0, 1.0f, 1.0f); }
-  /// \brief W0 -= ΔW (an unmerge), enqueued on the stream.
-  void subtract_from(matrix_ref<T> w0) const { evaluate(Exec{}, *this, w0, 1.0f, -1.0f); }
-
-  /// \brief The layer.
-  const layer_ref<T>& layer() const noexcept { return layer_; }
-
- private:
-  layer_ref<T> layer_;
-};
-
-/// \brief W0 + ΔW on the device into a separate matrix of W0's shape, lazily: `.eval_to(W)`
-///        copies W0 into W and adds ΔW with the merge GEMM; W0 is left as it is.
-template <class Exec, class T>
-class merged_weight_expr : public device_settings<merged_weight_expr<Exec, T>> {
-  static_assert(detail::device_policy<Exec>,
-                "vera::merged_weight: device views (vera::cuda) are evaluated by exec::cuda");
-
- public:
-  /// \brief Checks W0 against the layer; see vera::merged_weight.
-  /// \throws shape_error, rank_error or value_error naming what does not fit.
-  merged_weight_expr(const layer_ref<T>& layer, matrix_ref<const T> w0) : layer_(layer), w0_(w0) {
-    detail::check_layer(layer);
+  /// \brief W0 against the layer.
+  template <class T>
+  static void check_base_weight(const matrix_ref<const T>& w0, const layer_ref<T>& layer) {
     detail::check_weight(layer, "W0", w0);
   }
-
-  /// \brief Rows of W0.
-  index rows() const noexcept { return w0_.rows; }
-  /// \brief Columns of W0.
-  index cols() const noexcept { return w0_.cols; }
-
-  /// \brief W = W0 + ΔW, enqueued on the stream; W must not share memory with W0.
-  void eval_to(matrix_ref<T> w) const { evaluate(Exec{}, *this, w); }
-
-  /// \brief The layer.
-  const layer_ref<T>& layer() const noexcept { return layer_; }
-  /// \brief W0, out x in (in x out with fan_in_fan_out).
-  matrix_ref<const T> w0() const noexcept { return w0_; }
-
- private:
-  layer_ref<T> layer_;
-  matrix_ref<const T> w0_;
 };
+
+/// \brief Y (n x out) = X W0^T + bias + (drop(X) A^T)(Λb B Λd)^T on the device, lazily: the
+///        forward node over device views. `.eval_to(Y)` overwrites, `.add_to(Y)` accumulates;
+///        evaluation runs vera::cuda::forward or forward_train on the stream given with `.on()`.
+template <class Exec, class T>
+using forward_expr = vera::forward_expr<Exec, matrix_ref<const T>, matrix_ref<const T>, const T*, T, device_operands>;
+/// \brief dL/d lambda_b and dL/d lambda_d on the device, lazily: `.eval_to(grads)` overwrites,
+///        `.add_to(grads)` accumulates.
+template <class Exec, class T>
+using parameter_gradient_expr = vera::parameter_gradient_expr<Exec, matrix_ref<const T>, T, device_operands>;
+/// \brief dL/dX (n x in) = G W0 + drop((G Λb B Λd) A) on the device, lazily.
+template <class Exec, class T>
+using input_gradient_expr = vera::input_gradient_expr<Exec, matrix_ref<const T>, matrix_ref<const T>, T, device_operands>;
+/// \brief ΔW = Λb B Λd A on the device, lazily: `.eval_to(dW)` writes ΔW, `.add_to(W0)` is a merge
+///        and `.subtract_from(W0)` an unmerge.
+template <class Exec, class T>
+using delta_weight_expr = vera::delta_weight_expr<Exec, T, device_operands>;
+/// \brief W0 + ΔW on the device into a separate matrix of W0's shape, lazily.
+template <class Exec, class T>
+using merged_weight_expr = vera::merged_weight_expr<Exec, matrix_ref<const T>, T, device_operands>;
 
 // Evaluators of the CUDA policies. An expression's eval_to / add_to call evaluate(Exec{}, ...)
 // unqualified, so a tag derived from exec::cuda can bring overloads of its own.
@@ -432,13 +395,13 @@ namespace vera {
 template <class Exec, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
 cuda::forward_expr<Exec, T> forward(Exec, cuda::input_ref<T> x, cuda::input_ref<T> w0,
                                     cuda::detail::nondeduced<const T*> bias, const cuda::layer_ref<T>& layer) {
-  return {layer, x, w0, bias};
+  return {x, w0, bias, layer};
 }
 /// \brief Lazy forward on device views: exec::cuda, the only policy that evaluates them.
 template <class T>
 cuda::forward_expr<exec::cuda, T> forward(cuda::input_ref<T> x, cuda::input_ref<T> w0,
                                           cuda::detail::nondeduced<const T*> bias, const cuda::layer_ref<T>& layer) {
-  return {layer, x, w0, bias};
+  return {x, w0, bias, layer};
 }
 
 /// \brief Lazy gradients of lambda_b and lambda_d on device views, on policy `Exec`. G: n x out,
@@ -449,14 +412,14 @@ template <class Exec, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
 cuda::parameter_gradient_expr<Exec, T> parameter_gradients(Exec, cuda::input_ref<T> g,
                                                            const cuda::layer_ref<T>& layer,
                                                            const cuda::forward_context<T>& ctx) {
-  return {layer, g, ctx};
+  return {g, layer, ctx};
 }
 /// \brief As above, on exec::cuda.
 template <class T>
 cuda::parameter_gradient_expr<exec::cuda, T> parameter_gradients(cuda::input_ref<T> g,
                                                                  const cuda::layer_ref<T>& layer,
                                                                  const cuda::forward_context<T>& ctx) {
-  return {layer, g, ctx};
+  return {g, layer, ctx};
 }
 
 // The expressions keep the address of the forward context: a temporary one is refused.
@@ -473,14 +436,14 @@ template <class Exec, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
 cuda::input_gradient_expr<Exec, T> input_gradient(Exec, cuda::input_ref<T> g, cuda::input_ref<T> w0,
                                                   const cuda::layer_ref<T>& layer,
                                                   const cuda::forward_context<T>& ctx) {
-  return {layer, g, w0, ctx};
+  return {g, w0, layer, ctx};
 }
 /// \brief As above, on exec::cuda.
 template <class T>
 cuda::input_gradient_expr<exec::cuda, T> input_gradient(cuda::input_ref<T> g, cuda::input_ref<T> w0,
                                                         const cuda::layer_ref<T>& layer,
                                                         const cuda::forward_context<T>& ctx) {
-  return {layer, g, w0, ctx};
+  return {g, w0, layer, ctx};
 }
 
 template <class Exec, class T>
@@ -494,7 +457,7 @@ void input_gradient(cuda::input_ref<T>, cuda::input_ref<T>, const cuda::layer_re
 /// \throws shape_error, rank_error or value_error when W0 or the layer does not fit.
 template <class Exec = exec::cuda, class T>
 cuda::merged_weight_expr<Exec, T> merged_weight(cuda::input_ref<T> w0, const cuda::layer_ref<T>& layer) {
-  return cuda::merged_weight_expr<Exec, T>(layer, w0);
+  return cuda::merged_weight_expr<Exec, T>(w0, layer);
 }
 
 /// \brief Lazy ΔW of a device layer on policy Exec (default: exec::cuda).
