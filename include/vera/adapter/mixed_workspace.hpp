@@ -25,18 +25,12 @@ class mixed_workspace {
   static constexpr int row_slots = 3;  ///< of each per-row buffer kind
 
   /// \brief A rows x cols scratch matrix in slot `slot` (0..7); contents are unspecified.
-  Eigen::Map<matrix> get(int slot, index rows, index cols) {
-    matrix& buffer = matrices_[slot];
-    if (buffer.size() < rows * cols) buffer.resize(rows * cols, 1);
-    return {buffer.data(), rows, cols};
-  }
-  /// \brief A rows x cols bfloat16 scratch matrix in bfloat16 slot `slot` (0..3), apart from the
-  ///        slots of get(); for the bfloat16 path's rounded copies of thin operands.
+  Eigen::Map<matrix> get(int slot, index rows, index cols) { return detail::grown(matrices_[slot], rows, cols); }
+  /// \brief A rows x cols bfloat16 scratch matrix: bfloat16 slot `slot` (0..3) of single(), which
+  ///        the bfloat16 path's rounded copies of thin operands share.
   Eigen::Map<Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, Eigen::Dynamic>> get_bfloat16(int slot, index rows,
                                                                                          index cols) {
-    auto& buffer = halves_[slot];
-    if (buffer.size() < rows * cols) buffer.resize(rows * cols, 1);
-    return {buffer.data(), rows, cols};
+    return single_.get_bfloat16(slot, rows, cols);
   }
   /// \brief `count` indices in slot `slot` (0..2); contents are unspecified.
   index* indices(int slot, index count) { return grow(indices_[slot], count); }
@@ -60,7 +54,6 @@ class mixed_workspace {
   matrix matrices_[matrix_slots];
   std::vector<index> indices_[row_slots];
   std::vector<const T*> pointers_[row_slots];
-  Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, Eigen::Dynamic> halves_[4];
   workspace<T> single_;
   std::optional<adapter<T>> standalone_;
 };

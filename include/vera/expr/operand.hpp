@@ -64,6 +64,16 @@ void check_no_alias(const char* operation, const Dst& dst, const char* operand_n
   }
 }
 
+/// \brief The aliasing rule for a forward: Y against X, W0 and the bias (unless vera::no_bias).
+template <class Dst, class E>
+void check_forward_aliases(const char* operation, const Dst& y, const E& e) {
+  check_no_alias(operation, y, "X", e.x());
+  check_no_alias(operation, y, "W0", e.w0());
+  if constexpr (!std::is_same_v<std::decay_t<decltype(e.bias())>, no_bias_t>) {
+    check_no_alias(operation, y, "bias", e.bias());
+  }
+}
+
 /// \brief Static check that an operand holds the adapter's scalar type.
 template <class Operand, class T>
 inline constexpr bool scalar_matches = std::is_same_v<typename Operand::Scalar, T>;

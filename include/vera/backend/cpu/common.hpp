@@ -166,21 +166,30 @@ void mask_tile(index first_row, const dropout_key& key, Tile& tile) {
   }
 }
 
+/// dst += mask(src a), 128 rows at a time so the masked product never exists as a whole: each
+/// tile comes from `tile_of(rows, cols)` and `mask(first, tile)` applies the dropout of its rows.
+template <class Src, class A, class Dst, class TileOf, class Mask>
+void add_masked_product(const Src& src, const A& a, Dst& dst, TileOf&& tile_of, Mask&& mask) {
+  for (index first = 0; first < src.rows(); first += dropout_tile_rows) {
+    const index rows = std::min(dropout_tile_rows, src.rows() - first);
+    auto tile = tile_of(rows, a.cols());
+    gemm(tile, src.middleRows(first, rows), a, false);
+    mask(first, tile);
+    dst.middleRows(first, rows) += tile;
+  }
+}
+
 /// dX += mask ⊙ (t A) / (1 - p): the adapter input's share of grad_X, with the forward's dropout
-/// mask (tile by tile, so the masked product never exists as a whole n x in matrix).
+/// mask.
 template <class Thin, class A, class Dx, class T>
 void add_back_projection(const Thin& t, const A& a, const dropout_key& key, Dx& dx, workspace<T>& ws) {
   if (key.probability == 0.0) {
     gemm(dx, t, a, true);
     return;
   }
-  for (index first = 0; first < t.rows(); first += dropout_tile_rows) {
-    const index rows = std::min(dropout_tile_rows, t.rows() - first);
-    auto tile = ws.get(slot_tile, rows, a.cols());
-    gemm(tile, t.middleRows(first, rows), a, false);
-    mask_tile(first, key, tile);
-    dx.middleRows(first, rows) += tile;
-  }
+  add_masked_product(
+      t, a, dx, [&](index rows, index cols) { return ws.get(slot_tile, rows, cols); },
+      [&](index first, auto& tile) { mask_tile(first, key, tile); });
 }
 
 }  // namespace vera::detail::cpu

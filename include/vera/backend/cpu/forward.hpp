@@ -74,9 +74,7 @@ void adapted_product(const X& x, const P& p, const W& w0, const Bias& bias, cons
 template <class Exec, class XD, class WD, class Bias, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
 void evaluate(Exec, const forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign_mode mode) {
-  vera::detail::check_no_alias("vera::forward", y, "X", e.x());
-  vera::detail::check_no_alias("vera::forward", y, "W0", e.w0());
-  if constexpr (!std::is_same_v<Bias, no_bias_t>) vera::detail::check_no_alias("vera::forward", y, "bias", e.bias());
+  vera::detail::check_forward_aliases("vera::forward", y, e);
 
   if constexpr (detail::is_bfloat16<XD>) {
     const adapter<float>& ad = e.layer();

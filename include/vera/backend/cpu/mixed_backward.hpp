@@ -57,7 +57,7 @@ void backward_one_adapter(const adapter_set<T>& set, const mixed_context<T>& ctx
     gemm(*dx, g, w, mode == assign_mode::accumulate);
     auto t = ws.get(slot_thin, g.rows(), rank);
     gemm(t, g, bbd, false);  // T Λd s, with T = (G Λb) B
-    add_times_a(t, set, ctx.row_columns().data(), ctx.mask_key(), dropout, ws, *dx);
+    add_times_a(t, set.a(), set, ctx.row_columns().data(), ctx.mask_key(), dropout, ws, *dx);
   });
 }
 
@@ -80,79 +80,38 @@ void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const
   const index* columns = ctx.row_columns().data();
   const auto& p = ctx.projected();
 
-  index adapter_rows = 0;
-  index single_column = -1;
-  bool several = false;
-  bool want_b = false;
-  bool want_d = false;
-  bool dropout = false;
-  for (index i = 0; i < n; ++i) {
-    const index c = columns[i];
-    if (c < 0) continue;
-    const adapter_options& options = set.column_options(c);
-    if (adapter_rows++ == 0) single_column = c;
-    several = several || c != single_column;
-    want_b = want_b || options.train_b;
-    want_d = want_d || options.train_d;
-    dropout = dropout || options.dropout > 0.0;
-  }
-  if (adapter_rows == n && n > 0 && !several) {
-    backward_one_adapter(set, ctx, single_column, g, w0, ws, workspace_reused, requested, grads, dx, mode);
+  batch_rows batch = summarise_rows(set, columns, n);
+  if (batch.adapter_rows == n && n > 0 && !batch.several) {
+    backward_one_adapter(set, ctx, batch.single_column, g, w0, ws, workspace_reused, requested, grads, dx, mode);
     return;
   }
-  want_b = want_b && grads != nullptr;
-  want_d = want_d && grads != nullptr;
+  batch.want_b = batch.want_b && grads != nullptr;
+  batch.want_d = batch.want_d && grads != nullptr;
   const row_plan<T> plan(set, columns, n, ws);
-  if (grads != nullptr) {
-    const auto assigned = [&](bool want, auto trains) {
-      return [&plan, want, trains](index c) { return want && plan.column_dense(c) >= 0 && trains(c); };
-    };
-    zero_unassigned(grads->lambda_b, mode,
-                    assigned(want_b, [&set](index c) { return set.column_options(c).train_b; }));
-    zero_unassigned(grads->lambda_d, mode,
-                    assigned(want_d, [&set](index c) { return set.column_options(c).train_d; }));
-  }
+  zero_untrained(grads, plan, set, batch, mode);
 
   if (dx != nullptr) {
     with_weight(set, *w0, [&](const auto& w) {
       gemm(*dx, g, w, mode == assign_mode::accumulate);
     });
   }
-  if (adapter_rows == 0 || (!want_b && !want_d && dx == nullptr)) return;
+  if (batch.adapter_rows == 0 || (!batch.want_b && !batch.want_d && dx == nullptr)) return;
 
-  const bool need_t = want_d || dx != nullptr;
+  const bool need_t = batch.want_d || dx != nullptr;
   auto t = ws.get(slot_thin, need_t ? n : 0, rank);
   if (need_t) {
     auto gb = ws.get(slot_wide, n, out);
     scale_by_b(g, plan, gb);
     gemm(t, gb, set.b(), false);
   }
-  // S (and from it Q = S B^T) only when the forward did not keep Q as Z.
-  const bool need_s = want_b && !ctx.has_products();
-  auto s = ws.get(slot_projected, need_s ? n : 0, rank);
-  auto d_sums = ws.get(slot_sums, want_d ? plan.present() + 1 : 0, rank);
-  d_sums.setZero();
-  using thin = decltype(t);
-  rank_pass(p, plan, need_t ? &t : static_cast<thin*>(nullptr), dx != nullptr,
-            want_d ? &d_sums : static_cast<thin*>(nullptr), need_s ? &s : static_cast<thin*>(nullptr));
-  if (want_d) {
-    add_segment_sums(d_sums, plan, true, [&](index c) { return set.column_options(c).train_d; }, mode,
-                     grads->lambda_d);
-  }
-  if (want_b) {
-    auto b_sums = ws.get(slot_sums, plan.present() + 1, out);
-    b_sums.setZero();
-    if (need_s) {
-      auto q = ws.get(slot_wide, n, out);
-      gemm(q, s, set.b().transpose(), false);
-      segment_sums(g, q, plan, b_sums);
-    } else {
-      segment_sums(g, ctx.products(), plan, b_sums);
-    }
-    add_segment_sums(b_sums, plan, false, [&](index c) { return set.column_options(c).train_b; },
-                     mode, grads->lambda_b);
-  }
-  if (dx != nullptr) add_times_a(t, set, columns, ctx.mask_key(), dropout, ws, *dx);
+  gradient_sums(set, ctx, p, plan, batch, need_t, t, dx != nullptr, g,
+                [&](const auto& s) {
+                  auto q = ws.get(slot_wide, n, out);
+                  gemm(q, s, set.b().transpose(), false);
+                  return q;
+                },
+                ws, grads, mode);
+  if (dx != nullptr) add_times_a(t, set.a(), set, columns, ctx.mask_key(), batch.dropout, ws, *dx);
 }
 
 /// The mixed backward of `e` (G of type GD), by the bfloat16 path for bfloat16 storage: the one

@@ -29,8 +29,14 @@ namespace vera::detail::cpu::mixed::bfloat16_path {
 
 using half = cpu::bfloat16_path::half;
 
-/// bfloat16 slots of mixed_workspace.
-enum half_slot : int { half_thin = 0, half_wide = 1, half_tile = 2 };
+/// bfloat16 slots of mixed_workspace, shared with its single() workspace: thin and tile are the
+/// single path's own, wide takes the slot it uses only for a safe merge, so that none of them is
+/// the single path's Λb B Λd, which a batch of one adapter and base rows reads meanwhile.
+enum half_slot : int {
+  half_thin = cpu::bfloat16_path::half_thin,
+  half_tile = cpu::bfloat16_path::half_tile,
+  half_wide = 3
+};
 
 /// The adapter in `column` as a standalone adapter, its scale folded into lambda_b as
 /// adapter_set::to_adapter folds it, for the single-adapter path. Kept in the workspace and
@@ -66,29 +72,8 @@ inline dropout_key column_key(const adapter_set<float>& set, index column, const
 template <class X, class P>
 void project(const X& x, const adapter_set<float>& set, const index* columns, const dropout_key* key, P& p,
              mixed_workspace<float>& ws) {
-  const auto a = set.shared_projection().a_bfloat16(set.in_features(), set.rank());
-  if (key == nullptr) {
-    gemm(p, x, a.transpose(), false);
-    return;
-  }
-  for (index first = 0; first < x.rows(); first += dropout_tile_rows) {
-    const index rows = std::min(dropout_tile_rows, x.rows() - first);
-    auto tile = ws.get_bfloat16(half_tile, rows, x.cols());
-    for (index i = 0; i < rows; ++i) {
-      dropout_key row_key = *key;
-      row_key.probability = row_dropout(set, columns, first + i);
-      if (row_key.probability == 0.0) {
-        tile.row(i) = x.row(first + i);
-        continue;
-      }
-      const float keep_scale = static_cast<float>(1.0 / (1.0 - row_key.probability));
-      for (index j = 0; j < tile.cols(); ++j) {
-        tile(i, j) = dropout_keeps(row_key, first + i, j) ? half(static_cast<float>(x(first + i, j)) * keep_scale)
-                                                          : half(0.0f);
-      }
-    }
-    gemm(p.middleRows(first, rows), tile, a.transpose(), false);
-  }
+  project_input(x, set.shared_projection().a_bfloat16(set.in_features(), set.rank()), set, columns, key, p,
+                [&](index rows, index cols) { return ws.get_bfloat16(half_tile, rows, cols); });
 }
 
 /// Y = (or +=) X W0^T + bias + s_a(i) ((P ⊙ d_a(i)) B^T) ⊙ b_a(i) with bfloat16 storage.
@@ -169,18 +154,8 @@ void add_times_a(const U& u, const adapter_set<float>& set, const index* columns
                  bool dropout, mixed_workspace<float>& ws, Dst& dst) {
   auto u_half = ws.get_bfloat16(half_thin, u.rows(), u.cols());
   u_half = u.template cast<half>();
-  const auto a = set.shared_projection().a_bfloat16(set.in_features(), set.rank());
-  if (!dropout) {
-    gemm(dst, u_half, a, true);
-    return;
-  }
-  for (index first = 0; first < u.rows(); first += dropout_tile_rows) {
-    const index rows = std::min(dropout_tile_rows, u.rows() - first);
-    auto tile = ws.get(slot_tile, rows, set.in_features());
-    gemm(tile, u_half.middleRows(first, rows), a, false);
-    mask_tile(first, key, set, columns, tile);
-    dst.middleRows(first, rows) += tile;
-  }
+  mixed::add_times_a(u_half, set.shared_projection().a_bfloat16(set.in_features(), set.rank()), set, columns, key,
+                     dropout, ws, dst);
 }
 
 /// The mixed backward (see backward_pass) with bfloat16 G and W0: parameter gradients in float32,
@@ -202,60 +177,37 @@ void backward(const adapter_set<float>& set, const mixed_context<float>& ctx, co
   const auto& p = ctx.projected();
   const auto b = set.shared_projection().b_bfloat16(out, rank);
 
-  index adapter_rows = 0;
-  index single_column = -1;
-  bool several = false;
-  bool want_b = false;
-  bool want_d = false;
-  bool dropout = false;
-  for (index i = 0; i < n; ++i) {
-    const index c = columns[i];
-    if (c < 0) continue;
-    const adapter_options& options = set.column_options(c);
-    if (adapter_rows++ == 0) single_column = c;
-    several = several || c != single_column;
-    want_b = want_b || options.train_b;
-    want_d = want_d || options.train_d;
-    dropout = dropout || options.dropout > 0.0;
-  }
-  want_b = want_b && grads != nullptr;
-  want_d = want_d && grads != nullptr;
+  batch_rows batch = summarise_rows(set, columns, n);
+  batch.want_b = batch.want_b && grads != nullptr;
+  batch.want_d = batch.want_d && grads != nullptr;
 
-  if (adapter_rows == n && n > 0 && !several) {
+  if (batch.adapter_rows == n && n > 0 && !batch.several) {
     if (grads != nullptr) {
-      const adapter_options& options = set.column_options(single_column);
-      zero_unassigned(grads->lambda_b, mode, [&](index c) { return c == single_column && options.train_b; });
-      zero_unassigned(grads->lambda_d, mode, [&](index c) { return c == single_column && options.train_d; });
-      if (want_b || want_d) {
+      const adapter_options& options = set.column_options(batch.single_column);
+      zero_unassigned(grads->lambda_b, mode, [&](index c) { return c == batch.single_column && options.train_b; });
+      zero_unassigned(grads->lambda_d, mode, [&](index c) { return c == batch.single_column && options.train_d; });
+      if (batch.want_b || batch.want_d) {
         auto p_half = ws.get_bfloat16(half_thin, n, rank);
         p_half = p.cast<half>();
         auto m_buffer = ws.get(slot_sums, out, rank);
         Eigen::Map<row_matrix<float>> m(m_buffer.data(), out, rank);
         gemm(m, g.transpose(), p_half, false);
-        finish_one_adapter(m, b, set, single_column, *grads, mode);
+        finish_one_adapter(m, b, set, batch.single_column, *grads, mode);
       }
     }
     if (dx != nullptr) {
-      const adapter<float>& ad = standalone(set, single_column, ws);
-      cpu::bfloat16_path::input_gradient(g, *w0, ad, column_key(set, single_column, ctx.mask_key()), *dx, mode,
+      const adapter<float>& ad = standalone(set, batch.single_column, ws);
+      cpu::bfloat16_path::input_gradient(g, *w0, ad, column_key(set, batch.single_column, ctx.mask_key()), *dx, mode,
                                          ws.single());
     }
     return;
   }
 
   const row_plan<float> plan(set, columns, n, ws);
-  if (grads != nullptr) {
-    const auto assigned = [&](bool want, auto trains) {
-      return [&plan, want, trains](index c) { return want && plan.column_dense(c) >= 0 && trains(c); };
-    };
-    zero_unassigned(grads->lambda_b, mode,
-                    assigned(want_b, [&set](index c) { return set.column_options(c).train_b; }));
-    zero_unassigned(grads->lambda_d, mode,
-                    assigned(want_d, [&set](index c) { return set.column_options(c).train_d; }));
-  }
+  zero_untrained(grads, plan, set, batch, mode);
 
   const auto g_float = g.template cast<float>();
-  const bool need_t = adapter_rows > 0 && (want_d || dx != nullptr);
+  const bool need_t = batch.adapter_rows > 0 && (batch.want_d || dx != nullptr);
   auto t = ws.get(slot_thin, need_t ? n : 0, rank);
   if (need_t) {
     // T = bf16(G ⊙ b_a(i)) B, the scaled G in its own storage order.
@@ -265,39 +217,20 @@ void backward(const adapter_set<float>& set, const mixed_context<float>& ctx, co
     gb_half = gb.template cast<half>();
     gemm(t, gb_half, b, false);
   }
-  // S (and from it Q = bf16(S) B^T) only when the forward did not keep Q as Z.
-  const bool need_s = want_b && !ctx.has_products();
-  auto s = ws.get(slot_projected, need_s ? n : 0, rank);
-  auto d_sums = ws.get(slot_sums, want_d ? plan.present() + 1 : 0, rank);
-  d_sums.setZero();
-  using thin = decltype(t);
-  if (need_t || need_s) {
-    rank_pass(p, plan, need_t ? &t : static_cast<thin*>(nullptr), dx != nullptr,
-              want_d ? &d_sums : static_cast<thin*>(nullptr), need_s ? &s : static_cast<thin*>(nullptr));
-  }
-  if (want_d) {
-    add_segment_sums(d_sums, plan, true, [&](index c) { return set.column_options(c).train_d; }, mode,
-                     grads->lambda_d);
-  }
-  if (want_b) {
-    auto b_sums = ws.get(slot_sums, plan.present() + 1, out);
-    b_sums.setZero();
-    if (need_s) {
-      auto s_half = ws.get_bfloat16(half_thin, n, rank);
-      s_half = s.cast<half>();
-      auto q = cpu::bfloat16_path::laid_out_like<std::decay_t<decltype(g)>>(ws.get(slot_wide, n, out));
-      gemm(q, s_half, b.transpose(), false);
-      segment_sums(g_float, q, plan, b_sums);
-    } else {
-      segment_sums(g_float, ctx.products(), plan, b_sums);
-    }
-    add_segment_sums(b_sums, plan, false, [&](index c) { return set.column_options(c).train_b; }, mode,
-                     grads->lambda_b);
-  }
+  // Q = bf16(S) B^T, in G's storage order.
+  gradient_sums(set, ctx, p, plan, batch, need_t, t, dx != nullptr, g_float,
+                [&](const auto& s) {
+                  auto s_half = ws.get_bfloat16(half_thin, n, rank);
+                  s_half = s.template cast<half>();
+                  auto q = cpu::bfloat16_path::laid_out_like<std::decay_t<decltype(g)>>(ws.get(slot_wide, n, out));
+                  gemm(q, s_half, b.transpose(), false);
+                  return q;
+                },
+                ws, grads, mode);
   if (dx != nullptr) {
     auto acc = cpu::bfloat16_path::accumulator(*dx, mode, ws.single());
     with_weight(set, *w0, [&](const auto& w) { gemm(acc, g, w, true); });
-    if (adapter_rows > 0) add_times_a(t, set, columns, ctx.mask_key(), dropout, ws, acc);
+    if (batch.adapter_rows > 0) add_times_a(t, set, columns, ctx.mask_key(), batch.dropout, ws, acc);
     *dx = acc.template cast<typename DX::Scalar>();
   }
 }

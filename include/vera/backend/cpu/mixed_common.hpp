@@ -358,6 +358,7 @@ double row_dropout(const adapter_set<T>& set, const index* columns, index row) {
 template <class Src, class Tile, class T>
 void masked_rows(const Src& source, index first, const dropout_key& key, const adapter_set<T>& set,
                  const index* columns, Tile& tile) {
+  using S = typename Tile::Scalar;  // T, or bfloat16 (scaled in T, rounded once)
   for (index i = 0; i < tile.rows(); ++i) {
     dropout_key row_key = key;
     row_key.probability = row_dropout(set, columns, first + i);
@@ -367,9 +368,55 @@ void masked_rows(const Src& source, index first, const dropout_key& key, const a
     }
     const T keep_scale = static_cast<T>(1.0 / (1.0 - row_key.probability));
     for (index j = 0; j < tile.cols(); ++j) {
-      tile(i, j) = dropout_keeps(row_key, first + i, j) ? source(first + i, j) * keep_scale : T(0);
+      tile(i, j) = dropout_keeps(row_key, first + i, j)
+                       ? static_cast<S>(static_cast<T>(source(first + i, j)) * keep_scale)
+                       : S(0);
     }
   }
+}
+
+/// P = drop(X) a^T, each row under its own adapter's dropout, tile by tile (tiles from
+/// `tile_of(rows, cols)`, in X's scalar) so the masked input never exists as a whole n x in matrix.
+template <class X, class A, class P, class T, class TileOf>
+void project_input(const X& x, const A& a, const adapter_set<T>& set, const index* columns,
+                   const dropout_key* key, P& p, TileOf&& tile_of) {
+  if (key == nullptr) {
+    gemm(p, x, a.transpose(), false);
+    return;
+  }
+  for (index first = 0; first < x.rows(); first += dropout_tile_rows) {
+    const index rows = std::min(dropout_tile_rows, x.rows() - first);
+    auto tile = tile_of(rows, x.cols());
+    masked_rows(x, first, *key, set, columns, tile);
+    gemm(p.middleRows(first, rows), tile, a.transpose(), false);
+  }
+}
+
+/// What a backward needs to know of its rows: how many have an adapter, the one they share (or
+/// whether there are several), and whether any of them trains b, trains d or drops its input.
+struct batch_rows {
+  index adapter_rows = 0;
+  index single_column = -1;
+  bool several = false;
+  bool want_b = false;
+  bool want_d = false;
+  bool dropout = false;
+};
+
+template <class T>
+batch_rows summarise_rows(const adapter_set<T>& set, const index* columns, index n) {
+  batch_rows batch;
+  for (index i = 0; i < n; ++i) {
+    const index c = columns[i];
+    if (c < 0) continue;
+    const adapter_options& options = set.column_options(c);
+    if (batch.adapter_rows++ == 0) batch.single_column = c;
+    batch.several = batch.several || c != batch.single_column;
+    batch.want_b = batch.want_b || options.train_b;
+    batch.want_d = batch.want_d || options.train_d;
+    batch.dropout = batch.dropout || options.dropout > 0.0;
+  }
+  return batch;
 }
 
 /// Applies the same per-row masks (and scales) to a gradient tile in place.
@@ -387,20 +434,67 @@ void mask_tile(index first, const dropout_key& key, const adapter_set<T>& set, c
   }
 }
 
-/// dst (+)= src A, with each row's dropout mask on the product when `dropout`.
-template <class Src, class T, class Dst>
-void add_times_a(const Src& src, const adapter_set<T>& set, const index* columns,
+/// dst (+)= src a (a: the set's A, or its bfloat16 copy), with each row's dropout mask on the
+/// product when `dropout`.
+template <class Src, class A, class T, class Dst>
+void add_times_a(const Src& src, const A& a, const adapter_set<T>& set, const index* columns,
                  const dropout_key& key, bool dropout, mixed_workspace<T>& ws, Dst& dst) {
   if (!dropout) {
-    gemm(dst, src, set.a(), true);
+    gemm(dst, src, a, true);
     return;
   }
-  for (index first = 0; first < src.rows(); first += dropout_tile_rows) {
-    const index rows = std::min(dropout_tile_rows, src.rows() - first);
-    auto tile = ws.get(slot_tile, rows, set.in_features());
-    gemm(tile, src.middleRows(first, rows), set.a(), false);
-    mask_tile(first, key, set, columns, tile);
-    dst.middleRows(first, rows) += tile;
+  add_masked_product(
+      src, a, dst, [&](index rows, index cols) { return ws.get(slot_tile, rows, cols); },
+      [&](index first, auto& tile) { mask_tile(first, key, set, columns, tile); });
+}
+
+/// The gradient columns the sums below do not write, zeroed on overwrite: adapters without rows
+/// in this batch, and vectors they do not train. `grads` may be null.
+template <class T>
+void zero_untrained(mixed_gradients<T>* grads, const row_plan<T>& plan, const adapter_set<T>& set,
+                    const batch_rows& batch, assign_mode mode) {
+  if (grads == nullptr) return;
+  const auto assigned = [&](bool want, auto trains) {
+    return [&plan, want, trains](index c) { return want && plan.column_dense(c) >= 0 && trains(c); };
+  };
+  zero_unassigned(grads->lambda_b, mode,
+                  assigned(batch.want_b, [&set](index c) { return set.column_options(c).train_b; }));
+  zero_unassigned(grads->lambda_d, mode,
+                  assigned(batch.want_d, [&set](index c) { return set.column_options(c).train_d; }));
+}
+
+/// The rank pass and segment sums of a mixed backward, for either storage: grad_d[a] from T ⊙ P,
+/// grad_b[a] from G ⊙ Q, with Q as the forward kept it or `make_q(s)` builds it from S (the
+/// float32 n x out Q, in whatever layout). `t` holds T when `need_t`; `g` is G in float32 terms.
+template <class T, class Ctx, class P, class Thin, class G, class MakeQ>
+void gradient_sums(const adapter_set<T>& set, const Ctx& ctx, const P& p, const row_plan<T>& plan,
+                   const batch_rows& batch, bool need_t, Thin& t, bool dx_wanted, const G& g, MakeQ&& make_q,
+                   mixed_workspace<T>& ws, mixed_gradients<T>* grads, assign_mode mode) {
+  const index n = p.rows();
+  // S (and from it Q) only when the forward did not keep Q as Z.
+  const bool need_s = batch.want_b && !ctx.has_products();
+  auto s = ws.get(slot_projected, need_s ? n : 0, set.rank());
+  auto d_sums = ws.get(slot_sums, batch.want_d ? plan.present() + 1 : 0, set.rank());
+  d_sums.setZero();
+  using thin = decltype(s);
+  if (need_t || need_s) {
+    rank_pass(p, plan, need_t ? &t : static_cast<Thin*>(nullptr), dx_wanted,
+              batch.want_d ? &d_sums : static_cast<thin*>(nullptr), need_s ? &s : static_cast<thin*>(nullptr));
+  }
+  if (batch.want_d) {
+    add_segment_sums(d_sums, plan, true, [&](index c) { return set.column_options(c).train_d; }, mode,
+                     grads->lambda_d);
+  }
+  if (batch.want_b) {
+    auto b_sums = ws.get(slot_sums, plan.present() + 1, set.out_features());
+    b_sums.setZero();
+    if (need_s) {
+      segment_sums(g, make_q(s), plan, b_sums);
+    } else {
+      segment_sums(g, ctx.products(), plan, b_sums);
+    }
+    add_segment_sums(b_sums, plan, false, [&](index c) { return set.column_options(c).train_b; }, mode,
+                     grads->lambda_b);
   }
 }
 

@@ -16,27 +16,6 @@
 
 namespace vera {
 
-namespace detail::cpu::mixed {
-
-// P = drop(X) A^T, each row under its own adapter's dropout, tile by tile so the masked input
-// never exists as a whole n x in matrix.
-template <class X, class A, class P, class T>
-void project_input(const X& x, const A& a, const adapter_set<T>& set, const index* columns,
-                   const dropout_key* key, P& p, mixed_workspace<T>& ws) {
-  if (key == nullptr) {
-    gemm(p, x, a.transpose(), false);
-    return;
-  }
-  for (index first = 0; first < x.rows(); first += dropout_tile_rows) {
-    const index rows = std::min(dropout_tile_rows, x.rows() - first);
-    auto tile = ws.get(slot_tile, rows, x.cols());
-    masked_rows(x, first, *key, set, columns, tile);
-    gemm(p.middleRows(first, rows), tile, a.transpose(), false);
-  }
-}
-
-}  // namespace detail::cpu::mixed
-
 /// \brief Evaluates a mixed forward into `y` on the CPU.
 ///
 /// Y = bias + X W0^T, then the adapter term in one of three ways:
@@ -51,9 +30,7 @@ void project_input(const X& x, const A& a, const adapter_set<T>& set, const inde
 template <class Exec, class XD, class WD, class Bias, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
 void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign_mode mode) {
-  vera::detail::check_no_alias("vera::mixed_forward", y, "X", e.x());
-  vera::detail::check_no_alias("vera::mixed_forward", y, "W0", e.w0());
-  if constexpr (!std::is_same_v<Bias, no_bias_t>) vera::detail::check_no_alias("vera::mixed_forward", y, "bias", e.bias());
+  vera::detail::check_forward_aliases("vera::mixed_forward", y, e);
 
   if constexpr (detail::is_bfloat16<XD>) {
     // Checked before a context or the destination is touched.
@@ -100,7 +77,8 @@ void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, 
     Eigen::Map<matrix> p(p_data, has_p ? n : 0, has_p ? set.rank() : 0);
     if (has_p) {
       const dropout_key* key = dropout ? &ctx->mask_key() : nullptr;
-      detail::cpu::mixed::project_input(x, set.a(), set, columns, key, p, ws);
+      detail::cpu::mixed::project_input(x, set.a(), set, columns, key, p,
+                                        [&](index r, index c) { return ws.get(detail::cpu::mixed::slot_tile, r, c); });
     }
 
     detail::cpu::initialise_output(y, e.bias(), mode);

@@ -60,7 +60,7 @@ matrix_ref<T> dense(T* data, index rows, index cols) {
 ///        conversions to and from float32 (every operation computes in float32 and rounds once,
 ///        to nearest even, when it stores). Defined for float, __half and __nv_bfloat16; naming
 ///        any other type fails to compile with one message.
-template <class T>
+template <class T, class = void>
 struct storage {
   static_assert(vera::detail::dependent_false<T>, "vera::cuda: storage must be float, __half or __nv_bfloat16");
 };
@@ -74,23 +74,29 @@ struct storage<float> {
   /// \brief v stored as float32.
   VERA_HOST_DEVICE static float from_float(float v) { return v; }
 };
-template <>
-struct storage<__half> {
-  static constexpr cudaDataType_t type = CUDA_R_16F;  ///< cuBLAS data type
-  static constexpr const char* name = "float16";  ///< name used in messages
+
+/// \brief The two 16-bit storage types, float16 (__half) and bfloat16 (__nv_bfloat16).
+template <class T>
+struct storage<T, std::enable_if_t<std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>>> {
+  static constexpr bool is_half = std::is_same_v<T, __half>;  ///< float16 rather than bfloat16
+  static constexpr cudaDataType_t type = is_half ? CUDA_R_16F : CUDA_R_16BF;  ///< cuBLAS data type
+  static constexpr const char* name = is_half ? "float16" : "bfloat16";  ///< name used in messages
   /// \brief The value as float32 (exact).
-  VERA_HOST_DEVICE static float to_float(__half v) { return __half2float(v); }
-  /// \brief v rounded to float16, to nearest even.
-  VERA_HOST_DEVICE static __half from_float(float v) { return __float2half_rn(v); }
-};
-template <>
-struct storage<__nv_bfloat16> {
-  static constexpr cudaDataType_t type = CUDA_R_16BF;  ///< cuBLAS data type
-  static constexpr const char* name = "bfloat16";  ///< name used in messages
-  /// \brief The value as float32 (exact).
-  VERA_HOST_DEVICE static float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-  /// \brief v rounded to bfloat16, to nearest even.
-  VERA_HOST_DEVICE static __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+  VERA_HOST_DEVICE static float to_float(T v) {
+    if constexpr (is_half) {
+      return __half2float(v);
+    } else {
+      return __bfloat162float(v);
+    }
+  }
+  /// \brief v rounded to the storage type, to nearest even.
+  VERA_HOST_DEVICE static T from_float(float v) {
+    if constexpr (is_half) {
+      return __float2half_rn(v);
+    } else {
+      return __float2bfloat16_rn(v);
+    }
+  }
 };
 
 namespace detail {
