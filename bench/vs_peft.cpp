@@ -171,6 +171,13 @@ int run(const options& o, const vera::io::safetensors_file& file) {
     gv.row(i) = g.row((i + 2) % n);
   }
   row_f floor_y(n, out), floor_dx(n, in);
+  // Every GEMM of fwd_bwd_bdx on the same provider, operands in S and float32 results as vera's
+  // accumulators: X W0^T, X A^T, P Bbd^T, G^T P, G W0, G Bbd, T A. What vera adds on top of it
+  // is the elementwise work (scales, casts, rounding, the gradient pass).
+  const storage a_s = ad.a().template cast<S>();
+  const storage bbd_s = (ad.lambda_b().asDiagonal() * ad.b() * ad.lambda_d().asDiagonal()).template cast<S>();
+  const storage p_s = storage::Ones(n, r), t_s = storage::Ones(n, r);
+  row_f full_p(n, r), full_m(out, r), full_t(n, r);
   const std::vector<std::pair<const char*, std::function<void()>>> steps = {
       {"forward", [&] { y = vera::forward(x, w0, bias, ad).using_workspace(ws); }},
       {"fwd_bwd_bd", [&] { forward_train(); backward_bd(); }},
@@ -190,6 +197,16 @@ int run(const options& o, const vera::io::safetensors_file& file) {
        [&] {
          vera::gemm(floor_y, x, w0.transpose(), false);
          vera::gemm(floor_dx, g, w0, false);
+       }},
+      {"floor_full",
+       [&] {
+         vera::gemm(floor_y, x, w0.transpose(), false);
+         vera::gemm(full_p, x, a_s.transpose(), false);
+         vera::gemm(floor_y, p_s, bbd_s.transpose(), true);
+         vera::gemm(full_m, g.transpose(), p_s, false);
+         vera::gemm(floor_dx, g, w0, false);
+         vera::gemm(full_t, g, bbd_s, false);
+         vera::gemm(floor_dx, t_s, a_s, true);
        }},
   };
   for (const auto& [op, step] : steps) {

@@ -26,7 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_SCRIPT = os.path.join(REPO, "bench", "peft_cpu.py")
 # Same order and names as peft_cpu.py's SHAPES.
 ALL_SHAPES = ["roberta_r1024", "roberta_r256", "llama", "ffn", "batch16", "batch1"]
-OP_ORDER = ["forward", "fwd_bwd_bd", "fwd_bwd_bdx", "merge", "sibling", "floor"]
+OP_ORDER = ["forward", "fwd_bwd_bd", "fwd_bwd_bdx", "merge", "sibling", "floor", "floor_full"]
 PEER = "PEFT"
 
 
@@ -228,7 +228,10 @@ def main():
         header = ["shape", "threads", "op", f"{PEER} ms"]
         for name, _ in args.contenders:
             header += [f"{name} ms", f"speed-up {PEER}/{name}"]
+        full_sides = [s for s in sides if any(k[0] == s and k[1] == dtype and k[4] == "floor_full"
+                                              for k in times)]
         header += [f"{s}/floor (fwd_bwd_bdx)" for s in floor_sides]
+        header += [f"{s}/full floor (fwd_bwd_bdx)" for s in full_sides]
         lines.append(f"## {dtype}")
         lines.append("")
         lines.append("| " + " | ".join(header) + " |")
@@ -251,10 +254,11 @@ def main():
                             row += [f"**FAIL** ({why}) {fmt_ms(c_ms)}", "–"]
                         else:
                             row += [fmt_ms(c_ms), fmt_ratio(peer_ms, c_ms)]
-                    for s in floor_sides:
+                    for s, floor_op in ([(s, "floor") for s in floor_sides] +
+                                        [(s, "floor_full") for s in full_sides]):
                         if op == "fwd_bwd_bdx":
                             row.append(fmt_ratio(med(s, dtype, shape, threads, op),
-                                                 med(s, dtype, shape, threads, "floor")))
+                                                 med(s, dtype, shape, threads, floor_op)))
                         else:
                             row.append("")
                     lines.append("| " + " | ".join(row) + " |")
