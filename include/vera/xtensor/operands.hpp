@@ -82,11 +82,10 @@ struct xtensor_operands : eigen_operands {
   template <class G, class W, class T>
   static void check_input_gradient(const G& g, const W& w0, const adapter<T>& ad,
                                    const forward_context<T>& ctx) {
-    using S = detail::storage_t<G, T>;
     static_assert(detail::holds_storage_for<G, T>,
                   "vera::xt::input_gradient: G must hold the adapter's scalar type (or bfloat16 for "
                   "a float adapter)");
-    // Asked only once G is accepted (S is then its scalar): one mistake, one message.
+    using S = detail::storage_t<G, T>;  // G's scalar once G is accepted, so W0 is asked only then
     static_assert(!detail::holds_storage_for<G, T> || detail::holds_scalar<W, S>,
                   "vera::xt::input_gradient: W0 must hold G's scalar type");
     detail::check_dimension<2>("G", g);

@@ -69,6 +69,24 @@ class writes_matrix {
   void assign_to(Y&& y) const {
     using destination = std::remove_reference_t<Y>;
     check_scalar<destination>();
+    if constexpr (fits<destination>) overwrite(y);  // else refused above: one mistake, one message
+  }
+
+ protected:
+  /// y += expr; y must be rows() x cols() and dense row-major (never resized).
+  template <class Y>
+  void accumulate_into(Y& y) const {
+    check_scalar<Y>();
+    if constexpr (fits<Y>) {
+      auto dst = writable<value_type_t<Y>>("destination", y, self().rows(), self().cols());
+      run(dst, assign_mode::accumulate);
+    }
+  }
+
+ private:
+  template <class Y>
+  void overwrite(Y& y) const {
+    using destination = std::remove_reference_t<Y>;
     using D = value_type_t<destination>;
     if constexpr (is_resizable_container<destination>::value) {
       const bool same_shape = y.dimension() == 2 && extent(y, 0) == self().rows() &&
@@ -85,16 +103,6 @@ class writes_matrix {
     run(dst, assign_mode::overwrite);
   }
 
- protected:
-  /// y += expr; y must be rows() x cols() and dense row-major (never resized).
-  template <class Y>
-  void accumulate_into(Y& y) const {
-    check_scalar<Y>();
-    auto dst = writable<value_type_t<Y>>("destination", y, self().rows(), self().cols());
-    run(dst, assign_mode::accumulate);
-  }
-
- private:
   // True when a destination of type Y may receive the result.
   template <class Y>
   static constexpr bool fits =
