@@ -6,8 +6,9 @@
 
 #include "vera/xtensor/backward.hpp"
 #include "vera/xtensor/forward.hpp"
+#include "vera/xtensor/gradients.hpp"
 #include "vera/xtensor/merge.hpp"
-#include "vera/xtensor/modifiers.hpp"
+#include "vera/xtensor/operands.hpp"
 #include "vera/xtensor/result.hpp"
 #include "vera/xtensor/storage.hpp"
 #include "vera/xtensor/views.hpp"

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// ΔW, merged weight, merge/unmerge/safe merge on an xtensor W0, via the shared merge expressions.
+// ΔW, merged weight, merge/unmerge/safe merge on an xtensor W0: the factories, the CPU evaluators
+// (through the Eigen family's merge expressions) and the in-place operations.
 #pragma once
 
 #include <type_traits>
@@ -10,100 +11,28 @@
 #include "vera/backend/cpu/merge.hpp"
 #include "vera/core/exec.hpp"
 #include "vera/expr/merge.hpp"
-#include "vera/xtensor/modifiers.hpp"
-#include "vera/xtensor/result.hpp"
+#include "vera/xtensor/operands.hpp"
 #include "vera/xtensor/storage.hpp"
 
 namespace vera::xt {
 
-/// \brief ΔW = Λb B Λd A (out x in; in x out with fan_in_fan_out) as an xtensor, lazily.
-///
-/// `eval()`, conversion and `assign_to(w)` overwrite; `add_to(w)` is a merge and
-/// `subtract_from(w)` an unmerge, one GEMM into w with no temporary of w's size (for both, w
-/// must have ΔW's shape and be dense row-major, or shape_error is thrown). `rows()` is out and
-/// `cols()` in (swapped with fan_in_fan_out). `eval()`, the conversion, `assign_to()`, `add_to()`
-/// and the shape come from an internal base, as for vera::xt::forward_expr. `eval()` gives the
-/// adapter's T; for a float adapter, `assign_to`, `add_to` and `subtract_from` also take a
-/// bfloat16 w, which gets PEFT's bfloat16 merge (ΔW and the sum in float32, rounded once).
-template <class Exec, class T>
-class delta_weight_expr
-    : public detail::checked_matrix_result<delta_weight_expr<Exec, T>, vera::delta_weight_expr<Exec, T>,
-                                           detail::narrow_storage_t<T>> {
-  using result = detail::checked_matrix_result<delta_weight_expr, vera::delta_weight_expr<Exec, T>,
-                                               detail::narrow_storage_t<T>>;
-  using modifiers = detail::modifiers_of<delta_weight_expr, vera::delta_weight_expr<Exec, T>>;
+/// \brief Evaluates an xtensor ΔW on a CPU policy into `dst` (a row-major map of the
+///        destination): written on overwrite, added with `sign` on accumulate (1: merge, -1:
+///        unmerge), by the Eigen family's ΔW with e's workspace.
+template <class Exec, class T, class Dst, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
+void evaluate(Exec, const delta_weight_expr<Exec, T>& e, Dst& dst, assign_mode mode, T sign = T(1)) {
+  const T keep = mode == assign_mode::accumulate ? T(1) : T(0);
+  evaluate(Exec{}, detail::with_scratch_of(e, vera::delta_weight_expr<Exec, T>(e.layer())), dst, keep, sign);
+}
 
- public:
-  /// \brief Refers to `ad`, which must outlive the expression; see vera::xt::delta_weight.
-  explicit delta_weight_expr(const adapter<T>& ad) : result(vera::delta_weight_expr<Exec, T>(ad)) {}
-
-  /// \brief w -= ΔW; w must have ΔW's shape and be dense row-major, and hold T (or bfloat16
-  ///        for a float adapter).
-  /// \throws shape_error otherwise.
-  template <class Y>
-  void subtract_from(Y&& w) const {
-    using S = detail::storage_t<Y, T>;
-    static_assert(detail::holds_storage_for<Y, T>,
-                  "vera::xt::delta_weight: w must hold the adapter's scalar type (or bfloat16 for a "
-                  "float adapter)");
-    auto dst = detail::writable<S>("destination", w, this->rows(), this->cols());
-    this->checked().subtract_from(dst);
-  }
-
- private:
-  friend typename result::evaluation;
-  friend modifiers;
-
-  // ΔW has no operands of its own: the expression over the adapter is the whole state.
-  delta_weight_expr(const delta_weight_expr&, const vera::delta_weight_expr<Exec, T>& delta)
-      : result(delta) {}
-
-  template <class Dst>
-  void run(Dst& dst, assign_mode mode) const {
-    detail::assign(this->checked(), dst, mode);
-  }
-};
-
-/// \brief W0 + ΔW as an xtensor, lazily; W0 has the layout the adapter's options say.
-///
-/// Evaluated through `eval()`, the conversion or `assign_to(w)`, as vera::xt::forward_expr;
-/// the result holds W0's scalar (a bfloat16 W0 with a float adapter gives PEFT's bfloat16 merge).
-/// Evaluation throws aliasing_error when the destination overlaps W0.
-template <class Exec, class W, class T>
-class merged_weight_expr : public detail::matrix_result<merged_weight_expr<Exec, W, T>,
-                                                        detail::storage_t<W, T>> {
-  static_assert(detail::holds_storage_for<W, T>,
-                "vera::xt::merged_weight: W0 must hold the adapter's scalar type (or bfloat16 for a "
-                "float adapter)");
-
-  using S = detail::storage_t<W, T>;
-
- public:
-  /// \brief Holds W0 and checks it against the adapter; see vera::xt::merged_weight.
-  /// \throws shape_error when W0 is not 2-D or not the adapter's shape.
-  template <class WA>
-  merged_weight_expr(WA&& w0, const adapter<T>& ad) : w0_(std::forward<WA>(w0)), adapter_(&ad) {
-    detail::check_dimension<2>("W0", w0_);
-    (void)vera::merged_weight<Exec>(detail::shape_only<S>(w0_), ad);
-  }
-
-  /// \brief Rows of W0.
-  index rows() const { return detail::extent(w0_, 0); }
-  /// \brief Columns of W0.
-  index cols() const { return detail::extent(w0_, 1); }
-
- private:
-  friend class detail::matrix_result<merged_weight_expr, S>;
-
-  template <class Dst>
-  void run(Dst& dst, assign_mode) const {
-    const detail::input_matrix<S> w0(w0_);
-    vera::merged_weight<Exec>(w0.map(), *adapter_).evalTo(dst);
-  }
-
-  detail::closure_t<W> w0_;
-  const adapter<T>* adapter_;
-};
+/// \brief Evaluates an xtensor W0 + ΔW on a CPU policy into `dst` (a row-major map of the
+///        destination): W0 mapped (copied once first when not dense row-major), and the Eigen
+///        family's merged weight over the map, with e's workspace, evaluated into dst.
+template <class Exec, class W, class T, class Dst, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
+void evaluate(Exec, const merged_weight_expr<Exec, W, T>& e, Dst& dst, assign_mode) {
+  const detail::input_matrix<detail::storage_t<W, T>> w0(e.w0());
+  detail::with_scratch_of(e, vera::merged_weight<Exec>(w0.map(), e.layer())).evalTo(dst);
+}
 
 /// \brief Lazy ΔW of `ad` on policy Exec (default: CPU).
 template <class Exec = exec::default_policy, class T>

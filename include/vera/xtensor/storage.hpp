@@ -63,8 +63,8 @@ inline constexpr bool holds_storage_for =
     vera::detail::storage_matches<scalar_tag<typename element_of<E>::type>, T>;
 
 /// The scalar an operand E is mapped as: its own where holds_storage_for allows it, otherwise T,
-/// so that a refused operand is reported once, by the xtensor expression's static_assert, and
-/// not again from inside the Eigen expression built over its extents.
+/// so that a refused operand is reported once, by the xtensor family's static_assert, and
+/// not again from inside the Eigen family's check over its extents.
 template <class E, class T>
 using storage_t = std::conditional_t<holds_storage_for<E, T>, typename element_of<E>::type, T>;
 
@@ -182,8 +182,8 @@ using input_matrix = input_tensor<T, 2>;
 template <class T>
 using input_vector = input_tensor<T, 1>;
 
-/// A 2-D operand's extents without its data (a map over no memory). The Eigen expressions'
-/// constructors, the one place operands are validated, read only extents, so built over these
+/// A 2-D operand's extents without its data (a map over no memory). The Eigen family's checks,
+/// the one place operands are validated, read only extents, so run over these
 /// they check xtensor operands too.
 template <class T>
 using extents_map = Eigen::Map<const row_matrix<T>>;
@@ -228,7 +228,7 @@ inline constexpr bool bias_fits = std::is_same_v<typename element_of<Bias>::type
                                   std::is_same_v<typename element_of<Bias>::type, S>;
 
 /// The scalar a bias is mapped as: its own where bias_fits, otherwise T, so that only the
-/// expression's static_assert reports it.
+/// family's static_assert reports it.
 template <class Bias, class S, class T>
 using bias_storage_t = std::conditional_t<bias_fits<Bias, S, T>, typename element_of<Bias>::type, T>;
 
@@ -240,10 +240,10 @@ void with_bias(const Bias& bias, F&& f) {
   } else if constexpr (bias_fits<Bias, S, T>) {
     const input_vector<bias_storage_t<Bias, S, T>> mapped(bias);
     f(mapped.map());
-  }  // else the expression's static_assert has refused the bias: one mistake, one message.
+  }  // else the family's static_assert has refused the bias: one mistake, one message.
 }
 
-/// Bias extents as the Eigen expression's constructor checks them.
+/// Bias extents as the Eigen family's check of a forward reads them.
 template <class S, class T, class Bias>
 auto bias_shape_only(const Bias& bias) {
   if constexpr (std::is_same_v<std::decay_t<Bias>, no_bias_t>) {

@@ -12,7 +12,7 @@
 
 #include "vera/adapter/adapter.hpp"
 #include "vera/adapter/projection.hpp"
-#include "vera/xtensor/backward.hpp"
+#include "vera/xtensor/gradients.hpp"
 
 namespace vera::xt {
 
