@@ -83,10 +83,15 @@ def parse_args():
     return args
 
 
-def run(cmd, timeout):
-    """Runs one command; returns (exit code, parsed JSON lines, stderr tail)."""
+def run(cmd, timeout, threads):
+    """Runs one command with `threads` threads; returns (exit code, parsed JSON lines, stderr tail)."""
+    # Thread pools sized by the environment (OpenMP under oneDNN and Eigen, OpenBLAS) get the
+    # cell's count too: a program that only calls omp_set_num_threads can still start pools of
+    # another size, and a pool larger than the free cores stalls every parallel region.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    env.setdefault("OMP_WAIT_POLICY", "passive")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
         return 124, parse_lines(out), f"timed out after {timeout:.0f} s"
@@ -171,7 +176,7 @@ def main():
                         cmd += ["--fixture-dir", fixture_dir]
                     label = f"round {rnd}/{args.rounds} {shape} {dtype} threads={threads}"
                     print(f"[{label}] {PEER}", file=sys.stderr, flush=True)
-                    rc, recs, err = run(cmd, args.timeout)
+                    rc, recs, err = run(cmd, args.timeout, threads)
                     record(PEER, dtype, shape, threads, rnd, recs)
                     if rc != 0:
                         failed[(PEER, dtype, shape, threads)] = f"exit {rc}"
@@ -187,7 +192,7 @@ def main():
                                            "--threads", str(threads), "--repeats",
                                            str(args.repeats)]
                         print(f"[{label}] {name}", file=sys.stderr, flush=True)
-                        rc, recs, err = run(ccmd, args.timeout)
+                        rc, recs, err = run(ccmd, args.timeout, threads)
                         record(name, dtype, shape, threads, rnd, recs)
                         if rc != 0:
                             failed[(name, dtype, shape, threads)] = f"exit {rc}"
