@@ -9,6 +9,9 @@
 
 #include "../support/reference.hpp"
 
+using vera_test::half;
+using vera_test::half_matrix;
+using vera_test::half_rows;
 using vera_test::compare;
 using vera_test::layer_shape;
 using vera_test::wide;
@@ -16,9 +19,6 @@ using vera_test::wide_matrix;
 
 namespace {
 
-using half = Eigen::bfloat16;
-using half_matrix = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic>;
-using half_rows = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 using vera_test::bfloat16_budget;
 

@@ -14,10 +14,10 @@
 
 namespace {
 
-using half = Eigen::bfloat16;
-using half_rows = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using float_rows = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using vera_test::bfloat16_budget;
+using vera_test::half;
+using vera_test::half_rows;
 using vera_test::compare;
 using vera_test::wide;
 using vera_test::wide_matrix;

@@ -16,20 +16,11 @@ using multi_test::relative_gap;
 using multi_test::shape;
 using multi_test::vec;
 
+using multi_test::all_layouts;
+using multi_test::layout;
+using multi_test::name;
+
 namespace {
-
-enum class layout { random, grouped, one_adapter, one_adapter_and_base, base_only };
-
-const char* name(layout l) {
-  switch (l) {
-    case layout::random: return "random rows";
-    case layout::grouped: return "rows grouped by adapter";
-    case layout::one_adapter: return "every row on one adapter";
-    case layout::one_adapter_and_base: return "one adapter and base rows";
-    case layout::base_only: return "base rows only";
-  }
-  return "";
-}
 
 // Six adapters: adapters[1] gets no rows, [2] freezes b, [3] freezes d, [4] is disabled,
 // [5] freezes both; scales differ.

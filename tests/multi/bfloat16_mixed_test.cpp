@@ -18,35 +18,23 @@
 #include "loop_reference.hpp"
 
 using vera_test::bfloat16_budget;
+using vera_test::half;
+using vera_test::half_matrix;
+using vera_test::half_rows;
+using vera_test::half_vector;
 using vera_test::compare;
 using vera_test::same_bits;
 using vera_test::wide;
 using vera_test::wide_matrix;
 using vera_test::wide_vector;
 
+using multi_test::all_layouts;
+using multi_test::layout;
+using multi_test::name;
+
 namespace {
 
-using half = Eigen::bfloat16;
-using half_matrix = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic>;
-using half_rows = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using half_vector = Eigen::Matrix<half, Eigen::Dynamic, 1>;
 using vera::index;
-
-enum class layout { random, grouped, one_adapter, one_adapter_and_base, base_only };
-
-const layout all_layouts[] = {layout::random, layout::grouped, layout::one_adapter,
-                              layout::one_adapter_and_base, layout::base_only};
-
-const char* name(layout l) {
-  switch (l) {
-    case layout::random: return "random rows";
-    case layout::grouped: return "rows grouped by adapter";
-    case layout::one_adapter: return "every row on one adapter";
-    case layout::one_adapter_and_base: return "one adapter and base rows";
-    case layout::base_only: return "base rows only";
-  }
-  return "";
-}
 
 /// Extents under test: n = 0 and 1, rank 1, out != in both ways, rank above in, and 150 rows
 /// (two dropout tiles; long runs when grouped, so the passes go run by run).

@@ -12,17 +12,16 @@
 #include "../support/reference.hpp"
 
 using vera_test::bfloat16_budget;
+using vera_test::half;
+using vera_test::half_matrix;
+using vera_test::half_rows;
+using vera_test::half_vector;
 using vera_test::compare;
 using vera_test::same_bits;
 using vera_test::wide;
 using vera_test::wide_matrix;
 
 namespace {
-
-using half = Eigen::bfloat16;
-using half_matrix = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic>;
-using half_row_major = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using half_vector = Eigen::Matrix<half, Eigen::Dynamic, 1>;
 
 constexpr vera::index in = 37;
 constexpr vera::index rank = 13;
@@ -85,7 +84,7 @@ struct half_trio {
   vera::projection<float> shared;
   vera::adapter<float> q, k, v;
   half_matrix wq;
-  half_row_major wk;
+  half_rows wk;
   half_matrix wv;
   half_vector bq, bk;
 };

@@ -16,23 +16,11 @@ using multi_test::relative_gap;
 using multi_test::shape;
 using multi_test::vec;
 
+using multi_test::all_layouts;
+using multi_test::layout;
+using multi_test::name;
+
 namespace {
-
-enum class layout { random, grouped, one_adapter, one_adapter_and_base, base_only };
-
-const layout all_layouts[] = {layout::random, layout::grouped, layout::one_adapter,
-                              layout::one_adapter_and_base, layout::base_only};
-
-const char* name(layout l) {
-  switch (l) {
-    case layout::random: return "random rows";
-    case layout::grouped: return "rows grouped by adapter";
-    case layout::one_adapter: return "every row on one adapter";
-    case layout::one_adapter_and_base: return "one adapter and base rows";
-    case layout::base_only: return "base rows only";
-  }
-  return "";
-}
 
 // Rows for `adapters` laid out as `l`. adapters[1] never gets a row (an empty group).
 std::vector<int> assign(layout l, vera::index rows, const std::vector<vera::adapter_id>& adapters,

@@ -202,4 +202,21 @@ inline std::vector<int> random_ids(index rows, const std::vector<vera::adapter_i
   return ids;
 }
 
+/// How a batch's rows are spread over adapters in the mixed tests.
+enum class layout { random, grouped, one_adapter, one_adapter_and_base, base_only };
+
+inline const layout all_layouts[] = {layout::random, layout::grouped, layout::one_adapter,
+                                     layout::one_adapter_and_base, layout::base_only};
+
+inline const char* name(layout l) {
+  switch (l) {
+    case layout::random: return "random rows";
+    case layout::grouped: return "rows grouped by adapter";
+    case layout::one_adapter: return "every row on one adapter";
+    case layout::one_adapter_and_base: return "one adapter and base rows";
+    case layout::base_only: return "base rows only";
+  }
+  return "";
+}
+
 }  // namespace multi_test

@@ -202,6 +202,13 @@ inline constexpr wide bfloat16_roundoff = wide(1) / 256;
 /// Budget for an output of the bfloat16 path that went through `roundings` bfloat16 roundings of
 /// intermediates (each bounded by the unit roundoff times the magnitude of the terms it carries)
 /// plus float32 accumulation over `depth` terms. Worst case, not statistical: a bfloat16 rounding
+
+/// bfloat16 operands of the tests: the scalar, column- and row-major matrices, vectors.
+using half = Eigen::bfloat16;
+using half_matrix = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic>;
+using half_rows = Eigen::Matrix<half, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using half_vector = Eigen::Matrix<half, Eigen::Dynamic, 1>;
+
 /// is 2^15 times a float's, so a wrong formula or a missing scale still errs far beyond it.
 inline wide bfloat16_budget(int roundings, index depth) {
   return roundings * bfloat16_roundoff + tolerance_factor<float>(depth);
