@@ -23,28 +23,28 @@
 ///        operand types (maps, blocks, row-major, bfloat16) are compiled where they are used, as
 ///        without the component.
 #define VERA_PRECOMPILED_INSTANTIATIONS(KEYWORD, T)                                                      \
-  KEYWORD template void vera::evaluate<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, Eigen::Matrix<T, -1, -1>, \
+  KEYWORD template void vera::detail::evaluate<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, Eigen::Matrix<T, -1, -1>, \
                                        Eigen::Matrix<T, -1, 1>, T, Eigen::Matrix<T, -1, -1>, void>(        \
       vera::exec::cpu,                                                                                   \
-      const vera::forward_expr<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, Eigen::Matrix<T, -1, -1>,      \
+      const vera::detail::forward_expr<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, Eigen::Matrix<T, -1, -1>,      \
                                Eigen::Matrix<T, -1, 1>, T>&,                                             \
       Eigen::Matrix<T, -1, -1>&, vera::assign_mode);                                                     \
-  KEYWORD template void vera::evaluate<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, Eigen::Matrix<T, -1, -1>, \
+  KEYWORD template void vera::detail::evaluate<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, Eigen::Matrix<T, -1, -1>, \
                                        vera::no_bias_t, T, Eigen::Matrix<T, -1, -1>, void>(                \
       vera::exec::cpu,                                                                                   \
-      const vera::forward_expr<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, Eigen::Matrix<T, -1, -1>,      \
+      const vera::detail::forward_expr<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, Eigen::Matrix<T, -1, -1>,      \
                                vera::no_bias_t, T>&,                                                     \
       Eigen::Matrix<T, -1, -1>&, vera::assign_mode);                                                     \
-  KEYWORD template void vera::evaluate<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, T, void>(                \
-      vera::exec::cpu, const vera::parameter_gradient_expr<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, T>&, \
+  KEYWORD template void vera::detail::evaluate<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, T, void>(                \
+      vera::exec::cpu, const vera::detail::parameter_gradient_expr<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, T>&, \
       vera::gradients<T>&, vera::assign_mode);                                                           \
-  KEYWORD template void vera::evaluate<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, Eigen::Matrix<T, -1, -1>, T, \
+  KEYWORD template void vera::detail::evaluate<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, Eigen::Matrix<T, -1, -1>, T, \
                                        Eigen::Matrix<T, -1, -1>, void>(                                    \
       vera::exec::cpu,                                                                                   \
-      const vera::input_gradient_expr<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, Eigen::Matrix<T, -1, -1>, T>&, \
+      const vera::detail::input_gradient_expr<vera::exec::cpu, Eigen::Matrix<T, -1, -1>, Eigen::Matrix<T, -1, -1>, T>&, \
       Eigen::Matrix<T, -1, -1>&, vera::assign_mode);                                                     \
-  KEYWORD template void vera::evaluate<vera::exec::cpu, T, Eigen::Matrix<T, -1, -1>, void>(                \
-      vera::exec::cpu, const vera::delta_weight_expr<vera::exec::cpu, T>&, Eigen::Matrix<T, -1, -1>&, T, T); \
+  KEYWORD template void vera::detail::evaluate<vera::exec::cpu, T, Eigen::Matrix<T, -1, -1>, void>(                \
+      vera::exec::cpu, const vera::detail::delta_weight_expr<vera::exec::cpu, T>&, Eigen::Matrix<T, -1, -1>&, T, T); \
   KEYWORD template void vera::merge<Eigen::Matrix<T, -1, -1>, T>(Eigen::MatrixBase<Eigen::Matrix<T, -1, -1>>&, \
                                                                  const vera::adapter<T>&, vera::workspace<T>*); \
   KEYWORD template void vera::unmerge<Eigen::Matrix<T, -1, -1>, T>(Eigen::MatrixBase<Eigen::Matrix<T, -1, -1>>&, \

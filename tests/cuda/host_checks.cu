@@ -338,10 +338,10 @@ void expression_checks() {
   sc.cublas = reinterpret_cast<cublasHandle_t>(fake);  // never reached: see above
 
   static_assert(std::is_same_v<decltype(vera::forward(cuda{}, x(5), w0, nullptr, layer)),
-                               vera::cuda::forward_expr<cuda, float>>);
+                               vera::cuda::detail::forward_expr<cuda, float>>);
   static_assert(std::is_same_v<decltype(vera::forward(x(5), w0, nullptr, layer)),
-                               vera::cuda::forward_expr<cuda, float>>);
-  static_assert(std::is_same_v<decltype(vera::delta_weight(layer)), vera::cuda::delta_weight_expr<cuda, float>>);
+                               vera::cuda::detail::forward_expr<cuda, float>>);
+  static_assert(std::is_same_v<decltype(vera::delta_weight(layer)), vera::cuda::detail::delta_weight_expr<cuda, float>>);
   static_assert(vera::exec::is_cuda_policy<tuned_cuda> && !vera::exec::is_cpu_policy<tuned_cuda>);
 
   // Built: the operands' shapes against the layer.
@@ -366,7 +366,7 @@ void expression_checks() {
   VERA_CHECK(fwd.with_order(vera::order::merged).requested_order() == vera::order::merged);
   VERA_CHECK(fwd.on(sc).on_stream().cublas == sc.cublas && fwd.using_workspace(ws).scratch().bytes == ws.bytes);
   // A derived tag reaches the same evaluator.
-  const vera::cuda::forward_expr<tuned_cuda, float> tuned(x(5), w0, nullptr, layer);
+  const vera::cuda::detail::forward_expr<tuned_cuda, float> tuned(x(5), w0, nullptr, layer);
   VERA_CHECK_THROWS(tuned.eval_to(y(5)), vera::value_error, "vera::cuda::forward: no cuBLAS handle");
 
   // The forward context: checked when made, used by forward and backward.
@@ -441,7 +441,7 @@ void expression_checks() {
   VERA_CHECK(vera::delta_weight<tuned_cuda>(conv).rows() == 9 && vera::delta_weight(conv).cols() == 7);
 
   // W0 + ΔW into another matrix: W0's shape, no overlap with W0.
-  static_assert(std::is_same_v<decltype(vera::merged_weight(w0, layer)), vera::cuda::merged_weight_expr<cuda, float>>);
+  static_assert(std::is_same_v<decltype(vera::merged_weight(w0, layer)), vera::cuda::detail::merged_weight_expr<cuda, float>>);
   VERA_CHECK_THROWS(vera::merged_weight(dense(operands + 64, 9, 7), layer), vera::shape_error, "W0: expected 7 x 9, got 9 x 7");
   const auto merged = vera::merged_weight(w0, layer).on(sc).using_workspace(ws);
   VERA_CHECK(merged.rows() == 7 && merged.cols() == 9);

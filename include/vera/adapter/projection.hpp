@@ -11,19 +11,12 @@
 
 #include <Eigen/Core>
 
+#include "vera/core/dense.hpp"
 #include "vera/core/error.hpp"
 #include "vera/core/projection_spec.hpp"
 #include "vera/core/shape.hpp"
 
 namespace vera {
-
-/// \brief Row-major dense matrix, the layout PEFT stores A and B in.
-template <class T>
-using row_matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
-/// \brief Column vector used for lambda_b, lambda_d and their gradients.
-template <class T>
-using vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
 
 /// \brief Shared random projection A (rank x max_in) and B (max_out x rank), row-major.
 ///

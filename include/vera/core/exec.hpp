@@ -4,6 +4,8 @@
 
 #include <type_traits>
 
+#include "vera/core/vocabulary.hpp"
+
 namespace vera::exec {
 
 /// \brief Host backend: Eigen's vectorised GEMM plus fused loops for the elementwise parts.
@@ -30,23 +32,21 @@ inline constexpr bool is_cuda_policy = std::is_base_of_v<cuda, Exec>;
 
 namespace vera {
 
-/// \brief Whether an evaluation replaces the destination (`overwrite`) or adds to it
-///        (`accumulate`).
-enum class assign_mode { overwrite, accumulate };
-
 namespace detail {
+
 template <class>
 inline constexpr bool dependent_false = false;
-}  // namespace detail
 
 /// \brief Chosen for a policy that has no evaluator for an expression: a readable compile error
 ///        instead of an overload-resolution failure deep in a kernel.
 template <class Exec, class Expr, class... Rest,
           std::enable_if_t<!exec::is_cpu_policy<Exec>, int> = 0>
 void evaluate(Exec, const Expr&, Rest&&...) {
-  static_assert(detail::dependent_false<Exec>,
+  static_assert(dependent_false<Exec>,
                 "vera: this execution policy has no evaluator for Eigen host operands; "
                 "exec::cuda works on device views from <vera/cuda.hpp>");
 }
+
+}  // namespace detail
 
 }  // namespace vera

@@ -6,11 +6,9 @@
 #include <string>
 
 #include "vera/core/error.hpp"
+#include "vera/core/vocabulary.hpp"
 
 namespace vera {
-
-/// \brief Signed index type used for every extent (matches Eigen::Index).
-using index = std::ptrdiff_t;
 
 namespace detail {
 

@@ -16,19 +16,25 @@
 
 namespace vera {
 
+namespace detail {
+
 template <class Exec, class XD, class T>
 class adapter_term_expr;
+
+}  // namespace detail
 
 }  // namespace vera
 
 namespace Eigen::internal {
 template <class Exec, class XD, class T>
-struct traits<vera::adapter_term_expr<Exec, XD, T>> {
+struct traits<vera::detail::adapter_term_expr<Exec, XD, T>> {
   using ReturnType = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
 };
 }  // namespace Eigen::internal
 
 namespace vera {
+
+namespace detail {
 
 /// \brief Z (n x out) = ((X A^T) Λd) (Λb B)^T, the adapter's term without W0 and bias, lazily.
 ///
@@ -38,8 +44,8 @@ namespace vera {
 /// layer run by another library); Z must not share memory with X. `.using_workspace(ws)` keeps
 /// the n x rank and out x rank buffers in `ws`.
 template <class Exec, class XD, class T>
-class adapter_term_expr : public assignable<adapter_term_expr<Exec, XD, T>, Exec>,
-                          public uses_workspace<adapter_term_expr<Exec, XD, T>, T> {
+class adapter_term_expr : public detail::assignable<detail::adapter_term_expr<Exec, XD, T>, Exec>,
+                          public detail::uses_workspace<detail::adapter_term_expr<Exec, XD, T>, T> {
   static_assert(vera::detail::scalar_matches<XD, T>,
                 "vera::adapter_term: X must have the adapter's scalar type");
 
@@ -65,18 +71,20 @@ class adapter_term_expr : public assignable<adapter_term_expr<Exec, XD, T>, Exec
   const adapter<T>* adapter_;
 };
 
+}  // namespace detail
+
 /// \brief Lazy adapter term of `ad` on X (n x in) on policy `Exec`; the result is n x out.
 ///        A temporary adapter is refused at compile time.
 /// \throws shape_error naming X when it does not have in_features columns.
 template <class Exec, class XD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
-adapter_term_expr<Exec, XD, T> adapter_term(Exec, const Eigen::MatrixBase<XD>& x,
+detail::adapter_term_expr<Exec, XD, T> adapter_term(Exec, const Eigen::MatrixBase<XD>& x,
                                             const adapter<T>& ad) {
   return {x.derived(), ad};
 }
 
 /// \brief Lazy adapter term on the default (CPU) policy.
 template <class XD, class T>
-adapter_term_expr<exec::default_policy, XD, T> adapter_term(const Eigen::MatrixBase<XD>& x,
+detail::adapter_term_expr<exec::default_policy, XD, T> adapter_term(const Eigen::MatrixBase<XD>& x,
                                                             const adapter<T>& ad) {
   return {x.derived(), ad};
 }

@@ -10,6 +10,8 @@
 
 namespace vera {
 
+namespace detail {
+
 /// \brief Base of the matrix-valued lazy expressions (`Derived`, evaluated on policy `Exec`).
 ///
 /// Each way of assigning checks that the destination is rows() x cols() (shape_error otherwise),
@@ -49,5 +51,7 @@ class assignable : public Eigen::ReturnByValue<Derived> {
     evaluate(Exec{}, self, dst, mode);
   }
 };
+
+}  // namespace detail
 
 }  // namespace vera

@@ -16,6 +16,8 @@
 
 namespace vera {
 
+namespace detail {
+
 /// \brief `grads += parameter_gradients(...)`: accumulates into existing buffers.
 /// \throws shape_error when `out` is not sized for the adapter (out, rank).
 template <class Exec, class GD, class T>
@@ -24,12 +26,14 @@ gradients<T>& operator+=(gradients<T>& out, const parameter_gradient_expr<Exec, 
   return out;
 }
 
+}  // namespace detail
+
 /// \brief Lazy gradients of lambda_b and lambda_d on policy `Exec`. Shapes: G n x out, ctx from
 ///        the training forward of the same n rows; the result is (out, rank).
 /// \throws state_error if ctx holds no training forward; shape_error for G of another shape;
 ///         rank_error when ctx was filled by a forward of another rank.
 template <class Exec, class GD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
-parameter_gradient_expr<Exec, GD, T> parameter_gradients(Exec, const Eigen::MatrixBase<GD>& g,
+detail::parameter_gradient_expr<Exec, GD, T> parameter_gradients(Exec, const Eigen::MatrixBase<GD>& g,
                                                         const adapter<T>& ad,
                                                         const forward_context<T>& ctx) {
   return {g.derived(), ad, ctx};
@@ -37,7 +41,7 @@ parameter_gradient_expr<Exec, GD, T> parameter_gradients(Exec, const Eigen::Matr
 /// \brief Lazy gradients of lambda_b and lambda_d on the default (CPU) policy; as the overload
 ///        above. A temporary adapter is refused at compile time.
 template <class GD, class T>
-parameter_gradient_expr<exec::default_policy, GD, T> parameter_gradients(
+detail::parameter_gradient_expr<exec::default_policy, GD, T> parameter_gradients(
     const Eigen::MatrixBase<GD>& g, const adapter<T>& ad, const forward_context<T>& ctx) {
   return {g.derived(), ad, ctx};
 }
@@ -49,7 +53,7 @@ void parameter_gradients(const Eigen::MatrixBase<GD>&, adapter<T>&&, const forwa
 /// \throws state_error if ctx holds no training forward; shape_error for G or W0 of another
 ///         shape; rank_error when ctx was filled by a forward of another rank.
 template <class Exec, class GD, class WD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
-input_gradient_expr<Exec, GD, WD, T> input_gradient(Exec, const Eigen::MatrixBase<GD>& g,
+detail::input_gradient_expr<Exec, GD, WD, T> input_gradient(Exec, const Eigen::MatrixBase<GD>& g,
                                                     const Eigen::MatrixBase<WD>& w0,
                                                     const adapter<T>& ad,
                                                     const forward_context<T>& ctx) {
@@ -58,7 +62,7 @@ input_gradient_expr<Exec, GD, WD, T> input_gradient(Exec, const Eigen::MatrixBas
 /// \brief Lazy gradient of the layer input on the default (CPU) policy; as the overload above.
 ///        A temporary adapter is refused at compile time.
 template <class GD, class WD, class T>
-input_gradient_expr<exec::default_policy, GD, WD, T> input_gradient(const Eigen::MatrixBase<GD>& g,
+detail::input_gradient_expr<exec::default_policy, GD, WD, T> input_gradient(const Eigen::MatrixBase<GD>& g,
                                                                     const Eigen::MatrixBase<WD>& w0,
                                                                     const adapter<T>& ad,
                                                                     const forward_context<T>& ctx) {

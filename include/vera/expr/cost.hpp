@@ -6,15 +6,9 @@
 #include <cstddef>
 
 #include "vera/core/shape.hpp"
+#include "vera/core/vocabulary.hpp"
 
 namespace vera {
-
-/// \brief Association order of X (W0 + Λb B Λd A)^T.
-enum class order {
-  automatic,  ///< let the cost model decide (default)
-  low_rank,   ///< X W0^T + ((X A^T) Λd) (Λb B)^T: two thin GEMMs, never forms an out x in matrix
-  merged,     ///< X (W0 + Λb B Λd A)^T: forms the adapted weight once, then one GEMM
-};
 
 namespace detail {
 

@@ -20,19 +20,19 @@
 
 namespace Eigen::internal {
 template <class Exec, class XD, class WD, class Bias, class T>
-struct traits<vera::forward_expr<Exec, XD, WD, Bias, T, vera::eigen_operands>> {
+struct traits<vera::detail::forward_expr<Exec, XD, WD, Bias, T, vera::detail::eigen_operands>> {
   using ReturnType = Eigen::Matrix<vera::detail::result_scalar_t<XD, T>, Eigen::Dynamic, Eigen::Dynamic>;
 };
 template <class Exec, class GD, class WD, class T>
-struct traits<vera::input_gradient_expr<Exec, GD, WD, T, vera::eigen_operands>> {
+struct traits<vera::detail::input_gradient_expr<Exec, GD, WD, T, vera::detail::eigen_operands>> {
   using ReturnType = Eigen::Matrix<vera::detail::result_scalar_t<GD, T>, Eigen::Dynamic, Eigen::Dynamic>;
 };
 template <class Exec, class T>
-struct traits<vera::delta_weight_expr<Exec, T, vera::eigen_operands>> {
+struct traits<vera::detail::delta_weight_expr<Exec, T, vera::detail::eigen_operands>> {
   using ReturnType = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
 };
 template <class Exec, class WD, class T>
-struct traits<vera::merged_weight_expr<Exec, WD, T, vera::eigen_operands>> {
+struct traits<vera::detail::merged_weight_expr<Exec, WD, T, vera::detail::eigen_operands>> {
   using ReturnType = Eigen::Matrix<vera::detail::result_scalar_t<WD, T>, Eigen::Dynamic, Eigen::Dynamic>;
 };
 }  // namespace Eigen::internal
@@ -102,9 +102,9 @@ bool gradient_buffers_need_sizing(const gradients<T>& out, const adapter<T>& ad,
   return false;
 }
 
-/// \brief Matrix-valued results into Eigen destinations: vera::assignable.
+/// \brief Matrix-valued results into Eigen destinations: vera::detail::assignable.
 template <class Derived, class Exec, class T>
-using eigen_matrix_result = assignable<Derived, Exec>;
+using eigen_matrix_result = detail::assignable<Derived, Exec>;
 
 /// \brief Where parameter gradients of an Eigen-operand expression go: a vera::gradients<T>.
 template <class Derived, class Exec, class T>
@@ -177,7 +177,7 @@ class merged_result : public Eigen::ReturnByValue<Derived> {
     vera::detail::check_shape("destination", self.rows(), self.cols(), dst.rows(), dst.cols());
     vera::detail::check_no_alias("vera::merged_weight", dst, "W0", self.w0());
     dst = self.w0();
-    const delta_weight_expr<Exec, T> delta(self.layer());
+    const detail::delta_weight_expr<Exec, T> delta(self.layer());
     if (self.scratch() != nullptr) {
       delta.using_workspace(*self.scratch()).add_to(dst);
     } else {
@@ -186,7 +186,6 @@ class merged_result : public Eigen::ReturnByValue<Derived> {
   }
 };
 
-}  // namespace detail
 
 /// \brief The Eigen operand family: operands held as Eigen nests its own (plain matrices by
 ///        reference, expressions by value), the layer by address, Eigen destinations.
@@ -208,10 +207,10 @@ struct eigen_operands {
   using context = forward_context<T>;
   /// The scratch-memory modifier, `.using_workspace(ws)`.
   template <class Derived, class T>
-  using scratch = uses_workspace<Derived, T>;
+  using scratch = detail::uses_workspace<Derived, T>;
   /// Where results go: Eigen matrices (`Y = expr`, `expr.assign_to(Y)`, `expr.add_to(Y)`),
   /// vera::gradients<T>, and W0 for merges.
-  using results = destinations<detail::eigen_matrix_result, detail::gradient_result, detail::delta_result,
+  using results = detail::destinations<detail::eigen_matrix_result, detail::gradient_result, detail::delta_result,
                                detail::merged_result>;
 
   /// \brief The holder of `ad`.
@@ -284,5 +283,7 @@ struct eigen_operands {
     detail::check_base_weight("W0", w0, ad);
   }
 };
+
+}  // namespace detail
 
 }  // namespace vera

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// vera::forward over Eigen operands: the lazy Y = X W0^T + bias + (X A^T Λd B^T) Λb (vera::forward_expr).
+// vera::forward over Eigen operands: the lazy Y = X W0^T + bias + (X A^T Λd B^T) Λb (vera::detail::forward_expr).
 #pragma once
 
 #include <type_traits>
@@ -22,7 +22,7 @@ namespace vera {
 /// \throws shape_error naming the operand when a shape is wrong (when the expression is built).
 template <class Exec, class XD, class WD, class Bias, class T,
           class = std::enable_if_t<std::is_empty_v<Exec>>>
-forward_expr<Exec, XD, WD, Bias, T> forward(Exec, const Eigen::MatrixBase<XD>& x,
+detail::forward_expr<Exec, XD, WD, Bias, T> forward(Exec, const Eigen::MatrixBase<XD>& x,
                                            const Eigen::MatrixBase<WD>& w0, const Bias& bias,
                                            const adapter<T>& ad) {
   if constexpr (std::is_same_v<Bias, no_bias_t>) {
@@ -34,7 +34,7 @@ forward_expr<Exec, XD, WD, Bias, T> forward(Exec, const Eigen::MatrixBase<XD>& x
 
 /// \brief Lazy forward on the default (CPU) policy.
 template <class XD, class WD, class Bias, class T>
-forward_expr<exec::default_policy, XD, WD, Bias, T> forward(const Eigen::MatrixBase<XD>& x,
+detail::forward_expr<exec::default_policy, XD, WD, Bias, T> forward(const Eigen::MatrixBase<XD>& x,
                                                            const Eigen::MatrixBase<WD>& w0,
                                                            const Bias& bias, const adapter<T>& ad) {
   return forward(exec::default_policy{}, x, w0, bias, ad);

@@ -20,8 +20,8 @@ namespace vera {
 /// \brief Lazy ΔW of `ad` on policy Exec (default: CPU): out x in, or in x out with
 ///        fan_in_fan_out. A temporary adapter is refused at compile time.
 template <class Exec = exec::default_policy, class T>
-delta_weight_expr<Exec, T> delta_weight(const adapter<T>& ad) {
-  return delta_weight_expr<Exec, T>(ad);
+detail::delta_weight_expr<Exec, T> delta_weight(const adapter<T>& ad) {
+  return detail::delta_weight_expr<Exec, T>(ad);
 }
 template <class Exec = exec::default_policy, class T>
 void delta_weight(adapter<T>&&) = delete;
@@ -29,7 +29,7 @@ void delta_weight(adapter<T>&&) = delete;
 /// \brief Lazy W0 + ΔW, W0's shape. A temporary adapter is refused at compile time.
 /// \throws shape_error when W0 is not out x in (in x out with fan_in_fan_out).
 template <class Exec = exec::default_policy, class WD, class T>
-merged_weight_expr<Exec, WD, T> merged_weight(const Eigen::MatrixBase<WD>& w0, const adapter<T>& ad) {
+detail::merged_weight_expr<Exec, WD, T> merged_weight(const Eigen::MatrixBase<WD>& w0, const adapter<T>& ad) {
   return {w0.derived(), ad};
 }
 // The expression refers to the adapter: binding a temporary one is refused.

@@ -19,6 +19,8 @@
 
 namespace vera {
 
+namespace detail {
+
 template <class Exec, class GD, class T>
 class mixed_parameter_gradient_expr;
 template <class Exec, class GD, class WD, class T>
@@ -26,11 +28,13 @@ class mixed_input_gradient_expr;
 template <class Exec, class GD, class WD, class T>
 class mixed_backward_expr;
 
+}  // namespace detail
+
 }  // namespace vera
 
 namespace Eigen::internal {
 template <class Exec, class GD, class WD, class T>
-struct traits<vera::mixed_input_gradient_expr<Exec, GD, WD, T>> {
+struct traits<vera::detail::mixed_input_gradient_expr<Exec, GD, WD, T>> {
   using ReturnType = Eigen::Matrix<vera::detail::result_scalar_t<GD, T>, Eigen::Dynamic, Eigen::Dynamic>;
 };
 }  // namespace Eigen::internal
@@ -73,7 +77,6 @@ void prepare_gradients(mixed_gradients<T>& out, const adapter_set<T>& set, assig
   }
 }
 
-}  // namespace detail
 
 /// \brief dL/d lambda_b (out x k) and dL/d lambda_d (rank x k) of every adapter of the set from
 ///        G = dL/dY and a mixed context, lazily:
@@ -83,7 +86,7 @@ void prepare_gradients(mixed_gradients<T>& out, const adapter_set<T>& set, assig
 /// columns get zero); `grads += expr;` adds to the adapters present and leaves the rest alone.
 template <class Exec, class GD, class T>
 class mixed_parameter_gradient_expr
-    : public uses_workspace<mixed_parameter_gradient_expr<Exec, GD, T>, T, mixed_workspace<T>> {
+    : public detail::uses_workspace<detail::mixed_parameter_gradient_expr<Exec, GD, T>, T, mixed_workspace<T>> {
   static_assert(vera::detail::storage_matches<GD, T>,
                 "vera::mixed_parameter_gradients: G must have the set's scalar type (or bfloat16 for a float set)");
 
@@ -130,7 +133,7 @@ class mixed_parameter_gradient_expr
 /// \brief `grads += mixed_parameter_gradients(...)`: accumulates into existing buffers.
 /// \throws shape_error when `out` is not out x k and rank x k; state_error as eval_to.
 template <class Exec, class GD, class T>
-mixed_gradients<T>& operator+=(mixed_gradients<T>& out, const mixed_parameter_gradient_expr<Exec, GD, T>& e) {
+mixed_gradients<T>& operator+=(mixed_gradients<T>& out, const detail::mixed_parameter_gradient_expr<Exec, GD, T>& e) {
   e.eval_to(out, assign_mode::accumulate);
   return out;
 }
@@ -143,9 +146,9 @@ mixed_gradients<T>& operator+=(mixed_gradients<T>& out, const mixed_parameter_gr
 ///        the merged one throws value_error).
 template <class Exec, class GD, class WD, class T>
 class mixed_input_gradient_expr
-    : public assignable<mixed_input_gradient_expr<Exec, GD, WD, T>, Exec>,
-      public uses_workspace<mixed_input_gradient_expr<Exec, GD, WD, T>, T, mixed_workspace<T>>,
-      public takes_order<mixed_input_gradient_expr<Exec, GD, WD, T>> {
+    : public detail::assignable<detail::mixed_input_gradient_expr<Exec, GD, WD, T>, Exec>,
+      public detail::uses_workspace<detail::mixed_input_gradient_expr<Exec, GD, WD, T>, T, mixed_workspace<T>>,
+      public detail::takes_order<detail::mixed_input_gradient_expr<Exec, GD, WD, T>> {
   static_assert(vera::detail::storage_matches<GD, T>,
                 "vera::mixed_input_gradient: G must have the set's scalar type (or bfloat16 for a float set)");
   static_assert(std::is_same_v<typename GD::Scalar, typename WD::Scalar>,
@@ -199,8 +202,8 @@ class mixed_input_gradient_expr
 /// `.with_order(o)` applies to dX as in mixed_input_gradient_expr, bfloat16 storage included.
 template <class Exec, class GD, class WD, class T>
 class mixed_backward_expr
-    : public uses_workspace<mixed_backward_expr<Exec, GD, WD, T>, T, mixed_workspace<T>>,
-      public takes_order<mixed_backward_expr<Exec, GD, WD, T>> {
+    : public detail::uses_workspace<detail::mixed_backward_expr<Exec, GD, WD, T>, T, mixed_workspace<T>>,
+      public detail::takes_order<detail::mixed_backward_expr<Exec, GD, WD, T>> {
   static_assert(vera::detail::storage_matches<GD, T>,
                 "vera::mixed_backward: G must have the set's scalar type (or bfloat16 for a float set)");
   static_assert(std::is_same_v<typename GD::Scalar, typename WD::Scalar>,
@@ -256,19 +259,21 @@ class mixed_backward_expr
   const mixed_context<T>* context_;
 };
 
+}  // namespace detail
+
 /// \brief Lazy gradients of every adapter's lambda_b and lambda_d. Shapes: G n x out, ctx from
 ///        the mixed training forward of the same n rows over the same, unchanged set; the result
 ///        is out x k and rank x k (k = set.columns()), float32 for bfloat16 G (float set).
 /// \throws state_error if ctx holds no such forward (none, another set, the set changed since,
 ///         or an adapter is merged); shape_error for G of another shape.
 template <class Exec, class GD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
-mixed_parameter_gradient_expr<Exec, GD, T> mixed_parameter_gradients(
+detail::mixed_parameter_gradient_expr<Exec, GD, T> mixed_parameter_gradients(
     Exec, const Eigen::MatrixBase<GD>& g, const adapter_set<T>& set, const mixed_context<T>& ctx) {
   return {g.derived(), set, ctx};
 }
 /// \brief Lazy gradients of every adapter on the default (CPU) policy; as the overload above.
 template <class GD, class T>
-mixed_parameter_gradient_expr<exec::default_policy, GD, T> mixed_parameter_gradients(
+detail::mixed_parameter_gradient_expr<exec::default_policy, GD, T> mixed_parameter_gradients(
     const Eigen::MatrixBase<GD>& g, const adapter_set<T>& set, const mixed_context<T>& ctx) {
   return {g.derived(), set, ctx};
 }
@@ -280,7 +285,7 @@ void mixed_parameter_gradients(const Eigen::MatrixBase<GD>&, adapter_set<T>&&,
 /// \throws state_error, shape_error as mixed_parameter_gradients; shape_error for W0 of another
 ///         shape.
 template <class Exec, class GD, class WD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
-mixed_input_gradient_expr<Exec, GD, WD, T> mixed_input_gradient(Exec, const Eigen::MatrixBase<GD>& g,
+detail::mixed_input_gradient_expr<Exec, GD, WD, T> mixed_input_gradient(Exec, const Eigen::MatrixBase<GD>& g,
                                                                 const Eigen::MatrixBase<WD>& w0,
                                                                 const adapter_set<T>& set,
                                                                 const mixed_context<T>& ctx) {
@@ -288,7 +293,7 @@ mixed_input_gradient_expr<Exec, GD, WD, T> mixed_input_gradient(Exec, const Eige
 }
 /// \brief Lazy dL/dX on the default (CPU) policy; as the overload above.
 template <class GD, class WD, class T>
-mixed_input_gradient_expr<exec::default_policy, GD, WD, T> mixed_input_gradient(
+detail::mixed_input_gradient_expr<exec::default_policy, GD, WD, T> mixed_input_gradient(
     const Eigen::MatrixBase<GD>& g, const Eigen::MatrixBase<WD>& w0, const adapter_set<T>& set,
     const mixed_context<T>& ctx) {
   return {g.derived(), w0.derived(), set, ctx};
@@ -300,7 +305,7 @@ void mixed_input_gradient(const Eigen::MatrixBase<GD>&, const Eigen::MatrixBase<
 /// \brief Lazy parameter and input gradients in one pass. Shapes as in the two calls above.
 /// \throws as mixed_input_gradient.
 template <class Exec, class GD, class WD, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
-mixed_backward_expr<Exec, GD, WD, T> mixed_backward(Exec, const Eigen::MatrixBase<GD>& g,
+detail::mixed_backward_expr<Exec, GD, WD, T> mixed_backward(Exec, const Eigen::MatrixBase<GD>& g,
                                                     const Eigen::MatrixBase<WD>& w0,
                                                     const adapter_set<T>& set,
                                                     const mixed_context<T>& ctx) {
@@ -308,7 +313,7 @@ mixed_backward_expr<Exec, GD, WD, T> mixed_backward(Exec, const Eigen::MatrixBas
 }
 /// \brief Both gradients in one pass on the default (CPU) policy; as the overload above.
 template <class GD, class WD, class T>
-mixed_backward_expr<exec::default_policy, GD, WD, T> mixed_backward(const Eigen::MatrixBase<GD>& g,
+detail::mixed_backward_expr<exec::default_policy, GD, WD, T> mixed_backward(const Eigen::MatrixBase<GD>& g,
                                                                     const Eigen::MatrixBase<WD>& w0,
                                                                     const adapter_set<T>& set,
                                                                     const mixed_context<T>& ctx) {

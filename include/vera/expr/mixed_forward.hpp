@@ -21,14 +21,18 @@
 
 namespace vera {
 
+namespace detail {
+
 template <class Exec, class XD, class WD, class Bias, class T>
 class mixed_forward_expr;
+
+}  // namespace detail
 
 }  // namespace vera
 
 namespace Eigen::internal {
 template <class Exec, class XD, class WD, class Bias, class T>
-struct traits<vera::mixed_forward_expr<Exec, XD, WD, Bias, T>> {
+struct traits<vera::detail::mixed_forward_expr<Exec, XD, WD, Bias, T>> {
   using ReturnType = Eigen::Matrix<vera::detail::result_scalar_t<XD, T>, Eigen::Dynamic, Eigen::Dynamic>;
 };
 }  // namespace Eigen::internal
@@ -55,7 +59,6 @@ void require_nothing_merged(const char* operation, const adapter_set<T>& set) {
   }
 }
 
-}  // namespace detail
 
 /// \brief Y (n x out) = X W0^T + bias + s_a(i) ((P ⊙ d_a(i)) B^T) ⊙ b_a(i) row by row, with
 ///        P = X A^T and a(i) the adapter of row i, lazily.
@@ -73,10 +76,10 @@ void require_nothing_merged(const char* operation, const adapter_set<T>& set) {
 /// built, value_error when a row's adapter was removed since.
 template <class Exec, class XD, class WD, class Bias, class T>
 class mixed_forward_expr
-    : public assignable<mixed_forward_expr<Exec, XD, WD, Bias, T>, Exec>,
-      public uses_workspace<mixed_forward_expr<Exec, XD, WD, Bias, T>, T, mixed_workspace<T>>,
-      public takes_order<mixed_forward_expr<Exec, XD, WD, Bias, T>>,
-      public trains<mixed_forward_expr<Exec, XD, WD, Bias, T>, mixed_context<T>> {
+    : public detail::assignable<detail::mixed_forward_expr<Exec, XD, WD, Bias, T>, Exec>,
+      public detail::uses_workspace<detail::mixed_forward_expr<Exec, XD, WD, Bias, T>, T, mixed_workspace<T>>,
+      public detail::takes_order<detail::mixed_forward_expr<Exec, XD, WD, Bias, T>>,
+      public detail::trains<detail::mixed_forward_expr<Exec, XD, WD, Bias, T>, mixed_context<T>> {
   static_assert(vera::detail::storage_matches<XD, T>,
                 "vera::mixed_forward: X must have the set's scalar type (or bfloat16 for a float set)");
   static_assert(std::is_same_v<typename XD::Scalar, typename WD::Scalar>,
@@ -131,6 +134,8 @@ class mixed_forward_expr
   row_assignment ids_;
 };
 
+}  // namespace detail
+
 /// \brief Lazy mixed forward on policy `Exec`.
 ///
 /// Shapes: X n x in, W0 out x in (in x out with fan_in_fan_out), bias out (or vera::no_bias),
@@ -142,7 +147,7 @@ class mixed_forward_expr
 ///         merged.
 template <class Exec, class XD, class WD, class Bias, class T,
           class = std::enable_if_t<std::is_empty_v<Exec>>>
-mixed_forward_expr<Exec, XD, WD, Bias, T> mixed_forward(Exec, const Eigen::MatrixBase<XD>& x,
+detail::mixed_forward_expr<Exec, XD, WD, Bias, T> mixed_forward(Exec, const Eigen::MatrixBase<XD>& x,
                                                        const Eigen::MatrixBase<WD>& w0,
                                                        const Bias& bias, const adapter_set<T>& set,
                                                        const row_assignment& ids) {
@@ -155,7 +160,7 @@ mixed_forward_expr<Exec, XD, WD, Bias, T> mixed_forward(Exec, const Eigen::Matri
 
 /// \brief Lazy mixed forward on the default (CPU) policy.
 template <class XD, class WD, class Bias, class T>
-mixed_forward_expr<exec::default_policy, XD, WD, Bias, T> mixed_forward(
+detail::mixed_forward_expr<exec::default_policy, XD, WD, Bias, T> mixed_forward(
     const Eigen::MatrixBase<XD>& x, const Eigen::MatrixBase<WD>& w0, const Bias& bias,
     const adapter_set<T>& set, const row_assignment& ids) {
   return mixed_forward(exec::default_policy{}, x, w0, bias, set, ids);
@@ -165,7 +170,7 @@ mixed_forward_expr<exec::default_policy, XD, WD, Bias, T> mixed_forward(
 ///        with no active adapter every row runs the base model.
 /// \throws as the overload with ids.
 template <class XD, class WD, class Bias, class T>
-mixed_forward_expr<exec::default_policy, XD, WD, Bias, T> mixed_forward(
+detail::mixed_forward_expr<exec::default_policy, XD, WD, Bias, T> mixed_forward(
     const Eigen::MatrixBase<XD>& x, const Eigen::MatrixBase<WD>& w0, const Bias& bias,
     const adapter_set<T>& set) {
   return mixed_forward(exec::default_policy{}, x, w0, bias, set,

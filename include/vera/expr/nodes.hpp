@@ -11,6 +11,8 @@
 
 namespace vera {
 
+namespace detail {
+
 /// \brief The Eigen operand family: Eigen matrices and expressions with a vera::adapter, on the
 ///        host (`vera/expr/eigen_operands.hpp`). The default family of every node.
 struct eigen_operands;
@@ -33,8 +35,6 @@ struct destinations {
   template <class Derived, class Exec, class T>
   using merged = Merged<Derived, Exec, T>;
 };
-
-namespace detail {
 
 /// \brief A layer's extents as every family reports them.
 struct layer_features {
@@ -69,7 +69,6 @@ class node_layer {
   typename F::template layer_holder<T> layer_;
 };
 
-}  // namespace detail
 
 /// \brief Y (n x out) = X W0^T + bias + ((drop(X) A^T) Λd) (Λb B)^T, lazily.
 ///
@@ -78,11 +77,11 @@ class node_layer {
 /// memory with X, W0 or bias. `.train(ctx)` makes it a training forward: dropout applies to the
 /// adapter input and P is saved in ctx for backward. The order of the products follows the cost
 /// model unless `.with_order()` forces one.
-template <class Exec, class XD, class WD, class Bias, class T, class F = eigen_operands>
-class forward_expr : public F::results::template matrix<forward_expr<Exec, XD, WD, Bias, T, F>, Exec, T>,
-                     public F::template scratch<forward_expr<Exec, XD, WD, Bias, T, F>, T>,
-                     public takes_order<forward_expr<Exec, XD, WD, Bias, T, F>>,
-                     public trains<forward_expr<Exec, XD, WD, Bias, T, F>, typename F::template context<T>>,
+template <class Exec, class XD, class WD, class Bias, class T, class F = detail::eigen_operands>
+class forward_expr : public F::results::template matrix<detail::forward_expr<Exec, XD, WD, Bias, T, F>, Exec, T>,
+                     public F::template scratch<detail::forward_expr<Exec, XD, WD, Bias, T, F>, T>,
+                     public detail::takes_order<detail::forward_expr<Exec, XD, WD, Bias, T, F>>,
+                     public detail::trains<detail::forward_expr<Exec, XD, WD, Bias, T, F>, typename F::template context<T>>,
                      public detail::node_layer<T, F> {
  public:
   /// \brief Checks the shapes and keeps the operands; see vera::forward.
@@ -114,9 +113,9 @@ class forward_expr : public F::results::template matrix<forward_expr<Exec, XD, W
 ///
 /// Built by vera::parameter_gradients; the family says where the gradients go. A frozen vector
 /// (train_b / train_d false) gets zero on overwrite and is left as is on accumulate.
-template <class Exec, class GD, class T, class F = eigen_operands>
-class parameter_gradient_expr : public F::results::template gradients<parameter_gradient_expr<Exec, GD, T, F>, Exec, T>,
-                                public F::template scratch<parameter_gradient_expr<Exec, GD, T, F>, T>,
+template <class Exec, class GD, class T, class F = detail::eigen_operands>
+class parameter_gradient_expr : public F::results::template gradients<detail::parameter_gradient_expr<Exec, GD, T, F>, Exec, T>,
+                                public F::template scratch<detail::parameter_gradient_expr<Exec, GD, T, F>, T>,
                                 public detail::node_layer<T, F> {
   using base = detail::node_layer<T, F>;
 
@@ -141,12 +140,12 @@ class parameter_gradient_expr : public F::results::template gradients<parameter_
 
 /// \brief dL/dX (n x in) = G (W0 + ΔW), with the dropout mask on the adapter term, lazily.
 ///
-/// Built by vera::input_gradient; evaluated as vera::forward_expr is. The destination must not
+/// Built by vera::input_gradient; evaluated as vera::detail::forward_expr is. The destination must not
 /// share memory with G or W0.
-template <class Exec, class GD, class WD, class T, class F = eigen_operands>
-class input_gradient_expr : public F::results::template matrix<input_gradient_expr<Exec, GD, WD, T, F>, Exec, T>,
-                            public F::template scratch<input_gradient_expr<Exec, GD, WD, T, F>, T>,
-                            public takes_order<input_gradient_expr<Exec, GD, WD, T, F>>,
+template <class Exec, class GD, class WD, class T, class F = detail::eigen_operands>
+class input_gradient_expr : public F::results::template matrix<detail::input_gradient_expr<Exec, GD, WD, T, F>, Exec, T>,
+                            public F::template scratch<detail::input_gradient_expr<Exec, GD, WD, T, F>, T>,
+                            public detail::takes_order<detail::input_gradient_expr<Exec, GD, WD, T, F>>,
                             public detail::node_layer<T, F> {
   using base = detail::node_layer<T, F>;
 
@@ -182,9 +181,9 @@ class input_gradient_expr : public F::results::template matrix<input_gradient_ex
 ///
 /// Built by vera::delta_weight. Overwriting a destination writes ΔW; `.add_to(W)` is a merge and
 /// `.subtract_from(W)` an unmerge, each one GEMM into W with no temporary of W's size.
-template <class Exec, class T, class F = eigen_operands>
-class delta_weight_expr : public F::results::template delta<delta_weight_expr<Exec, T, F>, Exec, T>,
-                          public F::template scratch<delta_weight_expr<Exec, T, F>, T>,
+template <class Exec, class T, class F = detail::eigen_operands>
+class delta_weight_expr : public F::results::template delta<detail::delta_weight_expr<Exec, T, F>, Exec, T>,
+                          public F::template scratch<detail::delta_weight_expr<Exec, T, F>, T>,
                           public detail::node_layer<T, F> {
  public:
   /// \brief Checks the layer and refers to it; see vera::delta_weight.
@@ -201,9 +200,9 @@ class delta_weight_expr : public F::results::template delta<delta_weight_expr<Ex
 /// \brief W0 + ΔW into a separate matrix of W0's shape, lazily; W0 is left as it is.
 ///
 /// Built by vera::merged_weight; the destination must not share memory with W0.
-template <class Exec, class WD, class T, class F = eigen_operands>
-class merged_weight_expr : public F::results::template merged<merged_weight_expr<Exec, WD, T, F>, Exec, T>,
-                           public F::template scratch<merged_weight_expr<Exec, WD, T, F>, T>,
+template <class Exec, class WD, class T, class F = detail::eigen_operands>
+class merged_weight_expr : public F::results::template merged<detail::merged_weight_expr<Exec, WD, T, F>, Exec, T>,
+                           public F::template scratch<detail::merged_weight_expr<Exec, WD, T, F>, T>,
                            public detail::node_layer<T, F> {
  public:
   /// \brief Checks W0 against the layer; see vera::merged_weight.
@@ -225,5 +224,7 @@ class merged_weight_expr : public F::results::template merged<merged_weight_expr
  private:
   typename F::template held<WD> w0_;
 };
+
+}  // namespace detail
 
 }  // namespace vera

@@ -10,13 +10,9 @@
 #include "vera/core/exec.hpp"
 #include "vera/core/error.hpp"
 #include "vera/core/shape.hpp"
+#include "vera/core/vocabulary.hpp"
 
 namespace vera {
-
-/// \brief Stands for "no bias" in a forward expression.
-struct no_bias_t {};
-/// \brief Pass in place of the bias vector for a layer without one.
-inline constexpr no_bias_t no_bias{};
 
 namespace detail {
 

@@ -36,7 +36,6 @@ struct workspace_setting;
 struct context_setting;
 struct order_setting;
 
-}  // namespace detail
 
 /// \brief Base of the lazy expressions that can evaluate in a caller's workspace: adds
 ///        `.using_workspace(ws)`, which returns a copy of the expression `Derived` that uses `ws`
@@ -77,5 +76,7 @@ class takes_order : public detail::setting<Derived, detail::order_setting, order
   /// \brief The order set by with_order() (order::automatic by default).
   order requested_order() const noexcept { return this->setting_value(); }
 };
+
+}  // namespace detail
 
 }  // namespace vera

@@ -23,14 +23,18 @@
 
 namespace vera {
 
+namespace detail {
+
 template <class Exec, class Group, class... GD>
 class sibling_input_gradient_expr;
+
+}  // namespace detail
 
 }  // namespace vera
 
 namespace Eigen::internal {
 template <class Exec, class Group, class... GD>
-struct traits<vera::sibling_input_gradient_expr<Exec, Group, GD...>> {
+struct traits<vera::detail::sibling_input_gradient_expr<Exec, Group, GD...>> {
   using ReturnType = Eigen::Matrix<typename Group::storage, Eigen::Dynamic, Eigen::Dynamic>;
 };
 }  // namespace Eigen::internal
@@ -93,7 +97,6 @@ void check_distinct_gradients(const char* operation, const Out&... out) {
   }
 }
 
-}  // namespace detail
 
 /// \brief Each sibling's dL/d lambda_b and dL/d lambda_d from its G_i = dL/dY_i and the group's
 ///        context, lazily: the single-adapter gradients of every sibling (same P, same numbers).
@@ -102,7 +105,7 @@ void check_distinct_gradients(const char* operation, const Out&... out) {
 /// per sibling. Every buffer is checked before any is written.
 template <class Exec, class Group, class... GD>
 class sibling_parameter_gradient_expr
-    : public uses_workspace<sibling_parameter_gradient_expr<Exec, Group, GD...>, typename Group::scalar> {
+    : public detail::uses_workspace<detail::sibling_parameter_gradient_expr<Exec, Group, GD...>, typename Group::scalar> {
   using T = typename Group::scalar;
 
  public:
@@ -175,9 +178,9 @@ class sibling_parameter_gradient_expr
 /// cost model (the product against A charged once); `.with_order()` forces one for all.
 template <class Exec, class Group, class... GD>
 class sibling_input_gradient_expr
-    : public assignable<sibling_input_gradient_expr<Exec, Group, GD...>, Exec>,
-      public uses_workspace<sibling_input_gradient_expr<Exec, Group, GD...>, typename Group::scalar>,
-      public takes_order<sibling_input_gradient_expr<Exec, Group, GD...>> {
+    : public detail::assignable<detail::sibling_input_gradient_expr<Exec, Group, GD...>, Exec>,
+      public detail::uses_workspace<detail::sibling_input_gradient_expr<Exec, Group, GD...>, typename Group::scalar>,
+      public detail::takes_order<detail::sibling_input_gradient_expr<Exec, Group, GD...>> {
   using T = typename Group::scalar;
 
  public:
@@ -225,7 +228,7 @@ class sibling_input_gradient_expr
 /// plain matrix dX is resized), `.add_to(...)` accumulates; everything is checked first.
 template <class Exec, class Group, class... GD>
 class sibling_backward_expr
-    : public uses_workspace<sibling_backward_expr<Exec, Group, GD...>, typename Group::scalar> {
+    : public detail::uses_workspace<detail::sibling_backward_expr<Exec, Group, GD...>, typename Group::scalar> {
   using T = typename Group::scalar;
 
  public:
@@ -323,19 +326,21 @@ class sibling_backward_expr
   std::tuple<detail::closure_t<GD>...> upstream_;
 };
 
+}  // namespace detail
+
 /// \brief Lazy backward of the whole group in one pass (see sibling_backward_expr). Shapes:
 ///        G_i n x out_i in the group's order; ctx from the group's `.train(sibling_context&)`.
 ///        The results are dX n x in and one (out_i, rank) gradients<T> per sibling.
 /// \throws state_error if ctx holds no training forward; shape_error for a G_i of another shape
 ///         or a ctx filled by another group; rank_error when ctx was filled at another rank.
 template <class Exec, class... Layers, class T, class... GD, class = std::enable_if_t<std::is_empty_v<Exec>>>
-sibling_backward_expr<Exec, sibling_group<Layers...>, GD...> backward(
+detail::sibling_backward_expr<Exec, sibling_group<Layers...>, GD...> backward(
     Exec, const sibling_group<Layers...>& group, const sibling_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }
 /// \brief Lazy one-pass backward of the group on the default (CPU) policy; as the overload above.
 template <class... Layers, class T, class... GD>
-sibling_backward_expr<exec::default_policy, sibling_group<Layers...>, GD...> backward(
+detail::sibling_backward_expr<exec::default_policy, sibling_group<Layers...>, GD...> backward(
     const sibling_group<Layers...>& group, const sibling_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }
@@ -346,14 +351,14 @@ sibling_backward_expr<exec::default_policy, sibling_group<Layers...>, GD...> bac
 /// \throws state_error if ctx holds no training forward; shape_error for a G_i of another shape;
 ///         rank_error when ctx was filled by a forward of another rank.
 template <class Exec, class... Layers, class T, class... GD, class = std::enable_if_t<std::is_empty_v<Exec>>>
-sibling_parameter_gradient_expr<Exec, sibling_group<Layers...>, GD...> parameter_gradients(
+detail::sibling_parameter_gradient_expr<Exec, sibling_group<Layers...>, GD...> parameter_gradients(
     Exec, const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }
 /// \brief Lazy gradients of every sibling's lambda_b and lambda_d on the default (CPU) policy;
 ///        as the overload above.
 template <class... Layers, class T, class... GD>
-sibling_parameter_gradient_expr<exec::default_policy, sibling_group<Layers...>, GD...> parameter_gradients(
+detail::sibling_parameter_gradient_expr<exec::default_policy, sibling_group<Layers...>, GD...> parameter_gradients(
     const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }
@@ -363,14 +368,14 @@ sibling_parameter_gradient_expr<exec::default_policy, sibling_group<Layers...>, 
 /// \throws state_error if ctx holds no training forward; shape_error for a G_i of another shape;
 ///         rank_error when ctx was filled by a forward of another rank.
 template <class Exec, class... Layers, class T, class... GD, class = std::enable_if_t<std::is_empty_v<Exec>>>
-sibling_input_gradient_expr<Exec, sibling_group<Layers...>, GD...> input_gradient(
+detail::sibling_input_gradient_expr<Exec, sibling_group<Layers...>, GD...> input_gradient(
     Exec, const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }
 /// \brief Lazy gradient of the group's shared input X on the default (CPU) policy; as the
 ///        overload above.
 template <class... Layers, class T, class... GD>
-sibling_input_gradient_expr<exec::default_policy, sibling_group<Layers...>, GD...> input_gradient(
+detail::sibling_input_gradient_expr<exec::default_policy, sibling_group<Layers...>, GD...> input_gradient(
     const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }

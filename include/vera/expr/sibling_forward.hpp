@@ -56,7 +56,6 @@ void prepare_destinations(const char* operation, bool may_resize, Check&& check_
   });
 }
 
-}  // namespace detail
 
 /// \brief Y_i (n x out_i) = X W_i^T + bias_i + ((P Λd_i) B_i^T) Λb_i for every sibling, with
 ///        P = drop(X) A^T computed once for the group, lazily.
@@ -67,8 +66,8 @@ void prepare_destinations(const char* operation, bool may_resize, Check&& check_
 /// of any sibling both read. Each sibling's order comes from the cost model, with P charged once;
 /// `.with_order()` forces one order on every sibling.
 template <class Exec, class XD, class Group>
-class sibling_forward_expr : public uses_workspace<sibling_forward_expr<Exec, XD, Group>, typename Group::scalar>,
-                             public takes_order<sibling_forward_expr<Exec, XD, Group>> {
+class sibling_forward_expr : public detail::uses_workspace<detail::sibling_forward_expr<Exec, XD, Group>, typename Group::scalar>,
+                             public detail::takes_order<detail::sibling_forward_expr<Exec, XD, Group>> {
   using T = typename Group::scalar;
   static_assert(std::is_same_v<typename XD::Scalar, typename Group::storage>,
                 "vera::forward: X must have the scalar type of the siblings' W0");
@@ -155,20 +154,22 @@ class sibling_forward_expr : public uses_workspace<sibling_forward_expr<Exec, XD
   sibling_context<T>* sibling_context_ = nullptr;
 };
 
+}  // namespace detail
+
 /// \brief Lazy forward of every sibling of `group` on X (n x in) on policy `Exec`.
 ///
 /// Shapes: X n x in (the siblings' in_features); the results are Y_i n x out_i, one per
 /// sibling in the group's order. X must have the siblings' scalar type (checked at compile time).
 /// \throws shape_error naming X when its columns are not in (when the expression is built).
 template <class Exec, class XD, class... Layers, class = std::enable_if_t<std::is_empty_v<Exec>>>
-sibling_forward_expr<Exec, XD, sibling_group<Layers...>> forward(Exec, const Eigen::MatrixBase<XD>& x,
+detail::sibling_forward_expr<Exec, XD, sibling_group<Layers...>> forward(Exec, const Eigen::MatrixBase<XD>& x,
                                                                  const sibling_group<Layers...>& group) {
   return {x.derived(), group};
 }
 /// \brief Lazy forward of every sibling of `group` on X (n x in) on the default (CPU) policy;
 ///        as the overload above.
 template <class XD, class... Layers>
-sibling_forward_expr<exec::default_policy, XD, sibling_group<Layers...>> forward(
+detail::sibling_forward_expr<exec::default_policy, XD, sibling_group<Layers...>> forward(
     const Eigen::MatrixBase<XD>& x, const sibling_group<Layers...>& group) {
   return {x.derived(), group};
 }

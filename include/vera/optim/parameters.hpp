@@ -231,6 +231,8 @@ class parameter_list {
   std::vector<parameter<T>> items_;
 };
 
+namespace detail {
+
 /// \brief Per-parameter optimizer state (step count and up to two buffers), kept in step with a
 ///        parameter_list: what SGD and AdamW share.
 template <class T>
@@ -306,8 +308,6 @@ class slot_store {
   std::vector<std::vector<T>> first_;
   std::vector<std::vector<T>> second_;
 };
-
-namespace detail {
 
 /// \brief What SGD and AdamW share besides their update rule: the settings, the registered
 ///        parameters, their slots and the step count, with registration, checkpoints and the

@@ -17,11 +17,13 @@
 
 namespace vera::xt {
 
+namespace detail {
+
 /// \brief Evaluates xtensor parameter gradients on a CPU policy into `out`: G mapped (copied
 ///        once first when not dense row-major), and the Eigen family's parameter gradients over
 ///        the map, with e's workspace, evaluated into out's vera::gradients.
 template <class Exec, class G, class T, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const parameter_gradient_expr<Exec, G, T>& e, gradients<T>& out, assign_mode mode) {
+void evaluate(Exec, const detail::parameter_gradient_expr<Exec, G, T>& e, gradients<T>& out, assign_mode mode) {
   const detail::input_matrix<detail::storage_t<G, T>> g(e.upstream());
   const auto node = vera::parameter_gradients(Exec{}, g.map(), e.layer(), e.context());
   detail::with_scratch_of(e, node).eval_to(out.eigen(), mode);
@@ -32,7 +34,7 @@ void evaluate(Exec, const parameter_gradient_expr<Exec, G, T>& e, gradients<T>& 
 ///        with e's settings, evaluated into dx.
 template <class Exec, class G, class W, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const input_gradient_expr<Exec, G, W, T>& e, Dst& dx, assign_mode mode) {
+void evaluate(Exec, const detail::input_gradient_expr<Exec, G, W, T>& e, Dst& dx, assign_mode mode) {
   using S = detail::storage_t<G, T>;
   const detail::input_matrix<S> g(e.upstream());
   const detail::input_matrix<S> w0(e.w0());
@@ -40,18 +42,20 @@ void evaluate(Exec, const input_gradient_expr<Exec, G, W, T>& e, Dst& dx, assign
   detail::assign(detail::with_scratch_of(e, node.with_order(e.requested_order())), dx, mode);
 }
 
+}  // namespace detail
+
 /// \brief Lazy gradients of lambda_b and lambda_d. Shapes: G n x out (2-D), ctx from the
 ///        training forward of the same n rows. A temporary adapter is refused at compile time.
 /// \throws state_error if ctx holds no training forward; shape_error for a G that is not 2-D
 ///         n x out; rank_error when ctx was filled at another rank.
 template <class Exec, class G, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
-parameter_gradient_expr<Exec, G, T> parameter_gradients(Exec, G&& g, const adapter<T>& ad,
+detail::parameter_gradient_expr<Exec, G, T> parameter_gradients(Exec, G&& g, const adapter<T>& ad,
                                                         const forward_context<T>& ctx) {
   return {std::forward<G>(g), ad, ctx};
 }
 /// \brief Lazy gradients on the default (CPU) policy; as the overload above.
 template <class G, class T>
-parameter_gradient_expr<exec::default_policy, G, T> parameter_gradients(
+detail::parameter_gradient_expr<exec::default_policy, G, T> parameter_gradients(
     G&& g, const adapter<T>& ad, const forward_context<T>& ctx) {
   return {std::forward<G>(g), ad, ctx};
 }
@@ -62,13 +66,13 @@ void parameter_gradients(G&&, adapter<T>&&, const forward_context<T>&) = delete;
 ///        vera::xt::forward. A temporary adapter is refused at compile time.
 /// \throws as vera::xt::parameter_gradients; shape_error also for W0.
 template <class Exec, class G, class W, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
-input_gradient_expr<Exec, G, W, T> input_gradient(Exec, G&& g, W&& w0, const adapter<T>& ad,
+detail::input_gradient_expr<Exec, G, W, T> input_gradient(Exec, G&& g, W&& w0, const adapter<T>& ad,
                                                   const forward_context<T>& ctx) {
   return {std::forward<G>(g), std::forward<W>(w0), ad, ctx};
 }
 /// \brief Lazy gradient of the layer input on the default (CPU) policy; as the overload above.
 template <class G, class W, class T>
-input_gradient_expr<exec::default_policy, G, W, T> input_gradient(G&& g, W&& w0,
+detail::input_gradient_expr<exec::default_policy, G, W, T> input_gradient(G&& g, W&& w0,
                                                                   const adapter<T>& ad,
                                                                   const forward_context<T>& ctx) {
   return {std::forward<G>(g), std::forward<W>(w0), ad, ctx};

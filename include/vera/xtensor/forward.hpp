@@ -15,12 +15,14 @@
 
 namespace vera::xt {
 
+namespace detail {
+
 /// \brief Evaluates an xtensor forward on a CPU policy into `y` (a row-major map of the
 ///        destination): X, W0 and the bias mapped (copied once first when not dense row-major),
 ///        and the Eigen family's forward over the maps, with e's settings, evaluated into y.
 template <class Exec, class X, class W, class Bias, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const forward_expr<Exec, X, W, Bias, T>& e, Dst& y, assign_mode mode) {
+void evaluate(Exec, const detail::forward_expr<Exec, X, W, Bias, T>& e, Dst& y, assign_mode mode) {
   using S = detail::storage_t<X, T>;
   const detail::input_matrix<S> x(e.x());
   const detail::input_matrix<S> w0(e.w0());
@@ -30,6 +32,8 @@ void evaluate(Exec, const forward_expr<Exec, X, W, Bias, T>& e, Dst& y, assign_m
     detail::assign(detail::with_scratch_of(e, trained), y, mode);
   });
 }
+
+}  // namespace detail
 
 /// \brief Lazy forward of an adapted layer on policy `Exec`, from xtensor operands.
 ///
@@ -42,13 +46,13 @@ void evaluate(Exec, const forward_expr<Exec, X, W, Bias, T>& e, Dst& y, assign_m
 /// \throws shape_error naming the operand when a dimension count or shape is wrong.
 template <class Exec, class X, class W, class Bias, class T,
           class = std::enable_if_t<std::is_empty_v<Exec>>>
-forward_expr<Exec, X, W, Bias, T> forward(Exec, X&& x, W&& w0, Bias&& bias, const adapter<T>& ad) {
+detail::forward_expr<Exec, X, W, Bias, T> forward(Exec, X&& x, W&& w0, Bias&& bias, const adapter<T>& ad) {
   return {std::forward<X>(x), std::forward<W>(w0), std::forward<Bias>(bias), ad};
 }
 
 /// \brief Lazy forward on the default (CPU) policy; as the overload above.
 template <class X, class W, class Bias, class T>
-forward_expr<exec::default_policy, X, W, Bias, T> forward(X&& x, W&& w0, Bias&& bias,
+detail::forward_expr<exec::default_policy, X, W, Bias, T> forward(X&& x, W&& w0, Bias&& bias,
                                                          const adapter<T>& ad) {
   return {std::forward<X>(x), std::forward<W>(w0), std::forward<Bias>(bias), ad};
 }

@@ -16,34 +16,38 @@
 
 namespace vera::xt {
 
+namespace detail {
+
 /// \brief Evaluates an xtensor ΔW on a CPU policy into `dst` (a row-major map of the
 ///        destination): written on overwrite, added with `sign` on accumulate (1: merge, -1:
 ///        unmerge), by the Eigen family's ΔW with e's workspace.
 template <class Exec, class T, class Dst, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const delta_weight_expr<Exec, T>& e, Dst& dst, assign_mode mode, T sign = T(1)) {
+void evaluate(Exec, const detail::delta_weight_expr<Exec, T>& e, Dst& dst, assign_mode mode, T sign = T(1)) {
   const T keep = mode == assign_mode::accumulate ? T(1) : T(0);
-  evaluate(Exec{}, detail::with_scratch_of(e, vera::delta_weight_expr<Exec, T>(e.layer())), dst, keep, sign);
+  evaluate(Exec{}, detail::with_scratch_of(e, vera::detail::delta_weight_expr<Exec, T>(e.layer())), dst, keep, sign);
 }
 
 /// \brief Evaluates an xtensor W0 + ΔW on a CPU policy into `dst` (a row-major map of the
 ///        destination): W0 mapped (copied once first when not dense row-major), and the Eigen
 ///        family's merged weight over the map, with e's workspace, evaluated into dst.
 template <class Exec, class W, class T, class Dst, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const merged_weight_expr<Exec, W, T>& e, Dst& dst, assign_mode) {
+void evaluate(Exec, const detail::merged_weight_expr<Exec, W, T>& e, Dst& dst, assign_mode) {
   const detail::input_matrix<detail::storage_t<W, T>> w0(e.w0());
   detail::with_scratch_of(e, vera::merged_weight<Exec>(w0.map(), e.layer())).evalTo(dst);
 }
 
+}  // namespace detail
+
 /// \brief Lazy ΔW of `ad` on policy Exec (default: CPU).
 template <class Exec = exec::default_policy, class T>
-delta_weight_expr<Exec, T> delta_weight(const adapter<T>& ad) {
-  return delta_weight_expr<Exec, T>(ad);
+detail::delta_weight_expr<Exec, T> delta_weight(const adapter<T>& ad) {
+  return detail::delta_weight_expr<Exec, T>(ad);
 }
 
 /// \brief Lazy W0 + ΔW. Shapes: W0 as in vera::xt::forward.
 /// \throws shape_error when W0 is not 2-D or not the adapter's shape.
 template <class Exec = exec::default_policy, class W, class T>
-merged_weight_expr<Exec, W, T> merged_weight(W&& w0, const adapter<T>& ad) {
+detail::merged_weight_expr<Exec, W, T> merged_weight(W&& w0, const adapter<T>& ad) {
   return {std::forward<W>(w0), ad};
 }
 

@@ -16,6 +16,8 @@
 
 namespace vera::xt {
 
+namespace detail {
+
 /// \brief The xtensor operand family of the expression nodes (vera/expr/nodes.hpp).
 ///
 /// Operands are any xtensor expressions, held with xtensor's closure rule (a const reference to
@@ -25,7 +27,7 @@ namespace vera::xt {
 /// asserts the operands' scalar types and dimension counts, then runs the Eigen family's check
 /// over maps that carry only the operands' extents: the same messages, one per mistake. Results
 /// reach xt::xtensor destinations and vera::xt::gradients (vera/xtensor/result.hpp).
-struct xtensor_operands : eigen_operands {
+struct xtensor_operands : vera::detail::eigen_operands {
   /// How an operand of type E (as deduced from a forwarding reference) is held.
   template <class E>
   using held = detail::closure_t<E>;
@@ -33,7 +35,7 @@ struct xtensor_operands : eigen_operands {
   template <class B>
   using held_bias = detail::closure_t<B>;
   /// Where results go: new or existing 2-D tensors, vera::xt::gradients, W0 for merges.
-  using results = destinations<detail::matrix_result, detail::gradient_result, detail::delta_result,
+  using results = vera::detail::destinations<detail::matrix_result, detail::gradient_result, detail::delta_result,
                                detail::merged_result>;
 
   /// \brief Rows of a 2-D operand.
@@ -65,7 +67,7 @@ struct xtensor_operands : eigen_operands {
     }
     detail::check_dimension<2>("X", x);
     detail::check_dimension<2>("W0", w0);
-    eigen_operands::check_forward(detail::shape_only<S>(x), detail::shape_only<S>(w0),
+    vera::detail::eigen_operands::check_forward(detail::shape_only<S>(x), detail::shape_only<S>(w0),
                                   detail::bias_shape_only<S, T>(bias), ad);
   }
   /// \brief G of the parameter gradients, against the adapter and the context; as
@@ -76,7 +78,7 @@ struct xtensor_operands : eigen_operands {
                   "vera::xt::parameter_gradients: G must hold the adapter's scalar type (or bfloat16 "
                   "for a float adapter)");
     detail::check_dimension<2>("G", g);
-    eigen_operands::check_upstream(detail::shape_only<detail::storage_t<G, T>>(g), ad, ctx);
+    vera::detail::eigen_operands::check_upstream(detail::shape_only<detail::storage_t<G, T>>(g), ad, ctx);
   }
   /// \brief G and W0 of an input gradient (W0 of G's scalar); as vera::input_gradient.
   template <class G, class W, class T>
@@ -90,7 +92,7 @@ struct xtensor_operands : eigen_operands {
                   "vera::xt::input_gradient: W0 must hold G's scalar type");
     detail::check_dimension<2>("G", g);
     detail::check_dimension<2>("W0", w0);
-    eigen_operands::check_input_gradient(detail::shape_only<S>(g), detail::shape_only<S>(w0), ad, ctx);
+    vera::detail::eigen_operands::check_input_gradient(detail::shape_only<S>(g), detail::shape_only<S>(w0), ad, ctx);
   }
   /// \brief W0 of a merged weight; as vera::merged_weight.
   template <class W, class T>
@@ -99,7 +101,7 @@ struct xtensor_operands : eigen_operands {
                   "vera::xt::merged_weight: W0 must hold the adapter's scalar type (or bfloat16 for a "
                   "float adapter)");
     detail::check_dimension<2>("W0", w0);
-    eigen_operands::check_base_weight(detail::shape_only<detail::storage_t<W, T>>(w0), ad);
+    vera::detail::eigen_operands::check_base_weight(detail::shape_only<detail::storage_t<W, T>>(w0), ad);
   }
 };
 
@@ -112,10 +114,10 @@ struct xtensor_operands : eigen_operands {
 /// shape_error is thrown before anything is written); `expr.add_to(y)` accumulates (y must
 /// already be n x out and dense row-major). R is the adapter's T, or bfloat16 when X and W0 are
 /// bfloat16 (a float adapter); such a bfloat16 layer also writes its float32 result, unrounded,
-/// into a float destination. Evaluation throws aliasing_error as vera::forward_expr does, and
+/// into a float destination. Evaluation throws aliasing_error as vera::detail::forward_expr does, and
 /// value_error for the merged order on bfloat16 operands.
 template <class Exec, class X, class W, class Bias, class T>
-using forward_expr = vera::forward_expr<Exec, X, W, Bias, T, xtensor_operands>;
+using forward_expr = vera::detail::forward_expr<Exec, X, W, Bias, T, xtensor_operands>;
 
 /// \brief dL/d lambda_b and dL/d lambda_d from an xtensor G = dL/dY, lazily.
 ///
@@ -123,16 +125,16 @@ using forward_expr = vera::forward_expr<Exec, X, W, Bias, T, xtensor_operands>;
 /// the Eigen front-end's parameter_gradient_expr. G holds the adapter's T, or bfloat16 for a
 /// float adapter; the gradients stay in T.
 template <class Exec, class G, class T>
-using parameter_gradient_expr = vera::parameter_gradient_expr<Exec, G, T, xtensor_operands>;
+using parameter_gradient_expr = vera::detail::parameter_gradient_expr<Exec, G, T, xtensor_operands>;
 
 /// \brief dL/dX (n x in) = G (W0 + ΔW), with the dropout mask on the adapter term, lazily.
 ///
-/// Evaluated like vera::xt::forward_expr. G and W0 hold the adapter's T, or both bfloat16 for a
+/// Evaluated like vera::xt::detail::forward_expr. G and W0 hold the adapter's T, or both bfloat16 for a
 /// float adapter (then dX is bfloat16, or the float32 result in a float destination). Evaluation
 /// throws aliasing_error when dX overlaps G or W0, and value_error for the merged order on
 /// bfloat16 operands.
 template <class Exec, class G, class W, class T>
-using input_gradient_expr = vera::input_gradient_expr<Exec, G, W, T, xtensor_operands>;
+using input_gradient_expr = vera::detail::input_gradient_expr<Exec, G, W, T, xtensor_operands>;
 
 /// \brief ΔW = Λb B Λd A (out x in; in x out with fan_in_fan_out) as an xtensor, lazily.
 ///
@@ -142,17 +144,15 @@ using input_gradient_expr = vera::input_gradient_expr<Exec, G, W, T, xtensor_ope
 /// adapter's T; for a float adapter, `assign_to`, `add_to` and `subtract_from` also take a
 /// bfloat16 w, which gets PEFT's bfloat16 merge (ΔW and the sum in float32, rounded once).
 template <class Exec, class T>
-using delta_weight_expr = vera::delta_weight_expr<Exec, T, xtensor_operands>;
+using delta_weight_expr = vera::detail::delta_weight_expr<Exec, T, xtensor_operands>;
 
 /// \brief W0 + ΔW as an xtensor, lazily; W0 has the layout the adapter's options say.
 ///
-/// Evaluated through `eval()`, the conversion or `assign_to(w)`, as vera::xt::forward_expr; the
+/// Evaluated through `eval()`, the conversion or `assign_to(w)`, as vera::xt::detail::forward_expr; the
 /// result holds W0's scalar (a bfloat16 W0 with a float adapter gives PEFT's bfloat16 merge).
 /// Evaluation throws aliasing_error when the destination overlaps W0.
 template <class Exec, class W, class T>
-using merged_weight_expr = vera::merged_weight_expr<Exec, W, T, xtensor_operands>;
-
-namespace detail {
+using merged_weight_expr = vera::detail::merged_weight_expr<Exec, W, T, xtensor_operands>;
 
 /// `node`, the Eigen family's node over e's mapped operands, with e's workspace.
 template <class E, class Node>

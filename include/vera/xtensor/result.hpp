@@ -15,10 +15,10 @@
 
 namespace vera::xt {
 
+namespace detail {
+
 /// \brief The xtensor operand family of the expression nodes (vera/xtensor/operands.hpp).
 struct xtensor_operands;
-
-namespace detail {
 
 /// The scalar of the result computed from an operand E of an adapter<T>: bfloat16 for bfloat16
 /// operands, T otherwise (vera::detail::result_scalar_t, the Eigen family's rule).
@@ -32,11 +32,11 @@ struct computed_from {
 template <class Node>
 struct result_scalar;
 template <class Exec, class X, class W, class Bias, class T>
-struct result_scalar<vera::forward_expr<Exec, X, W, Bias, T, xtensor_operands>> : computed_from<X, T> {};
+struct result_scalar<vera::detail::forward_expr<Exec, X, W, Bias, T, xtensor_operands>> : computed_from<X, T> {};
 template <class Exec, class G, class W, class T>
-struct result_scalar<vera::input_gradient_expr<Exec, G, W, T, xtensor_operands>> : computed_from<G, T> {};
+struct result_scalar<vera::detail::input_gradient_expr<Exec, G, W, T, xtensor_operands>> : computed_from<G, T> {};
 template <class Exec, class W, class T>
-struct result_scalar<vera::merged_weight_expr<Exec, W, T, xtensor_operands>> : computed_from<W, T> {};
+struct result_scalar<vera::detail::merged_weight_expr<Exec, W, T, xtensor_operands>> : computed_from<W, T> {};
 template <class Node>
 using result_scalar_t = typename result_scalar<Node>::type;
 
@@ -173,7 +173,7 @@ template <class Derived, class Exec, class T>
 class gradient_result {
  public:
   /// \brief Writes (or adds) the gradients into `out`. On overwrite, empty buffers are sized;
-  ///        buffers of another size throw shape_error, as vera::parameter_gradient_expr::eval_to.
+  ///        buffers of another size throw shape_error, as vera::detail::parameter_gradient_expr::eval_to.
   /// \throws shape_error as described; state_error, rank_error as vera::parameter_gradients.
   void eval_to(gradients<T>& out, assign_mode mode = assign_mode::overwrite) const {
     evaluate(Exec{}, static_cast<const Derived&>(*this), out, mode);

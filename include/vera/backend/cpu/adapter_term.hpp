@@ -10,11 +10,13 @@
 
 namespace vera {
 
+namespace detail {
+
 /// \brief Evaluates an adapter term into `z` on the CPU: P = X A^T, then P (Λb B Λd)^T, or
 ///        ((P Λd) B^T) Λb where the plan keeps the scales on the thin sides.
 template <class Exec, class XD, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const adapter_term_expr<Exec, XD, T>& e, Dst& z, assign_mode mode) {
+void evaluate(Exec, const detail::adapter_term_expr<Exec, XD, T>& e, Dst& z, assign_mode mode) {
   vera::detail::check_no_alias("vera::adapter_term", z, "X", e.x());
   const adapter<T>& ad = e.layer();
   const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.x())>, 4>::type x(e.x());
@@ -38,5 +40,7 @@ void evaluate(Exec, const adapter_term_expr<Exec, XD, T>& e, Dst& z, assign_mode
     detail::cpu::gemm(z, p, detail::cpu::scaled_b(ad, ws).transpose(), accumulate);
   }
 }
+
+}  // namespace detail
 
 }  // namespace vera

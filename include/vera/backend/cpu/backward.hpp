@@ -46,6 +46,8 @@ void input_gradient_terms(const G& g, const W& w0, const adapter<T>& ad, const p
 
 }  // namespace detail::cpu
 
+namespace detail {
+
 /// \brief grad_b and grad_d from one GEMM, M = G^T P (out x rank):
 ///        grad_b[j] = sum_k B[j,k] d[k] M[j,k],  grad_d[k] = sum_j b[j] B[j,k] M[j,k].
 ///
@@ -53,7 +55,7 @@ void input_gradient_terms(const G& g, const W& w0, const adapter<T>& ad, const p
 /// form is never built, and the elementwise work is out x rank, independent of n. A single row
 /// takes the textbook form instead: Q and T are then vectors, and forming M would cost more.
 template <class Exec, class GD, class T, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const parameter_gradient_expr<Exec, GD, T>& e, gradients<T>& out,
+void evaluate(Exec, const detail::parameter_gradient_expr<Exec, GD, T>& e, gradients<T>& out,
               assign_mode mode) {
   if constexpr (detail::is_bfloat16<GD>) {
     const adapter<float>& ad = e.layer();
@@ -104,15 +106,13 @@ void evaluate(Exec, const parameter_gradient_expr<Exec, GD, T>& e, gradients<T>&
 /// \brief grad_X = G W0 + mask ⊙ (G Λb B Λd A) / (1 - p), in the order the cost model picks.
 template <class Exec, class GD, class WD, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx, assign_mode mode) {
+void evaluate(Exec, const detail::input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx, assign_mode mode) {
   vera::detail::check_no_alias("vera::input_gradient", dx, "G", e.upstream());
   vera::detail::check_no_alias("vera::input_gradient", dx, "W0", e.w0());
 
   if constexpr (detail::is_bfloat16<GD>) {
     const adapter<float>& ad = e.layer();
-    if (e.requested_order() == order::merged) {
-      throw value_error("vera::input_gradient: bfloat16 layers run the low-rank order only");
-    }
+    detail::cpu::bfloat16_path::require_low_rank("vera::input_gradient", e.requested_order());
     const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.upstream())>, 2>::type g(e.upstream());
     detail::cpu::scratch<T> scratch(e.scratch());
     detail::cpu::bfloat16_path::input_gradient(g, e.w0(), ad, e.context().mask_key(), dx, mode, scratch.get());
@@ -133,5 +133,7 @@ void evaluate(Exec, const input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx, assi
     if (how.chosen == order::low_rank) detail::cpu::add_back_projection(t, ad.a(), key, dx, ws);
   }
 }
+
+}  // namespace detail
 
 }  // namespace vera

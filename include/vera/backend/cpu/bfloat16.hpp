@@ -18,6 +18,17 @@
 
 namespace vera::detail::cpu::bfloat16_path {
 
+/// Refuses a requested merged order, before anything is written: every bfloat16 operation runs
+/// the low-rank order, since a merged bfloat16 weight would round differently from the unmerged
+/// layer. `operation` names the call in the message.
+inline void require_low_rank(const char* operation, order requested) {
+  if (requested == order::merged) {
+    throw value_error(std::string(operation) +
+                      ": bfloat16 layers run the low-rank order only (a merged bfloat16 weight would "
+                      "round differently from the unmerged layer)");
+  }
+}
+
 // A layer with bfloat16 X, W0 and G computes as PEFT does for a bfloat16 model: A and B rounded
 // to bfloat16 once (the projection keeps those copies), every GEMM on bfloat16 factors with a
 // float32 accumulator, the scales, P and the gradients of b and d in float32. Thin operands are

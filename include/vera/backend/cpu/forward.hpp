@@ -70,18 +70,17 @@ void adapted_product(const X& x, const P& p, const W& w0, const Bias& bias, cons
 
 }  // namespace detail::cpu
 
+namespace detail {
+
 /// \brief Evaluates a forward expression into `y` on the CPU.
 template <class Exec, class XD, class WD, class Bias, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign_mode mode) {
+void evaluate(Exec, const detail::forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign_mode mode) {
   vera::detail::check_forward_aliases("vera::forward", y, e);
 
   if constexpr (detail::is_bfloat16<XD>) {
     const adapter<float>& ad = e.layer();
-    if (e.requested_order() == order::merged) {
-      throw value_error("vera::forward: bfloat16 layers run the low-rank order only (a merged "
-                        "bfloat16 weight would round differently from the unmerged layer)");
-    }
+    detail::cpu::bfloat16_path::require_low_rank("vera::forward", e.requested_order());
     const typename Eigen::internal::nested_eval<std::decay_t<decltype(e.x())>, 4>::type x(e.x());
     detail::cpu::scratch<T> scratch(e.scratch());
     detail::cpu::bfloat16_path::forward(x, e.w0(), e.bias(), ad, e.context(), y, mode, scratch.get());
@@ -122,5 +121,7 @@ void evaluate(Exec, const forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign
     if (ctx != nullptr) ctx->finish_step();
   }
 }
+
+}  // namespace detail
 
 }  // namespace vera

@@ -12,9 +12,11 @@
 
 namespace vera {
 
+namespace detail {
+
 /// \brief dst = keep * dst + sign * ΔW, with the two scales folded into the small out x rank side.
 template <class Exec, class T, class Dst, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const delta_weight_expr<Exec, T>& e, Dst& dst, T keep, T sign) {
+void evaluate(Exec, const detail::delta_weight_expr<Exec, T>& e, Dst& dst, T keep, T sign) {
   const adapter<T>& ad = e.layer();
   detail::cpu::scratch<T> scratch(e.scratch());
   if constexpr (detail::is_bfloat16<Dst>) {
@@ -30,6 +32,8 @@ void evaluate(Exec, const delta_weight_expr<Exec, T>& e, Dst& dst, T keep, T sig
     }
   }
 }
+
+}  // namespace detail
 
 /// \brief Λb B Λd (out x rank), the left factor of ΔW = (Λb B Λd) A, computed and rounded
 ///        exactly as the merge evaluator computes it (e.g. an exact LoRA lora_B).

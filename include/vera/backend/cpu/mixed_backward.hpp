@@ -127,19 +127,13 @@ void backward(const E& e, const GD& g, const W* w0, order requested, mixed_gradi
   }
 }
 
-/// Refuses a requested merged order for bfloat16 storage, before anything is written.
-template <class GD>
-void require_low_rank(const char* operation, order requested) {
-  if (vera::detail::is_bfloat16<GD> && requested == order::merged) {
-    throw value_error(std::string(operation) + ": bfloat16 layers run the low-rank order only");
-  }
-}
-
 }  // namespace detail::cpu::mixed
+
+namespace detail {
 
 /// \brief Parameter gradients of every adapter in the batch, on the CPU.
 template <class Exec, class GD, class T, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const mixed_parameter_gradient_expr<Exec, GD, T>& e, mixed_gradients<T>& out,
+void evaluate(Exec, const detail::mixed_parameter_gradient_expr<Exec, GD, T>& e, mixed_gradients<T>& out,
               assign_mode mode) {
   // No dX: a placeholder type in G's storage.
   using matrix = Eigen::Matrix<typename GD::Scalar, Eigen::Dynamic, Eigen::Dynamic>;
@@ -150,10 +144,12 @@ void evaluate(Exec, const mixed_parameter_gradient_expr<Exec, GD, T>& e, mixed_g
 /// \brief dL/dX of a mixed batch, on the CPU.
 template <class Exec, class GD, class WD, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const mixed_input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx, assign_mode mode) {
+void evaluate(Exec, const detail::mixed_input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx, assign_mode mode) {
   vera::detail::check_no_alias("vera::mixed_input_gradient", dx, "G", e.upstream());
   vera::detail::check_no_alias("vera::mixed_input_gradient", dx, "W0", e.w0());
-  detail::cpu::mixed::require_low_rank<GD>("vera::mixed_input_gradient", e.requested_order());
+  if constexpr (vera::detail::is_bfloat16<GD>) {
+    detail::cpu::bfloat16_path::require_low_rank("vera::mixed_input_gradient", e.requested_order());
+  }
   detail::cpu::mixed::backward(e, e.upstream(), &e.w0(), e.requested_order(),
                                static_cast<mixed_gradients<T>*>(nullptr), &dx, mode);
 }
@@ -161,12 +157,16 @@ void evaluate(Exec, const mixed_input_gradient_expr<Exec, GD, WD, T>& e, Dst& dx
 /// \brief Parameter gradients and dL/dX of a mixed batch in one pass, on the CPU.
 template <class Exec, class GD, class WD, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const mixed_backward_expr<Exec, GD, WD, T>& e, mixed_gradients<T>& out, Dst& dx,
+void evaluate(Exec, const detail::mixed_backward_expr<Exec, GD, WD, T>& e, mixed_gradients<T>& out, Dst& dx,
               assign_mode mode) {
   vera::detail::check_no_alias("vera::mixed_backward", dx, "G", e.upstream());
   vera::detail::check_no_alias("vera::mixed_backward", dx, "W0", e.w0());
-  detail::cpu::mixed::require_low_rank<GD>("vera::mixed_backward", e.requested_order());
+  if constexpr (vera::detail::is_bfloat16<GD>) {
+    detail::cpu::bfloat16_path::require_low_rank("vera::mixed_backward", e.requested_order());
+  }
   detail::cpu::mixed::backward(e, e.upstream(), &e.w0(), e.requested_order(), &out, &dx, mode);
 }
+
+}  // namespace detail
 
 }  // namespace vera

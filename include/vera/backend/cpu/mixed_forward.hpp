@@ -16,6 +16,8 @@
 
 namespace vera {
 
+namespace detail {
+
 /// \brief Evaluates a mixed forward into `y` on the CPU.
 ///
 /// Y = bias + X W0^T, then the adapter term in one of three ways:
@@ -29,15 +31,12 @@ namespace vera {
 /// bfloat16 path itself.
 template <class Exec, class XD, class WD, class Bias, class T, class Dst,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign_mode mode) {
+void evaluate(Exec, const detail::mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, assign_mode mode) {
   vera::detail::check_forward_aliases("vera::mixed_forward", y, e);
 
   if constexpr (detail::is_bfloat16<XD>) {
     // Checked before a context or the destination is touched.
-    if (e.requested_order() == order::merged) {
-      throw value_error("vera::mixed_forward: bfloat16 layers run the low-rank order only (a merged "
-                        "bfloat16 weight would round differently from the unmerged layer)");
-    }
+    detail::cpu::bfloat16_path::require_low_rank("vera::mixed_forward", e.requested_order());
   }
   const adapter_set<T>& set = e.set();
   // The set may have changed since the expression was built: check again before writing.
@@ -130,5 +129,7 @@ void evaluate(Exec, const mixed_forward_expr<Exec, XD, WD, Bias, T>& e, Dst& y, 
     if (ctx != nullptr) ctx->finish_step(&set, set.version());
   }
 }
+
+}  // namespace detail
 
 }  // namespace vera

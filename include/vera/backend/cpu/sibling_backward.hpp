@@ -15,10 +15,12 @@
 
 namespace vera {
 
+namespace detail {
+
 /// \brief grad_X = sum_i G_i W_i + mask ⊙ ((sum_i G_i Λb_i B_i Λd_i) A) / (1 - p): the thin
 ///        n x rank terms of the low-rank siblings are summed first, then projected back once.
 template <class Exec, class Group, class... GD, class Dst, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const sibling_input_gradient_expr<Exec, Group, GD...>& e, Dst& dx, assign_mode mode) {
+void evaluate(Exec, const detail::sibling_input_gradient_expr<Exec, Group, GD...>& e, Dst& dx, assign_mode mode) {
   using T = typename Group::scalar;
   const Group& group = e.group();
   const auto& upstream = e.upstream();
@@ -28,9 +30,7 @@ void evaluate(Exec, const sibling_input_gradient_expr<Exec, Group, GD...>& e, Ds
   detail::cpu::scratch<T> scratch(e.scratch());
   workspace<T>& ws = scratch.get();
   if constexpr (std::is_same_v<typename Group::storage, Eigen::bfloat16>) {
-    if (e.requested_order() == order::merged) {
-      throw value_error("vera::input_gradient (siblings): bfloat16 layers run the low-rank order only");
-    }
+    detail::cpu::bfloat16_path::require_low_rank("vera::input_gradient (siblings)", e.requested_order());
     // The thin terms of all siblings summed in float32, rounded once, projected back once.
     auto acc = detail::cpu::bfloat16_path::accumulator(dx, mode, ws);
     auto t = ws.get(detail::cpu::slot_thin, rows, group.rank());
@@ -66,7 +66,7 @@ void evaluate(Exec, const sibling_input_gradient_expr<Exec, Group, GD...>& e, Ds
 /// \brief The one-pass group backward from a context that kept Q_i (see sibling_backward_expr).
 template <class Exec, class Group, class... GD, class DX, class... Out,
           class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const sibling_backward_expr<Exec, Group, GD...>& e, DX& dx, std::tuple<Out&...> grads,
+void evaluate(Exec, const detail::sibling_backward_expr<Exec, Group, GD...>& e, DX& dx, std::tuple<Out&...> grads,
               assign_mode mode) {
   using T = typename Group::scalar;
   const Group& group = e.group();
@@ -120,5 +120,7 @@ void evaluate(Exec, const sibling_backward_expr<Exec, Group, GD...>& e, DX& dx, 
     detail::cpu::add_back_projection(s, group.lead().a(), shared.mask_key(), dx, ws);
   }
 }
+
+}  // namespace detail
 
 }  // namespace vera

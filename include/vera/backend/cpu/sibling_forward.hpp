@@ -31,9 +31,11 @@ std::array<vera::detail::product_extents, Group::size> sibling_extents(const Gro
 
 }  // namespace detail::cpu
 
+namespace detail {
+
 /// \brief Evaluates a sibling-group forward into one destination per sibling on the CPU.
 template <class Exec, class XD, class Group, class... Dst, class = std::enable_if_t<exec::is_cpu_policy<Exec>>>
-void evaluate(Exec, const sibling_forward_expr<Exec, XD, Group>& e, std::tuple<Dst&...> ys, assign_mode mode) {
+void evaluate(Exec, const detail::sibling_forward_expr<Exec, XD, Group>& e, std::tuple<Dst&...> ys, assign_mode mode) {
   using T = typename Group::scalar;
   using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
   const Group& group = e.group();
@@ -45,10 +47,7 @@ void evaluate(Exec, const sibling_forward_expr<Exec, XD, Group>& e, std::tuple<D
 
   if constexpr (detail::is_bfloat16<XD>) {
     // Checked before a context is touched.
-    if (e.requested_order() == order::merged) {
-      throw value_error("vera::forward (siblings): bfloat16 layers run the low-rank order only (a merged "
-                        "bfloat16 weight would round differently from the unmerged layer)");
-    }
+    detail::cpu::bfloat16_path::require_low_rank("vera::forward (siblings)", e.requested_order());
   }
   sibling_context<T>* kept = e.kept_context();
   forward_context<T>* ctx = kept != nullptr ? &kept->begin_step(Group::size) : e.context();
@@ -118,5 +117,7 @@ void evaluate(Exec, const sibling_forward_expr<Exec, XD, Group>& e, std::tuple<D
     if (kept != nullptr) kept->finish_step();
   }
 }
+
+}  // namespace detail
 
 }  // namespace vera

@@ -101,7 +101,6 @@ struct gradients_ref {
 
 namespace detail {
 struct stream_setting;
-}  // namespace detail
 
 /// \brief Base of the device expressions: `.on(ctx)` names the stream and cuBLAS handle, and
 ///        `.using_workspace(ws)` the scratch memory. Both are required: the backend neither
@@ -142,8 +141,6 @@ class device_settings : public vera::detail::setting<Derived, detail::stream_set
   }
 };
 
-namespace detail {
-
 /// The upstream gradient against the layer and its forward context, as the host front-end
 /// checks it.
 template <class T>
@@ -164,15 +161,11 @@ void check_upstream(const matrix_ref<const T>& g, const layer_ref<T>& layer,
 template <class Exec>
 inline constexpr bool device_policy = exec::is_cuda_policy<Exec>;
 
-}  // namespace detail
-
 /// \brief The device operand family of the expression nodes (vera/expr/nodes.hpp): row-major
 ///        device views held by value, a layer_ref held by value (a temporary one is fine),
 ///        results enqueued into device views with `.eval_to(dst)` / `.add_to(dst)` on the stream
 ///        given with `.on()`. Both `.on()` and `.using_workspace()` are required.
 struct device_operands;
-
-namespace detail {
 
 /// A node of the device family evaluates on a CUDA policy only.
 template <class Exec>
@@ -220,8 +213,6 @@ class merged_result : device_family_policy<Exec> {
   void eval_to(matrix_ref<T> w) const { evaluate(Exec{}, static_cast<const Derived&>(*this), w); }
 };
 
-}  // namespace detail
-
 struct device_operands {
   /// Operands are device views, held by value.
   template <class D>
@@ -242,7 +233,7 @@ struct device_operands {
   template <class Derived, class T>
   using scratch = device_settings<Derived>;
   /// Where results go: device views and gradients_ref, enqueued on the stream.
-  using results = destinations<detail::matrix_result, detail::gradient_result, detail::delta_result,
+  using results = vera::detail::destinations<detail::matrix_result, detail::gradient_result, detail::delta_result,
                                detail::merged_result>;
 
   /// \brief The layer view itself.
@@ -308,21 +299,21 @@ struct device_operands {
 ///        forward node over device views. `.eval_to(Y)` overwrites, `.add_to(Y)` accumulates;
 ///        evaluation runs vera::cuda::forward or forward_train on the stream given with `.on()`.
 template <class Exec, class T>
-using forward_expr = vera::forward_expr<Exec, matrix_ref<const T>, matrix_ref<const T>, const T*, T, device_operands>;
+using forward_expr = vera::detail::forward_expr<Exec, matrix_ref<const T>, matrix_ref<const T>, const T*, T, device_operands>;
 /// \brief dL/d lambda_b and dL/d lambda_d on the device, lazily: `.eval_to(grads)` overwrites,
 ///        `.add_to(grads)` accumulates.
 template <class Exec, class T>
-using parameter_gradient_expr = vera::parameter_gradient_expr<Exec, matrix_ref<const T>, T, device_operands>;
+using parameter_gradient_expr = vera::detail::parameter_gradient_expr<Exec, matrix_ref<const T>, T, device_operands>;
 /// \brief dL/dX (n x in) = G W0 + drop((G Λb B Λd) A) on the device, lazily.
 template <class Exec, class T>
-using input_gradient_expr = vera::input_gradient_expr<Exec, matrix_ref<const T>, matrix_ref<const T>, T, device_operands>;
+using input_gradient_expr = vera::detail::input_gradient_expr<Exec, matrix_ref<const T>, matrix_ref<const T>, T, device_operands>;
 /// \brief ΔW = Λb B Λd A on the device, lazily: `.eval_to(dW)` writes ΔW, `.add_to(W0)` is a merge
 ///        and `.subtract_from(W0)` an unmerge.
 template <class Exec, class T>
-using delta_weight_expr = vera::delta_weight_expr<Exec, T, device_operands>;
+using delta_weight_expr = vera::detail::delta_weight_expr<Exec, T, device_operands>;
 /// \brief W0 + ΔW on the device into a separate matrix of W0's shape, lazily.
 template <class Exec, class T>
-using merged_weight_expr = vera::merged_weight_expr<Exec, matrix_ref<const T>, T, device_operands>;
+using merged_weight_expr = vera::detail::merged_weight_expr<Exec, matrix_ref<const T>, T, device_operands>;
 
 // Evaluators of the CUDA policies. An expression's eval_to / add_to call evaluate(Exec{}, ...)
 // unqualified, so a tag derived from exec::cuda can bring overloads of its own.
@@ -331,7 +322,7 @@ using merged_weight_expr = vera::merged_weight_expr<Exec, matrix_ref<const T>, T
 ///        context's storage and next dropout key (the context records the step only once the
 ///        call has been enqueued, so a refused call leaves it as it was).
 template <class Exec, class T, std::enable_if_t<detail::device_policy<Exec>, int> = 0>
-void evaluate(Exec, const forward_expr<Exec, T>& e, matrix_ref<T> y, assign_mode mode) {
+void evaluate(Exec, const detail::forward_expr<Exec, T>& e, matrix_ref<T> y, assign_mode mode) {
   forward_context<T>* ctx = e.context();
   e.check_settings(ctx != nullptr ? "vera::cuda::forward_train" : "vera::cuda::forward");
   const bool accumulate = mode == assign_mode::accumulate;
@@ -349,7 +340,7 @@ void evaluate(Exec, const forward_expr<Exec, T>& e, matrix_ref<T> y, assign_mode
 
 /// \brief Runs vera::cuda::parameter_gradients on the context's P.
 template <class Exec, class T, std::enable_if_t<detail::device_policy<Exec>, int> = 0>
-void evaluate(Exec, const parameter_gradient_expr<Exec, T>& e, gradients_ref out, assign_mode mode) {
+void evaluate(Exec, const detail::parameter_gradient_expr<Exec, T>& e, gradients_ref out, assign_mode mode) {
   e.check_settings("vera::cuda::parameter_gradients");
   vera::cuda::parameter_gradients<T>(e.on_stream(), e.layer(), e.upstream(), e.context().projected(), out.lambda_b,
                          out.lambda_d, e.scratch(), mode == assign_mode::accumulate);
@@ -357,7 +348,7 @@ void evaluate(Exec, const parameter_gradient_expr<Exec, T>& e, gradients_ref out
 
 /// \brief Runs vera::cuda::input_gradient with the forward's dropout key.
 template <class Exec, class T, std::enable_if_t<detail::device_policy<Exec>, int> = 0>
-void evaluate(Exec, const input_gradient_expr<Exec, T>& e, matrix_ref<T> dx, assign_mode mode) {
+void evaluate(Exec, const detail::input_gradient_expr<Exec, T>& e, matrix_ref<T> dx, assign_mode mode) {
   e.check_settings("vera::cuda::input_gradient");
   vera::cuda::input_gradient<T>(e.on_stream(), e.layer(), e.upstream(), e.w0(), dx, e.scratch(),
                     &e.context().mask_key(), mode == assign_mode::accumulate, e.requested_order());
@@ -365,7 +356,7 @@ void evaluate(Exec, const input_gradient_expr<Exec, T>& e, matrix_ref<T> dx, ass
 
 /// \brief dst = keep dst + sign ΔW: ΔW alone (0, 1), merge (1, 1), unmerge (1, -1).
 template <class Exec, class T, std::enable_if_t<detail::device_policy<Exec>, int> = 0>
-void evaluate(Exec, const delta_weight_expr<Exec, T>& e, matrix_ref<T> dst, float keep, float sign) {
+void evaluate(Exec, const detail::delta_weight_expr<Exec, T>& e, matrix_ref<T> dst, float keep, float sign) {
   const char* operation = keep == 0.0f ? "vera::delta_weight (exec::cuda)"
                                        : (sign > 0.0f ? "vera::cuda::merge" : "vera::cuda::unmerge");
   e.check_settings(operation);
@@ -375,12 +366,14 @@ void evaluate(Exec, const delta_weight_expr<Exec, T>& e, matrix_ref<T> dst, floa
 
 /// \brief Runs the merged copy W = W0 + ΔW.
 template <class Exec, class T, std::enable_if_t<detail::device_policy<Exec>, int> = 0>
-void evaluate(Exec, const merged_weight_expr<Exec, T>& e, matrix_ref<T> w) {
+void evaluate(Exec, const detail::merged_weight_expr<Exec, T>& e, matrix_ref<T> w) {
   const char* operation = "vera::merged_weight (exec::cuda)";
   e.check_settings(operation);
   const matrix_ref<const T> w0 = e.w0();
   detail::merge_signed(e.on_stream(), e.layer(), w, e.scratch(), 1.0f, 1.0f, operation, "destination (W0 + ΔW)", &w0);
 }
+
+}  // namespace detail
 
 }  // namespace vera::cuda
 
@@ -393,13 +386,13 @@ namespace vera {
 /// the result is n x out. The layer view is copied: a temporary layer_ref is fine.
 /// \throws shape_error, rank_error or value_error naming the operand, when the expression is built.
 template <class Exec, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
-cuda::forward_expr<Exec, T> forward(Exec, cuda::input_ref<T> x, cuda::input_ref<T> w0,
+cuda::detail::forward_expr<Exec, T> forward(Exec, cuda::input_ref<T> x, cuda::input_ref<T> w0,
                                     cuda::detail::nondeduced<const T*> bias, const cuda::layer_ref<T>& layer) {
   return {x, w0, bias, layer};
 }
 /// \brief Lazy forward on device views: exec::cuda, the only policy that evaluates them.
 template <class T>
-cuda::forward_expr<exec::cuda, T> forward(cuda::input_ref<T> x, cuda::input_ref<T> w0,
+cuda::detail::forward_expr<exec::cuda, T> forward(cuda::input_ref<T> x, cuda::input_ref<T> w0,
                                           cuda::detail::nondeduced<const T*> bias, const cuda::layer_ref<T>& layer) {
   return {x, w0, bias, layer};
 }
@@ -409,14 +402,14 @@ cuda::forward_expr<exec::cuda, T> forward(cuda::input_ref<T> x, cuda::input_ref<
 /// \throws state_error if ctx holds no training forward; shape_error for G of another shape;
 ///         rank_error when ctx holds another rank.
 template <class Exec, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
-cuda::parameter_gradient_expr<Exec, T> parameter_gradients(Exec, cuda::input_ref<T> g,
+cuda::detail::parameter_gradient_expr<Exec, T> parameter_gradients(Exec, cuda::input_ref<T> g,
                                                            const cuda::layer_ref<T>& layer,
                                                            const cuda::forward_context<T>& ctx) {
   return {g, layer, ctx};
 }
 /// \brief As above, on exec::cuda.
 template <class T>
-cuda::parameter_gradient_expr<exec::cuda, T> parameter_gradients(cuda::input_ref<T> g,
+cuda::detail::parameter_gradient_expr<exec::cuda, T> parameter_gradients(cuda::input_ref<T> g,
                                                                  const cuda::layer_ref<T>& layer,
                                                                  const cuda::forward_context<T>& ctx) {
   return {g, layer, ctx};
@@ -433,14 +426,14 @@ void parameter_gradients(cuda::input_ref<T>, const cuda::layer_ref<T>&, cuda::fo
 /// \throws state_error if ctx holds no training forward; shape_error for G or W0 of another
 ///         shape; rank_error when ctx holds another rank.
 template <class Exec, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
-cuda::input_gradient_expr<Exec, T> input_gradient(Exec, cuda::input_ref<T> g, cuda::input_ref<T> w0,
+cuda::detail::input_gradient_expr<Exec, T> input_gradient(Exec, cuda::input_ref<T> g, cuda::input_ref<T> w0,
                                                   const cuda::layer_ref<T>& layer,
                                                   const cuda::forward_context<T>& ctx) {
   return {g, w0, layer, ctx};
 }
 /// \brief As above, on exec::cuda.
 template <class T>
-cuda::input_gradient_expr<exec::cuda, T> input_gradient(cuda::input_ref<T> g, cuda::input_ref<T> w0,
+cuda::detail::input_gradient_expr<exec::cuda, T> input_gradient(cuda::input_ref<T> g, cuda::input_ref<T> w0,
                                                         const cuda::layer_ref<T>& layer,
                                                         const cuda::forward_context<T>& ctx) {
   return {g, w0, layer, ctx};
@@ -456,15 +449,15 @@ void input_gradient(cuda::input_ref<T>, cuda::input_ref<T>, const cuda::layer_re
 /// \brief Lazy W0 + ΔW of a device layer on policy Exec (default: exec::cuda), W0's shape.
 /// \throws shape_error, rank_error or value_error when W0 or the layer does not fit.
 template <class Exec = exec::cuda, class T>
-cuda::merged_weight_expr<Exec, T> merged_weight(cuda::input_ref<T> w0, const cuda::layer_ref<T>& layer) {
-  return cuda::merged_weight_expr<Exec, T>(w0, layer);
+cuda::detail::merged_weight_expr<Exec, T> merged_weight(cuda::input_ref<T> w0, const cuda::layer_ref<T>& layer) {
+  return cuda::detail::merged_weight_expr<Exec, T>(w0, layer);
 }
 
 /// \brief Lazy ΔW of a device layer on policy Exec (default: exec::cuda).
 /// \throws shape_error, rank_error or value_error when the layer does not fit its projection.
 template <class Exec = exec::cuda, class T>
-cuda::delta_weight_expr<Exec, T> delta_weight(const cuda::layer_ref<T>& layer) {
-  return cuda::delta_weight_expr<Exec, T>(layer);
+cuda::detail::delta_weight_expr<Exec, T> delta_weight(const cuda::layer_ref<T>& layer) {
+  return cuda::detail::delta_weight_expr<Exec, T>(layer);
 }
 
 }  // namespace vera
