@@ -4,9 +4,12 @@
 variable and enumeration declared at namespace scope outside a `detail` namespace, as Doxygen
 sees the headers (every optional part preprocessed in, as the API reference is built).
 
-    tools/count_public_api.py [--list]
+    tools/count_public_api.py [--list] [--check PAGE]
 
-Needs doxygen on PATH.
+--check PAGE fails (exit 1) unless every public name appears in PAGE as `vera::...` and every
+`vera::...` name PAGE lists is public: the API reference by topic stays complete and current.
+
+Needs doxygen (on PATH, or given with --doxygen).
 """
 import argparse
 import collections
@@ -44,6 +47,10 @@ def public_names(xml_dir: pathlib.Path) -> set:
         if kind in ("class", "struct", "union"):
             if "::" in name and not name.startswith("vera"):
                 continue
+            # A class nested in the private part of another is not public.
+            definition = ET.parse(xml_dir / "xml" / f"{compound.get('refid')}.xml").getroot()
+            if definition.find("compounddef").get("prot") in ("private", "protected"):
+                continue
             names.add(name.split("<")[0])
         elif kind == "namespace" and name.startswith("vera"):
             for member in compound.findall("member"):
@@ -55,10 +62,12 @@ def public_names(xml_dir: pathlib.Path) -> set:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--list", action="store_true", help="print every name")
+    parser.add_argument("--doxygen", default="doxygen", help="the doxygen program (default: from PATH)")
+    parser.add_argument("--check", type=pathlib.Path, help="a page that must list exactly the public names")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp)
-        subprocess.run(["doxygen", "-"], input=doxyfile(out), text=True, check=True,
+        subprocess.run([args.doxygen, "-"], input=doxyfile(out), text=True, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         names = public_names(out)
     by_namespace = collections.Counter(n.rsplit("::", 1)[0] for n in names)
@@ -68,6 +77,16 @@ def main() -> int:
     for namespace, count in sorted(by_namespace.items()):
         print(f"{count:5d}  {namespace}")
     print(f"{len(names):5d}  total ({by_namespace['vera']} directly in vera::)")
+    if args.check:
+        listed = set(re.findall(r"`(vera::[A-Za-z_:]+)`", args.check.read_text()))
+        missing, stale = sorted(names - listed), sorted(listed - names)
+        for name in missing:
+            print(f"{args.check}: public name not listed: {name}")
+        for name in stale:
+            print(f"{args.check}: listed but not public: {name}")
+        if missing or stale:
+            return 1
+        print(f"{args.check}: lists all {len(names)} public names")
     return 0
 
 
