@@ -66,21 +66,19 @@ void backward_one_adapter(const adapter_set<T>& set, const mixed_context<T>& ctx
 ///   grad_b[a] += Σ_{i in a} G_i ⊙ Q_i,  Q = (P ⊙ s d_a(i)) B^T    (GEMM + pass over n x out;
 ///                                           the pass only when the forward kept Q as Z)
 ///   dX (+)= G W0 + drop((T ⊙ s d_a(i)) A)                           (two GEMMs)
-/// `grads` and `dx` may be null; gradients must be sized by the caller. On overwrite every
-/// gradient column is written (zero where nothing flows).
-template <class T, class GD, class W, class DX>
-void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const GD& g_expr,
+/// `g` is evaluated and `batch` summarises its rows (see backward). `grads` and `dx` may be null;
+/// gradients must be sized by the caller. On overwrite every gradient column is written (zero
+/// where nothing flows).
+template <class T, class G, class W, class DX>
+void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const G& g, batch_rows batch,
                    const W* w0, mixed_workspace<T>& ws, bool workspace_reused, order requested,
                    mixed_gradients<T>* grads, DX* dx, assign_mode mode) {
-  // Evaluate an expression-valued G once: it feeds up to four products and passes.
-  const typename Eigen::internal::nested_eval<GD, 4>::type g(g_expr);
   const index n = g.rows();
   const index out = set.out_features();
   const index rank = set.rank();
   const index* columns = ctx.row_columns().data();
   const auto& p = ctx.projected();
 
-  batch_rows batch = summarise_rows(set, columns, n);
   if (batch.adapter_rows == n && n > 0 && !batch.several) {
     backward_one_adapter(set, ctx, batch.single_column, g, w0, ws, workspace_reused, requested, grads, dx, mode);
     return;
@@ -115,15 +113,19 @@ void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const
 }
 
 /// The mixed backward of `e` (G of type GD), by the bfloat16 path for bfloat16 storage: the one
-/// call each evaluator below makes. `grads` and `dx` may be null.
+/// call each evaluator below makes. G is evaluated and its rows summarised here, once for either
+/// path. `grads` and `dx` may be null.
 template <class E, class GD, class W, class T, class DX>
-void backward(const E& e, const GD& g, const W* w0, order requested, mixed_gradients<T>* grads, DX* dx,
+void backward(const E& e, const GD& g_expr, const W* w0, order requested, mixed_gradients<T>* grads, DX* dx,
               assign_mode mode) {
   scratch<T> local(e.scratch());
+  // Evaluate an expression-valued G once: it feeds up to four products and passes.
+  const typename Eigen::internal::nested_eval<GD, 4>::type g(g_expr);
+  const batch_rows batch = summarise_rows(e.set(), e.context().row_columns().data(), g.rows());
   if constexpr (vera::detail::is_bfloat16<GD>) {
-    bfloat16_path::backward(e.set(), e.context(), g, w0, local.get(), grads, dx, mode);
+    bfloat16_path::backward(e.set(), e.context(), g, batch, w0, local.get(), grads, dx, mode);
   } else {
-    backward_pass(e.set(), e.context(), g, w0, local.get(), local.reused(), requested, grads, dx, mode);
+    backward_pass(e.set(), e.context(), g, batch, w0, local.get(), local.reused(), requested, grads, dx, mode);
   }
 }
 

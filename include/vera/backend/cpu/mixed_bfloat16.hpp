@@ -165,11 +165,10 @@ void add_times_a(const U& u, const adapter_set<float>& set, const index* columns
 /// path's grad_X on the adapter (its own plan and mask). Otherwise T = bf16(G ⊙ b_a(i)) B serves
 /// grad_d and dX as in backward_pass, grad_b sums G ⊙ Q with Q = bf16(S) B^T (or the kept Z), and
 /// dX += drop(bf16(T ⊙ s d_a(i)) A).
-template <class GD, class W, class DX>
-void backward(const adapter_set<float>& set, const mixed_context<float>& ctx, const GD& g_expr, const W* w0,
-              mixed_workspace<float>& ws, mixed_gradients<float>* grads, DX* dx, assign_mode mode) {
-  // Evaluate an expression-valued G once: it feeds up to four products and passes.
-  const typename Eigen::internal::nested_eval<GD, 4>::type g(g_expr);
+/// `g` is evaluated and `batch` summarises its rows (see mixed::backward).
+template <class G, class W, class DX>
+void backward(const adapter_set<float>& set, const mixed_context<float>& ctx, const G& g, batch_rows batch,
+              const W* w0, mixed_workspace<float>& ws, mixed_gradients<float>* grads, DX* dx, assign_mode mode) {
   const index n = g.rows();
   const index out = set.out_features();
   const index rank = set.rank();
@@ -177,7 +176,6 @@ void backward(const adapter_set<float>& set, const mixed_context<float>& ctx, co
   const auto& p = ctx.projected();
   const auto b = set.shared_projection().b_bfloat16(out, rank);
 
-  batch_rows batch = summarise_rows(set, columns, n);
   batch.want_b = batch.want_b && grads != nullptr;
   batch.want_d = batch.want_d && grads != nullptr;
 
