@@ -334,14 +334,14 @@ class sibling_backward_expr
 /// \throws state_error if ctx holds no training forward; shape_error for a G_i of another shape
 ///         or a ctx filled by another group; rank_error when ctx was filled at another rank.
 template <class Exec, class... Layers, class T, class... GD, class = std::enable_if_t<std::is_empty_v<Exec>>>
-detail::sibling_backward_expr<Exec, sibling_group<Layers...>, GD...> backward(
-    Exec, const sibling_group<Layers...>& group, const sibling_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
+detail::sibling_backward_expr<Exec, detail::sibling_group<Layers...>, GD...> backward(
+    Exec, const detail::sibling_group<Layers...>& group, const sibling_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }
 /// \brief Lazy one-pass backward of the group on the default (CPU) policy; as the overload above.
 template <class... Layers, class T, class... GD>
-detail::sibling_backward_expr<exec::default_policy, sibling_group<Layers...>, GD...> backward(
-    const sibling_group<Layers...>& group, const sibling_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
+detail::sibling_backward_expr<exec::default_policy, detail::sibling_group<Layers...>, GD...> backward(
+    const detail::sibling_group<Layers...>& group, const sibling_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }
 
@@ -351,15 +351,15 @@ detail::sibling_backward_expr<exec::default_policy, sibling_group<Layers...>, GD
 /// \throws state_error if ctx holds no training forward; shape_error for a G_i of another shape;
 ///         rank_error when ctx was filled by a forward of another rank.
 template <class Exec, class... Layers, class T, class... GD, class = std::enable_if_t<std::is_empty_v<Exec>>>
-detail::sibling_parameter_gradient_expr<Exec, sibling_group<Layers...>, GD...> parameter_gradients(
-    Exec, const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
+detail::sibling_parameter_gradient_expr<Exec, detail::sibling_group<Layers...>, GD...> parameter_gradients(
+    Exec, const detail::sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }
 /// \brief Lazy gradients of every sibling's lambda_b and lambda_d on the default (CPU) policy;
 ///        as the overload above.
 template <class... Layers, class T, class... GD>
-detail::sibling_parameter_gradient_expr<exec::default_policy, sibling_group<Layers...>, GD...> parameter_gradients(
-    const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
+detail::sibling_parameter_gradient_expr<exec::default_policy, detail::sibling_group<Layers...>, GD...> parameter_gradients(
+    const detail::sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }
 
@@ -368,15 +368,15 @@ detail::sibling_parameter_gradient_expr<exec::default_policy, sibling_group<Laye
 /// \throws state_error if ctx holds no training forward; shape_error for a G_i of another shape;
 ///         rank_error when ctx was filled by a forward of another rank.
 template <class Exec, class... Layers, class T, class... GD, class = std::enable_if_t<std::is_empty_v<Exec>>>
-detail::sibling_input_gradient_expr<Exec, sibling_group<Layers...>, GD...> input_gradient(
-    Exec, const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
+detail::sibling_input_gradient_expr<Exec, detail::sibling_group<Layers...>, GD...> input_gradient(
+    Exec, const detail::sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }
 /// \brief Lazy gradient of the group's shared input X on the default (CPU) policy; as the
 ///        overload above.
 template <class... Layers, class T, class... GD>
-detail::sibling_input_gradient_expr<exec::default_policy, sibling_group<Layers...>, GD...> input_gradient(
-    const sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
+detail::sibling_input_gradient_expr<exec::default_policy, detail::sibling_group<Layers...>, GD...> input_gradient(
+    const detail::sibling_group<Layers...>& group, const forward_context<T>& ctx, const Eigen::MatrixBase<GD>&... g) {
   return {group, ctx, g.derived()...};
 }
 

@@ -162,15 +162,15 @@ class sibling_forward_expr : public detail::uses_workspace<detail::sibling_forwa
 /// sibling in the group's order. X must have the siblings' scalar type (checked at compile time).
 /// \throws shape_error naming X when its columns are not in (when the expression is built).
 template <class Exec, class XD, class... Layers, class = std::enable_if_t<std::is_empty_v<Exec>>>
-detail::sibling_forward_expr<Exec, XD, sibling_group<Layers...>> forward(Exec, const Eigen::MatrixBase<XD>& x,
-                                                                 const sibling_group<Layers...>& group) {
+detail::sibling_forward_expr<Exec, XD, detail::sibling_group<Layers...>> forward(Exec, const Eigen::MatrixBase<XD>& x,
+                                                                 const detail::sibling_group<Layers...>& group) {
   return {x.derived(), group};
 }
 /// \brief Lazy forward of every sibling of `group` on X (n x in) on the default (CPU) policy;
 ///        as the overload above.
 template <class XD, class... Layers>
-detail::sibling_forward_expr<exec::default_policy, XD, sibling_group<Layers...>> forward(
-    const Eigen::MatrixBase<XD>& x, const sibling_group<Layers...>& group) {
+detail::sibling_forward_expr<exec::default_policy, XD, detail::sibling_group<Layers...>> forward(
+    const Eigen::MatrixBase<XD>& x, const detail::sibling_group<Layers...>& group) {
   return {x.derived(), group};
 }
 

@@ -18,6 +18,8 @@
 
 namespace vera {
 
+namespace detail {
+
 /// \brief One member of a sibling group: its frozen weight, its bias (or vera::no_bias) and its
 ///        adapter, held the way expressions hold operands (plain matrices by reference).
 template <class WD, class Bias, class T>
@@ -55,10 +57,12 @@ class sibling_layer {
   const adapter<T>* adapter_;
 };
 
+}  // namespace detail
+
 /// \brief Describes one sibling. Shapes: W0 out x in (in x out with fan_in_fan_out), bias out
 ///        elements or vera::no_bias. Checked when the group is formed.
 template <class WD, class Bias, class T>
-sibling_layer<WD, Bias, T> sibling(const Eigen::MatrixBase<WD>& w0, const Bias& bias, const adapter<T>& ad) {
+detail::sibling_layer<WD, Bias, T> sibling(const Eigen::MatrixBase<WD>& w0, const Bias& bias, const adapter<T>& ad) {
   if constexpr (std::is_same_v<Bias, no_bias_t>) {
     return {w0.derived(), bias, ad};
   } else {
@@ -92,7 +96,6 @@ void check_no_alias_named(const char* operation, const Dst& dst, Name&& name, co
   if (overlaps(dst, operand)) vera::detail::check_no_alias(operation, dst, name().c_str(), operand);
 }
 
-}  // namespace detail
 
 /// \brief Adapted layers that read the same input X and share one projection, in_features and
 ///        rank, so they share P = X A^T in forward and one GEMM against A for grad_X.
@@ -170,10 +173,22 @@ class sibling_group {
   std::tuple<Layers...> layers_;
 };
 
-/// \brief Forms a group from `vera::sibling(W0, bias, adapter)` descriptions, e.g. q, k, v.
+}  // namespace detail
+
+/// \brief Forms a group from `vera::sibling(W0, bias, adapter)` descriptions, e.g. q, k, v:
+///        adapted layers that read the same input X and share one projection, in_features and
+///        rank, so they share P = X A^T in forward and one GEMM against A for grad_X.
+///
+/// Their out_features, weights (layout included), biases and b, d differ. Dropout: PEFT draws
+/// an independent mask per module, which would give each sibling its own P; a group instead
+/// applies ONE mask to X for all siblings, so every sibling must have the same dropout
+/// probability (0 makes the group exactly equal to the siblings run one by one). The group holds
+/// its members by value; they refer to the caller's weights and adapters, which must outlive it.
+/// \throws value_error for a different projection or dropout, shape_error for another
+///         in_features or a wrong W0/bias, rank_error for another rank; each names the sibling.
 template <class... Layers>
-sibling_group<Layers...> siblings(const Layers&... layers) {
-  return sibling_group<Layers...>(layers...);
+detail::sibling_group<Layers...> siblings(const Layers&... layers) {
+  return detail::sibling_group<Layers...>(layers...);
 }
 
 }  // namespace vera

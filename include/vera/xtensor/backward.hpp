@@ -44,40 +44,55 @@ void evaluate(Exec, const detail::input_gradient_expr<Exec, G, W, T>& e, Dst& dx
 
 }  // namespace detail
 
+}  // namespace vera::xt
+
+namespace vera {
+
 /// \brief Lazy gradients of lambda_b and lambda_d. Shapes: G n x out (2-D), ctx from the
 ///        training forward of the same n rows. A temporary adapter is refused at compile time.
 /// \throws state_error if ctx holds no training forward; shape_error for a G that is not 2-D
 ///         n x out; rank_error when ctx was filled at another rank.
-template <class Exec, class G, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
-detail::parameter_gradient_expr<Exec, G, T> parameter_gradients(Exec, G&& g, const adapter<T>& ad,
-                                                        const forward_context<T>& ctx) {
+template <class Exec, class G, class T, class = std::enable_if_t<std::is_empty_v<Exec>>,
+          xt::detail::if_operand<G> = 0>
+xt::detail::parameter_gradient_expr<Exec, G, T> parameter_gradients(Exec, G&& g, const adapter<T>& ad,
+                                                            const forward_context<T>& ctx) {
   return {std::forward<G>(g), ad, ctx};
 }
 /// \brief Lazy gradients on the default (CPU) policy; as the overload above.
-template <class G, class T>
-detail::parameter_gradient_expr<exec::default_policy, G, T> parameter_gradients(
+template <class G, class T, xt::detail::if_operand<G> = 0>
+xt::detail::parameter_gradient_expr<exec::default_policy, G, T> parameter_gradients(
     G&& g, const adapter<T>& ad, const forward_context<T>& ctx) {
   return {std::forward<G>(g), ad, ctx};
 }
-template <class G, class T>
+template <class G, class T, xt::detail::if_operand<G> = 0>
 void parameter_gradients(G&&, adapter<T>&&, const forward_context<T>&) = delete;
 
 /// \brief Lazy gradient of the layer input (n x in). Shapes: G n x out, W0 as in
 ///        vera::xt::forward. A temporary adapter is refused at compile time.
 /// \throws as vera::xt::parameter_gradients; shape_error also for W0.
-template <class Exec, class G, class W, class T, class = std::enable_if_t<std::is_empty_v<Exec>>>
-detail::input_gradient_expr<Exec, G, W, T> input_gradient(Exec, G&& g, W&& w0, const adapter<T>& ad,
-                                                  const forward_context<T>& ctx) {
+template <class Exec, class G, class W, class T, class = std::enable_if_t<std::is_empty_v<Exec>>,
+          xt::detail::if_operand<G> = 0>
+xt::detail::input_gradient_expr<Exec, G, W, T> input_gradient(Exec, G&& g, W&& w0, const adapter<T>& ad,
+                                                      const forward_context<T>& ctx) {
   return {std::forward<G>(g), std::forward<W>(w0), ad, ctx};
 }
 /// \brief Lazy gradient of the layer input on the default (CPU) policy; as the overload above.
-template <class G, class W, class T>
-detail::input_gradient_expr<exec::default_policy, G, W, T> input_gradient(G&& g, W&& w0,
-                                                                  const adapter<T>& ad,
-                                                                  const forward_context<T>& ctx) {
+template <class G, class W, class T, xt::detail::if_operand<G> = 0>
+xt::detail::input_gradient_expr<exec::default_policy, G, W, T> input_gradient(G&& g, W&& w0,
+                                                                      const adapter<T>& ad,
+                                                                      const forward_context<T>& ctx) {
   return {std::forward<G>(g), std::forward<W>(w0), ad, ctx};
 }
-template <class G, class W, class T>
+template <class G, class W, class T, xt::detail::if_operand<G> = 0>
 void input_gradient(G&&, W&&, adapter<T>&&, const forward_context<T>&) = delete;
+
+}  // namespace vera
+
+namespace vera::xt {
+
+/// The operations take xtensor operands as vera::parameter_gradients and vera::input_gradient;
+/// the names are also reachable here.
+using vera::input_gradient;
+using vera::parameter_gradients;
 
 }  // namespace vera::xt

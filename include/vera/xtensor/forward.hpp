@@ -35,6 +35,10 @@ void evaluate(Exec, const detail::forward_expr<Exec, X, W, Bias, T>& e, Dst& y, 
 
 }  // namespace detail
 
+}  // namespace vera::xt
+
+namespace vera {
+
 /// \brief Lazy forward of an adapted layer on policy `Exec`, from xtensor operands.
 ///
 /// Shapes: X n x in, W0 out x in (in x out with fan_in_fan_out), bias out elements (1-D) or
@@ -45,20 +49,27 @@ void evaluate(Exec, const detail::forward_expr<Exec, X, W, Bias, T>& e, Dst& y, 
 /// value. A temporary adapter is refused at compile time.
 /// \throws shape_error naming the operand when a dimension count or shape is wrong.
 template <class Exec, class X, class W, class Bias, class T,
-          class = std::enable_if_t<std::is_empty_v<Exec>>>
-detail::forward_expr<Exec, X, W, Bias, T> forward(Exec, X&& x, W&& w0, Bias&& bias, const adapter<T>& ad) {
+          class = std::enable_if_t<std::is_empty_v<Exec>>, xt::detail::if_operand<X> = 0>
+xt::detail::forward_expr<Exec, X, W, Bias, T> forward(Exec, X&& x, W&& w0, Bias&& bias, const adapter<T>& ad) {
   return {std::forward<X>(x), std::forward<W>(w0), std::forward<Bias>(bias), ad};
 }
 
 /// \brief Lazy forward on the default (CPU) policy; as the overload above.
-template <class X, class W, class Bias, class T>
-detail::forward_expr<exec::default_policy, X, W, Bias, T> forward(X&& x, W&& w0, Bias&& bias,
-                                                         const adapter<T>& ad) {
+template <class X, class W, class Bias, class T, xt::detail::if_operand<X> = 0>
+xt::detail::forward_expr<exec::default_policy, X, W, Bias, T> forward(X&& x, W&& w0, Bias&& bias,
+                                                             const adapter<T>& ad) {
   return {std::forward<X>(x), std::forward<W>(w0), std::forward<Bias>(bias), ad};
 }
 
 // An expression must not outlive its adapter: binding a temporary adapter is refused.
-template <class X, class W, class Bias, class T>
+template <class X, class W, class Bias, class T, xt::detail::if_operand<X> = 0>
 void forward(X&&, W&&, Bias&&, adapter<T>&&) = delete;
+
+}  // namespace vera
+
+namespace vera::xt {
+
+/// The operations take xtensor operands as vera::forward; the name is also reachable here.
+using vera::forward;
 
 }  // namespace vera::xt

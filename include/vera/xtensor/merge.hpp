@@ -44,18 +44,9 @@ detail::delta_weight_expr<Exec, T> delta_weight(const adapter<T>& ad) {
   return detail::delta_weight_expr<Exec, T>(ad);
 }
 
-/// \brief Lazy W0 + ΔW. Shapes: W0 as in vera::xt::forward.
-/// \throws shape_error when W0 is not 2-D or not the adapter's shape.
-template <class Exec = exec::default_policy, class W, class T>
-detail::merged_weight_expr<Exec, W, T> merged_weight(W&& w0, const adapter<T>& ad) {
-  return {std::forward<W>(w0), ad};
-}
-
 // An expression must not outlive its adapter: binding a temporary adapter is refused.
 template <class Exec = exec::default_policy, class T>
 void delta_weight(adapter<T>&&) = delete;
-template <class Exec = exec::default_policy, class W, class T>
-void merged_weight(W&&, adapter<T>&&) = delete;
 
 namespace detail {
 
@@ -74,32 +65,57 @@ auto writable_weight(W& w0, const adapter<T>& ad) {
 
 }  // namespace detail
 
+}  // namespace vera::xt
+
+namespace vera {
+
+/// \brief Lazy W0 + ΔW from an xtensor W0. Shapes: W0 as in vera::xt::forward.
+/// \throws shape_error when W0 is not 2-D or not the adapter's shape.
+template <class Exec = exec::default_policy, class W, class T, xt::detail::if_operand<W> = 0>
+xt::detail::merged_weight_expr<Exec, W, T> merged_weight(W&& w0, const adapter<T>& ad) {
+  return {std::forward<W>(w0), ad};
+}
+// An expression must not outlive its adapter: binding a temporary adapter is refused.
+template <class Exec = exec::default_policy, class W, class T, xt::detail::if_operand<W> = 0>
+void merged_weight(W&&, adapter<T>&&) = delete;
+
 /// \brief W0 += ΔW in place. W0 (out x in, in x out with fan_in_fan_out) must be dense
 ///        row-major memory: an xt::xtensor, xt::xarray, adaptor or contiguous view, of the
 ///        adapter's T or (float adapter) bfloat16, merged as vera::merge merges it.
 ///        `ws` (optional) avoids allocating.
 /// \throws shape_error when W0 is not 2-D, of another shape, or not dense row-major.
-template <class W, class T>
+template <class W, class T, xt::detail::if_operand<W> = 0>
 void merge(W&& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
-  auto w = detail::writable_weight(w0, ad);
+  auto w = xt::detail::writable_weight(w0, ad);
   vera::merge(w, ad, ws);
 }
 
 /// \brief W0 -= ΔW in place; undoes merge up to rounding. W0 as in vera::xt::merge.
 /// \throws shape_error as vera::xt::merge.
-template <class W, class T>
+template <class W, class T, xt::detail::if_operand<W> = 0>
 void unmerge(W&& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
-  auto w = detail::writable_weight(w0, ad);
+  auto w = xt::detail::writable_weight(w0, ad);
   vera::unmerge(w, ad, ws);
 }
 
 /// \brief W0 += ΔW only if every merged element is finite; otherwise throws value_error and
 ///        leaves W0 untouched. W0 as in vera::xt::merge.
 /// \throws shape_error as vera::xt::merge; value_error for a non-finite merged element.
-template <class W, class T>
+template <class W, class T, xt::detail::if_operand<W> = 0>
 void safe_merge(W&& w0, const adapter<T>& ad, workspace<T>* ws = nullptr) {
-  auto w = detail::writable_weight(w0, ad);
+  auto w = xt::detail::writable_weight(w0, ad);
   vera::safe_merge(w, ad, ws);
 }
+
+}  // namespace vera
+
+namespace vera::xt {
+
+/// The operations take xtensor operands as vera::merged_weight, vera::merge, vera::unmerge and
+/// vera::safe_merge; the names are also reachable here.
+using vera::merge;
+using vera::merged_weight;
+using vera::safe_merge;
+using vera::unmerge;
 
 }  // namespace vera::xt

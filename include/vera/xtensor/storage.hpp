@@ -32,6 +32,15 @@ using vector = ::xt::xtensor<T, 1>;
 
 namespace detail {
 
+/// True for an xtensor expression (container, adaptor, view, lazy expression): the operands the
+/// operations accept from this front-end.
+template <class E>
+inline constexpr bool is_operand = ::xt::is_xexpression<std::decay_t<E>>::value;
+
+/// Enables an operation's overload for xtensor operands only.
+template <class E>
+using if_operand = std::enable_if_t<is_operand<E>, int>;
+
 template <class E>
 using value_type_t = typename std::decay_t<E>::value_type;
 
