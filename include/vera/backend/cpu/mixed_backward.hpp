@@ -66,11 +66,12 @@ void backward_one_adapter(const adapter_set<T>& set, const mixed_context<T>& ctx
 ///   grad_b[a] += Σ_{i in a} G_i ⊙ Q_i,  Q = (P ⊙ s d_a(i)) B^T    (GEMM + pass over n x out;
 ///                                           the pass only when the forward kept Q as Z)
 ///   dX (+)= G W0 + drop((T ⊙ s d_a(i)) A)                           (two GEMMs)
-/// `g` is evaluated and `batch` summarises its rows (see backward). `grads` and `dx` may be null;
+/// `g` is evaluated and `batch` summarises its rows, wanting b and d only with `grads` (see
+/// backward). `grads` and `dx` may be null;
 /// gradients must be sized by the caller. On overwrite every gradient column is written (zero
 /// where nothing flows).
 template <class T, class G, class W, class DX>
-void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const G& g, batch_rows batch,
+void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const G& g, const batch_rows& batch,
                    const W* w0, mixed_workspace<T>& ws, bool workspace_reused, order requested,
                    mixed_gradients<T>* grads, DX* dx, assign_mode mode) {
   const index n = g.rows();
@@ -83,8 +84,6 @@ void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const
     backward_one_adapter(set, ctx, batch.single_column, g, w0, ws, workspace_reused, requested, grads, dx, mode);
     return;
   }
-  batch.want_b = batch.want_b && grads != nullptr;
-  batch.want_d = batch.want_d && grads != nullptr;
   const row_plan<T> plan(set, columns, n, ws);
   zero_untrained(grads, plan, set, batch, mode);
 
@@ -114,14 +113,16 @@ void backward_pass(const adapter_set<T>& set, const mixed_context<T>& ctx, const
 
 /// The mixed backward of `e` (G of type GD), by the bfloat16 path for bfloat16 storage: the one
 /// call each evaluator below makes. G is evaluated and its rows summarised here, once for either
-/// path. `grads` and `dx` may be null.
+/// path (b and d are wanted only where there are gradients to write). `grads` and `dx` may be null.
 template <class E, class GD, class W, class T, class DX>
 void backward(const E& e, const GD& g_expr, const W* w0, order requested, mixed_gradients<T>* grads, DX* dx,
               assign_mode mode) {
   scratch<T> local(e.scratch());
   // Evaluate an expression-valued G once: it feeds up to four products and passes.
   const typename Eigen::internal::nested_eval<GD, 4>::type g(g_expr);
-  const batch_rows batch = summarise_rows(e.set(), e.context().row_columns().data(), g.rows());
+  batch_rows batch = summarise_rows(e.set(), e.context().row_columns().data(), g.rows());
+  batch.want_b = batch.want_b && grads != nullptr;
+  batch.want_d = batch.want_d && grads != nullptr;
   if constexpr (vera::detail::is_bfloat16<GD>) {
     bfloat16_path::backward(e.set(), e.context(), g, batch, w0, local.get(), grads, dx, mode);
   } else {

@@ -90,14 +90,7 @@ void forward(const X& x, const W& w0, const Bias& bias, const adapter_set<float>
   const index rank = set.rank();
   const bool dropout = ctx != nullptr && rows.dropout;
   const bool has_p = ctx != nullptr || rows.adapter_rows > 0;
-  float* p_data = nullptr;
-  if (ctx != nullptr) {
-    p_data = ctx->begin_step(n, rank).data();
-    std::copy(columns, columns + n, ctx->columns_buffer());
-  } else if (has_p) {
-    p_data = ws.get(slot_projected, n, rank).data();
-  }
-  Eigen::Map<Eigen::MatrixXf> p(p_data, has_p ? n : 0, has_p ? rank : 0);
+  auto p = forward_projection(ctx, columns, n, rank, has_p, ws);
 
   if (rows.single_column >= 0 && rows.adapter_rows == n) {
     const adapter<float>& ad = standalone(set, rows.single_column, ws);
@@ -167,7 +160,7 @@ void add_times_a(const U& u, const adapter_set<float>& set, const index* columns
 /// dX += drop(bf16(T ⊙ s d_a(i)) A).
 /// `g` is evaluated and `batch` summarises its rows (see mixed::backward).
 template <class G, class W, class DX>
-void backward(const adapter_set<float>& set, const mixed_context<float>& ctx, const G& g, batch_rows batch,
+void backward(const adapter_set<float>& set, const mixed_context<float>& ctx, const G& g, const batch_rows& batch,
               const W* w0, mixed_workspace<float>& ws, mixed_gradients<float>* grads, DX* dx, assign_mode mode) {
   const index n = g.rows();
   const index out = set.out_features();
@@ -175,9 +168,6 @@ void backward(const adapter_set<float>& set, const mixed_context<float>& ctx, co
   const index* columns = ctx.row_columns().data();
   const auto& p = ctx.projected();
   const auto b = set.shared_projection().b_bfloat16(out, rank);
-
-  batch.want_b = batch.want_b && grads != nullptr;
-  batch.want_d = batch.want_d && grads != nullptr;
 
   if (batch.adapter_rows == n && n > 0 && !batch.several) {
     if (grads != nullptr) {

@@ -7,6 +7,7 @@
 #include <Eigen/Core>
 
 #include "vera/adapter/adapter_set.hpp"
+#include "vera/adapter/mixed_context.hpp"
 #include "vera/adapter/mixed_gradients.hpp"
 #include "vera/adapter/mixed_workspace.hpp"
 #include "vera/backend/cpu/common.hpp"
@@ -390,6 +391,22 @@ void project_input(const X& x, const A& a, const adapter_set<T>& set, const inde
     masked_rows(x, first, *key, set, columns, tile);
     gemm(p.middleRows(first, rows), tile, a.transpose(), false);
   }
+}
+
+/// Where a mixed forward keeps P (n x rank): a training context's step (which also records each
+/// row's adapter column for the backward), else workspace scratch when `needed`, else nothing.
+template <class T>
+Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>> forward_projection(mixed_context<T>* ctx,
+                                                                                 const index* columns, index n,
+                                                                                 index rank, bool needed,
+                                                                                 mixed_workspace<T>& ws) {
+  if (ctx != nullptr) {
+    T* data = ctx->begin_step(n, rank).data();
+    std::copy(columns, columns + n, ctx->columns_buffer());
+    return {data, n, rank};
+  }
+  if (needed) return ws.get(slot_projected, n, rank);
+  return {nullptr, 0, 0};
 }
 
 /// What a backward needs to know of its rows: how many have an adapter, the one they share (or

@@ -16,6 +16,82 @@
 
 namespace vera {
 
+namespace detail::cpu::mixed {
+
+/// The float and double mixed forward (see the evaluator below for the three ways): Y = (or +=)
+/// bias + X W0^T + the adapter term, with X evaluated, its rows resolved into `columns`/`rows`,
+/// and P kept in `ctx` for a training forward.
+template <class X, class W, class Bias, class T, class Y>
+void forward_pass(const X& x, const W& w0, const Bias& bias, const adapter_set<T>& set, const index* columns,
+                  const vera::detail::resolved_rows& rows, mixed_context<T>* ctx, Y& y, assign_mode mode,
+                  mixed_workspace<T>& ws, bool workspace_reused, order requested) {
+  const index n = x.rows();
+  const index rank = set.rank();
+  const bool dropout = ctx != nullptr && rows.dropout;
+  const bool one_adapter = rows.single_column >= 0;
+  bool merged_order = false;
+  if (one_adapter && rows.adapter_rows == n && !dropout) {
+    auto request = request_for(product_kind::forward, extents_of(n, set), requested);
+    request.keeps_projection = ctx != nullptr;
+    request.workspace_reused = workspace_reused;
+    merged_order = plan_for(request).chosen == order::merged;
+  }
+
+  const bool has_p = ctx != nullptr || (rows.adapter_rows > 0 && !merged_order);
+  auto p = forward_projection(ctx, columns, n, rank, has_p, ws);
+  if (has_p) {
+    project_input(x, set.a(), set, columns, dropout ? &ctx->mask_key() : nullptr, p,
+                  [&](index r, index c) { return ws.get(slot_tile, r, c); });
+  }
+
+  initialise_output(y, bias, mode);
+  with_weight(set, w0, [&](const auto& w) {
+    if (merged_order) {
+      auto merged = ws.get(slot_wide, set.out_features(), set.in_features());
+      fold_into_weight(w, folded_b(set, rows.single_column, ws), set.a(), merged);
+      gemm(y, x, merged.transpose(), true);
+      return;
+    }
+    gemm(y, x, w.transpose(), true);
+  });
+
+  if (rows.adapter_rows > 0 && !merged_order) {
+    if (one_adapter) {
+      const auto bbd = folded_b(set, rows.single_column, ws);
+      if (rows.adapter_rows == n) {
+        gemm(y, p, bbd.transpose(), true);
+      } else {
+        auto s = ws.get(slot_thin, n, rank);
+        for_each_coeff<false>(n, rank, [&](index i, index k) { s(i, k) = columns[i] >= 0 ? p(i, k) : T(0); });
+        gemm(y, s, bbd.transpose(), true);
+      }
+    } else {
+      const row_plan<T> plan(set, columns, n, ws);
+      auto s = ws.get(slot_thin, n, rank);
+      using thin = decltype(s);
+      rank_pass(p, plan, static_cast<thin*>(nullptr), false, static_cast<thin*>(nullptr), &s);
+      if (ctx != nullptr) {
+        // Kept in the context: grad_b is a segment sum of G ⊙ Z, so the backward skips a GEMM.
+        auto& z = ctx->keep_products(n, set.out_features());
+        gemm(z, s, set.b().transpose(), false);
+        add_scaled_by_b(z, plan, y);
+      } else if constexpr (row_major<Y>) {
+        // Z in the destination's layout, so the gather pass runs along both in storage order.
+        auto z = ws.get(slot_wide, set.out_features(), n).transpose();
+        gemm(z, s, set.b().transpose(), false);
+        add_scaled_by_b(z, plan, y);
+      } else {
+        auto z = ws.get(slot_wide, n, set.out_features());
+        gemm(z, s, set.b().transpose(), false);
+        add_scaled_by_b(z, plan, y);
+      }
+    }
+  }
+  if (ctx != nullptr) ctx->finish_step(&set, set.version());
+}
+
+}  // namespace detail::cpu::mixed
+
 namespace detail {
 
 /// \brief Evaluates a mixed forward into `y` on the CPU.
@@ -52,81 +128,8 @@ void evaluate(Exec, const detail::mixed_forward_expr<Exec, XD, WD, Bias, T>& e, 
   if constexpr (detail::is_bfloat16<XD>) {
     detail::cpu::mixed::bfloat16_path::forward(x, e.w0(), e.bias(), set, columns, rows, e.context(), y, mode, ws);
   } else {
-    mixed_context<T>* ctx = e.context();
-    const bool dropout = ctx != nullptr && rows.dropout;
-    const bool one_adapter = rows.single_column >= 0;
-    bool merged_order = false;
-    if (one_adapter && rows.adapter_rows == n && !dropout) {
-      auto request = detail::cpu::request_for(detail::cpu::product_kind::forward,
-                                              detail::cpu::extents_of(n, set), e.requested_order());
-      request.keeps_projection = ctx != nullptr;
-      request.workspace_reused = scratch.reused();
-      merged_order = detail::cpu::plan_for(request).chosen == order::merged;
-    }
-
-    using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
-    const bool has_p = ctx != nullptr || (rows.adapter_rows > 0 && !merged_order);
-    T* p_data = nullptr;
-    if (ctx != nullptr) {
-      p_data = ctx->begin_step(n, set.rank()).data();
-      std::copy(columns, columns + n, ctx->columns_buffer());
-    } else if (has_p) {
-      p_data = ws.get(detail::cpu::mixed::slot_projected, n, set.rank()).data();
-    }
-    Eigen::Map<matrix> p(p_data, has_p ? n : 0, has_p ? set.rank() : 0);
-    if (has_p) {
-      const dropout_key* key = dropout ? &ctx->mask_key() : nullptr;
-      detail::cpu::mixed::project_input(x, set.a(), set, columns, key, p,
-                                        [&](index r, index c) { return ws.get(detail::cpu::mixed::slot_tile, r, c); });
-    }
-
-    detail::cpu::initialise_output(y, e.bias(), mode);
-    detail::cpu::mixed::with_weight(set, e.w0(), [&](const auto& w) {
-      if (merged_order) {
-        auto merged = ws.get(detail::cpu::mixed::slot_wide, set.out_features(), set.in_features());
-        detail::cpu::fold_into_weight(w, detail::cpu::mixed::folded_b(set, rows.single_column, ws), set.a(), merged);
-        detail::cpu::gemm(y, x, merged.transpose(), true);
-        return;
-      }
-      detail::cpu::gemm(y, x, w.transpose(), true);
-    });
-
-    if (rows.adapter_rows > 0 && !merged_order) {
-      if (one_adapter) {
-        const auto bbd = detail::cpu::mixed::folded_b(set, rows.single_column, ws);
-        if (rows.adapter_rows == n) {
-          detail::cpu::gemm(y, p, bbd.transpose(), true);
-        } else {
-          auto s = ws.get(detail::cpu::mixed::slot_thin, n, set.rank());
-          detail::cpu::mixed::for_each_coeff<false>(n, set.rank(), [&](index i, index k) {
-            s(i, k) = columns[i] >= 0 ? p(i, k) : T(0);
-          });
-          detail::cpu::gemm(y, s, bbd.transpose(), true);
-        }
-      } else {
-        const detail::cpu::mixed::row_plan<T> plan(set, columns, n, ws);
-        auto s = ws.get(detail::cpu::mixed::slot_thin, n, set.rank());
-        using thin = decltype(s);
-        detail::cpu::mixed::rank_pass(p, plan, static_cast<thin*>(nullptr), false,
-                              static_cast<thin*>(nullptr), &s);
-        if (ctx != nullptr) {
-          // Kept in the context: grad_b is a segment sum of G ⊙ Z, so the backward skips a GEMM.
-          auto& z = ctx->keep_products(n, set.out_features());
-          detail::cpu::gemm(z, s, set.b().transpose(), false);
-          detail::cpu::mixed::add_scaled_by_b(z, plan, y);
-        } else if constexpr (detail::cpu::mixed::row_major<Dst>) {
-          // Z in the destination's layout, so the gather pass runs along both in storage order.
-          auto z = ws.get(detail::cpu::mixed::slot_wide, set.out_features(), n).transpose();
-          detail::cpu::gemm(z, s, set.b().transpose(), false);
-          detail::cpu::mixed::add_scaled_by_b(z, plan, y);
-        } else {
-          auto z = ws.get(detail::cpu::mixed::slot_wide, n, set.out_features());
-          detail::cpu::gemm(z, s, set.b().transpose(), false);
-          detail::cpu::mixed::add_scaled_by_b(z, plan, y);
-        }
-      }
-    }
-    if (ctx != nullptr) ctx->finish_step(&set, set.version());
+    detail::cpu::mixed::forward_pass(x, e.w0(), e.bias(), set, columns, rows, e.context(), y, mode, ws,
+                                     scratch.reused(), e.requested_order());
   }
 }
 
