@@ -294,6 +294,53 @@ TEMPLATE_TEST_CASE("operands of the wrong dimension count are refused", "[xtenso
   CHECK_THROWS_WITH(vera::xt::parameter_gradients(x3, layer.ad, ctx), StartsWith("G:"));
 }
 
+TEMPLATE_TEST_CASE("the operations take xtensor operands under their vera:: names", "[xtensor][names]", float,
+                   double) {
+  using T = TestType;
+  using F = vera_test::xtensor_front<T>;
+  using matrix = typename F::matrix;
+  const vera_test::test_layer<T> layer({5, 7, 6, 4}, options_for(false), 36);
+  const vera_test::front_layer<F> op(layer);
+  const auto& ad = layer.ad;
+  const matrix y = vera::forward(op.x, op.w0, op.bias, ad);
+  CHECK(same_bits(as_eigen(y), as_eigen(matrix(vera::xt::forward(op.x, op.w0, op.bias, ad)))));
+  vera::forward_context<T> ctx;
+  (void)vera::forward(vera::exec::cpu{}, op.x, op.w0, op.bias, ad).train(ctx).eval();
+  const auto g = F::from(vera_test::random_matrix<T>(5, 6, 37));
+  const vera::gradients<T> grads = vera::parameter_gradients(g, ad, ctx).eval().eigen();
+  const vera::gradients<T> xt_grads = vera::xt::parameter_gradients(g, ad, ctx).eval().eigen();
+  CHECK(same_bits(grads.lambda_b, xt_grads.lambda_b));
+  CHECK(same_bits(grads.lambda_d, xt_grads.lambda_d));
+  const matrix dx = vera::input_gradient(g, op.w0, ad, ctx);
+  CHECK(same_bits(as_eigen(dx), as_eigen(matrix(vera::xt::input_gradient(g, op.w0, ad, ctx)))));
+  const matrix merged = vera::merged_weight(op.w0, ad);
+  CHECK(same_bits(as_eigen(merged), as_eigen(matrix(vera::xt::merged_weight(op.w0, ad)))));
+  auto w = op.w0;
+  vera::merge(w, ad);
+  CHECK(same_bits(as_eigen(w), as_eigen(merged)));
+  vera::unmerge(w, ad);
+  vera::safe_merge(w, ad);
+  auto xt_w = op.w0;
+  vera::xt::merge(xt_w, ad);
+  vera::xt::unmerge(xt_w, ad);
+  vera::xt::safe_merge(xt_w, ad);
+  CHECK(same_bits(as_eigen(w), as_eigen(xt_w)));
+
+  // The same checks, the same messages, nothing written.
+  const xt::xarray<T> x3 = xt::zeros<T>({5, 7, 1});
+  CHECK_THROWS_WITH(vera::forward(x3, op.w0, op.bias, ad), StartsWith("X:") && Contains("2-D"));
+  const matrix wrong_w0 = xt::zeros<T>({6, 8});
+  CHECK_THROWS_AS(vera::forward(op.x, wrong_w0, op.bias, ad), vera::shape_error);
+  CHECK_THROWS_WITH(vera::input_gradient(g, wrong_w0, ad, ctx), StartsWith("W0:"));
+  CHECK_THROWS_WITH(vera::parameter_gradients(x3, ad, ctx), StartsWith("G:"));
+  matrix wrong = xt::ones<T>({7, 6});
+  const matrix before = wrong;
+  CHECK_THROWS_AS(vera::merge(wrong, ad), vera::shape_error);
+  CHECK_THROWS_AS(vera::safe_merge(wrong, ad), vera::shape_error);
+  CHECK_THROWS_AS(vera::merged_weight(wrong, ad), vera::shape_error);
+  CHECK(same_bits(as_eigen(wrong), as_eigen(before)));
+}
+
 TEMPLATE_TEST_CASE("views of the projection and of the trainable vectors", "[xtensor][views]",
                    float, double) {
   using T = TestType;
